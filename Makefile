@@ -1,0 +1,24 @@
+# One environment (.venv) for everything; `make install` creates or reuses it.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+
+.PHONY: install demo test lint bench clean
+
+$(VENV)/.installed: pyproject.toml scripts/install-cpu.sh requirements/cpu.lock
+	VENV=$(VENV) bash scripts/install-cpu.sh
+	touch $@
+
+install: $(VENV)/.installed
+
+demo: install
+	$(PY) -m runner model=pixtral_tiny engine=cpu
+
+test: install
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -x tests
+
+lint: install
+	$(VENV)/bin/ruff check .
+
+clean:
+	rm -rf outputs data

@@ -1,0 +1,137 @@
+"""Stage 3: one vLLM engine, fed all requests at once, results streamed as they finish.
+
+vLLM and torch are imported here only, and only when an engine is needed: `--help`,
+`--cfg job`, dry runs and cache hits never pay for them. Within one process (a Hydra
+multirun) the engine is reused while its arguments are unchanged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import gc
+import os
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import UserError
+
+# Our model fields that are not vLLM engine arguments.
+_MODEL_ONLY = {"name", "path", "hf_repo", "build", "tensor_parallel_size"}
+_ENGINE_ONLY = {"extra", "env"}
+
+
+def engine_kwargs(cfg: DictConfig, media_root: Path) -> dict[str, Any]:
+    """vLLM `LLM(...)` keyword arguments for this config, with vLLM's names."""
+    m = OmegaConf.to_container(cfg.model, resolve=True)
+    e = OmegaConf.to_container(cfg.engine, resolve=True)
+    assert isinstance(m, dict) and isinstance(e, dict)
+    kw: dict[str, Any] = {"model": str(Path(m["path"]).resolve())}
+    kw |= {k: v for k, v in m.items() if k not in _MODEL_ONLY and v is not None}
+    kw |= {k: v for k, v in e.items() if k not in _ENGINE_ONLY and v is not None}
+    kw["allowed_local_media_path"] = str(media_root)
+    typed = set(m) | set(e) | {"model", "allowed_local_media_path"}
+    clash = set(e["extra"]) & (typed - _ENGINE_ONLY)
+    if clash:
+        raise UserError(f"engine.extra sets {', '.join(sorted(clash))}, which have their own "
+                        "keys; set those directly (e.g. engine.max_num_seqs=...).")
+    return kw | e["extra"]
+
+
+def check_engine_args(kw: dict[str, Any]) -> None:
+    """Every key must be a vLLM EngineArgs field: a typo is one error, before anything loads."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    bad = sorted(set(kw) - known)
+    if bad:
+        import difflib
+
+        hints = [f"{b} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(b, known, 1))
+                 else b for b in bad]
+        raise UserError(f"Not a vLLM engine argument: {', '.join(hints)}; "
+                        "fix the key under engine.extra.")
+
+
+def import_vllm(env: dict[str, str]) -> Any:
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        import vllm
+    except ImportError as e:
+        raise UserError(f"vLLM is not installed in this Python ({e}); run `make install` "
+                        "(CPU) or `pip install -e '.[gpu]'` (CUDA).") from None
+    return vllm
+
+
+class EngineCache:
+    """At most one live engine per process, reused while its arguments are equal."""
+
+    def __init__(self) -> None:
+        self.key: str | None = None
+        self.llm: Any = None
+        self.starts = 0  # engines started in this process (tests and sweep summaries read it)
+
+    def get(self, kw: dict[str, Any], env: dict[str, str]) -> tuple[Any, float]:
+        key = repr(sorted(kw.items())) + repr(sorted(env.items()))
+        if self.llm is not None and key == self.key:
+            return self.llm, 0.0
+        self.shutdown()
+        vllm = import_vllm(env)
+        check_engine_args(kw)
+        t = time.perf_counter()
+        self.llm = vllm.LLM(**kw)
+        self.key, self.starts = key, self.starts + 1
+        return self.llm, time.perf_counter() - t
+
+    def shutdown(self) -> None:
+        if self.llm is None:
+            return
+        core = getattr(self.llm.llm_engine, "engine_core", None)
+        if core is not None and hasattr(core, "shutdown"):
+            core.shutdown()
+        self.llm, self.key = None, None
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+        except ImportError:
+            pass
+
+
+ENGINES = EngineCache()
+
+
+def sampling_params(cfg: DictConfig) -> Any:
+    from vllm import SamplingParams
+
+    return SamplingParams(**OmegaConf.to_container(cfg.sampling, resolve=True))  # type: ignore[arg-type]
+
+
+def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
+             on_output: Callable[[str, Any], None],
+             on_error: Callable[[str, str], None]) -> None:
+    """Queue every request, then step the engine, handing each finished output over at once.
+
+    Requests are queued one by one so a bad one (e.g. an unreadable image) becomes an item
+    error instead of failing the batch; vLLM's scheduler sees them all as one batch.
+    """
+    ids: dict[str, str] = {}
+    for key, messages in requests:
+        try:
+            (rid,) = llm.enqueue_chat([messages], sp, use_tqdm=False)
+        except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for bad input
+            on_error(key, f"{type(e).__name__}: {e}")
+            continue
+        # enqueue_chat returns vLLM's internal id ("<n>-<random>"); outputs carry the
+        # external one ("<n>").
+        ids[rid.partition("-")[0]] = key
+    engine = llm.llm_engine
+    while engine.has_unfinished_requests():
+        for out in engine.step():
+            if out.finished:
+                on_output(ids[out.request_id], out)

@@ -1,0 +1,13 @@
+"""Errors a user can cause: one clear sentence, a distinct exit code, no traceback."""
+
+
+class UserError(Exception):
+    """A problem the user can fix (a path, a key, a file); the message says what to do."""
+
+    exit_code = 2
+
+
+class Interrupted(Exception):
+    """Ctrl-C or SIGTERM during generation; finished items are kept."""
+
+    exit_code = 130

@@ -1,0 +1,57 @@
+"""Stage 5: what a person reads at the end of a run (rich)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+console = Console(stderr=True)
+
+
+@dataclass
+class Summary:
+    hash: str
+    folder: str
+    model: str
+    prompts: str
+    status: str  # complete / cached / interrupted / failed / planned
+    planned: int = 0
+    cached: int = 0
+    computed: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_start_s: float = 0.0
+    generate_s: float = 0.0
+    total_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.generate_s if self.generate_s else 0.0
+
+
+def show(s: Summary) -> None:
+    t = Table(title=f"pixtral-runner · {s.model} · {s.prompts}", show_header=False,
+              title_justify="left")
+    t.add_column(style="bold")
+    t.add_column()
+    style = {"complete": "green", "cached": "cyan", "interrupted": "yellow"}.get(s.status, "red")
+    t.add_row("status", f"[{style}]{s.status}[/]")
+    t.add_row("items", f"{s.planned} planned · {s.cached} cached · {s.computed} computed"
+              + (f" · [red]{s.errors} errors[/]" if s.errors else ""))
+    if s.computed:
+        t.add_row("tokens", f"{s.prompt_tokens} prompt · {s.completion_tokens} generated")
+        t.add_row("speed", f"{s.tokens_per_s:.1f} generated tokens/s "
+                  f"({s.computed / s.generate_s if s.generate_s else 0:.2f} items/s)")
+        start = "engine reused" if s.extra.get("engine_reused") else \
+            f"engine start {s.engine_start_s:.1f}s"
+        t.add_row("time", f"{start} · generation {s.generate_s:.1f}s · total {s.total_s:.1f}s")
+    else:
+        t.add_row("time", f"total {s.total_s * 1000:.0f} ms")
+    t.add_row("run", s.hash)
+    t.add_row("folder", s.folder)
+    console.print(t)

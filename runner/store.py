@@ -1,0 +1,161 @@
+"""Stage 4: results addressed by the hash of the config that produced them.
+
+Layout: <root>/<hash>/{config.yaml, overrides.yaml, manifest.json, results.jsonl}.
+results.jsonl is append-only, one record per item keyed by the item's content digest; a line
+torn by a kill is dropped on the next open. manifest.json is replaced atomically. One writer
+per run: an OS lock on <root>/.locks/<hash>.lock, released by the kernel if the holder dies.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import fcntl
+import hashlib
+import json
+import os
+import socket
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import (
+    ENGINE_HASHED,
+    RUNTIME_ENGINE_ARGS,
+    ModelConfig,
+    PromptsConfig,
+    SamplingConfig,
+)
+from runner.errors import UserError
+
+HASH_LEN = 16
+
+
+def _hashed_fields(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("hash", True)]
+
+
+def hashed_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved fields that change results (see README, "The run hash")."""
+    c = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(c, dict)
+    out: dict[str, Any] = {}
+    for group, cls in (("model", ModelConfig), ("sampling", SamplingConfig),
+                       ("prompts", PromptsConfig)):
+        out[group] = {k: c[group][k] for k in _hashed_fields(cls)}
+    eng = {k: c["engine"][k] for k in ENGINE_HASHED}
+    eng["extra"] = {k: v for k, v in eng["extra"].items() if k not in RUNTIME_ENGINE_ARGS}
+    out["engine"] = eng
+    return out
+
+
+def run_hash(cfg: DictConfig) -> str:
+    blob = json.dumps(hashed_config(cfg), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(blob.encode()).hexdigest()[:HASH_LEN]
+
+
+def atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+class ResultWriter:
+    """Appends records; flushes each, fsyncs every `every` records or `seconds` seconds."""
+
+    def __init__(self, path: Path, every: int = 16, seconds: float = 2.0):
+        self.f = open(path, "ab")
+        self.every, self.seconds = every, seconds
+        self.pending, self.last = 0, time.monotonic()
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.f.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
+        self.f.flush()
+        self.pending += 1
+        if self.pending >= self.every or time.monotonic() - self.last >= self.seconds:
+            self.sync()
+
+    def sync(self) -> None:
+        os.fsync(self.f.fileno())
+        self.pending, self.last = 0, time.monotonic()
+
+    def close(self) -> None:
+        if not self.f.closed:
+            self.sync()
+            self.f.close()
+
+
+class RunDir:
+    def __init__(self, root: str | Path, run_hash: str):
+        self.root = Path(root)
+        self.hash = run_hash
+        self.path = self.root / run_hash
+        self.results = self.path / "results.jsonl"
+        self.manifest_path = self.path / "manifest.json"
+
+    def exists(self) -> bool:
+        return self.manifest_path.exists()
+
+    def read_results(self, repair: bool = False) -> dict[str, dict[str, Any]]:
+        """Stored records by item key. A torn last line is ignored (truncated if `repair`)."""
+        if not self.results.exists():
+            return {}
+        data = self.results.read_bytes()
+        end = data.rfind(b"\n") + 1
+        if repair and end < len(data):
+            with open(self.results, "r+b") as f:
+                f.truncate(end)
+        out: dict[str, dict[str, Any]] = {}
+        for line in data[:end].splitlines():
+            try:
+                r = json.loads(line)
+            except ValueError:
+                continue  # a torn line followed by later appends: skip it
+            out.setdefault(r["key"], r)
+        return out
+
+    def manifest(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.manifest_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def write_manifest(self, m: dict[str, Any]) -> None:
+        atomic_write(self.manifest_path, json.dumps(m, indent=2, sort_keys=True) + "\n")
+
+    def create(self, cfg: DictConfig, overrides: list[str]) -> None:
+        self.path.mkdir(parents=True, exist_ok=True)
+        atomic_write(self.path / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        atomic_write(self.path / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
+
+    def writer(self, every: int, seconds: float) -> ResultWriter:
+        self.read_results(repair=True)
+        return ResultWriter(self.results, every, seconds)
+
+    @contextmanager
+    def lock(self, wait: bool, on_wait: Callable[[str], None]) -> Iterator[None]:
+        """Exclusive lock for writing this run; the kernel drops it if the holder dies."""
+        d = self.root / ".locks"
+        d.mkdir(parents=True, exist_ok=True)
+        fd = os.open(d / f"{self.hash}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+                if not wait:
+                    raise UserError(f"Run {self.hash} is being written by {holder}; "
+                                    "rerun later or drop store.wait=false to wait.") from None
+                on_wait(holder)
+                fcntl.flock(fd, fcntl.LOCK_EX)
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            yield
+        finally:
+            os.close(fd)

@@ -1,0 +1,61 @@
+"""`python -m runner` in real processes, for paths that must not start (or import) vLLM."""
+
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, runner
+
+
+def imported_vllm(stderr: str) -> bool:
+    return any(line.rsplit("|", 1)[-1].strip().startswith(("vllm", "torch"))
+               for line in stderr.splitlines() if line.startswith("import time:"))
+
+
+def test_help_and_cfg_job_do_not_import_vllm():
+    import subprocess
+    import sys
+
+    for args in (["--help"], ["--cfg", "job", "model=pixtral_large_w4a16"]):
+        p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *args],
+                           cwd=ROOT, text=True, capture_output=True, timeout=60)
+        assert p.returncode == 0, p.stderr[-2000:]
+        assert not imported_vllm(p.stderr)
+    assert "tensor_parallel_size: 4" in p.stdout and "compressed-tensors" in p.stdout
+
+
+def test_missing_weights_is_one_sentence_and_writes_nothing(tmp_path: Path):
+    out = tmp_path / "out"
+    p = runner("model.path=/nowhere/Pixtral-12B-2409", f"store.root={out}")
+    assert p.returncode == 2
+    assert "Traceback" not in p.stderr + p.stdout
+    msg = " ".join(p.stderr.split())
+    assert "/nowhere/Pixtral-12B-2409 does not exist" in msg
+    assert "mistralai/Pixtral-12B-2409" in msg and "model.path=" in msg
+    assert not out.exists()
+
+
+def test_unknown_prompt_set_exits_2(tmp_path: Path):
+    p = runner(*TINY, "prompts.name=nope", f"store.root={tmp_path}")
+    assert p.returncode == 2 and "Unknown prompt set 'nope'" in p.stderr
+    assert "Traceback" not in p.stderr and not any(tmp_path.iterdir())
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["model=pixtral_13b"], "pixtral_13b"),
+    (["sampling.temprature=0.5"], "temprature"),
+])
+def test_composition_errors_name_the_key(args, needle):
+    p = runner(*args)
+    assert p.returncode != 0 and needle in p.stderr
+    assert "Traceback" not in p.stderr
+
+
+def test_dry_run_plans_without_engine(tmp_path: Path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *TINY, "dry_run=true",
+                        f"store.root={tmp_path}"], cwd=ROOT, text=True, capture_output=True)
+    assert p.returncode == 0 and "planned" in p.stderr and "5 planned" in p.stderr
+    assert not imported_vllm(p.stderr) and not any(tmp_path.iterdir())

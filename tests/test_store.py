@@ -1,0 +1,77 @@
+"""The store on real files: round trip, torn lines, atomic manifests, the run lock."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.errors import UserError
+from runner.store import RunDir
+
+
+def rec(i: int) -> dict:
+    return {"id": f"i{i}", "key": f"k{i}", "status": "ok", "output": f"out {i}"}
+
+
+def test_round_trip(tmp_path: Path):
+    rd = RunDir(tmp_path, "abc")
+    rd.path.mkdir()
+    w = rd.writer(every=2, seconds=60)
+    for i in range(5):
+        w.write(rec(i))
+    w.close()
+    got = rd.read_results()
+    assert list(got) == [f"k{i}" for i in range(5)] and got["k3"]["output"] == "out 3"
+    rd.write_manifest({"status": "complete"})
+    assert rd.manifest() == {"status": "complete"}
+    assert not list(rd.path.glob(".*tmp"))  # atomic write left no temp file
+
+
+def test_torn_last_line_is_dropped_and_repaired(tmp_path: Path):
+    rd = RunDir(tmp_path, "abc")
+    rd.path.mkdir()
+    good = "".join(json.dumps(rec(i)) + "\n" for i in range(3))
+    rd.results.write_text(good + '{"id": "i3", "key": "k3", "sta')
+    assert list(rd.read_results()) == ["k0", "k1", "k2"]
+    w = rd.writer(16, 2.0)  # opening for append repairs the tail first
+    w.write(rec(3))
+    w.close()
+    assert rd.results.read_text() == good + json.dumps(rec(3)) + "\n"
+    assert list(rd.read_results()) == ["k0", "k1", "k2", "k3"]
+
+
+def test_duplicate_keys_keep_the_first(tmp_path: Path):
+    rd = RunDir(tmp_path, "abc")
+    rd.path.mkdir()
+    rd.results.write_text(json.dumps(rec(1)) + "\n" + json.dumps(rec(1) | {"output": "x"}) + "\n")
+    assert rd.read_results()["k1"]["output"] == "out 1"
+
+
+HOLD = """
+import sys, time
+from runner.store import RunDir
+with RunDir(sys.argv[1], "abc").lock(wait=False, on_wait=print):
+    print("locked", flush=True)
+    time.sleep(60)
+"""
+
+
+def test_second_writer_is_refused_then_a_killed_holder_never_blocks(tmp_path: Path):
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE,
+                         text=True)
+    try:
+        assert p.stdout.readline().strip() == "locked"
+        with pytest.raises(UserError, match=rf"pid {p.pid} on "):
+            with RunDir(tmp_path, "abc").lock(wait=False, on_wait=print):
+                pass
+    finally:
+        os.kill(p.pid, signal.SIGKILL)
+        p.wait()
+    t = time.monotonic()
+    with RunDir(tmp_path, "abc").lock(wait=False, on_wait=print):
+        assert time.monotonic() - t < 1
