@@ -9,10 +9,10 @@ register()
 
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
-def main(cfg: DictConfig) -> None:
+def main(cfg: DictConfig) -> object:
     from runner.run import main as run_main
 
-    run_main(cfg)
+    return run_main(cfg)
 
 
 if __name__ == "__main__":

@@ -91,6 +91,12 @@ class PromptsConfig:
     root: str = field(default="prompts", metadata=RUNTIME)
     system: str | None = None  # system prompt for items that have none
     limit: int | None = field(default=None, metadata=RUNTIME)  # first N items only
+    # Image handling (runner/images.py). Not hashed: item keys cover the image bytes and the
+    # conversion settings, so a changed max_image_size recomputes exactly the items it changes.
+    allow_remote: bool = field(default=False, metadata=RUNTIME)  # fetch http(s) images
+    max_image_pixels: int = field(default=89_478_485, metadata=RUNTIME)  # bomb guard
+    max_image_size: int | None = field(default=None, metadata=RUNTIME)  # longest side cap
+    on_item_error: str = field(default="skip", metadata=RUNTIME)  # skip | fail
 
 
 @dataclass
@@ -102,12 +108,22 @@ class StoreConfig:
 
 
 @dataclass
+class ShardConfig:
+    """Data-parallel shards of one run: job `index` of `count` takes the items whose key
+    falls in its residue class; all shards fill one run folder. Not part of the hash."""
+
+    index: int = 0
+    count: int = 1
+
+
+@dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    shard: ShardConfig = field(default_factory=ShardConfig)
     dry_run: bool = False  # plan and report what would run; never starts the engine
 
 

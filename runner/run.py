@@ -56,11 +56,21 @@ def ensure_weights(m: DictConfig) -> None:
                         f"set model.path=/path/to/{p.name}.")
 
 
+def in_shard(key: str, shard: DictConfig) -> bool:
+    """Deterministic split by item key: stable when items are added or reordered."""
+    if not 0 <= shard.index < shard.count:
+        raise UserError(f"shard.index={shard.index} must be in [0, shard.count={shard.count}).")
+    return int(key[:12], 16) % shard.count == shard.index
+
+
+def _images(item: Item) -> list[dict[str, str]]:
+    return [{"path": im.path, "sha256": im.sha256} for im in item.images]
+
+
 def record(item: Item, out: Any) -> dict[str, Any]:
     c = out.outputs
     r = {"id": item.id, "key": item.key, "status": "ok", "prompt": item.text,
-         "images": [{"path": im.path, "sha256": im.sha256} for im in item.images],
-         "output": c[0].text, "finish_reason": c[0].finish_reason,
+         "images": _images(item), "output": c[0].text, "finish_reason": c[0].finish_reason,
          "prompt_tokens": len(out.prompt_token_ids or []),
          "completion_tokens": sum(len(x.token_ids) for x in c),
          "expected": item.expected, "tags": item.tags, "time": now()}
@@ -71,9 +81,8 @@ def record(item: Item, out: Any) -> dict[str, Any]:
 
 def error_record(item: Item, reason: str) -> dict[str, Any]:
     return {"id": item.id, "key": item.key, "status": "error", "error": reason,
-            "prompt": item.text, "images": [{"path": im.path, "sha256": im.sha256}
-                                            for im in item.images],
-            "expected": item.expected, "tags": item.tags, "time": now()}
+            "prompt": item.text, "images": _images(item), "expected": item.expected,
+            "tags": item.tags, "time": now()}
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -84,7 +93,9 @@ def run(cfg: DictConfig, overrides: list[str]) -> Summary:
     t0 = time.perf_counter()
     plan: Plan = load_set(cfg.prompts.name, cfg.prompts.root, cfg.prompts.system,
                           cfg.prompts.limit)
-    rd = RunDir(cfg.store.root, run_hash(cfg))
+    if cfg.shard.count > 1:
+        plan.items = [it for it in plan.items if in_shard(it.key, cfg.shard)]
+    rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
     s = Summary(rd.hash, str(rd.path), cfg.model.name, plan.name, "planned",
                 planned=len(plan.items))
 
@@ -109,9 +120,10 @@ def run(cfg: DictConfig, overrides: list[str]) -> Summary:
     return s
 
 
-def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, todo: list[Item],
-              s: Summary, t0: float) -> None:
-    from runner.engine import ENGINES, engine_kwargs, generate, sampling_params
+def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir,
+           s: Summary) -> tuple[Any, Any]:
+    """Start (or reuse) the engine, then register the run folder: no folder if it fails."""
+    from runner.engine import ENGINES, engine_kwargs, sampling_params
 
     env = OmegaConf.to_container(cfg.engine.env, resolve=True)
     assert isinstance(env, dict)
@@ -121,14 +133,26 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
     s.extra["engine_reused"] = ENGINES.starts == starts
     sp = sampling_params(cfg)
     rd.create(cfg, overrides)
-    m = rd.manifest() or {"hash": rd.hash, "created": now()}
-    m.pop("error", None)
-    m |= {"status": "running", "started": now(), "model": cfg.model.name, "prompts": plan.name,
-          "overrides": overrides, "sampling": OmegaConf.to_container(cfg.sampling),
-          "versions": versions(), "pid": os.getpid(),
-          "platform": {"system": platform.platform(), "machine": platform.machine(),
-                       "node": platform.node()}}
-    rd.write_manifest(m)
+
+    def begin(m: dict[str, Any]) -> None:
+        m.setdefault("created", now())
+        m.pop("error", None)
+        m |= {"status": "running", "started": now(), "model": cfg.model.name,
+              "prompts": plan.name, "overrides": overrides,
+              "sampling": OmegaConf.to_container(cfg.sampling), "versions": versions(),
+              "pid": os.getpid(),
+              "platform": {"system": platform.platform(), "machine": platform.machine(),
+                           "node": platform.node()}}
+
+    rd.update_manifest(begin)
+    return llm, sp
+
+
+def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, todo: list[Item],
+              s: Summary, t0: float) -> None:
+    from runner.engine import ENGINES, generate
+
+    llm, sp = _start(cfg, overrides, plan, rd, s)
     by_key = {it.key: it for it in todo}
     writer = rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
     prev = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -152,6 +176,7 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
         s.errors += 1
         progress.update(task, advance=1)
 
+    error = None
     try:
         with progress:
             generate(llm, ((it.key, it.messages) for it in todo), sp, on_output, on_error)
@@ -159,38 +184,74 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
     except KeyboardInterrupt:
         s.status = "interrupted"
     except Exception as e:
-        s.status = "failed"
-        m["error"] = f"{type(e).__name__}: {e}"
+        s.status, error = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
         writer.close()
         signal.signal(signal.SIGTERM, prev)
         s.generate_s = time.perf_counter() - tg
         s.total_s = time.perf_counter() - t0
-        stored = rd.read_results()
-        m |= {"status": s.status, "finished": now(),
-              "counts": {"planned": s.planned, "stored": len(stored), "computed": s.computed,
-                         "errors": sum(r["status"] == "error" for r in stored.values())},
-              "engine": {"reused": s.extra["engine_reused"], "starts_in_process": ENGINES.starts},
-              "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
-              "timings": {"engine_start_s": round(s.engine_start_s, 3),
-                          "generate_s": round(s.generate_s, 3), "total_s": round(s.total_s, 3)},
-              "throughput": {"completion_tokens_per_s": round(s.tokens_per_s, 2),
-                             "items_per_s": round(s.computed / s.generate_s, 3)
-                             if s.generate_s else 0.0}}
-        rd.write_manifest(m)
+        _finish(rd, s, error, ENGINES.starts)
     if s.status == "interrupted":
         show(s)
         raise Interrupted(f"Interrupted: {s.computed} items stored in {rd.path}; "
                           "rerun the same command to finish the rest.")
 
 
-def main(cfg: DictConfig) -> None:
+def _finish(rd: RunDir, s: Summary, error: str | None, starts: int) -> None:
+    stored = rd.read_results()
+    i, n = rd.shard
+    this = {"status": s.status, "finished": now(), "computed": s.computed,
+            "errors": s.errors, "planned": s.planned,
+            "engine": {"reused": s.extra.get("engine_reused", False), "starts_in_process": starts},
+            "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
+            "timings": {"engine_start_s": round(s.engine_start_s, 3),
+                        "generate_s": round(s.generate_s, 3), "total_s": round(s.total_s, 3)},
+            "throughput": {"completion_tokens_per_s": round(s.tokens_per_s, 2),
+                           "items_per_s": round(s.computed / s.generate_s, 3)
+                           if s.generate_s else 0.0}}
+
+    def end(m: dict[str, Any]) -> None:
+        if error:
+            m["error"] = error
+        if n > 1:  # the run is complete when every shard is
+            m.setdefault("shards", {})[f"{i}/{n}"] = this
+            done = [v for k, v in m["shards"].items() if k.endswith(f"/{n}")]
+            this_status = ("complete" if len(done) == n and
+                           all(v["status"] == "complete" for v in done) else "partial")
+            m |= {k: v for k, v in this.items() if k not in ("status", "planned")}
+            m["status"] = this_status if s.status == "complete" else s.status
+        else:
+            m |= {k: v for k, v in this.items() if k != "planned"}
+        m["counts"] = {"planned": s.planned if n == 1 else None, "stored": len(stored),
+                       "computed": s.computed,
+                       "errors": sum(r["status"] == "error" for r in stored.values())}
+
+    rd.update_manifest(end)
+
+
+def multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN
+
+
+def main(cfg: DictConfig) -> Summary:
+    """Run one job. In a sweep, a job's user error is recorded and the sweep goes on."""
     from hydra.core.hydra_config import HydraConfig
 
     overrides = list(HydraConfig.get().overrides.task)
     try:
-        show(run(cfg, overrides))
-    except (UserError, Interrupted) as e:
-        console.print(f"[bold red]error:[/] {e}" if isinstance(e, UserError) else f"[yellow]{e}")
+        s = run(cfg, overrides)
+        show(s)
+        return s
+    except Interrupted as e:
+        console.print(f"[yellow]{e}")
+        sys.exit(e.exit_code)
+    except UserError as e:
+        console.print(f"[bold red]error:[/] {e}")
+        if multirun():
+            return Summary("-", "-", cfg.model.name, cfg.prompts.name, "failed",
+                           extra={"error": str(e)})
         sys.exit(e.exit_code)

@@ -4,6 +4,8 @@ Layout: <root>/<hash>/{config.yaml, overrides.yaml, manifest.json, results.jsonl
 results.jsonl is append-only, one record per item keyed by the item's content digest; a line
 torn by a kill is dropped on the next open. manifest.json is replaced atomically. One writer
 per run: an OS lock on <root>/.locks/<hash>.lock, released by the kernel if the holder dies.
+Shard i of n writes results.<i>-of-<n>.jsonl under its own lock (holding the run lock
+shared, so an unsharded writer excludes all shards); readers merge every results*.jsonl.
 """
 
 from __future__ import annotations
@@ -92,32 +94,35 @@ class ResultWriter:
 
 
 class RunDir:
-    def __init__(self, root: str | Path, run_hash: str):
+    def __init__(self, root: str | Path, run_hash: str, shard: tuple[int, int] = (0, 1)):
         self.root = Path(root)
         self.hash = run_hash
+        self.shard = shard
         self.path = self.root / run_hash
-        self.results = self.path / "results.jsonl"
+        i, n = shard
+        self.results = self.path / ("results.jsonl" if n == 1 else f"results.{i}-of-{n}.jsonl")
         self.manifest_path = self.path / "manifest.json"
+        self.locks = self.root / ".locks"
 
     def exists(self) -> bool:
         return self.manifest_path.exists()
 
     def read_results(self, repair: bool = False) -> dict[str, dict[str, Any]]:
-        """Stored records by item key. A torn last line is ignored (truncated if `repair`)."""
-        if not self.results.exists():
-            return {}
-        data = self.results.read_bytes()
-        end = data.rfind(b"\n") + 1
-        if repair and end < len(data):
-            with open(self.results, "r+b") as f:
-                f.truncate(end)
+        """Stored records by item key, all shards merged. A torn last line is ignored
+        (and cut off our own file if `repair`: we hold its lock)."""
         out: dict[str, dict[str, Any]] = {}
-        for line in data[:end].splitlines():
-            try:
-                r = json.loads(line)
-            except ValueError:
-                continue  # a torn line followed by later appends: skip it
-            out.setdefault(r["key"], r)
+        for f in sorted(self.path.glob("results*.jsonl")):
+            data = f.read_bytes()
+            end = data.rfind(b"\n") + 1
+            if repair and f == self.results and end < len(data):
+                with open(f, "r+b") as fh:
+                    fh.truncate(end)
+            for line in data[:end].splitlines():
+                try:
+                    r = json.loads(line)
+                except ValueError:
+                    continue  # a torn line followed by later appends: skip it
+                out.setdefault(r["key"], r)
         return out
 
     def manifest(self) -> dict[str, Any]:
@@ -128,6 +133,16 @@ class RunDir:
 
     def write_manifest(self, m: dict[str, Any]) -> None:
         atomic_write(self.manifest_path, json.dumps(m, indent=2, sort_keys=True) + "\n")
+
+    def update_manifest(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
+        """Read-modify-write under a short lock: shards of one run share the manifest."""
+        self.locks.mkdir(parents=True, exist_ok=True)
+        with open(self.locks / f"{self.hash}.manifest.lock", "a") as lk:
+            fcntl.flock(lk, fcntl.LOCK_EX)
+            m = self.manifest() or {"hash": self.hash}
+            change(m)
+            self.write_manifest(m)
+        return m
 
     def create(self, cfg: DictConfig, overrides: list[str]) -> None:
         self.path.mkdir(parents=True, exist_ok=True)
@@ -140,22 +155,35 @@ class RunDir:
 
     @contextmanager
     def lock(self, wait: bool, on_wait: Callable[[str], None]) -> Iterator[None]:
-        """Exclusive lock for writing this run; the kernel drops it if the holder dies."""
-        d = self.root / ".locks"
-        d.mkdir(parents=True, exist_ok=True)
-        fd = os.open(d / f"{self.hash}.lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Lock for writing this run (or this shard); the kernel drops it if the holder dies."""
+        i, n = self.shard
+        self.locks.mkdir(parents=True, exist_ok=True)
+        fds = []
         try:
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
-                if not wait:
-                    raise UserError(f"Run {self.hash} is being written by {holder}; "
-                                    "rerun later or drop store.wait=false to wait.") from None
-                on_wait(holder)
-                fcntl.flock(fd, fcntl.LOCK_EX)
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+            if n == 1:
+                fds.append(self._flock(f"{self.hash}.lock", fcntl.LOCK_EX, wait, on_wait))
+            else:
+                fds.append(self._flock(f"{self.hash}.lock", fcntl.LOCK_SH, wait, on_wait))
+                fds.append(self._flock(f"{self.hash}.{i}-of-{n}.lock", fcntl.LOCK_EX, wait,
+                                       on_wait))
             yield
         finally:
-            os.close(fd)
+            for fd in fds:
+                os.close(fd)
+
+    def _flock(self, name: str, mode: int, wait: bool, on_wait: Callable[[str], None]) -> int:
+        fd = os.open(self.locks / name, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            if not wait:
+                os.close(fd)
+                raise UserError(f"Run {self.hash} is being written by {holder}; "
+                                "rerun later or drop store.wait=false to wait.") from None
+            on_wait(holder)
+            fcntl.flock(fd, mode)
+        if mode == fcntl.LOCK_EX:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        return fd

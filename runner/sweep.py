@@ -1,0 +1,68 @@
+"""Hydra callback for multiruns: one summary row per sweep point, and runs.json in the sweep
+folder (what `python -m runner.results report --sweep DIR` reads).
+
+Each job writes its row to its own folder (<sweep>/<n>/point.json): with the submitit
+launchers jobs run in other processes (or nodes), and only files reach the parent."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Any
+
+from hydra.core.utils import JobReturn, JobStatus
+from hydra.experimental.callback import Callback
+from hydra.types import RunMode
+from omegaconf import DictConfig
+from rich.table import Table
+
+from runner.report import Summary, console
+
+
+class SweepSummary(Callback):
+    def on_job_end(self, config: DictConfig, job_return: JobReturn, **kw: Any) -> None:
+        if config.hydra.mode != RunMode.MULTIRUN:
+            return
+        s = job_return._return_value if job_return.status == JobStatus.COMPLETED else None
+        row: dict[str, Any] = {"num": config.hydra.job.num,
+                               "overrides": list(job_return.overrides or [])}
+        if isinstance(s, Summary):
+            row |= {"hash": None if s.hash == "-" else s.hash, "folder": s.folder,
+                    "status": {"complete": "computed"}.get(s.status, s.status),
+                    "items": s.planned, "computed": s.computed, "errors": s.errors,
+                    "tokens_per_s": round(s.tokens_per_s, 1), "error": s.extra.get("error"),
+                    "metrics": _metrics(Path(s.folder))}
+        else:
+            row |= {"hash": None, "status": "failed", "error": repr(job_return._return_value)}
+        out = Path(config.hydra.runtime.output_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "point.json").write_text(json.dumps(row, indent=2) + "\n")
+
+    def on_multirun_end(self, config: DictConfig, **kw: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        self.rows = sorted((json.loads(p.read_text()) for p in sweep_dir.glob("*/point.json")),
+                           key=lambda r: r["num"])
+        (sweep_dir / "runs.json").write_text(json.dumps(self.rows, indent=2) + "\n")
+        t = Table(title=f"sweep · {len(self.rows)} points · {sweep_dir}", title_justify="left")
+        for col in ("overrides", "hash", "status", "items", "tok/s", "metrics"):
+            t.add_column(col)
+        style = {"computed": "green", "cached": "cyan"}
+        common = set.intersection(*(set(r["overrides"]) for r in self.rows)) if self.rows else set()
+        for r in self.rows:
+            m = r.get("metrics") or {}
+            t.add_row(" ".join(o for o in r["overrides"] if o not in common), r["hash"] or "-",
+                      f"[{style.get(r['status'], 'red')}]{r['status']}[/]",
+                      str(r.get("items", "-")), str(r.get("tokens_per_s", "-")),
+                      " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
+                               for k, v in m.items() if not isinstance(v, dict)))
+        console.print(t)
+        if any(r["status"] == "failed" for r in self.rows):
+            sys.exit(1)
+
+
+def _metrics(folder: Path) -> dict[str, Any] | None:
+    try:
+        return json.loads((folder / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
