@@ -1,7 +1,9 @@
 """Stage 1: a prompt set on disk -> planned items (messages, images, content keys).
 
-No model is loaded here. Images are referenced by path (vLLM reads them itself through
-`allowed_local_media_path`); each image is hashed once so an item's key covers its pixels.
+No model is loaded here. Formats are read by `runner.sources` (as a stream), images checked,
+hashed once and normalized if needed by `runner.images`; vLLM reads them itself through
+`allowed_local_media_path` (the set's root). Problems with the whole set raise UserError;
+problems with one item (a bad image, too many images) set `Item.error` and the run goes on.
 """
 
 from __future__ import annotations
@@ -13,18 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from runner.errors import UserError
+from runner.images import Image, ImageError, ImageOptions, Images
+from runner.sources import Spec, read_set, take
+
+__all__ = ["Image", "Item", "Plan", "check_errors", "find_set", "item_key", "load_plan",
+           "load_set"]
 
 SET_FILE = "set.yaml"
-
-
-@dataclass(frozen=True)
-class Image:
-    path: str  # as written in the set, relative to its folder
-    file: Path  # resolved, inside the set's root
-    sha256: str
 
 
 @dataclass
@@ -34,7 +32,10 @@ class Item:
     images: list[Image]
     expected: str | None = None
     tags: list[str] = field(default_factory=list)
-    key: str = ""  # digest of the content, image bytes included
+    key: str = ""  # digest of the content, image bytes and normalization included
+    metadata: dict[str, Any] = field(default_factory=dict)
+    scorer: str | None = None  # read by runner.score
+    error: str | None = None  # set at plan time: stored as an error, never sent to the engine
 
     @property
     def text(self) -> str:
@@ -52,55 +53,39 @@ class Item:
 class Plan:
     name: str
     file: Path
-    root: Path  # images must stay inside it
+    root: Path  # images must stay inside it (normalized copies live in <root>/.cache/)
     items: list[Item]
+    format: str = "items"
+
+    @property
+    def errors(self) -> list[Item]:
+        return [it for it in self.items if it.error]
 
 
 def find_set(name: str, root: str | Path) -> Path:
-    """`name` is a set under `root` (<root>/<name>/set.yaml) or a path to a set file."""
-    cand = [Path(root) / name / SET_FILE, Path(root) / f"{name}.yaml", Path(name)]
+    """`name` is a set under `root` (<root>/<name>/set.yaml, <root>/<name>.yaml or .jsonl) or
+    a path to a set file (YAML or JSONL) or to a folder with a set.yaml."""
+    r = Path(root)
+    cand = [r / name / SET_FILE, r / f"{name}.yaml", r / f"{name}.jsonl", Path(name),
+            Path(name) / SET_FILE]
     for c in cand:
         if c.is_file():
             return c.resolve()
-    known = sorted(p.parent.name for p in Path(root).glob(f"*/{SET_FILE}"))
-    raise UserError(f"Unknown prompt set '{name}': no {cand[0]} or {cand[1]}; "
+    known = sorted({p.parent.name for p in r.glob(f"*/{SET_FILE}")}
+                   | {p.stem for p in r.glob("*.jsonl")})
+    raise UserError(f"Unknown prompt set '{name}': no {cand[0]}, {cand[1]} or {cand[2]}; "
                     f"known sets in {root}/: {', '.join(known) or 'none'} (set prompts.name=...).")
 
 
-class ImageHasher:
-    """Hashes each image file once, however many items use it."""
-
-    def __init__(self, root: Path):
-        self.root = root
-        self._seen: dict[Path, str] = {}
-
-    def __call__(self, rel: str, where: str) -> Image:
-        f = (self.root / rel).resolve()
-        if not f.is_relative_to(self.root):
-            raise UserError(f"{where}: image '{rel}' is outside the set's folder {self.root}; "
-                            "keep images inside it.")
-        if not f.is_file():
-            raise UserError(f"{where}: image '{rel}' not found (looked at {f}).")
-        if f not in self._seen:
-            self._seen[f] = hashlib.sha256(f.read_bytes()).hexdigest()
-        return Image(rel, f, self._seen[f])
-
-
-def _content(text: str, images: list[Image]) -> str | list[dict[str, Any]]:
-    if not images:
-        return text
-    parts: list[dict[str, Any]] = [{"type": "text", "text": text}]
-    parts += [{"type": "image_url", "image_url": {"url": im.file.as_uri()}} for im in images]
-    return parts
-
-
 def item_key(item_id: str, messages: list[dict], images: Iterable[Image]) -> str:
-    """Digest of what the model sees: the messages with each image replaced by its sha256."""
-    by_uri = {im.file.as_uri(): im.sha256 for im in images}
+    """Digest of what the model sees: the messages with each image replaced by the sha256 of its
+    original bytes (and, if it was converted, the conversion settings)."""
+    by_uri = {im.file.as_uri(): ({"image": im.sha256, "norm": im.norm} if im.norm
+                                 else {"image": im.sha256}) for im in images}
 
     def canon(c: Any) -> Any:
         if isinstance(c, list):
-            return [{"image": by_uri[p["image_url"]["url"]]} if p["type"] == "image_url" else p
+            return [by_uri.get(p["image_url"]["url"], p) if p["type"] == "image_url" else p
                     for p in c]
         return c
 
@@ -109,53 +94,81 @@ def item_key(item_id: str, messages: list[dict], images: Iterable[Image]) -> str
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _item(raw: dict, n: int, where: str, img: ImageHasher, system: str | None) -> Item:
-    if not isinstance(raw, dict) or "id" not in raw:
-        raise UserError(f"{where}: item #{n + 1} needs an 'id'.")
-    iid = str(raw["id"])
-    where = f"{where}: item '{iid}'"
-    unknown = set(raw) - {"id", "text", "images", "system", "expected", "tags", "messages"}
-    if unknown:
-        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(unknown))}; "
-                        "allowed: id, text, images, system, expected, tags, messages.")
+def _item(s: Spec, img: Images, system: str | None, scorer: str | None,
+          max_images: int | None) -> Item:
     images: list[Image] = []
+    bad: list[str] = []  # reasons, and sha256 of bad bytes (so a fixed file changes the key)
     messages: list[dict[str, Any]] = []
-    sys_prompt = raw.get("system", system)
-    if sys_prompt:
+    sys_prompt = s.system if s.system is not None else system
+    if sys_prompt and not any(role == "system" for role, _ in s.turns):
         messages.append({"role": "system", "content": sys_prompt})
-    if "messages" in raw:  # multi-turn: each turn has role, text and optional images
-        for t in raw["messages"]:
-            ims = [img(p, where) for p in t.get("images", [])]
-            images += ims
-            messages.append({"role": t["role"], "content": _content(t.get("text", ""), ims)})
-    elif "text" in raw:
-        images = [img(p, where) for p in raw.get("images") or []]
-        messages.append({"role": "user", "content": _content(str(raw["text"]), images)})
-    else:
-        raise UserError(f"{where}: needs 'text' (or 'messages').")
-    exp = raw.get("expected")
-    return Item(iid, messages, images, None if exp is None else str(exp),
-                list(raw.get("tags") or []), item_key(iid, messages, images))
+    for role, parts in s.turns:
+        content: list[dict[str, Any]] = []
+        for kind, val in parts:
+            if kind == "text":
+                content.append({"type": "text", "text": val})
+                continue
+            try:
+                im = img(val, s.base, s.where)
+                images.append(im)
+                url = im.file.as_uri()
+            except ImageError as e:
+                bad += [str(e), e.sha256]
+                url = val if val.startswith(("http", "file:")) else f"unresolved:{val[:200]}"
+            content.append({"type": "image_url", "image_url": {"url": url}})
+        one_text = len(content) == 1 and content[0]["type"] == "text"
+        messages.append({"role": role, "content": content[0]["text"] if one_text else content})
+    n_img = sum(kind == "image" for _, parts in s.turns for kind, _ in parts)
+    error = bad[0] if bad else None
+    if error is None and max_images is not None and n_img > max_images:
+        error = (f"{n_img} images in one prompt; model.limit_mm_per_prompt allows "
+                 f"{max_images}")
+    key = item_key(s.id, messages, images)
+    if bad:
+        key = hashlib.sha256((key + json.dumps(bad)).encode()).hexdigest()
+    return Item(s.id, messages, images, s.expected, s.tags, key, s.metadata,
+                s.scorer or scorer, error)
 
 
 def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
-             limit: int | None = None) -> Plan:
+             limit: int | None = None, *, images: ImageOptions | None = None,
+             max_images: int | None = None) -> Plan:
+    """Plan a set: items in file order, the first `limit` only; images checked and hashed."""
     f = find_set(name, root)
-    try:
-        doc = yaml.safe_load(f.read_text())
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        line = f" line {mark.line + 1}" if mark else ""
-        raise UserError(f"{f}{line}: not valid YAML ({getattr(e, 'problem', e)}).") from None
-    raw = doc.get("items") if isinstance(doc, dict) else None
-    if not raw:
-        raise UserError(f"{f}: no items (expected a top-level 'items:' list).")
-    img = ImageHasher(f.parent)
-    system = system or doc.get("system")
-    items = [_item(r, n, str(f), img, system) for n, r in enumerate(raw[:limit] if limit else raw)]
-    seen: set[str] = set()
-    for it in items:
-        if it.id in seen:
-            raise UserError(f"{f}: duplicate item id '{it.id}'; ids must be unique.")
-        seen.add(it.id)
-    return Plan(doc.get("name", f.parent.name), f, f.parent, items)
+    info, specs = read_set(f)
+    img = Images(info.root, images or ImageOptions())
+    system = system or info.system
+    items: list[Item] = []
+    seen: dict[str, str] = {}
+    for s in take(specs, limit):  # a stream: only planned items stay in memory, no pixels
+        if s.id in seen:
+            raise UserError(f"{s.where}: duplicate item id '{s.id}' (first at {seen[s.id]}); "
+                            "ids must be unique.")
+        seen[s.id] = s.where.split(": ")[0] if " line " in s.where else s.where
+        items.append(_item(s, img, system, info.scorer, max_images))
+    if not items:
+        raise UserError(f"{f}: no items.")
+    return Plan(info.name, info.file, info.root, items, info.format)
+
+
+def load_plan(cfg: Any) -> Plan:
+    """The plan for a run config: `prompts.*` options and the model's image limit applied."""
+    p, m = cfg.prompts, cfg.model
+    lim = m.get("limit_mm_per_prompt") or {}
+    opts = ImageOptions(bool(p.get("allow_remote", False)),
+                        int(p.get("max_image_pixels") or ImageOptions.max_image_pixels),
+                        p.get("max_image_size"))
+    plan = load_set(p.name, p.root, p.system, p.limit, images=opts, max_images=lim.get("image"))
+    check_errors(plan.items, p.get("on_item_error", "skip"))
+    return plan
+
+
+def check_errors(items: Iterable[Item], policy: str = "skip") -> None:
+    """`prompts.on_item_error`: skip (store bad items as errors, run the rest) or fail."""
+    if policy not in ("skip", "fail"):
+        raise UserError(f"prompts.on_item_error must be skip or fail, not '{policy}'.")
+    if policy == "fail":
+        for it in items:
+            if it.error:
+                raise UserError(f"Item '{it.id}': {it.error} (prompts.on_item_error=fail; "
+                                "set it to skip to store such items as errors and go on).")

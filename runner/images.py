@@ -1,0 +1,247 @@
+"""Safe image handling for prompt sets: resolve, guard, hash once, normalize once.
+
+vLLM reads `file://` images itself (restricted to the set's root), so anything it would read
+differently from what we plan (EXIF rotation, CMYK, 16-bit, palette/alpha, animation, exotic
+formats, oversized images) is converted once into `<root>/.cache/images/` and referenced from
+there: the root still covers it, and the token plan sees exactly the pixels the model sees.
+Plain RGB/greyscale PNG and JPEG go by path, untouched. No pixels are kept in memory.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import hashlib
+import os
+import tempfile
+import urllib.request
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+from PIL import ImageOps, UnidentifiedImageError
+
+from runner.errors import UserError
+
+CACHE = ".cache"  # inside the set's root, so allowed_local_media_path still covers it
+NORM_VERSION = 1  # bump when the conversion changes: keys of converted images change with it
+MAX_DOWNLOAD = 64 << 20  # bytes; a remote image larger than this is an item error
+PLAIN_FORMATS = ("PNG", "JPEG")
+PLAIN_MODES = ("RGB", "L")
+ORIENTATION = 0x0112
+
+
+@dataclass(frozen=True)
+class Image:
+    path: str  # as written in the set
+    file: Path  # what vLLM reads: the original, or its normalized copy under .cache/
+    sha256: str  # of the original bytes
+    width: int = 0  # as the model sees it (after normalization)
+    height: int = 0
+    norm: str = ""  # what normalization did ("" = untouched); part of the item key
+
+
+class ImageError(Exception):
+    """An item-level image problem: the item is stored as an error, the run goes on."""
+
+    sha256 = ""  # of the bad bytes when known, so fixing the file changes the item's key
+
+
+@dataclass(frozen=True)
+class ImageOptions:
+    allow_remote: bool = False
+    max_image_pixels: int = 89_478_485  # Pillow's own decompression-bomb threshold
+    max_image_size: int | None = None  # longest side, in pixels; larger images are downscaled
+
+
+def _sha256(f: Path) -> str:
+    h = hashlib.sha256()
+    with open(f, "rb") as fh:
+        while chunk := fh.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _atomic_write(dest: Path, data: bytes | None = None, im: PILImage.Image | None = None) -> None:
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if im is not None:
+                im.save(fh, "PNG")
+            else:
+                fh.write(data or b"")
+        os.replace(tmp, dest)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _to_rgb(im: PILImage.Image) -> PILImage.Image:
+    """RGB as vLLM and mistral-common would make it, but 16-bit greys scaled, not clipped."""
+    if im.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        a = np.asarray(im).astype(np.uint32)
+        top = 65535 if im.mode.startswith("I;16") or a.max(initial=0) > 255 else 255
+        im = PILImage.fromarray((a * 255 // top).astype(np.uint8), "L")
+    if im.mode == "F":
+        im = im.convert("L")
+    if im.mode in ("RGBA", "LA", "PA", "P") or "transparency" in im.info:
+        im = im.convert("RGBA")
+        bg = PILImage.new("RGB", im.size, (255, 255, 255))
+        bg.paste(im, mask=im.getchannel("A"))
+        return bg
+    return im.convert("RGB")
+
+
+def _fit(w: int, h: int, cap: int | None) -> tuple[int, int]:
+    if not cap or max(w, h) <= cap:
+        return w, h
+    r = cap / max(w, h)
+    return max(1, round(w * r)), max(1, round(h * r))
+
+
+class Images:
+    """Resolves each image reference once per plan (path, file:// URL, data: URL, http(s))."""
+
+    def __init__(self, root: Path, opts: ImageOptions):
+        self.root = root
+        self.opts = opts
+        self.cache = root / CACHE
+        self._seen: dict[str, Image | ImageError] = {}
+        self._norm_tag = f"v{NORM_VERSION}" + (f",max={opts.max_image_size}"
+                                               if opts.max_image_size else "")
+
+    def __call__(self, ref: str, base: Path, where: str) -> Image:
+        """`base`: the folder relative paths resolve against. Raises UserError for set problems
+        (outside the root, missing, remote not allowed) and ImageError for bad images."""
+        if not isinstance(ref, str) or not ref:
+            raise UserError(f"{where}: an image reference must be a non-empty string.")
+        key = ref if ref.startswith(("data:", "http://", "https://")) else str(base / ref)
+        hit = self._seen.get(key)
+        if hit is None:
+            try:
+                hit = self._resolve(ref, base, where)
+            except ImageError as e:
+                hit = e
+            self._seen[key] = hit
+        if isinstance(hit, ImageError):
+            raise hit
+        return hit if hit.path == ref else Image(ref, hit.file, hit.sha256, hit.width,
+                                                 hit.height, hit.norm)
+
+    def _resolve(self, ref: str, base: Path, where: str) -> Image:
+        if ref.startswith("data:"):
+            return self._probe(ref, self._from_data(ref))
+        if ref.startswith(("http://", "https://")):
+            if not self.opts.allow_remote:
+                raise UserError(f"{where}: image URL '{ref[:80]}' is remote; set "
+                                "prompts.allow_remote=true to fetch http(s) images.")
+            return self._probe(ref, self._download(ref))
+        rel = ref.removeprefix("file://") if ref.startswith("file://") else ref
+        f = (base / rel).resolve()
+        if not f.is_relative_to(self.root):
+            raise UserError(f"{where}: image '{ref}' is outside the set's folder {self.root}; "
+                            "keep images inside it.")
+        if not f.is_file():
+            raise UserError(f"{where}: image '{ref}' not found (looked at {f}).")
+        return self._probe(ref, f)
+
+    def _from_data(self, url: str) -> Path:
+        head, _, payload = url.partition(",")
+        if ";base64" not in head:
+            raise ImageError("data: URL is not base64-encoded")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ImageError("data: URL payload is not valid base64") from None
+        dest = self.cache / "data" / hashlib.sha256(data).hexdigest()
+        if not dest.exists():
+            _atomic_write(dest, data)
+        return dest
+
+    def _download(self, url: str) -> Path:
+        # Fetched once per cache (keyed by URL): the item key then covers the bytes we got.
+        dest = self.cache / "remote" / hashlib.sha256(url.encode()).hexdigest()
+        if dest.exists():
+            return dest
+        try:
+            req = urllib.request.Request(url, headers={"User-Agent": "pixtral-runner"})
+            with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - http(s) only
+                data = r.read(MAX_DOWNLOAD + 1)
+        except (OSError, ValueError) as e:
+            raise ImageError(f"could not fetch {url[:80]}: {e}") from None
+        if len(data) > MAX_DOWNLOAD:
+            raise ImageError(f"{url[:80]} is larger than {MAX_DOWNLOAD >> 20} MB")
+        _atomic_write(dest, data)
+        return dest
+
+    def _probe(self, ref: str, f: Path) -> Image:
+        sha = _sha256(f)
+        try:
+            return self._open(ref, f, sha)
+        except ImageError as e:
+            e.sha256 = sha
+            raise
+
+    def _open(self, ref: str, f: Path, sha: str) -> Image:
+        if f.stat().st_size == 0:
+            raise ImageError(f"image '{ref}' is an empty file (0 bytes)")
+        cap = self.opts.max_image_pixels
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PILImage.DecompressionBombWarning)
+            try:
+                im = PILImage.open(f)
+            except PILImage.DecompressionBombError as e:
+                raise ImageError(f"image '{ref}' is too large to open safely ({e})") from None
+            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                raise ImageError(f"image '{ref}' is not an image Pillow can read "
+                                 f"({type(e).__name__}: {e})") from None
+            with im:
+                w, h = im.size
+                if w * h > cap:
+                    raise ImageError(f"image '{ref}' is {w}x{h} = {w * h:,} pixels, over "
+                                     f"prompts.max_image_pixels={cap:,} (decompression-bomb guard)")
+                return self._check(ref, f, sha, im)
+
+    def _check(self, ref: str, f: Path, sha: str, im: PILImage.Image) -> Image:
+        fmt, (w, h) = im.format or "?", im.size
+        try:
+            orient = im.getexif().get(ORIENTATION, 1)
+        except Exception:  # noqa: BLE001 - malformed EXIF: treat as upright, like vLLM
+            orient = 1
+        why = []
+        if fmt not in PLAIN_FORMATS:
+            why.append(fmt)
+        if getattr(im, "n_frames", 1) > 1:
+            why.append("first frame")
+        if orient not in (1, None):
+            why.append("exif")
+        if im.mode not in PLAIN_MODES or "transparency" in im.info:
+            why.append(im.mode)
+        if orient in (5, 6, 7, 8):
+            w, h = h, w
+        nw, nh = _fit(w, h, self.opts.max_image_size)
+        if (nw, nh) != (w, h):
+            why.append(f"max {self.opts.max_image_size}")
+        out = self.cache / "images" / f"{sha[:40]}-{self._norm_tag.replace(',', '_')}.png"
+        if why and out.exists():
+            return Image(ref, out, sha, nw, nh, self._norm_tag)
+        try:
+            if fmt == "JPEG" and not why:
+                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))  # fast full-stream check
+            im.load()
+        except (OSError, SyntaxError, ValueError, EOFError) as e:
+            raise ImageError(f"image '{ref}' is corrupt or truncated "
+                             f"({type(e).__name__}: {e})") from None
+        if not why:
+            return Image(ref, f, sha, w, h)
+        try:
+            rgb = _to_rgb(ImageOps.exif_transpose(im))
+            if rgb.size != (nw, nh):
+                rgb = rgb.resize((nw, nh), PILImage.Resampling.LANCZOS)
+        except (OSError, ValueError) as e:
+            raise ImageError(f"image '{ref}' could not be converted ({e})") from None
+        _atomic_write(out, im=rgb)
+        return Image(ref, out, sha, nw, nh, self._norm_tag)

@@ -1,0 +1,282 @@
+"""Prompt set formats -> a stream of item specs (no images opened here).
+
+- `items`:  YAML items (`set.yaml`): id, text/images or multi-turn messages, metadata, scorer.
+- `images`: a folder or glob of images times one or more prompt templates (ids from file names).
+- `jsonl`:  one YAML-style item per line, read as a stream.
+- `batch`:  OpenAI Batch API / `vllm run-batch` input (custom_id, body.messages).
+
+The format is detected from the file (`*.yaml` items, `*.jsonl` items or batch by the first
+line) or declared in a set file (`format: images|jsonl|batch`, `file:`/`images:`).
+"""
+
+from __future__ import annotations
+
+import glob
+import itertools
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from PIL import Image as PILImage
+
+from runner.errors import UserError
+
+FORMATS = ("items", "images", "jsonl", "batch")
+ITEM_KEYS = {"id", "text", "images", "system", "expected", "tags", "messages", "metadata",
+             "scorer"}
+SET_KEYS = {"name", "format", "system", "scorer", "items", "file", "images", "templates", "root",
+            "description"}
+Part = tuple[str, str]  # ("text", text) | ("image", reference as written)
+
+
+@dataclass
+class Spec:
+    """One item as written, before images are resolved."""
+
+    id: str
+    where: str  # file and line (or item) for messages
+    base: Path  # relative image paths resolve against it
+    turns: list[tuple[str, list[Part]]]  # (role, parts)
+    system: str | None = None
+    expected: str | None = None
+    tags: list[str] = field(default_factory=list)
+    metadata: dict[str, Any] = field(default_factory=dict)
+    scorer: str | None = None
+
+
+@dataclass
+class SetInfo:
+    name: str
+    file: Path
+    root: Path  # images must stay inside it
+    format: str
+    system: str | None = None
+    scorer: str | None = None
+
+
+def _yaml(f: Path) -> tuple[Any, yaml.Node | None]:
+    """The document and its node tree (for item line numbers), parsed once."""
+    try:
+        loader = yaml.SafeLoader(f.read_text(encoding="utf-8"))
+        try:
+            node = loader.get_single_node()
+            return (loader.construct_document(node) if node else None), node
+        finally:
+            loader.dispose()
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        line = f" line {mark.line + 1}" if mark else ""
+        raise UserError(f"{f}{line}: not valid YAML ({getattr(e, 'problem', e)}).") from None
+    except UnicodeDecodeError:
+        raise UserError(f"{f}: not UTF-8 text.") from None
+
+
+def _item_lines(node: yaml.Node | None) -> list[int]:
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            if k.value == "items" and isinstance(v, yaml.SequenceNode):
+                return [n.start_mark.line + 1 for n in v.value]
+    return []
+
+
+def _str(v: Any, what: str, where: str) -> str:
+    if isinstance(v, (str, int, float)) and not isinstance(v, bool):
+        return str(v)
+    raise UserError(f"{where}: '{what}' must be a string, not {type(v).__name__}.")
+
+
+def spec_from_item(raw: Any, where: str, base: Path) -> Spec:
+    """A YAML/JSONL item (id, text, images, messages, ...) -> Spec."""
+    if not isinstance(raw, dict) or "id" not in raw:
+        raise UserError(f"{where}: an item needs an 'id'.")
+    iid = _str(raw["id"], "id", where)
+    where = f"{where}: item '{iid}'"
+    unknown = set(raw) - ITEM_KEYS
+    if unknown:
+        raise UserError(f"{where}: unknown key(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"allowed: {', '.join(sorted(ITEM_KEYS))}.")
+
+    def images(v: Any) -> list[Part]:
+        if v is None:
+            return []
+        if not isinstance(v, list):
+            raise UserError(f"{where}: 'images' must be a list of paths or URLs.")
+        return [("image", _str(p, "images", where)) for p in v]
+
+    turns: list[tuple[str, list[Part]]] = []
+    if "messages" in raw:  # multi-turn: each turn has role, text and optional images
+        if not isinstance(raw["messages"], list) or not raw["messages"]:
+            raise UserError(f"{where}: 'messages' must be a non-empty list of turns.")
+        for t in raw["messages"]:
+            if not isinstance(t, dict) or t.get("role") not in ("user", "assistant", "system"):
+                raise UserError(f"{where}: each turn needs role user, assistant or system.")
+            turns.append((t["role"], [("text", _str(t.get("text", ""), "text", where))]
+                          + images(t.get("images"))))
+    elif "text" in raw:
+        turns.append(("user", [("text", _str(raw["text"], "text", where))]
+                      + images(raw.get("images"))))
+    else:
+        raise UserError(f"{where}: needs 'text' (or 'messages').")
+    meta = raw.get("metadata") or {}
+    if not isinstance(meta, dict):
+        raise UserError(f"{where}: 'metadata' must be a mapping.")
+    tags = raw.get("tags") or []
+    if not isinstance(tags, list):
+        raise UserError(f"{where}: 'tags' must be a list.")
+    exp, sc, sysp = raw.get("expected"), raw.get("scorer"), raw.get("system")
+    return Spec(iid, where, base, turns,
+                None if sysp is None else _str(sysp, "system", where),
+                None if exp is None else _str(exp, "expected", where), [str(t) for t in tags],
+                meta, None if sc is None else _str(sc, "scorer", where))
+
+
+def _openai_parts(content: Any, where: str) -> list[Part]:
+    if isinstance(content, str):
+        return [("text", content)]
+    if not isinstance(content, list):
+        raise UserError(f"{where}: message content must be a string or a list of parts.")
+    parts: list[Part] = []
+    for p in content:
+        kind = p.get("type") if isinstance(p, dict) else None
+        if kind == "text":
+            parts.append(("text", _str(p.get("text", ""), "text", where)))
+        elif kind == "image_url":
+            u = p.get("image_url")
+            parts.append(("image", _str(u.get("url") if isinstance(u, dict) else u, "url", where)))
+        else:
+            raise UserError(f"{where}: unsupported content part type {kind!r}; "
+                            "only 'text' and 'image_url' are.")
+    return parts
+
+
+def spec_from_batch(raw: Any, where: str, base: Path) -> Spec:
+    """One OpenAI batch request line -> Spec. Sampling fields in `body` are kept as metadata;
+    the run's `sampling` config decides generation."""
+    if not isinstance(raw, dict) or "custom_id" not in raw:
+        raise UserError(f"{where}: a batch request needs a 'custom_id'.")
+    iid = _str(raw["custom_id"], "custom_id", where)
+    where = f"{where}: request '{iid}'"
+    body = raw.get("body")
+    msgs = body.get("messages") if isinstance(body, dict) else None
+    if not isinstance(msgs, list) or not msgs:
+        raise UserError(f"{where}: needs body.messages (a chat completion request).")
+    turns = []
+    for m in msgs:
+        if not isinstance(m, dict) or m.get("role") not in ("user", "assistant", "system"):
+            raise UserError(f"{where}: each message needs role user, assistant or system.")
+        turns.append((m["role"], _openai_parts(m.get("content", ""), where)))
+    meta = {"body": {k: v for k, v in body.items() if k != "messages"}}
+    return Spec(iid, where, base, turns, metadata=meta)
+
+
+def _jsonl(f: Path, batch: bool) -> Iterator[Spec]:
+    make = spec_from_batch if batch else spec_from_item
+    with open(f, encoding="utf-8") as fh:  # a stream: one line in memory at a time
+        for n, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                raw = json.loads(line)
+            except ValueError as e:
+                raise UserError(f"{f} line {n}: not valid JSON ({e}).") from None
+            yield make(raw, f"{f} line {n}", f.parent)
+
+
+def is_batch(f: Path) -> bool:
+    with open(f, encoding="utf-8") as fh:
+        for n, line in enumerate(fh, 1):
+            if line.strip():
+                try:
+                    first = json.loads(line)
+                except ValueError as e:
+                    raise UserError(f"{f} line {n}: not valid JSON ({e}).") from None
+                return isinstance(first, dict) and "custom_id" in first and "body" in first
+    raise UserError(f"{f}: no items (the file is empty).")
+
+
+def _image_files(spec: str, f: Path, root: Path) -> list[Path]:
+    """A folder (every image in it, sorted) or a glob, relative to the set file."""
+    exts = {e for e, fmt in PILImage.registered_extensions().items() if fmt in PILImage.OPEN}
+    p = f.parent / spec
+    if any(c in spec for c in "*?["):
+        parts = Path(spec).parts
+        lit = next(i for i, x in enumerate(parts) if any(c in x for c in "*?["))
+        top = f.parent.joinpath(*parts[:lit])
+        if not top.is_dir():
+            raise UserError(f"{f}: 'images: {spec}': the folder {top} does not exist.")
+        files = [Path(x) for x in glob.glob(str(p), recursive=True)]
+    elif p.is_dir():
+        files = list(p.iterdir())
+    else:
+        raise UserError(f"{f}: 'images: {spec}': the folder {p} does not exist "
+                        "(give a folder or a glob like images/*.jpg).")
+    files = sorted(x for x in files if x.suffix.lower() in exts and not x.name.startswith("."))
+    if not files:
+        raise UserError(f"{f}: 'images: {spec}' matches no image files.")
+    return files
+
+
+def _templates(doc: dict, f: Path, root: Path) -> Iterator[Spec]:
+    tpls = doc.get("templates")
+    if not isinstance(tpls, list) or not tpls:
+        raise UserError(f"{f}: format 'images' needs 'templates:', a list of prompts "
+                        "(id, text; optional system, expected, scorer, tags, metadata).")
+    specs = [spec_from_item(t, f"{f}: template #{n + 1}", f.parent) for n, t in enumerate(tpls)]
+    for s in specs:
+        if len(s.turns) != 1 or any(k == "image" for k, _ in s.turns[0][1]):
+            raise UserError(f"{s.where}: a template is one 'text' (the image is added).")
+    for img in _image_files(str(doc.get("images", "")), f, root):
+        rel = img.relative_to(f.parent) if img.is_relative_to(f.parent) else img
+        stem = rel.with_suffix("").as_posix()
+        for t in specs:
+            text = t.turns[0][1][0][1].replace("{image}", rel.as_posix()).replace("{stem}", stem)
+            yield Spec(stem if len(specs) == 1 else f"{stem}:{t.id}", f"{f}: image '{rel}'",
+                       f.parent, [("user", [("text", text), ("image", rel.as_posix())])],
+                       t.system, t.expected, list(t.tags), dict(t.metadata), t.scorer)
+
+
+def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
+    """The set's description and a lazy stream of its items."""
+    if f.suffix == ".jsonl":
+        fmt = "batch" if is_batch(f) else "jsonl"
+        return SetInfo(f.stem, f, f.parent, fmt), _jsonl(f, fmt == "batch")
+    doc, node = _yaml(f)
+    if not isinstance(doc, dict):
+        raise UserError(f"{f}: no items (expected a top-level 'items:' list).")
+    unknown = set(doc) - SET_KEYS
+    if unknown:
+        raise UserError(f"{f}: unknown set key(s) {', '.join(sorted(map(str, unknown)))}; "
+                        f"allowed: {', '.join(sorted(SET_KEYS))}.")
+    fmt = doc.get("format") or ("images" if "templates" in doc else
+                                "jsonl" if "file" in doc else "items")
+    if fmt not in FORMATS:
+        raise UserError(f"{f}: format '{fmt}' is not one of {', '.join(FORMATS)}.")
+    root = (f.parent / str(doc.get("root", "."))).resolve()
+    if not root.is_dir():
+        raise UserError(f"{f}: image root 'root: {doc['root']}' is not a folder ({root}).")
+    info = SetInfo(str(doc.get("name", f.parent.name)), f, root, fmt,
+                   doc.get("system"), doc.get("scorer"))
+    if fmt == "items":
+        raw = doc.get("items")
+        if not isinstance(raw, list) or not raw:
+            raise UserError(f"{f}: no items (expected a top-level 'items:' list).")
+        lines = _item_lines(node)
+        where = (lambda n: f"{f} line {lines[n]}") if len(lines) == len(raw) else \
+            (lambda n: f"{f}: item #{n + 1}")
+        return info, (spec_from_item(r, where(n), f.parent) for n, r in enumerate(raw))
+    if fmt == "images":
+        return info, _templates(doc, f, root)
+    data = f.parent / str(doc.get("file", ""))
+    if not doc.get("file") or not data.is_file():
+        raise UserError(f"{f}: format '{fmt}' needs 'file:', a JSONL file next to it "
+                        f"({data} not found).")
+    batch = fmt == "batch" or is_batch(data)
+    info.format = "batch" if batch else "jsonl"
+    return info, _jsonl(data, batch)
+
+
+def take(specs: Iterator[Spec], limit: int | None) -> Iterator[Spec]:
+    return itertools.islice(specs, limit) if limit else specs

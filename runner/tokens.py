@@ -1,0 +1,192 @@
+"""The token plan: image and prompt tokens per item, before any model loads.
+
+Mistral-format models (tokenizer_mode mistral, a tekken.json in the model folder): exact. The
+whole chat request is encoded with mistral-common's `MistralTokenizer.encode_chat_completion`
+(what vLLM itself calls), each image stood in for by a 1x1 image so no pixels are decoded, and
+its tokens replaced by the exact count from the tokenizer's image encoder for the image's
+real size (rows x (columns + 1): one [IMG_BREAK]/[IMG_END] per row).
+Other models (Hugging Face layout): the same rule with the model's vision config and the
+bundled Pixtral tokenizer for text, labelled "estimate".
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Collection, Iterable
+from dataclasses import dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from runner.plan import Item, Plan
+
+BUNDLED = "tekken_240911.json"  # Pixtral-12B-2409's tokenizer, shipped with mistral-common
+
+
+@dataclass
+class ItemTokens:
+    id: str
+    key: str
+    images: int
+    image_tokens: int
+    prompt_tokens: int  # text + image tokens of the whole chat request
+    exact: bool
+    error: str | None = None  # the item's error (bad image, too many images, too long)
+
+
+@dataclass(frozen=True)
+class _Size:
+    size: tuple[int, int]
+
+
+@lru_cache(maxsize=4)
+def _tokenizer(path: str) -> Any:
+    from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
+
+    return MistralTokenizer.from_file(path)
+
+
+def _bundled() -> Path:
+    import mistral_common
+
+    return Path(mistral_common.__file__).parent / "data" / BUNDLED
+
+
+class Counter:
+    """Counts tokens for one model; built once per plan."""
+
+    def __init__(self, model: Any):
+        folder = Path(model.get("tokenizer") or model.path)
+        tekken = folder / "tekken.json" if folder.is_dir() else folder
+        mistral = model.get("tokenizer_mode") == "mistral"
+        self.exact = mistral and tekken.is_file() and tekken.suffix == ".json"
+        self.source = str(tekken) if self.exact else f"estimate ({BUNDLED}, mistral-common)"
+        self.tok = _tokenizer(str(tekken if self.exact else _bundled()))
+        enc = self.tok.instruct_tokenizer.image_encoder
+        self.encoder = enc
+        self.patch, self.max_size, self.merge = 16, 1024, 1
+        if enc is not None:
+            c = enc.image_config
+            self.patch, self.max_size, self.merge = (c.image_patch_size, c.max_image_size,
+                                                     c.spatial_merge_size)
+        if not self.exact:
+            self._hf_vision(Path(model.path) / "config.json")
+        from PIL import Image as PILImage
+
+        self.dummy = PILImage.new("RGB", (1, 1))
+        self.dummy_tokens = self.image_tokens(1, 1)
+
+    def _hf_vision(self, f: Path) -> None:
+        try:
+            v = json.loads(f.read_text()).get("vision_config") or {}
+        except (OSError, ValueError):
+            return
+        self.patch = int(v.get("patch_size", self.patch))
+        self.max_size = int(v.get("image_size", self.max_size))
+        self.merge = int(v.get("spatial_merge_size", self.merge))
+
+    def image_tokens(self, w: int, h: int) -> int:
+        if self.exact and self.encoder is not None:
+            cols, rows = self.encoder._image_to_num_tokens(_Size((w, h)))
+        else:  # mistral-common's rule (ImageEncoder._image_to_num_tokens)
+            r = max(w / self.max_size, h / self.max_size)
+            if r > 1:
+                w, h = max(round(w / r), 1), max(round(h / r), 1)
+            cols = (w - 1) // (self.patch * self.merge) + 1
+            rows = (h - 1) // (self.patch * self.merge) + 1
+        return rows * (cols + 1)
+
+    def prompt_tokens(self, item: Item) -> int:
+        from mistral_common.protocol.instruct.chunk import ImageChunk, TextChunk
+        from mistral_common.protocol.instruct.messages import (
+            AssistantMessage,
+            SystemMessage,
+            UserMessage,
+        )
+        from mistral_common.protocol.instruct.request import ChatCompletionRequest
+
+        msgs: list[Any] = []
+        n_img = 0
+        for m in item.messages:
+            c = m["content"]
+            if isinstance(c, list):
+                chunks: list[Any] = []
+                for p in c:
+                    if p["type"] == "text":
+                        chunks.append(TextChunk(text=p["text"]))
+                    else:
+                        chunks.append(ImageChunk(image=self.dummy))
+                        n_img += 1
+                c = chunks
+            cls = {"system": SystemMessage, "user": UserMessage,
+                   "assistant": AssistantMessage}[m["role"]]
+            msgs.append(cls(content=c))
+        toks = self.tok.encode_chat_completion(ChatCompletionRequest(messages=msgs)).tokens
+        return len(toks) - n_img * self.dummy_tokens
+
+
+def plan_tokens(cfg: Any, plan: Plan, items: Iterable[Item] | None = None) -> list[ItemTokens]:
+    """Token counts for `items` (default: the whole plan). Marks items whose prompt does not
+    fit `model.max_model_len` (with room for one output token) as item errors."""
+    counter = Counter(cfg.model)
+    max_len = cfg.model.get("max_model_len")
+    out = []
+    for it in plan.items if items is None else items:
+        img = sum(counter.image_tokens(im.width, im.height) for im in it.images)
+        n = 0
+        if it.error is None or "limit_mm_per_prompt" in it.error:
+            try:
+                n = counter.prompt_tokens(it) + img
+            except Exception as e:  # noqa: BLE001 - mistral-common rejects bad requests
+                it.error = f"the tokenizer rejects this request ({type(e).__name__}: {e})"
+        if it.error is None and max_len and n >= max_len:
+            it.error = (f"prompt has {n} tokens, over model.max_model_len={max_len} "
+                        "(at least one output token must fit)")
+        out.append(ItemTokens(it.id, it.key, len(it.images), img, n, counter.exact, it.error))
+    return out
+
+
+def totals(tokens: list[ItemTokens], stored: Collection[str] = ()) -> dict[str, Any]:
+    return {"items": len(tokens), "images": sum(t.images for t in tokens),
+            "image_tokens": sum(t.image_tokens for t in tokens),
+            "prompt_tokens": sum(t.prompt_tokens for t in tokens),
+            "errors": sum(t.error is not None for t in tokens),
+            "stored": sum(t.key in stored for t in tokens),
+            "exact": all(t.exact for t in tokens)}
+
+
+def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection[str] = (),
+              rows: int = 40) -> dict[str, Any]:
+    """Prints the plan (the first `rows` items, every error up to `rows` more, totals) with
+    rich on stderr; returns the totals."""
+    from rich.table import Table
+
+    from runner.report import console
+
+    tot = totals(tokens, stored)
+    kind = "exact (mistral-common)" if tot["exact"] else "ESTIMATE (not a Mistral-format model)"
+    t = Table(title=f"plan · {plan.name} ({plan.format}) · {cfg.model.name} · tokens {kind}",
+              title_justify="left")
+    for c, j in (("id", "left"), ("images", "right"), ("image tok", "right"),
+                 ("prompt tok", "right"), ("status", "left")):
+        t.add_column(c, justify=j)  # type: ignore[arg-type]
+    shown = [x for x in tokens[:rows]]
+    shown += [x for x in tokens[rows:] if x.error][:rows]
+    for x in shown:
+        st = f"[red]{x.error}[/]" if x.error else "[cyan]stored[/]" if x.key in stored else "todo"
+        t.add_row(x.id, str(x.images), f"{x.image_tokens:,}", f"{x.prompt_tokens:,}", st)
+    if len(tokens) > len(shown):
+        t.add_row(f"… {len(tokens) - len(shown):,} more", "", "", "", "")
+    t.add_section()
+    todo = tot["items"] - tot["stored"] - tot["errors"]
+    t.add_row("total", f"{tot['images']:,}", f"{tot['image_tokens']:,}",
+              f"{tot['prompt_tokens']:,}",
+              f"{tot['stored']:,} stored · {todo:,} to run · "
+              + (f"[red]{tot['errors']:,} errors[/]" if tot["errors"] else "0 errors"))
+    console.print(t)
+    lim = cfg.model.get("limit_mm_per_prompt") or {}
+    console.print(f"max_model_len {cfg.model.get('max_model_len')} · "
+                  f"images per prompt ≤ {lim.get('image')} · tokenizer: "
+                  + (str(Counter(cfg.model).source) if not tokens else
+                     ("model's tekken.json" if tot["exact"] else "estimate")))
+    return tot
