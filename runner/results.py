@@ -14,6 +14,7 @@ import io
 import json
 import os
 import shutil
+import sqlite3
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -388,8 +389,8 @@ def sweep_runs(root: Path, sweep: str) -> list[Path]:
         d = root / ".sweeps" / sweep
     if not d.is_dir():
         raise UserError(f"Sweep folder {sweep} does not exist.")
-    listed = _load(d / "runs.json", None, json.loads) if (d / "runs.json").is_file() else None
-    if not isinstance(listed, list):
+    listed = _load(d / "runs.json", [], json.loads)
+    if not listed:
         raise UserError(f"{d} has no readable runs.json (a list of {{\"hash\": ...}} written "
                         "at the end of a sweep); pass the run hashes instead.")
     return [resolve(root, str(x.get("hash", ""))) for x in listed if isinstance(x, dict)]
@@ -467,6 +468,10 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as e:
         err.print(Text(f"error: {e}", style="bold red"))
         return e.exit_code
+    except sqlite3.Error as e:  # e.g. a read-only store: say so rather than dump a traceback
+        err.print(Text(f"error: The run index {a.root / index.INDEX_NAME} is unusable ({e}).",
+                       style="bold red"))
+        return 2
     except BrokenPipeError:  # `... | head`: quiet, like other Unix tools
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
