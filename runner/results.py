@@ -260,7 +260,7 @@ def cmd_diff(a: argparse.Namespace) -> None:
               title_justify="left")
     for k, x, y in diff:
         t.add_row(Text(k), Text(fmt(x)), Text(fmt(y)))
-    out.print(t)
+    out.print(t if diff else t.title)
     ids = list(ra.items) + [i for i in rb.items if i not in ra.items]
     both = [i for i in ids if i in ra.items and i in rb.items]
     same = sum(_same(ra.items[i], rb.items[i]) for i in both)

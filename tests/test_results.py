@@ -141,15 +141,18 @@ def test_ls_newest_first_with_filters(store):
 def test_ls_is_fast_and_imports_neither_vllm_nor_torch(store):
     root, _ = store
     ok(cli(root, "ls"))  # the index exists; what follows is the everyday path
-    t = time.monotonic()
     p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner.results", "--root",
                         str(root), "ls"], cwd=ROOT, text=True, capture_output=True, timeout=60)
-    elapsed = time.monotonic() - t
     assert p.returncode == 0, p.stderr
     mods = {x.rsplit("|", 1)[-1].strip() for x in p.stderr.splitlines()
             if x.startswith("import time:")}
     assert not {m for m in mods if m.split(".")[0] in ("vllm", "torch", "hydra")}
-    assert elapsed < 1.0
+    times = []
+    for _ in range(3):  # best of three: the machine is shared
+        t = time.monotonic()
+        ok(cli(root, "ls"))
+        times.append(time.monotonic() - t)
+    assert min(times) < 1.0, times
 
 
 def test_index_is_rebuilt_when_deleted_corrupt_or_stale(store):
@@ -245,6 +248,8 @@ def test_show(store):
     outputs = s.split("first 2 of 3 outputs", 1)[1]
     assert "chart" in outputs and "receipt" in outputs and "9.00" in outputs
     assert "extra" not in outputs
+    c = ok(cli(root, "show", h["c"])).split("differs from the defaults", 1)[1]
+    assert "engine.enforce_eager" in c and "model." not in c.split("first ")[0]
     a = ok(cli(root, "show", h["a"]))
     assert "error: prompt too long" in a and "accuracy" in a and "8.00" in a
 
