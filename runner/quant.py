@@ -1,0 +1,177 @@
+"""Quantization: what a checkpoint says, whether the config agrees, what vLLM ended up using.
+
+`read_checkpoint_quant` and `check_quantization` read JSON only (no vLLM, no torch), so a
+mismatch is one clear error before the engine starts. `describe` asks a live engine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+from runner.errors import UserError
+
+# vLLM quantizes these at load time, so an unquantized checkpoint is fine for them.
+ONLINE_METHODS = frozenset({"fp8", "bitsandbytes", "experts_int8"})
+
+
+def _json(p: Path) -> dict[str, Any] | None:
+    try:
+        d = json.loads(p.read_text())
+    except (OSError, ValueError):
+        return None
+    return d if isinstance(d, dict) else None
+
+
+def _compressed_tensors(q: dict[str, Any]) -> dict[str, Any]:
+    groups = list((q.get("config_groups") or {}).values())
+    w = (groups[0].get("weights") or {}) if groups else {}
+    a = (groups[0].get("input_activations") or {}) if groups else {}
+    fmt = q.get("format") or (groups[0].get("format") if groups else None)
+    return {"weight_bits": w.get("num_bits"), "group_size": w.get("group_size"),
+            "format": fmt, "strategy": w.get("strategy"), "symmetric": w.get("symmetric"),
+            "activation_bits": a.get("num_bits"), "ignored": len(q.get("ignore") or [])}
+
+
+def parse_quant_config(q: dict[str, Any]) -> dict[str, Any]:
+    """A checkpoint's quantization_config as {method (vLLM's name), weight_bits, group_size,
+    format, ...}; fields a method does not state are None."""
+    method = str(q.get("quant_method") or q.get("quantization_method") or "").lower() or None
+    if method is None and "config_groups" in q:  # compressed-tensors' older compression_config
+        method = "compressed-tensors"
+    out: dict[str, Any] = {"method": method, "weight_bits": None, "group_size": None,
+                           "format": None}
+    if method == "compressed-tensors":
+        out |= _compressed_tensors(q)
+    elif method in ("awq", "gptq"):
+        out |= {"weight_bits": q.get("bits", q.get("w_bit")),
+                "group_size": q.get("group_size", q.get("q_group_size")),
+                "format": q.get("checkpoint_format") or q.get("version") or method,
+                "symmetric": q.get("sym", not q.get("zero_point", False))}
+    elif method == "fp8":
+        out |= {"weight_bits": 8, "group_size": q.get("weight_block_size"),
+                "format": q.get("fmt", "e4m3"), "activation_scheme": q.get("activation_scheme")}
+    elif method == "bitsandbytes":
+        out |= {"weight_bits": 4 if q.get("load_in_4bit") else 8 if q.get("load_in_8bit")
+                else None, "format": q.get("bnb_4bit_quant_type")}
+    else:
+        out |= {"weight_bits": q.get("bits"), "group_size": q.get("group_size")}
+    return out
+
+
+def read_checkpoint_quant(path: Path) -> dict | None:
+    """The quantization a local checkpoint declares, or None for an unquantized one.
+
+    Looks where vLLM looks: config.json `quantization_config` (or compressed-tensors' older
+    `compression_config`, or the text model's), then AutoGPTQ/AutoAWQ's side files.
+    """
+    p = Path(path)
+    cfg = _json(p / "config.json") or {}
+    q = (cfg.get("quantization_config") or cfg.get("compression_config")
+         or (cfg.get("text_config") or {}).get("quantization_config"))
+    if not q:
+        for side in ("quantize_config.json", "quant_config.json"):  # gptq, awq side files
+            q = _json(p / side)
+            if q:
+                q.setdefault("quant_method", "gptq" if side == "quantize_config.json" else "awq")
+                break
+    if not q and not cfg:  # Mistral consolidated layout: params.json "quantization"
+        q = (_json(p / "params.json") or {}).get("quantization")
+        if q:
+            fp8 = "fp8" in str(q.get("qformat_weight", ""))
+            return {"method": "fp8" if fp8 else str(q.get("qformat_weight")),
+                    "weight_bits": 8 if fp8 else None, "group_size": None, "format": "mistral"}
+    return parse_quant_config(q) if isinstance(q, dict) and q else None
+
+
+def _compatible(requested: str, method: str) -> bool:
+    # vLLM's kernel-specific names accepted for a method's checkpoints: awq_marlin for awq, ...
+    return requested == method or requested.startswith(method + "_")
+
+
+def check_quantization(requested: str | None, path: Path) -> None:
+    """Raise UserError if `model.quantization` contradicts the checkpoint at `path`.
+
+    None means "whatever the checkpoint says" (vLLM auto-detects it). A missing checkpoint is
+    not judged here (the runner reports missing weights on its own).
+    """
+    p = Path(path)
+    if requested is None or not any((p / f).is_file() for f in ("config.json", "params.json")):
+        return
+    req = requested.lower()
+    q = read_checkpoint_quant(p)
+    if q is None:
+        if req in ONLINE_METHODS:
+            return
+        raise UserError(f"model.quantization={requested} but the checkpoint in {p} is not "
+                        "quantized: set model.quantization=null (or fp8 / bitsandbytes to "
+                        "quantize it at load time).")
+    if q["method"] and not _compatible(req, q["method"]):
+        raise UserError(f"model.quantization={requested} but the checkpoint in {p} is "
+                        f"quantized with {q['method']} (config.json quantization_config): "
+                        f"set model.quantization={q['method']} or null.")
+
+
+class QuantProbe:
+    """vLLM worker extension (engine argument worker_extension_cls="runner.quant.QuantProbe"):
+    lets `describe` ask the workers which linear kernels they built, without pickling code."""
+
+    def runner_quant_kernels(self) -> dict[str, Any]:
+        return layer_kernels(self.model_runner.get_model())  # type: ignore[attr-defined]
+
+
+def layer_kernels(model: Any) -> dict[str, Any]:
+    """Scheme and kernel class names of the quantized linear layers in a vLLM model."""
+    from vllm.model_executor.layers.linear import LinearBase
+
+    kernels: set[str] = set()
+    schemes: set[str] = set()
+    n_quant = n_plain = 0
+    for m in model.modules():
+        if not isinstance(m, LinearBase):
+            continue
+        qm = getattr(m, "quant_method", None)
+        if qm is None or type(qm).__name__ == "UnquantizedLinearMethod":
+            n_plain += 1
+            continue
+        n_quant += 1
+        scheme = getattr(m, "scheme", None)  # compressed-tensors puts its scheme on the layer
+        schemes.add(type(scheme or qm).__name__)
+        k = getattr(scheme, "kernel", None) or getattr(qm, "kernel", None)
+        if k is not None:
+            kernels.add(type(k).__name__)
+    return {"kernel": ",".join(sorted(kernels)) or None,
+            "scheme": ",".join(sorted(schemes)) or None,
+            "quantized_linear_layers": n_quant, "unquantized_linear_layers": n_plain}
+
+
+def _kernels(llm: Any) -> dict[str, Any] | None:
+    try:
+        return llm.collective_rpc("runner_quant_kernels")[0]
+    except Exception:  # noqa: BLE001 - the extension is not installed in this engine
+        pass
+    if os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION") == "1":
+        try:
+            return llm.apply_model(layer_kernels)[0]
+        except Exception:  # noqa: BLE001 - best effort
+            pass
+    return None
+
+
+def describe(llm: Any) -> dict[str, Any]:
+    """Quantization of a live vLLM engine: method (vLLM's), weight bits, group size, format,
+    and the linear kernel/scheme in use (None when vLLM does not tell)."""
+    mc = llm.llm_engine.model_config
+    method = getattr(mc, "quantization", None)
+    q = getattr(mc.hf_config, "quantization_config", None)
+    if hasattr(q, "to_dict"):
+        q = q.to_dict()
+    info = parse_quant_config(q) if isinstance(q, dict) and q else (
+        read_checkpoint_quant(Path(mc.model)) if Path(str(mc.model)).is_dir() else None)
+    out: dict[str, Any] = {"weight_bits": None, "group_size": None, "format": None} | (info or {})
+    out["method"] = method  # what vLLM chose (e.g. awq_marlin for an awq checkpoint)
+    out["checkpoint_method"] = (info or {}).get("method")
+    out |= _kernels(llm) or {"kernel": None, "scheme": None}
+    return out
