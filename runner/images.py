@@ -109,6 +109,9 @@ class Images:
         self.root = root
         self.opts = opts
         self.cache = root / CACHE
+        # Pillow refuses to open images over 2x its own limit; honour a larger configured one.
+        if opts.max_image_pixels > (PILImage.MAX_IMAGE_PIXELS or 0):
+            PILImage.MAX_IMAGE_PIXELS = opts.max_image_pixels
         self._seen: dict[str, Image | ImageError] = {}
         self._norm_tag = f"v{NORM_VERSION}" + (f",max={opts.max_image_size}"
                                                if opts.max_image_size else "")
@@ -128,12 +131,14 @@ class Images:
             self._seen[key] = hit
         if isinstance(hit, ImageError):
             raise hit
-        return hit if hit.path == ref else Image(ref, hit.file, hit.sha256, hit.width,
-                                                 hit.height, hit.norm)
+        if hit.path == ref or ref.startswith("data:"):
+            return hit
+        return Image(ref, hit.file, hit.sha256, hit.width, hit.height, hit.norm)
 
     def _resolve(self, ref: str, base: Path, where: str) -> Image:
-        if ref.startswith("data:"):
-            return self._probe(ref, self._from_data(ref))
+        if ref.startswith("data:"):  # keep a label, not the bytes, in the plan
+            f = self._from_data(ref)
+            return self._probe(f"{ref.partition(';')[0]};sha256={f.name[:16]}", f)
         if ref.startswith(("http://", "https://")):
             if not self.opts.allow_remote:
                 raise UserError(f"{where}: image URL '{ref[:80]}' is remote; set "
@@ -151,11 +156,11 @@ class Images:
     def _from_data(self, url: str) -> Path:
         head, _, payload = url.partition(",")
         if ";base64" not in head:
-            raise ImageError("data: URL is not base64-encoded")
+            raise ImageError(f"{head[:60]} URL is not base64-encoded")
         try:
             data = base64.b64decode(payload, validate=True)
         except (binascii.Error, ValueError):
-            raise ImageError("data: URL payload is not valid base64") from None
+            raise ImageError(f"{head[:60]} URL: the payload is not valid base64") from None
         dest = self.cache / "data" / hashlib.sha256(data).hexdigest()
         if not dest.exists():
             _atomic_write(dest, data)
@@ -194,8 +199,12 @@ class Images:
             try:
                 im = PILImage.open(f)
             except PILImage.DecompressionBombError as e:
-                raise ImageError(f"image '{ref}' is too large to open safely ({e})") from None
-            except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+                raise ImageError(f"image '{ref}' is over prompts.max_image_pixels={cap:,} "
+                                 f"(decompression-bomb guard: {e})") from None
+            except UnidentifiedImageError:
+                raise ImageError(f"image '{ref}' is not an image Pillow can read (unknown "
+                                 "format or not an image)") from None
+            except (OSError, SyntaxError, ValueError) as e:
                 raise ImageError(f"image '{ref}' is not an image Pillow can read "
                                  f"({type(e).__name__}: {e})") from None
             with im:

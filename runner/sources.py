@@ -14,6 +14,7 @@ from __future__ import annotations
 import glob
 import itertools
 import json
+import os
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -197,8 +198,9 @@ def is_batch(f: Path) -> bool:
     raise UserError(f"{f}: no items (the file is empty).")
 
 
-def _image_files(spec: str, f: Path, root: Path) -> list[Path]:
-    """A folder (every image in it, sorted) or a glob, relative to the set file."""
+def _image_files(spec: str, f: Path) -> tuple[Path, list[Path]]:
+    """A folder (every image in it, sorted) or a glob, relative to the set file; with the
+    folder that ids are relative to (the glob's literal part)."""
     exts = {e for e, fmt in PILImage.registered_extensions().items() if fmt in PILImage.OPEN}
     p = f.parent / spec
     if any(c in spec for c in "*?["):
@@ -209,17 +211,17 @@ def _image_files(spec: str, f: Path, root: Path) -> list[Path]:
             raise UserError(f"{f}: 'images: {spec}': the folder {top} does not exist.")
         files = [Path(x) for x in glob.glob(str(p), recursive=True)]
     elif p.is_dir():
-        files = list(p.iterdir())
+        top, files = p, list(p.iterdir())
     else:
         raise UserError(f"{f}: 'images: {spec}': the folder {p} does not exist "
                         "(give a folder or a glob like images/*.jpg).")
     files = sorted(x for x in files if x.suffix.lower() in exts and not x.name.startswith("."))
     if not files:
         raise UserError(f"{f}: 'images: {spec}' matches no image files.")
-    return files
+    return top, files
 
 
-def _templates(doc: dict, f: Path, root: Path) -> Iterator[Spec]:
+def _templates(doc: dict, f: Path) -> Iterator[Spec]:
     tpls = doc.get("templates")
     if not isinstance(tpls, list) or not tpls:
         raise UserError(f"{f}: format 'images' needs 'templates:', a list of prompts "
@@ -228,13 +230,14 @@ def _templates(doc: dict, f: Path, root: Path) -> Iterator[Spec]:
     for s in specs:
         if len(s.turns) != 1 or any(k == "image" for k, _ in s.turns[0][1]):
             raise UserError(f"{s.where}: a template is one 'text' (the image is added).")
-    for img in _image_files(str(doc.get("images", "")), f, root):
-        rel = img.relative_to(f.parent) if img.is_relative_to(f.parent) else img
-        stem = rel.with_suffix("").as_posix()
+    top, files = _image_files(str(doc.get("images", "")), f)
+    for img in files:
+        rel = os.path.relpath(img, f.parent)  # what the set would write; checked by Images
+        stem = img.relative_to(top).with_suffix("").as_posix()
         for t in specs:
-            text = t.turns[0][1][0][1].replace("{image}", rel.as_posix()).replace("{stem}", stem)
+            text = t.turns[0][1][0][1].replace("{image}", rel).replace("{stem}", stem)
             yield Spec(stem if len(specs) == 1 else f"{stem}:{t.id}", f"{f}: image '{rel}'",
-                       f.parent, [("user", [("text", text), ("image", rel.as_posix())])],
+                       f.parent, [("user", [("text", text), ("image", rel)])],
                        t.system, t.expected, list(t.tags), dict(t.metadata), t.scorer)
 
 
@@ -268,7 +271,7 @@ def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
             (lambda n: f"{f}: item #{n + 1}")
         return info, (spec_from_item(r, where(n), f.parent) for n, r in enumerate(raw))
     if fmt == "images":
-        return info, _templates(doc, f, root)
+        return info, _templates(doc, f)
     data = f.parent / str(doc.get("file", ""))
     if not doc.get("file") or not data.is_file():
         raise UserError(f"{f}: format '{fmt}' needs 'file:', a JSONL file next to it "

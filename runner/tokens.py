@@ -169,7 +169,7 @@ def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection
               title_justify="left")
     for c, j in (("id", "left"), ("images", "right"), ("image tok", "right"),
                  ("prompt tok", "right"), ("status", "left")):
-        t.add_column(c, justify=j)  # type: ignore[arg-type]
+        t.add_column(c, justify=j, overflow="fold")  # type: ignore[arg-type]
     shown = [x for x in tokens[:rows]]
     shown += [x for x in tokens[rows:] if x.error][:rows]
     for x in shown:
@@ -185,8 +185,8 @@ def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection
               + (f"[red]{tot['errors']:,} errors[/]" if tot["errors"] else "0 errors"))
     console.print(t)
     lim = cfg.model.get("limit_mm_per_prompt") or {}
-    console.print(f"max_model_len {cfg.model.get('max_model_len')} · "
-                  f"images per prompt ≤ {lim.get('image')} · tokenizer: "
-                  + (str(Counter(cfg.model).source) if not tokens else
-                     ("model's tekken.json" if tot["exact"] else "estimate")))
+    console.print(f"max_model_len {cfg.model.get('max_model_len')} · images per prompt ≤ "
+                  f"{lim.get('image')} · tokens: " + ("exact, the model's tekken.json"
+                  if tot["exact"] else "estimate: the bundled Pixtral tokenizer and the "
+                  "model's vision config, not the model's own processor"))
     return tot
