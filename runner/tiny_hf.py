@@ -195,6 +195,8 @@ def build(out: Path, force: bool = False) -> Path:
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
         write(tmp)
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # transformers writes the weights 0600
         if out.exists():
             shutil.rmtree(out)
         tmp.chmod(0o755)
