@@ -13,11 +13,14 @@ import base64
 import binascii
 import hashlib
 import os
+import shutil
 import tempfile
 import urllib.request
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import numpy as np
 from PIL import Image as PILImage
@@ -41,6 +44,20 @@ class Image:
     width: int = 0  # as the model sees it (after normalization)
     height: int = 0
     norm: str = ""  # what normalization did ("" = untouched); part of the item key
+
+    @property
+    def url(self) -> str:
+        return file_url(self.file)
+
+
+UNSAFE = "%?#"  # characters a file:// URL cannot carry unescaped
+
+
+def file_url(f: Path) -> str:
+    """`file://` + the path, not percent-encoded: vLLM decodes its file URLs but, with the
+    Mistral tokenizer, mistral-common opens the path as written (so `café.png` must stay
+    `café.png`). Paths with characters in UNSAFE are aliased into the cache instead."""
+    return "file://" + str(f)
 
 
 class ImageError(Exception):
@@ -109,6 +126,9 @@ class Images:
         self.root = root
         self.opts = opts
         self.cache = root / CACHE
+        if any(c in str(root) for c in UNSAFE):
+            raise UserError(f"The set's folder {root} has one of {UNSAFE!r} in its path, which "
+                            "image URLs cannot carry; move or rename it.")
         # Pillow refuses to open images over 2x its own limit; honour a larger configured one.
         if opts.max_image_pixels > (PILImage.MAX_IMAGE_PIXELS or 0):
             PILImage.MAX_IMAGE_PIXELS = opts.max_image_pixels
@@ -144,7 +164,7 @@ class Images:
                 raise UserError(f"{where}: image URL '{ref[:80]}' is remote; set "
                                 "prompts.allow_remote=true to fetch http(s) images.")
             return self._probe(ref, self._download(ref))
-        rel = ref.removeprefix("file://") if ref.startswith("file://") else ref
+        rel = url2pathname(urlparse(ref).path) if ref.startswith("file://") else ref
         f = (base / rel).resolve()
         if not f.is_relative_to(self.root):
             raise UserError(f"{where}: image '{ref}' is outside the set's folder {self.root}; "
@@ -181,6 +201,19 @@ class Images:
             raise ImageError(f"{url[:80]} is larger than {MAX_DOWNLOAD >> 20} MB")
         _atomic_write(dest, data)
         return dest
+
+    def _alias(self, f: Path, sha: str) -> Path:
+        """A same-bytes copy (a hard link when possible) with a URL-safe name."""
+        out = self.cache / "images" / f"{sha[:40]}{f.suffix.lower()}"
+        if not out.exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+            try:
+                os.link(f, tmp)
+            except OSError:
+                shutil.copyfile(f, tmp)
+            os.replace(tmp, out)
+        return out
 
     def _probe(self, ref: str, f: Path) -> Image:
         sha = _sha256(f)
@@ -245,7 +278,8 @@ class Images:
             raise ImageError(f"image '{ref}' is corrupt or truncated "
                              f"({type(e).__name__}: {e})") from None
         if not why:
-            return Image(ref, f, sha, w, h)
+            return Image(ref, self._alias(f, sha) if any(c in str(f) for c in UNSAFE) else f,
+                         sha, w, h)
         try:
             rgb = _to_rgb(ImageOps.exif_transpose(im))
             if rgb.size != (nw, nh):

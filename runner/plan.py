@@ -80,7 +80,7 @@ def find_set(name: str, root: str | Path) -> Path:
 def item_key(item_id: str, messages: list[dict], images: Iterable[Image]) -> str:
     """Digest of what the model sees: the messages with each image replaced by the sha256 of its
     original bytes (and, if it was converted, the conversion settings)."""
-    by_uri = {im.file.as_uri(): ({"image": im.sha256, "norm": im.norm} if im.norm
+    by_uri = {im.url: ({"image": im.sha256, "norm": im.norm} if im.norm
                                  else {"image": im.sha256}) for im in images}
 
     def canon(c: Any) -> Any:
@@ -111,7 +111,7 @@ def _item(s: Spec, img: Images, system: str | None, scorer: str | None,
             try:
                 im = img(val, s.base, s.where)
                 images.append(im)
-                url = im.file.as_uri()
+                url = im.url
             except ImageError as e:
                 bad += [str(e), e.sha256]
                 url = val if val.startswith(("http", "file:")) else f"unresolved:{val[:200]}"

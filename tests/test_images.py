@@ -68,14 +68,14 @@ def test_plain_png_and_jpeg_go_by_path_untouched(d: Path):
     for it, name in zip(p.items, ("a.png", "b.jpg"), strict=True):
         (im,) = it.images
         assert im.file == d / "img" / name and im.norm == ""
-        assert it.messages[0]["content"][1]["image_url"]["url"] == im.file.as_uri()
+        assert it.messages[0]["content"][1]["image_url"]["url"] == "file://" + str(im.file)
     assert not (d / ".cache").exists()
 
 
 def _normalized(p: Plan, d: Path) -> PILImage.Image:
     (im,) = p.items[0].images
     assert im.norm and im.file.parent == d / ".cache" / "images"  # inside the set's root
-    assert p.items[0].messages[0]["content"][1]["image_url"]["url"] == im.file.as_uri()
+    assert p.items[0].messages[0]["content"][1]["image_url"]["url"] == "file://" + str(im.file)
     out = PILImage.open(im.file)
     assert out.format == "PNG" and out.mode == "RGB" and out.size == (im.width, im.height)
     return out
@@ -153,10 +153,16 @@ def test_traversal_and_escaping_symlinks_are_refused(d: Path, tmp_path: Path):
 
 
 def test_unicode_file_names(d: Path):
+    """By path, not percent-encoded: mistral-common opens file:// paths as written."""
     f = h.png(d / "img" / "café 猫 ünï.png")
     p = plan_of(d, {"ünï": f})
     (im,) = p.items[0].images
-    assert p.items[0].error is None and im.file == f and "%" in im.file.as_uri()
+    assert p.items[0].error is None and im.file == f
+    assert p.items[0].messages[0]["content"][1]["image_url"]["url"] == f"file://{f}"
+    odd = h.png(d / "img" / "100% #1?.png")  # what a URL cannot carry: a same-bytes alias
+    (im,) = plan_of(d, {"odd": odd}).items[0].images
+    assert im.file.parent == d / ".cache" / "images" and im.file.read_bytes() == odd.read_bytes()
+    assert im.path == "img/100% #1?.png"
 
 
 def test_too_many_images_is_an_item_error(d: Path):
