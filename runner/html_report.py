@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from runner.score import resolve_run, set_file_of
+from runner.score import read_set_meta, resolve_run, set_file_of
 
 THUMB = 160  # px, longest side
 PAGE = 100  # rows per page
@@ -67,9 +67,8 @@ def load_run(d: Path) -> Run:
         config = {}
     records = {str(r["id"]): r for r in _jsonl(d / "results.jsonl")}
     scores = {s["key"]: s for s in _jsonl(d / "scores.jsonl")}
-    sf = set_file_of(d)
     return Run(d, config, records, scores, _json(d / "metrics.json"), _json(d / "manifest.json"),
-               sf.parent.resolve() if sf else None)
+               read_set_meta(set_file_of(d)).root)
 
 
 def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
@@ -90,23 +89,24 @@ def config_diff(configs: list[dict[str, Any]]) -> list[str]:
 
 
 def thumbnail(file: Path) -> str | None:
-    """A data: URL of a small JPEG or PNG (whichever is smaller), or None if unreadable."""
+    """A data: URL of a small thumbnail, or None if unreadable. PNG for few-colour images
+    (charts, screenshots, line art: sharp and small), JPEG for photos."""
     try:
         with Image.open(file) as im:
+            im.draft("RGB", (THUMB * 2, THUMB * 2))  # JPEG: decode at reduced scale (fast)
             im.thumbnail((THUMB, THUMB))
-            rgba = im.convert("RGBA")
+            alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
+            im = im.convert("RGBA" if alpha else "RGB")
     except (OSError, UnidentifiedImageError):
         return None
-    flat = Image.new("RGB", rgba.size, "white")
-    flat.paste(rgba, mask=rgba.getchannel("A"))
-    best = ""
-    for fmt, kw in (("JPEG", {"quality": 75}), ("PNG", {"optimize": True})):
-        buf = io.BytesIO()
-        (flat if fmt == "JPEG" else rgba).save(buf, fmt, **kw)
-        url = f"data:image/{fmt.lower()};base64,{base64.b64encode(buf.getvalue()).decode()}"
-        if not best or len(url) < len(best):
-            best = url
-    return best
+    buf = io.BytesIO()
+    if alpha or im.getcolors(256) is not None:
+        im.save(buf, "PNG")
+        fmt = "png"
+    else:
+        im.save(buf, "JPEG", quality=75)
+        fmt = "jpeg"
+    return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
 def _mark(run: Run, rec: dict[str, Any] | None) -> dict[str, Any] | None:
@@ -119,6 +119,8 @@ def _mark(run: Run, rec: dict[str, Any] | None) -> dict[str, Any] | None:
         o |= {"ok": bool(s["correct"]), "why": s.get("reason", ""), "sc": s.get("scorer")}
     if rec.get("finish_reason") == "length":
         o["cut"] = 1
+    if len(rec.get("outputs") or []) > 1:  # sampling.n > 1: the first is shown and scored
+        o["more"] = len(rec["outputs"]) - 1
     return o
 
 
@@ -256,6 +258,7 @@ function cell(o) {
                 el("div", {class: "out"}, m, o.t ?? ""));
   if (o.why) td.append(el("div", {class: "why", text: `${o.sc}: ${o.why}`}));
   if (o.cut) td.append(el("div", {class: "cut", text: "(cut at max_tokens)"}));
+  if (o.more) td.append(el("div", {class: "cut", text: `(+${o.more} more samples)`}));
   return td;
 }
 function img(sha, path) {
@@ -309,7 +312,12 @@ for (const id of ["q", "wrong", "differ"]) {
 header();
 page = (parseInt((location.hash.match(/page=(\\d+)/) || [])[1] || "1", 10) || 1) - 1;
 render();
-document.body.dataset.renderMs = (performance.now() - t0).toFixed(1);
+document.body.dataset.renderMs = (performance.now() - t0).toFixed(1);  // parse + first page
+addEventListener("load", () => {  // thumbnails decoded too
+  const nav = performance.getEntriesByType("navigation")[0];
+  Object.assign(document.body.dataset, {loadMs: performance.now().toFixed(1),
+                                        domMs: nav ? nav.domInteractive.toFixed(1) : ""});
+});
 </script></body></html>
 """
 

@@ -16,7 +16,7 @@ import re
 import sys
 from collections import defaultdict
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -207,25 +207,51 @@ def _read_jsonl(path: Path) -> list[dict[str, Any]]:
 
 
 def set_file_of(run_dir: Path) -> Path | None:
-    """The prompt set a run used, from its config.yaml (prompts.root / prompts.name)."""
+    """The prompt set a run used, from its config.yaml (prompts.root / prompts.name, relative
+    to the current directory), found the way the planner finds it."""
     try:
         p = yaml.safe_load((run_dir / "config.yaml").read_text())["prompts"]
+        name, root = str(p["name"]), str(p.get("root") or "prompts")
     except (OSError, KeyError, TypeError, yaml.YAMLError):
         return None
-    root, name = Path(p.get("root") or "prompts"), str(p["name"])
-    for c in (root / name / "set.yaml", root / f"{name}.yaml", Path(name)):
-        if c.is_file():
-            return c
-    return None
+    try:
+        from runner.plan import find_set
+
+        return find_set(name, root)
+    except Exception:  # noqa: BLE001 - an unknown set: score without it
+        return None
 
 
-def load_set_meta(set_file: Path | None) -> tuple[str | None, dict[str, dict[str, Any]]]:
-    """(set-level scorer, items by id) from a set file, without planning it."""
+@dataclass
+class SetMeta:
+    scorer: str | None = None  # the set's `scorer:`
+    items: dict[str, dict[str, Any]] = field(default_factory=dict)  # id -> scorer, metadata
+    root: Path | None = None  # where the set's image paths resolve
+
+
+def read_set_meta(set_file: Path | None) -> SetMeta:
+    """Scorers, metadata and image root of a set, with the planner's reader (every set
+    format); plain YAML items if that reader is unavailable or refuses the file."""
     if set_file is None:
-        return None, {}
-    doc = yaml.safe_load(Path(set_file).read_text()) or {}
+        return SetMeta()
+    f = Path(set_file)
+    try:
+        from runner.sources import read_set
+
+        info, specs = read_set(f)
+        items = {s.id: {"scorer": s.scorer, "metadata": s.metadata} for s in specs}
+        return SetMeta(info.scorer, items, info.root)
+    except Exception:  # noqa: BLE001 - older planner or an edited set file: read it as YAML
+        pass
+    try:
+        doc = yaml.safe_load(f.read_text()) or {}
+    except (OSError, yaml.YAMLError) as e:
+        print(f"warning: {f}: {e}; scoring without the set file", file=sys.stderr)
+        return SetMeta()
+    if not isinstance(doc, dict):
+        return SetMeta(root=f.parent)
     items = {str(i["id"]): i for i in doc.get("items") or [] if isinstance(i, dict) and "id" in i}
-    return doc.get("scorer"), items
+    return SetMeta(doc.get("scorer"), items, (f.parent / str(doc.get("root", "."))).resolve())
 
 
 def _atomic_write(path: Path, text: str) -> None:
@@ -242,7 +268,8 @@ def score_run(run_dir: Path, set_file: Path | None = None) -> dict[str, Any]:
     an error record with an expected answer scores 0.
     """
     run_dir = Path(run_dir)
-    set_scorer, items = load_set_meta(set_file or set_file_of(run_dir))
+    meta_set = read_set_meta(set_file or set_file_of(run_dir))
+    set_scorer, items = meta_set.scorer, meta_set.items
     records = _read_jsonl(run_dir / "results.jsonl")
     scores, latest = [], {}
     for r in records:
