@@ -105,19 +105,37 @@ def run(cfg: DictConfig, overrides: list[str]) -> Summary:
         return [it for it in plan.items if it.key not in done]
 
     todo = pending()
-    if cfg.dry_run or not todo:
-        s.status = "planned" if cfg.dry_run else "cached"
-        s.total_s = time.perf_counter() - t0
+    if cfg.dry_run:
+        s.status, s.total_s = "planned", time.perf_counter() - t0
         return s
-    ensure_weights(cfg.model)
-    waited = lambda who: console.print(f"[yellow]Run {rd.hash} is being written by {who}; waiting…")  # noqa: E731
-    with rd.lock(cfg.store.wait, waited):
-        todo = pending()  # another process may have finished it while we waited
-        if not todo:
-            s.status, s.total_s = "cached", time.perf_counter() - t0
-            return s
-        _generate(cfg, overrides, plan, rd, todo, s, t0)
+    if todo:
+        ensure_weights(cfg.model)
+        waited = lambda who: console.print(  # noqa: E731
+            f"[yellow]Run {rd.hash} is being written by {who}; waiting…")
+        with rd.lock(cfg.store.wait, waited):
+            todo = pending()  # another process may have finished it while we waited
+            if todo:
+                try:
+                    _generate(cfg, overrides, plan, rd, todo, s, t0)
+                finally:
+                    record_run(rd, plan)
+                return s
+    s.status, s.total_s = "cached", time.perf_counter() - t0
+    record_run(rd, plan)
     return s
+
+
+def record_run(rd: RunDir, plan: Plan) -> None:
+    """Score stored results (cheap, no engine: a changed scorer never regenerates) and
+    register the run in the index."""
+    if not rd.exists():
+        return
+    from runner import index, score
+
+    s = score.score_run(rd.path, plan.file)
+    index.upsert(rd.root, rd.path)
+    if s.get("scored"):
+        console.print(f"scored {s['scored']} items: accuracy {s.get('accuracy', 0):.3f}")
 
 
 def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir,

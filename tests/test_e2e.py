@@ -1,7 +1,7 @@
 """End to end through the real vLLM engine (CPU build) on the bundled tiny Pixtral.
 
-Three engine starts in all: one run, one fresh twin for determinism, one multirun that
-reuses its engine across four jobs.
+Engine starts: one run, one fresh twin for determinism, two for a 12-point sweep (the engine
+config changes once), two parallel submitit jobs for shards.
 """
 
 import hashlib
@@ -22,8 +22,9 @@ def run_dirs(store: Path) -> list[Path]:
     return sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
-def results(d: Path) -> list[dict]:
-    return [json.loads(line) for line in (d / "results.jsonl").read_text().splitlines()]
+def results(path: Path) -> list[dict]:
+    f = path / "results.jsonl" if path.is_dir() else path
+    return [json.loads(line) for line in f.read_text().splitlines()]
 
 
 @pytest.fixture(scope="session")
@@ -76,19 +77,47 @@ def test_two_fresh_greedy_runs_are_identical(first: Path, tmp_path: Path):
     assert out(twin) == out(first)
 
 
-def test_sweep_reuses_one_engine_and_new_items_only_are_computed(first: Path, tmp_path: Path):
-    """Jobs: limit=2 then the full set (same hash: 3 more), then two temperatures."""
-    p = runner("-m", *TINY, f"store.root={tmp_path}", "sampling.max_tokens=8",
-               "sampling.temperature=0,0.8", "sampling.seed=0", "prompts.limit=2,null",
-               timeout=900)
+def test_sweep_starts_one_engine_per_engine_config_and_a_rerun_starts_nothing(tmp_path: Path):
+    """12 points: 2 max_model_len (engine changes) x 3 temperatures x 2 seeds."""
+    sweep = ["-m", *TINY, f"store.root={tmp_path}", "sampling.max_tokens=8",
+             "model.max_model_len=2048,4096", "sampling.temperature=0,0.5,1.0",
+             "sampling.seed=0,1"]
+    p = runner(*sweep, timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
-    dirs = run_dirs(tmp_path)
-    assert len(dirs) == 2 and first.name not in {d.name for d in dirs}
-    ms = [json.loads((d / "manifest.json").read_text()) for d in dirs]
-    for m in ms:
-        assert m["counts"]["stored"] == 5 and m["counts"]["computed"] == 3  # last job: 3 new
-        assert m["engine"]["starts_in_process"] == 1
-    assert sorted(m["engine"]["reused"] for m in ms) == [True, True]
-    for d in dirs:
-        assert sorted(r["id"] for r in results(d)) == sorted(
-            ["bar_chart", "receipt_total", "table_lookup", "compare_shapes", "text_only"])
+    (runs,) = tmp_path.glob(".sweeps/*/runs.json")
+    rows = json.loads(runs.read_text())
+    assert [r["status"] for r in rows] == ["computed"] * 12 and len({r["hash"] for r in rows}) == 12
+    ms = [json.loads((Path(r["folder"]) / "manifest.json").read_text()) for r in rows]
+    # jobs run in order: the first 6 share one engine, the next 6 another one
+    assert [m["engine"]["starts_in_process"] for m in ms] == [1] * 6 + [2] * 6
+    assert [m["engine"]["reused"] for m in ms] == ([False] + [True] * 5) * 2
+    assert all(m["counts"]["stored"] == 5 for m in ms)
+
+    again = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *sweep],
+                           cwd=ROOT, text=True, capture_output=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert not imported_vllm(again.stderr)
+    rows2 = json.loads(max(tmp_path.glob(".sweeps/*/runs.json")).read_text())
+    assert [r["status"] for r in rows2] == ["cached"] * 12
+    assert [r["hash"] for r in rows2] == [r["hash"] for r in rows]
+
+
+def test_shards_through_submitit_fill_one_run(first: Path, tmp_path: Path):
+    """Two shards as two submitit jobs (the SLURM submission path, run locally), in parallel."""
+    p = runner("-m", "hydra/launcher=local", *TINY, f"store.root={tmp_path}",
+               "shard.count=2", "shard.index=0,1", timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    (d,) = run_dirs(tmp_path)
+    assert d.name == first.name  # shards are outside the hash
+    parts = [results(d / f"results.{i}-of-2.jsonl") for i in (0, 1)]
+    ids = [sorted(r["id"] for r in part) for part in parts]
+    assert ids[0] and ids[1] and not set(ids[0]) & set(ids[1])
+    assert sorted(ids[0] + ids[1]) == sorted(r["id"] for r in results(first / "results.jsonl"))
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "complete" and set(m["shards"]) == {"0/2", "1/2"}
+    # greedy outputs do not depend on which shard computed them
+    by_id = {r["id"]: r["output"] for part in parts for r in part}
+    assert by_id == {r["id"]: r["output"] for r in results(first / "results.jsonl")}
+    # reading merges the shards: the unsharded config is a cache hit
+    p = runner(*TINY, f"store.root={tmp_path}")
+    assert p.returncode == 0 and "5 cached" in p.stderr
