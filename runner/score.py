@@ -260,15 +260,34 @@ def _atomic_write(path: Path, text: str) -> None:
     atomic_write(path, text)
 
 
-def score_run(run_dir: Path, set_file: Path | None = None) -> dict[str, Any]:
+def _up_to_date(run_dir: Path, set_file: Path | None) -> dict[str, Any] | None:
+    """Stored metrics if they are newer than every input, this module included (so a cached
+    rerun of a big set skips re-reading it, and a changed scorer still rescores)."""
+    try:
+        done = min((run_dir / n).stat().st_mtime_ns for n in ("scores.jsonl", "metrics.json"))
+        inputs = [run_dir / "results.jsonl", run_dir / "manifest.json", Path(__file__)]
+        if any(p.exists() and p.stat().st_mtime_ns >= done
+               for p in inputs + ([Path(set_file)] if set_file else [])):
+            return None
+        return json.loads((run_dir / "metrics.json").read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def score_run(run_dir: Path, set_file: Path | None = None, *,
+              force: bool = False) -> dict[str, Any]:
     """Score every record with an expected answer; write scores.jsonl and metrics.json.
 
     Without `set_file`, the set named by the run's config.yaml is used when it exists (for
     set-level scorers and choice options). Metrics count each id once (its latest record);
-    an error record with an expected answer scores 0.
+    an error record with an expected answer scores 0. Unless `force`, stored metrics newer
+    than the results, the manifest, the set file and the scorers are returned as they are.
     """
     run_dir = Path(run_dir)
-    meta_set = read_set_meta(set_file or set_file_of(run_dir))
+    set_file = set_file or set_file_of(run_dir)
+    if not force and (stored := _up_to_date(run_dir, set_file)) is not None:
+        return stored
+    meta_set = read_set_meta(set_file)
     set_scorer, items = meta_set.scorer, meta_set.items
     records = _read_jsonl(run_dir / "results.jsonl")
     scores, latest = [], {}
@@ -342,7 +361,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     for arg in a.runs:
         d = resolve_run(arg, a.root)
-        m = score_run(d, a.set)
+        m = score_run(d, a.set, force=True)
         accuracy = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.1%}"
         tags = "  ".join(f"{t} {v['accuracy']:.0%}" for t, v in m["by_tag"].items())
         print(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "

@@ -156,3 +156,12 @@ if __name__ == "__main__":  # a screenshot to look at: python tests/test_report.
         os.chdir(t)
         rep = build_report(make_runs(Path(t)), Path(t) / "report.html")
         chromium(rep.as_uri(), "--window-size=1400,1000", f"--screenshot={shot}", cwd=Path(t))
+
+
+def test_report_without_the_set_folder(runs: list[Path], tmp_path: Path) -> None:
+    """Images that cannot be found are listed as missing, the rest of the page stays."""
+    shutil.rmtree(tmp_path / "prompts")
+    page = build_report(runs[:1], tmp_path / "r.html").read_text()
+    data = json.loads(re.search(r'type="application/json">(.*?)</script>', page, re.S).group(1))
+    assert data["keys"] == [] and len(data["rows"]) == N_ITEMS
+    assert set(data["images"].values()) == {None}

@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -107,6 +108,8 @@ def test_score_run(tmp_path: Path) -> None:
         {"id": "free", "output": "a cat"},  # no expected answer: not scored
         {"id": "num", "output": "9", "expected": "8", "tags": ["math"], "key": "k-num2"},
     ])
+    for f in (set_file, d / "results.jsonl", d / "manifest.json"):  # clearly older than scores
+        os.utime(f, ns=(f.stat().st_mtime_ns - 10**9,) * 2)
     m = score_run(d, set_file)
     scores = [json.loads(x) for x in (d / "scores.jsonl").read_text().splitlines()]
     assert [(s["id"], s["scorer"], s["correct"]) for s in scores] == [
@@ -121,6 +124,13 @@ def test_score_run(tmp_path: Path) -> None:
     assert m["by_tag"] == {"geo": {"accuracy": pytest.approx(2 / 3, abs=1e-4), "scored": 3},
                            "math": {"accuracy": 0.0, "scored": 1}}
     assert not list(d.glob(".*tmp"))  # written atomically
+
+    # up to date: nothing re-read or rewritten; a newer input (here the set) rescores
+    before = (d / "scores.jsonl").stat().st_mtime_ns
+    assert score_run(d, set_file) == m and (d / "scores.jsonl").stat().st_mtime_ns == before
+    set_file.write_text(set_file.read_text().replace("numeric:0.1", "numeric:1"))
+    assert score_run(d, set_file)["correct"] == 4  # 9 is within 1 of 8 now
+    assert score_run(d, set_file, force=True)["correct"] == 4
 
 
 def test_score_run_finds_the_runs_set_and_defaults_to_exact(tmp_path: Path,
@@ -225,3 +235,11 @@ def test_converted_set_plans(tmp_path: Path) -> None:
             pytest.skip("runner/plan.py does not accept item `metadata` yet")
         raise
     assert [it.id for it in plan.items] == ["q1"] and plan.items[0].expected == "A"
+
+
+def test_set_the_planner_refuses_is_read_as_yaml(tmp_path: Path) -> None:
+    f = tmp_path / "set.yaml"
+    f.write_text(yaml.safe_dump({"scorer": "contains", "notes": "a key the planner refuses",
+                                 "items": [{"id": "a", "text": "?"}]}))
+    d = write_run(tmp_path / "run", [{"id": "a", "output": "yes, Berlin", "expected": "berlin"}])
+    assert score_run(d, f)["accuracy"] == 1.0
