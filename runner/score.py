@@ -78,7 +78,7 @@ def regex(output: str, expected: str, pattern: str | None) -> Score:
 # MMMU's number forms (eval_utils.extract_numbers): 1,234  1.5e3  -0.5  .5  12
 _NUM = re.compile(r"-?\d{1,3}(?:,\d{3})+(?:\.\d+)?|-?\d+(?:\.\d+)?[eE][+-]?\d+|-?\d*\.\d+|-?\d+")
 # Words after which a model states its answer; numbers after the last one are the candidates.
-_ANSWER_CUE = re.compile(r"(?:answer|result|total|is|are|=|equals|therefore|thus|so)\b\W*",
+_ANSWER_CUE = re.compile(r"(?:\b(?:answer|result|total|is|are|equals|therefore|thus|so)\b|=)",
                          re.IGNORECASE)
 
 

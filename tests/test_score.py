@@ -70,6 +70,10 @@ def test_choice_scores() -> None:
     ("numeric:1%", "about 1,010 people", "1000", True),
     ("numeric:1%", "about 1,020 people", "1000", False),
     ("numeric", "-3.5e2", "-350", True),
+    ("numeric", "x = 3 + 4 = 7", "7", True),  # after the last cue: 7 only
+    ("numeric", "x = 3 + 4 = 7", "3", False),
+    ("numeric", "In this 2019 chart, the answer is 12", "12", True),
+    ("numeric", "In this 2019 chart, the answer is 12", "2019", False),
     ("numeric", "no idea", "8", False),
 ])
 def test_scorers(spec: str, output: str, expected: str, ok: bool) -> None:
