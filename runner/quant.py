@@ -114,6 +114,9 @@ def check_quantization(requested: str | None, path: Path) -> None:
                         f"set model.quantization={q['method']} or null.")
 
 
+PROBE = "runner.quant.QuantProbe"
+
+
 class QuantProbe:
     """vLLM worker extension (engine argument worker_extension_cls="runner.quant.QuantProbe"):
     lets `describe` ask the workers which linear kernels they built, without pickling code."""
@@ -148,10 +151,13 @@ def layer_kernels(model: Any) -> dict[str, Any]:
 
 
 def _kernels(llm: Any) -> dict[str, Any] | None:
-    try:
-        return llm.collective_rpc("runner_quant_kernels")[0]
-    except Exception:  # noqa: BLE001 - the extension is not installed in this engine
-        pass
+    # Ask only an engine that has the extension: a failed RPC logs worker tracebacks.
+    ext = getattr(getattr(llm.llm_engine, "vllm_config", None), "parallel_config", None)
+    if getattr(ext, "worker_extension_cls", "") == PROBE:
+        try:
+            return llm.collective_rpc("runner_quant_kernels")[0]
+        except Exception:  # noqa: BLE001 - best effort
+            return None
     if os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION") == "1":
         try:
             return llm.apply_model(layer_kernels)[0]
@@ -175,3 +181,15 @@ def describe(llm: Any) -> dict[str, Any]:
     out["checkpoint_method"] = (info or {}).get("method")
     out |= _kernels(llm) or {"kernel": None, "scheme": None}
     return out
+
+
+def main() -> None:
+    import argparse
+
+    ap = argparse.ArgumentParser(description="Print a checkpoint's declared quantization.")
+    ap.add_argument("path", type=Path)
+    print(json.dumps(read_checkpoint_quant(ap.parse_args().path), indent=2))
+
+
+if __name__ == "__main__":
+    main()
