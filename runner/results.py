@@ -173,8 +173,10 @@ def cmd_ls(a: argparse.Namespace) -> None:
                  f"{(r['prompt_tokens'] or 0) + (r['completion_tokens'] or 0)}",
                  "" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"]
         if metric:
-            cells.append(" ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                                  for k, v in m.items()))
+            # the headline only; `show` has the rest (per tag, errors, ...)
+            acc = m.get("accuracy")
+            cells.append("" if acc is None else f"accuracy={acc:.3g}"
+                         + (f" of {m['scored']}" if "scored" in m else ""))
         cells.append(" ".join(json.loads(r["overrides"] or "[]")))
         t.add_row(*(c if isinstance(c, Text) else Text(c) for c in cells))
     out.print(t)
