@@ -15,8 +15,10 @@ import hashlib
 import os
 import shutil
 import tempfile
+import threading
 import urllib.request
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlparse
@@ -87,7 +89,7 @@ def _atomic_write(dest: Path, data: bytes | None = None, im: PILImage.Image | No
     try:
         with os.fdopen(fd, "wb") as fh:
             if im is not None:
-                im.save(fh, "PNG")
+                im.save(fh, "PNG", compress_level=1)  # a cache: speed over size
             else:
                 fh.write(data or b"")
         os.replace(tmp, dest)
@@ -132,24 +134,46 @@ class Images:
         # Pillow refuses to open images over 2x its own limit; honour a larger configured one.
         if opts.max_image_pixels > (PILImage.MAX_IMAGE_PIXELS or 0):
             PILImage.MAX_IMAGE_PIXELS = opts.max_image_pixels
-        self._seen: dict[str, Image | ImageError] = {}
+        self._seen: dict[str, Image | Exception] = {}
         self._norm_tag = f"v{NORM_VERSION}" + (f",max={opts.max_image_size}"
                                                if opts.max_image_size else "")
+
+    def _key(self, ref: str, base: Path) -> str:
+        if ref.startswith(("data:", "http://", "https://")):
+            return ref
+        rel = url2pathname(urlparse(ref).path) if ref.startswith("file://") else ref
+        return os.path.normpath(base / rel)  # one entry per file, however it is written
+
+    def _get(self, ref: str, base: Path, where: str) -> Image | Exception:
+        try:
+            return self._resolve(ref, base, where)
+        except (ImageError, UserError) as e:
+            return e
+
+    def prefetch(self, refs: list[tuple[str, Path, str]]) -> None:
+        """Probe the images of a batch of items in threads (hashing and decoding release the
+        GIL); errors are kept and raised, in item order, by __call__."""
+        todo: dict[str, tuple[str, Path, str]] = {}
+        for ref, base, where in refs:
+            if isinstance(ref, str) and ref and (k := self._key(ref, base)) not in self._seen:
+                todo.setdefault(k, (ref, base, where))
+        if len(todo) < 2:
+            return
+        with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
+            for k, hit in zip(todo, pool.map(lambda a: self._get(*a), todo.values()),
+                              strict=True):
+                self._seen[k] = hit
 
     def __call__(self, ref: str, base: Path, where: str) -> Image:
         """`base`: the folder relative paths resolve against. Raises UserError for set problems
         (outside the root, missing, remote not allowed) and ImageError for bad images."""
         if not isinstance(ref, str) or not ref:
             raise UserError(f"{where}: an image reference must be a non-empty string.")
-        key = ref if ref.startswith(("data:", "http://", "https://")) else str(base / ref)
+        key = self._key(ref, base)
         hit = self._seen.get(key)
         if hit is None:
-            try:
-                hit = self._resolve(ref, base, where)
-            except ImageError as e:
-                hit = e
-            self._seen[key] = hit
-        if isinstance(hit, ImageError):
+            hit = self._seen[key] = self._get(ref, base, where)
+        if isinstance(hit, Exception):
             raise hit
         if hit.path == ref or ref.startswith("data:"):
             return hit
@@ -207,7 +231,7 @@ class Images:
         out = self.cache / "images" / f"{sha[:40]}{f.suffix.lower()}"
         if not out.exists():
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".tmp-{os.getpid()}-{out.name}")
+            tmp = out.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{out.name}")
             try:
                 os.link(f, tmp)
             except OSError:

@@ -9,8 +9,9 @@ problems with one item (a bad image, too many images) set `Item.error` and the r
 from __future__ import annotations
 
 import hashlib
+import itertools
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -130,6 +131,14 @@ def _item(s: Spec, img: Images, system: str | None, scorer: str | None,
                 s.scorer or scorer, error)
 
 
+def _prefetched(specs: Iterator[Spec], img: Images, batch: int = 64) -> Iterator[Spec]:
+    """Specs in order, each batch's images probed in parallel before it is planned."""
+    while chunk := list(itertools.islice(specs, batch)):
+        img.prefetch([(v, s.base, s.where) for s in chunk for _, parts in s.turns
+                      for k, v in parts if k == "image"])
+        yield from chunk
+
+
 def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
              limit: int | None = None, *, images: ImageOptions | None = None,
              max_images: int | None = None) -> Plan:
@@ -140,7 +149,7 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     system = system or info.system
     items: list[Item] = []
     seen: dict[str, str] = {}
-    for s in take(specs, limit):  # a stream: only planned items stay in memory, no pixels
+    for s in _prefetched(take(specs, limit), img):  # a stream: items stay, pixels do not
         if s.id in seen:
             raise UserError(f"{s.where}: duplicate item id '{s.id}' (first at {seen[s.id]}); "
                             "ids must be unique.")

@@ -133,7 +133,7 @@ def test_each_image_is_hashed_and_converted_once(d: Path, monkeypatch):
     real = images_mod._sha256
     monkeypatch.setattr(images_mod, "_sha256", lambda f: calls.append(f) or real(f))
     f = h.cmyk_jpeg(d / "img" / "a.jpg")
-    items = [{"id": str(i), "text": "x", "images": ["img/a.jpg", "./img/a.jpg"]}
+    items = [{"id": str(i), "text": "x", "images": ["img/a.jpg", "./img/a.jpg", "img/../img/a.jpg"]}
              for i in range(5)]
     p = load_set(str(h.write_set(d, items)))
     assert calls == [f] and len({im.file for it in p.items for im in it.images}) == 1
