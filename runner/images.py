@@ -84,8 +84,12 @@ def _sha256(f: Path) -> str:
 
 
 def _atomic_write(dest: Path, data: bytes | None = None, im: PILImage.Image | None = None) -> None:
-    dest.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)
+    except OSError as e:  # the whole set is affected: a set problem, not an item problem
+        raise UserError(f"Cannot write the image cache {dest.parent} ({e.strerror}); make the "
+                        "set's folder writable.") from None
     try:
         with os.fdopen(fd, "wb") as fh:
             if im is not None:
@@ -229,18 +233,26 @@ class Images:
     def _alias(self, f: Path, sha: str) -> Path:
         """A same-bytes copy (a hard link when possible) with a URL-safe name."""
         out = self.cache / "images" / f"{sha[:40]}{f.suffix.lower()}"
-        if not out.exists():
+        if out.exists():
+            return out
+        tmp = out.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{out.name}")
+        try:
             out.parent.mkdir(parents=True, exist_ok=True)
-            tmp = out.with_name(f".tmp-{os.getpid()}-{threading.get_ident()}-{out.name}")
             try:
                 os.link(f, tmp)
             except OSError:
                 shutil.copyfile(f, tmp)
             os.replace(tmp, out)
+        except OSError as e:
+            raise UserError(f"Cannot write the image cache {out.parent} ({e.strerror}); make "
+                            "the set's folder writable.") from None
         return out
 
     def _probe(self, ref: str, f: Path) -> Image:
-        sha = _sha256(f)
+        try:
+            sha = _sha256(f)
+        except OSError as e:
+            raise ImageError(f"image '{ref}' cannot be read ({e.strerror})") from None
         try:
             return self._open(ref, f, sha)
         except ImageError as e:

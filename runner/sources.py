@@ -245,7 +245,7 @@ def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
     """The set's description and a lazy stream of its items."""
     if f.suffix == ".jsonl":
         fmt = "batch" if is_batch(f) else "jsonl"
-        return SetInfo(f.stem, f, f.parent, fmt), _jsonl(f, fmt == "batch")
+        return SetInfo(f.stem, f, f.parent.resolve(), fmt), _jsonl(f, fmt == "batch")
     doc, node = _yaml(f)
     if not isinstance(doc, dict):
         raise UserError(f"{f}: no items (expected a top-level 'items:' list).")

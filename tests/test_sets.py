@@ -213,6 +213,26 @@ def test_hf_models_get_a_labelled_estimate():
     assert not any(t.exact for t in toks) and toks[0].prompt_tokens > 290
 
 
+# --- the command line (no engine) --------------------------------------------------------------
+
+
+def test_dry_run_prints_the_token_plan_and_writes_nothing(tmp_path: Path):
+    p = runner(*TINY, "dry_run=true", f"prompts.name={EX / 'batch.jsonl'}",
+               f"store.root={tmp_path}")
+    assert p.returncode == 0, p.stderr[-3000:]
+    out = " ".join(p.stderr.split())
+    assert "req-3" in out and "exact" in out and "786" in out  # total prompt tokens
+    assert not any(x for x in tmp_path.iterdir() if not x.name.startswith("."))
+
+
+def test_on_item_error_fail_stops_before_the_engine(tmp_path: Path):
+    f = hostile_set(tmp_path / "h")
+    p = runner(*TINY, f"prompts.name={f}", "prompts.on_item_error=fail",
+               f"store.root={tmp_path / 'store'}")
+    assert p.returncode == 2 and "Item 'zero'" in p.stderr and "empty file" in p.stderr
+    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+
+
 # --- end to end -------------------------------------------------------------------------------
 
 
