@@ -14,8 +14,12 @@ demo: install
 	$(PY) -m runner model=pixtral_tiny engine=cpu
 
 test: install
+	bash scripts/setup-browser.sh  # Debian's chromium, for the report's browser test
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -x tests
+
+bench: install
+	$(PY) bench/bench.py
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -82,7 +82,8 @@ class EngineCache:
         vllm = import_vllm(env)
         check_engine_args(kw)
         t = time.perf_counter()
-        self.llm = vllm.LLM(**kw)
+        # A worker extension that lets runner.quant.describe name the linear kernel in use.
+        self.llm = vllm.LLM(**({"worker_extension_cls": "runner.quant.QuantProbe"} | kw))
         self.key, self.starts = key, self.starts + 1
         return self.llm, time.perf_counter() - t
 

@@ -20,7 +20,7 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
-from runner.score import read_set_meta, resolve_run, set_file_of
+from runner.score import read_set_meta, resolve_run, set_file_of, stored_records
 
 THUMB = 160  # px, longest side
 PAGE = 100  # rows per page
@@ -65,7 +65,7 @@ def load_run(d: Path) -> Run:
         config = yaml.safe_load((d / "config.yaml").read_text()) or {}
     except OSError:
         config = {}
-    records = {str(r["id"]): r for r in _jsonl(d / "results.jsonl")}
+    records = {str(r["id"]): r for r in stored_records(d)}
     scores = {s["key"]: s for s in _jsonl(d / "scores.jsonl")}
     return Run(d, config, records, scores, _json(d / "metrics.json"), _json(d / "manifest.json"),
                read_set_meta(set_file_of(d)).root)

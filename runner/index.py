@@ -48,9 +48,10 @@ def run_dirs(root: Path) -> Iterator[Path]:
 def signature(run_dir: Path) -> str:
     """Changes whenever the manifest, metrics or results change (results grow while running)."""
     parts = []
-    for name in ("manifest.json", "metrics.json", "results.jsonl"):
+    for f in [run_dir / "manifest.json", run_dir / "metrics.json",
+              *sorted(run_dir.glob("results*.jsonl"))]:
         try:
-            st = (run_dir / name).stat()
+            st = f.stat()
             parts.append(f"{st.st_mtime_ns}:{st.st_size}")
         except OSError:
             parts.append("-")

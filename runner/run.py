@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from runner.errors import Interrupted, UserError
 from runner.plan import Item, Plan, load_set
+from runner.quant import check_quantization
 from runner.report import Summary, console, show
 from runner.store import RunDir, run_hash
 
@@ -42,10 +43,10 @@ def versions() -> dict[str, str | None]:
 def ensure_weights(m: DictConfig) -> None:
     """Build the bundled tiny model on first use; otherwise say exactly what is missing."""
     p = Path(m.path)
-    if m.build == "tiny":
-        from runner import tiny
+    if m.build in ("tiny", "tiny_hf"):  # bundled models: built on first use
+        from runner import tiny, tiny_hf
 
-        tiny.build(p)
+        (tiny if m.build == "tiny" else tiny_hf).build(p)
         return
     need = "params.json" if m.config_format == "mistral" else "config.json"
     if not (p / need).is_file():
@@ -110,6 +111,7 @@ def run(cfg: DictConfig, overrides: list[str]) -> Summary:
         return s
     if todo:
         ensure_weights(cfg.model)
+        check_quantization(cfg.model.quantization, Path(cfg.model.path))
         waited = lambda who: console.print(  # noqa: E731
             f"[yellow]Run {rd.hash} is being written by {who}; waiting…")
         with rd.lock(cfg.store.wait, waited):
@@ -150,6 +152,9 @@ def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir,
         llm, s.engine_start_s = ENGINES.get(engine_kwargs(cfg, plan.root), env)
     s.extra["engine_reused"] = ENGINES.starts == starts
     sp = sampling_params(cfg)
+    from runner.quant import describe
+
+    quant = describe(llm)
     rd.create(cfg, overrides)
 
     def begin(m: dict[str, Any]) -> None:
@@ -158,7 +163,7 @@ def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir,
         m |= {"status": "running", "started": now(), "model": cfg.model.name,
               "prompts": plan.name, "overrides": overrides,
               "sampling": OmegaConf.to_container(cfg.sampling), "versions": versions(),
-              "pid": os.getpid(),
+              "pid": os.getpid(), "quantization": quant,
               "platform": {"system": platform.platform(), "machine": platform.machine(),
                            "node": platform.node()}}
 

@@ -195,15 +195,11 @@ def score_output(spec: str, output: str, expected: str,
 # --- a run ----------------------------------------------------------------------------------
 
 
-def _read_jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    if path.exists():
-        for line in path.read_bytes().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue  # a line torn by a kill
-    return out
+def stored_records(run_dir: Path) -> list[dict[str, Any]]:
+    """All shards' records, with the store's torn-line and duplicate rules."""
+    from runner.store import RunDir
+
+    return list(RunDir(run_dir.parent, run_dir.name).read_results().values())
 
 
 def set_file_of(run_dir: Path) -> Path | None:
@@ -265,7 +261,7 @@ def _up_to_date(run_dir: Path, set_file: Path | None) -> dict[str, Any] | None:
     rerun of a big set skips re-reading it, and a changed scorer still rescores)."""
     try:
         done = min((run_dir / n).stat().st_mtime_ns for n in ("scores.jsonl", "metrics.json"))
-        inputs = [run_dir / "results.jsonl", run_dir / "manifest.json", Path(__file__)]
+        inputs = [*run_dir.glob("results*.jsonl"), run_dir / "manifest.json", Path(__file__)]
         if any(p.exists() and p.stat().st_mtime_ns >= done
                for p in inputs + ([Path(set_file)] if set_file else [])):
             return None
@@ -289,7 +285,7 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
         return stored
     meta_set = read_set_meta(set_file)
     set_scorer, items = meta_set.scorer, meta_set.items
-    records = _read_jsonl(run_dir / "results.jsonl")
+    records = stored_records(run_dir)
     scores, latest = [], {}
     for r in records:
         if r.get("expected") is None:

@@ -1,0 +1,40 @@
+"""The seed's way, for comparison: `LLM(...)` then one `llm.chat(all, sp)` call.
+
+Same engine arguments and the same chat requests as the runner would build for the config
+given as Hydra overrides. Prints one JSON line: start_s, generate_s, total_s, tokens.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+
+T0 = time.perf_counter()
+
+if __name__ == "__main__":
+    from hydra import compose, initialize_config_dir
+
+    sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
+    from runner.config import register
+    from runner.engine import engine_kwargs, import_vllm, sampling_params
+    from runner.plan import load_set
+    from runner.run import ensure_weights
+
+    register()
+    conf = str(__import__("pathlib").Path(__file__).resolve().parent.parent / "conf")
+    with initialize_config_dir(config_dir=conf, version_base="1.3"):
+        cfg = compose(config_name="config", overrides=sys.argv[1:])
+    plan = load_set(cfg.prompts.name, cfg.prompts.root, cfg.prompts.system, cfg.prompts.limit)
+    ensure_weights(cfg.model)
+    vllm = import_vllm(dict(cfg.engine.env))
+    t = time.perf_counter()
+    llm = vllm.LLM(**engine_kwargs(cfg, plan.root))
+    start = time.perf_counter() - t
+    sp = sampling_params(cfg)
+    t = time.perf_counter()
+    outs = llm.chat([it.messages for it in plan.items], sp, use_tqdm=False)
+    gen = time.perf_counter() - t
+    toks = sum(len(o.outputs[0].token_ids) for o in outs)
+    print(json.dumps({"start_s": start, "generate_s": gen, "total_s": time.perf_counter() - T0,
+                      "tokens": toks, "items": len(outs)}), flush=True)
