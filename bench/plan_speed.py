@@ -2,7 +2,8 @@
 
     .venv/bin/python bench/plan_speed.py [--images 1000] [--max-image-size 0]
 
-Generates N distinct images (by default mostly 1024x768 photo-like JPEGs and 800x600 PNGs,
+Generates N distinct images (by default mostly 1024x768 smooth photo-like JPEGs and 800x600
+PNGs, or `--noise`: incompressible pixels, the worst case,
 with 5% that need conversion: CMYK JPEGs, EXIF-rotated JPEGs and 16-bit PNGs) as one JSONL
 set, then times, in fresh processes so the tokenizer load is counted:
   cold  - the first plan (every image hashed, decoded once to check it, conversions written);
@@ -45,9 +46,14 @@ print(json.dumps({"items": len(plan.items), "load_s": t2 - t1, "tokens_s": t3 - 
 """
 
 
-def make_images(d: Path, n: int) -> list[str]:
+def make_images(d: Path, n: int, noise: bool = False) -> list[str]:
+    """Photo-like (smooth) images by default; `noise`: incompressible pixels, the worst case
+    for hashing and decoding (~1 MB per image)."""
     rng = np.random.default_rng(0)
     base = rng.integers(0, 255, (768, 1024, 3), dtype=np.uint8)
+    if not noise:
+        small = Image.fromarray(rng.integers(0, 255, (24, 32, 3), dtype=np.uint8), "RGB")
+        base = np.asarray(small.resize((1024, 768), Image.Resampling.BICUBIC))
     names = []
     for i in range(n):
         a = np.roll(base, i * 7, axis=1)  # distinct bytes per image
@@ -84,12 +90,13 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--images", type=int, default=1000)
     ap.add_argument("--max-image-size", type=int, default=0)
+    ap.add_argument("--noise", action="store_true", help="incompressible images (worst case)")
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp) / "set"
         (d / "images").mkdir(parents=True)
         t = time.perf_counter()
-        names = make_images(d / "images", a.images)
+        names = make_images(d / "images", a.images, a.noise)
         mb = sum(f.stat().st_size for f in (d / "images").iterdir()) / 1e6
         print(f"generated {len(names)} images ({mb:.0f} MB) in {time.perf_counter() - t:.1f}s")
         f = d / "set.jsonl"

@@ -306,10 +306,14 @@ class Images:
         out = self.cache / "images" / f"{sha[:40]}-{self._norm_tag.replace(',', '_')}.png"
         if why and out.exists():
             return Image(ref, out, sha, nw, nh, self._norm_tag)
-        try:
-            if fmt == "JPEG" and not why:
-                im.draft("RGB", (max(1, w // 8), max(1, h // 8)))  # fast full-stream check
-            im.load()
+        try:  # the whole file is checked; plain images cheaply (CRCs, or JPEG at 1/8 scale)
+            if fmt == "PNG" and not why:
+                with PILImage.open(f) as v:  # verify() must come first after open
+                    v.verify()  # every chunk's CRC and the end marker: cut or damaged files
+            else:
+                if fmt == "JPEG" and not why:
+                    im.draft("RGB", (max(1, w // 8), max(1, h // 8)))
+                im.load()
         except (OSError, SyntaxError, ValueError, EOFError) as e:
             raise ImageError(f"image '{ref}' is corrupt or truncated "
                              f"({type(e).__name__}: {e})") from None

@@ -36,6 +36,23 @@ def truncated_jpeg(p: Path) -> Path:
     return p
 
 
+def truncated_png(p: Path) -> Path:
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "PNG")
+    p.write_bytes(buf.getvalue()[:-30])
+    return p
+
+
+def damaged_png(p: Path) -> Path:
+    """One flipped byte inside the pixel data: the chunk's CRC no longer matches."""
+    buf = io.BytesIO()
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(buf, "PNG")
+    b = bytearray(buf.getvalue())
+    b[b.index(b"IDAT") + 8] ^= 0xFF
+    p.write_bytes(bytes(b))
+    return p
+
+
 def text_as_png(p: Path) -> Path:
     p.write_text("this is not an image, just text renamed to .png\n")
     return p

@@ -34,6 +34,8 @@ def d(tmp_path: Path) -> Path:
 @pytest.mark.parametrize("make, name, reason", [
     (h.zero_byte, "empty.png", "empty file"),
     (h.truncated_jpeg, "cut.jpg", "corrupt or truncated"),
+    (h.truncated_png, "cut.png", "corrupt or truncated"),
+    (h.damaged_png, "crc.png", "corrupt or truncated"),
     (h.text_as_png, "fake.png", "not an image Pillow can read"),
     (h.bomb_png, "bomb.png", "max_image_pixels"),
 ])
