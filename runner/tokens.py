@@ -125,6 +125,11 @@ class Counter:
         return len(toks) - n_img * self.dummy_tokens
 
 
+def _image_parts(it: Item) -> int:
+    return sum(p["type"] == "image_url" for m in it.messages if isinstance(m["content"], list)
+               for p in m["content"])
+
+
 def plan_tokens(cfg: Any, plan: Plan, items: Iterable[Item] | None = None) -> list[ItemTokens]:
     """Token counts for `items` (default: the whole plan). Marks items whose prompt does not
     fit `model.max_model_len` (with room for one output token) as item errors."""
@@ -134,7 +139,7 @@ def plan_tokens(cfg: Any, plan: Plan, items: Iterable[Item] | None = None) -> li
     for it in plan.items if items is None else items:
         img = sum(counter.image_tokens(im.width, im.height) for im in it.images)
         n = 0
-        if it.error is None or "limit_mm_per_prompt" in it.error:
+        if _image_parts(it) == len(it.images):  # all images resolved (else already an error)
             try:
                 n = counter.prompt_tokens(it) + img
             except Exception as e:  # noqa: BLE001 - mistral-common rejects bad requests
