@@ -64,11 +64,11 @@ class Plan:
 
 
 def find_set(name: str, root: str | Path) -> Path:
-    """`name` is a set under `root` (<root>/<name>/set.yaml, <root>/<name>.yaml or .jsonl) or
-    a path to a set file (YAML or JSONL) or to a folder with a set.yaml."""
+    """`name` is a set under `root` (<root>/<name>/set.yaml or set.jsonl, <root>/<name>.yaml or
+    .jsonl) or a path to a set file (YAML or JSONL) or to a folder with a set.yaml."""
     r = Path(root)
-    cand = [r / name / SET_FILE, r / f"{name}.yaml", r / f"{name}.jsonl", Path(name),
-            Path(name) / SET_FILE]
+    cand = [r / name / SET_FILE, r / f"{name}.yaml", r / f"{name}.jsonl",
+            r / name / "set.jsonl", Path(name), Path(name) / SET_FILE]
     for c in cand:
         if c.is_file():
             return c.resolve()

@@ -135,8 +135,10 @@ def test_empty_and_unknown_sets(d: Path, name: str, msg: str):
         load_set(name if name == "nope" else str(d / name), d)
 
 
-def test_find_set_by_name_folder_and_file():
+def test_find_set_by_name_folder_and_file(d: Path):
     assert load_set("examples/batch", ROOT / "prompts").format == "batch"
+    (d / "stream.jsonl").rename(d / "set.jsonl")
+    assert load_set("ex", d.parent).format == "jsonl"  # <root>/<name>/set.jsonl
     assert load_set(str(EX / "folder.yaml")).format == "images"
     assert load_set(str(ROOT / "prompts" / "sample")).name == "sample"
 
