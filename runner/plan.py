@@ -139,6 +139,15 @@ def _prefetched(specs: Iterator[Spec], img: Images, batch: int = 64) -> Iterator
         yield from chunk
 
 
+def _progress() -> Any:
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    from runner.report import console
+
+    return Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed} items"),
+                    TimeElapsedColumn(), console=console, transient=True)
+
+
 def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
              limit: int | None = None, *, images: ImageOptions | None = None,
              max_images: int | None = None) -> Plan:
@@ -149,12 +158,15 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     system = system or info.system
     items: list[Item] = []
     seen: dict[str, str] = {}
-    for s in _prefetched(take(specs, limit), img):  # a stream: items stay, pixels do not
-        if s.id in seen:
-            raise UserError(f"{s.where}: duplicate item id '{s.id}' (first at {seen[s.id]}); "
-                            "ids must be unique.")
-        seen[s.id] = s.where.split(": ")[0] if " line " in s.where else s.where
-        items.append(_item(s, img, system, info.scorer, max_images))
+    with _progress() as progress:  # image preparation: checking, hashing, converting
+        task = progress.add_task(f"preparing {f.name}", total=None)
+        for s in _prefetched(take(specs, limit), img):  # a stream: items stay, pixels do not
+            if s.id in seen:
+                raise UserError(f"{s.where}: duplicate item id '{s.id}' (first at "
+                                f"{seen[s.id]}); ids must be unique.")
+            seen[s.id] = s.where.split(": ")[0] if " line " in s.where else s.where
+            items.append(_item(s, img, system, info.scorer, max_images))
+            progress.advance(task)
     if not items:
         raise UserError(f"{f}: no items.")
     return Plan(info.name, info.file, info.root, items, info.format)

@@ -16,7 +16,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from runner.errors import Interrupted, UserError
-from runner.plan import Item, Plan, load_set
+from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_quantization
 from runner.report import Summary, console, show
 from runner.store import RunDir, run_hash
@@ -74,7 +74,8 @@ def record(item: Item, out: Any) -> dict[str, Any]:
          "images": _images(item), "output": c[0].text, "finish_reason": c[0].finish_reason,
          "prompt_tokens": len(out.prompt_token_ids or []),
          "completion_tokens": sum(len(x.token_ids) for x in c),
-         "expected": item.expected, "tags": item.tags, "time": now()}
+         "expected": item.expected, "tags": item.tags, "metadata": item.metadata,
+         "scorer": item.scorer, "time": now()}
     if len(c) > 1:
         r["outputs"] = [{"text": x.text, "finish_reason": x.finish_reason} for x in c]
     return r
@@ -83,7 +84,7 @@ def record(item: Item, out: Any) -> dict[str, Any]:
 def error_record(item: Item, reason: str) -> dict[str, Any]:
     return {"id": item.id, "key": item.key, "status": "error", "error": reason,
             "prompt": item.text, "images": _images(item), "expected": item.expected,
-            "tags": item.tags, "time": now()}
+            "tags": item.tags, "metadata": item.metadata, "scorer": item.scorer, "time": now()}
 
 
 def _raise_interrupt(signum: int, frame: Any) -> None:
@@ -92,8 +93,7 @@ def _raise_interrupt(signum: int, frame: Any) -> None:
 
 def run(cfg: DictConfig, overrides: list[str]) -> Summary:
     t0 = time.perf_counter()
-    plan: Plan = load_set(cfg.prompts.name, cfg.prompts.root, cfg.prompts.system,
-                          cfg.prompts.limit)
+    plan: Plan = load_plan(cfg)
     if cfg.shard.count > 1:
         plan.items = [it for it in plan.items if in_shard(it.key, cfg.shard)]
     rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
@@ -107,9 +107,16 @@ def run(cfg: DictConfig, overrides: list[str]) -> Summary:
 
     todo = pending()
     if cfg.dry_run:
+        from runner.tokens import plan_tokens, show_plan
+
+        show_plan(cfg, plan, plan_tokens(cfg, plan), stored=rd.read_results())
         s.status, s.total_s = "planned", time.perf_counter() - t0
         return s
     if todo:
+        from runner.tokens import plan_tokens
+
+        plan_tokens(cfg, plan, todo)  # prompts over max_model_len become item errors
+        check_errors(todo, cfg.prompts.on_item_error)  # before anything is written
         ensure_weights(cfg.model)
         check_quantization(cfg.model.quantization, Path(cfg.model.path))
         waited = lambda who: console.print(  # noqa: E731
@@ -140,21 +147,23 @@ def record_run(rd: RunDir, plan: Plan) -> None:
         console.print(f"scored {s['scored']} items: accuracy {s.get('accuracy', 0):.3f}")
 
 
-def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir,
-           s: Summary) -> tuple[Any, Any]:
-    """Start (or reuse) the engine, then register the run folder: no folder if it fails."""
+def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, s: Summary,
+           need_engine: bool) -> tuple[Any, Any]:
+    """Start (or reuse) the engine, then register the run folder: no folder if it fails.
+    No engine when every item left is a planned error."""
     from runner.engine import ENGINES, engine_kwargs, sampling_params
-
-    env = OmegaConf.to_container(cfg.engine.env, resolve=True)
-    assert isinstance(env, dict)
-    starts = ENGINES.starts
-    with console.status(f"Starting vLLM engine for {cfg.model.name}…"):
-        llm, s.engine_start_s = ENGINES.get(engine_kwargs(cfg, plan.root), env)
-    s.extra["engine_reused"] = ENGINES.starts == starts
-    sp = sampling_params(cfg)
     from runner.quant import describe
 
-    quant = describe(llm)
+    llm = sp = quant = None
+    if need_engine:
+        env = OmegaConf.to_container(cfg.engine.env, resolve=True)
+        assert isinstance(env, dict)
+        starts = ENGINES.starts
+        with console.status(f"Starting vLLM engine for {cfg.model.name}…"):
+            llm, s.engine_start_s = ENGINES.get(engine_kwargs(cfg, plan.root), env)
+        s.extra["engine_reused"] = ENGINES.starts == starts
+        sp = sampling_params(cfg)
+        quant = describe(llm)
     rd.create(cfg, overrides)
 
     def begin(m: dict[str, Any]) -> None:
@@ -175,7 +184,8 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
               s: Summary, t0: float) -> None:
     from runner.engine import ENGINES, generate
 
-    llm, sp = _start(cfg, overrides, plan, rd, s)
+    runnable = [it for it in todo if not it.error]
+    llm, sp = _start(cfg, overrides, plan, rd, s, need_engine=bool(runnable))
     by_key = {it.key: it for it in todo}
     writer = rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
     prev = signal.signal(signal.SIGTERM, _raise_interrupt)
@@ -202,7 +212,12 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
     error = None
     try:
         with progress:
-            generate(llm, ((it.key, it.messages) for it in todo), sp, on_output, on_error)
+            for it in todo:  # planned item errors: stored, never sent to the engine
+                if it.error:
+                    on_error(it.key, it.error)
+            if runnable:
+                generate(llm, ((it.key, it.messages) for it in runnable), sp, on_output,
+                         on_error)
         s.status = "complete"
     except KeyboardInterrupt:
         s.status = "interrupted"
@@ -210,11 +225,14 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
         s.status, error = "failed", f"{type(e).__name__}: {e}"
         raise
     finally:
+        # A second Ctrl-C must not cut the bookkeeping short: ignore it until it is done.
+        prev_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
         writer.close()
         signal.signal(signal.SIGTERM, prev)
         s.generate_s = time.perf_counter() - tg
         s.total_s = time.perf_counter() - t0
         _finish(rd, s, error, ENGINES.starts)
+        signal.signal(signal.SIGINT, prev_int)
     if s.status == "interrupted":
         show(s)
         raise Interrupted(f"Interrupted: {s.computed} items stored in {rd.path}; "
@@ -272,6 +290,9 @@ def main(cfg: DictConfig) -> Summary:
     except Interrupted as e:
         console.print(f"[yellow]{e}")
         sys.exit(e.exit_code)
+    except KeyboardInterrupt:  # outside generation (planning, engine start): nothing to keep
+        console.print("[yellow]Interrupted.")
+        sys.exit(Interrupted.exit_code)
     except UserError as e:
         console.print(f"[bold red]error:[/] {e}")
         if multirun():

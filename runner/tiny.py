@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 PARAMS = {
@@ -100,17 +101,19 @@ def write_weights(path: Path, shapes: dict[str, tuple[int, ...]], seed: int = SE
     save_file(tensors, str(path), metadata={"format": "pt"})
 
 
-def build(out: Path, force: bool = False) -> Path:
-    """Write the tiny model to `out` (atomically: a temp folder renamed into place)."""
+def publish(out: Path, files: tuple[str, ...], write: Callable[[Path], None],
+            force: bool = False) -> Path:
+    """Write a model folder atomically (a temp folder renamed into place) unless all `files`
+    are there already; a killed build never leaves a half-written model behind."""
     out = Path(out)
-    if not force and all((out / f).exists() for f in FILES):
+    if not force and all((out / f).exists() for f in files):
         return out
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        (tmp / "params.json").write_text(json.dumps(PARAMS, indent=2) + "\n")
-        shutil.copyfile(tekken_path(), tmp / "tekken.json")
-        write_weights(tmp / "consolidated.safetensors", weight_shapes())
+        write(tmp)
+        for f in tmp.iterdir():
+            f.chmod(0o644)  # some writers (transformers) create 0600 files
         if out.exists():
             shutil.rmtree(out)
         tmp.chmod(0o755)
@@ -120,6 +123,17 @@ def build(out: Path, force: bool = False) -> Path:
     return out
 
 
+def write(folder: Path) -> None:
+    (folder / "params.json").write_text(json.dumps(PARAMS, indent=2) + "\n")
+    shutil.copyfile(tekken_path(), folder / "tekken.json")
+    write_weights(folder / "consolidated.safetensors", weight_shapes())
+
+
+def build(out: Path, force: bool = False) -> Path:
+    """Write the tiny model to `out`; return `out`."""
+    return publish(out, FILES, write, force)
+
+
 def digest(folder: Path) -> str:
     h = hashlib.sha256()
     for f in FILES:
@@ -127,9 +141,10 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="data/pixtral-tiny", help="folder to write")
+def cli(doc: str, default_out: str, build: Callable[..., Path],
+        digest: Callable[[Path], str]) -> None:
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--out", default=default_out, help="folder to write")
     ap.add_argument("--force", action="store_true", help="rewrite even if present")
     a = ap.parse_args()
     out = build(Path(a.out), force=a.force)
@@ -137,4 +152,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    cli(__doc__, "data/pixtral-tiny", build, digest)

@@ -13,14 +13,12 @@ input and output sizes that are multiples of 32 with an even group size (CPUWNA1
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import json
-import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
+
+from runner.tiny import cli, publish
 
 SEED = 0
 GROUP_SIZE = 64  # the real checkpoint uses 128 (llm-compressor's W4A16 preset); 64 gives 2+ groups
@@ -187,23 +185,8 @@ def write(folder: Path) -> None:
 
 
 def build(out: Path, force: bool = False) -> Path:
-    """Write the twin to `out` (atomically: a temp folder renamed into place); return `out`."""
-    out = Path(out)
-    if not force and all((out / f).exists() for f in FILES):
-        return out
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        write(tmp)
-        for f in tmp.iterdir():
-            f.chmod(0o644)  # transformers writes the weights 0600
-        if out.exists():
-            shutil.rmtree(out)
-        tmp.chmod(0o755)
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out
+    """Write the twin to `out` (atomically, see runner.tiny.publish); return `out`."""
+    return publish(out, FILES, write, force)
 
 
 def digest(folder: Path) -> str:
@@ -213,14 +196,5 @@ def digest(folder: Path) -> str:
     return h.hexdigest()
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="data/pixtral-large-tiny-w4a16", help="folder to write")
-    ap.add_argument("--force", action="store_true", help="rewrite even if present")
-    a = ap.parse_args()
-    out = build(Path(a.out), force=a.force)
-    print(f"{out}  sha256={digest(out)[:16]}")
-
-
 if __name__ == "__main__":
-    main()
+    cli(__doc__, "data/pixtral-large-tiny-w4a16", build, digest)

@@ -80,3 +80,24 @@ def test_extra_engine_args_pass_through_and_clash():
 
     with pytest.raises(UserError, match="max_num_seqs"):
         engine_kwargs(make_cfg("+engine.extra.max_num_seqs=4"), Path("/x"))
+
+
+def test_ray_preset_hands_vllm_its_executor():
+    c = make_cfg("engine=ray", "engine.tensor_parallel_size=8", "engine.pipeline_parallel_size=2")
+    kw = engine_kwargs(c, Path("/x"))
+    assert kw["distributed_executor_backend"] == "ray"
+    assert (kw["tensor_parallel_size"], kw["pipeline_parallel_size"]) == (8, 2)
+
+
+def test_slurm_launcher_composes_with_the_gpu_count_of_the_engine():
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        c = compose(config_name="config", return_hydra_config=True,
+                    overrides=["hydra/launcher=slurm", "model=pixtral_large_w4a16",
+                               "hydra.launcher.partition=gpu"])
+    launcher = c.hydra.launcher
+    assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
+    assert launcher.gpus_per_node == 4  # follows engine.tensor_parallel_size

@@ -121,3 +121,25 @@ def test_shards_through_submitit_fill_one_run(first: Path, tmp_path: Path):
     # reading merges the shards: the unsharded config is a cache hit
     p = runner(*TINY, f"store.root={tmp_path}")
     assert p.returncode == 0 and "5 cached" in p.stderr
+
+
+def test_every_set_format_runs_and_a_sweep_report_compares_them(tmp_path: Path):
+    """The four example formats as one sweep (one engine), then one HTML report of the sweep."""
+    names = ["examples/items", "examples/folder", "examples/stream", "examples/batch"]
+    p = runner("-m", *TINY, f"store.root={tmp_path}", "sampling.max_tokens=8",
+               f"prompts.name={','.join(names)}", timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    (runs,) = tmp_path.glob(".sweeps/*/runs.json")
+    rows = json.loads(runs.read_text())
+    assert [r["status"] for r in rows] == ["computed"] * 4
+    for r in rows:
+        recs = results(Path(r["folder"]))
+        assert recs and all(x["status"] == "ok" and x["completion_tokens"] > 0 for x in recs)
+        assert (Path(r["folder"]) / "metrics.json").exists()
+    out = tmp_path / "report.html"
+    p = subprocess.run([sys.executable, "-m", "runner.results", "--root", str(tmp_path),
+                        "report", "--sweep", str(runs.parent), "--out", str(out)],
+                       cwd=ROOT, text=True, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr[-3000:]
+    page = out.read_text()
+    assert all(r["hash"] in page for r in rows) and "data:image/" in page
