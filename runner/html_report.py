@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 from PIL import Image, UnidentifiedImageError
 
+from runner.files import read_json
 from runner.score import read_set_meta, resolve_run, set_file_of, stored_records
 
 THUMB = 160  # px, longest side
@@ -41,13 +42,6 @@ class Run:
         self.label = self.dir.name
 
 
-def _json(path: Path) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-
-
 def _jsonl(path: Path) -> list[dict[str, Any]]:
     out = []
     if path.exists():
@@ -67,7 +61,8 @@ def load_run(d: Path) -> Run:
         config = {}
     records = {str(r["id"]): r for r in stored_records(d)}
     scores = {s["key"]: s for s in _jsonl(d / "scores.jsonl")}
-    return Run(d, config, records, scores, _json(d / "metrics.json"), _json(d / "manifest.json"),
+    return Run(d, config, records, scores, read_json(d / "metrics.json", {}),
+               read_json(d / "manifest.json", {}),
                read_set_meta(set_file_of(d)).root)
 
 

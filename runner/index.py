@@ -21,6 +21,8 @@ from typing import Any
 
 import yaml
 
+from runner.files import read_json
+
 INDEX_NAME = "index.sqlite"
 SCHEMA_VERSION = 1
 COLUMNS = ("hash", "created", "finished", "status", "model", "prompts", "overrides",
@@ -58,13 +60,6 @@ def signature(run_dir: Path) -> str:
     return "|".join(parts)
 
 
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def _read_yaml(path: Path) -> Any:
     try:
         return yaml.safe_load(path.read_text())
@@ -89,13 +84,13 @@ def _results(run_dir: Path) -> tuple[int, int, int, int]:
 def read_row(run_dir: Path) -> dict[str, Any] | None:
     """The index row of one run folder, or None if it has no readable manifest."""
     sig = signature(run_dir)  # before reading, so a concurrent change makes the row stale
-    m = _read_json(run_dir / "manifest.json")
+    m = read_json(run_dir / "manifest.json")
     if not isinstance(m, dict):
         return None
     cfg = _read_yaml(run_dir / "config.yaml") or {}
     sampling = cfg.get("sampling") or m.get("sampling") or {}
     overrides = _read_yaml(run_dir / "overrides.yaml") or m.get("overrides") or []
-    metrics = _read_json(run_dir / "metrics.json")
+    metrics = read_json(run_dir / "metrics.json")
     stored, errored, ptok, ctok = _results(run_dir)
     created = m.get("created") or datetime.fromtimestamp(
         (run_dir / "manifest.json").stat().st_mtime, timezone.utc).isoformat(timespec="seconds")

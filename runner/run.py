@@ -100,16 +100,16 @@ def run(cfg: DictConfig, overrides: list[str]) -> Summary:
     s = Summary(rd.hash, str(rd.path), cfg.model.name, plan.name, "planned",
                 planned=len(plan.items))
 
-    def pending() -> list[Item]:
+    def pending() -> tuple[dict[str, Any], list[Item]]:
         done = rd.read_results()
         s.cached = sum(1 for it in plan.items if it.key in done)
-        return [it for it in plan.items if it.key not in done]
+        return done, [it for it in plan.items if it.key not in done]
 
-    todo = pending()
+    done, todo = pending()
     if cfg.dry_run:
         from runner.tokens import plan_tokens, show_plan
 
-        show_plan(cfg, plan, plan_tokens(cfg, plan), stored=rd.read_results())
+        show_plan(cfg, plan, plan_tokens(cfg, plan), stored=done)
         s.status, s.total_s = "planned", time.perf_counter() - t0
         return s
     if todo:
@@ -122,7 +122,7 @@ def run(cfg: DictConfig, overrides: list[str]) -> Summary:
         waited = lambda who: console.print(  # noqa: E731
             f"[yellow]Run {rd.hash} is being written by {who}; waiting…")
         with rd.lock(cfg.store.wait, waited):
-            todo = pending()  # another process may have finished it while we waited
+            _, todo = pending()  # another process may have finished it while we waited
             if todo:
                 try:
                     _generate(cfg, overrides, plan, rd, todo, s, t0)

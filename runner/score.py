@@ -22,6 +22,8 @@ from typing import Any
 
 import yaml
 
+from runner.files import atomic_write
+
 DEFAULT_SCORER = "exact"
 
 
@@ -250,12 +252,6 @@ def read_set_meta(set_file: Path | None) -> SetMeta:
     return SetMeta(doc.get("scorer"), items, (f.parent / str(doc.get("root", "."))).resolve())
 
 
-def _atomic_write(path: Path, text: str) -> None:
-    from runner.store import atomic_write  # the store's write-fsync-rename
-
-    atomic_write(path, text)
-
-
 def _up_to_date(run_dir: Path, set_file: Path | None) -> dict[str, Any] | None:
     """Stored metrics if they are newer than every input, this module included (so a cached
     rerun of a big set skips re-reading it, and a changed scorer still rescores)."""
@@ -305,10 +301,10 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
                "scorer": spec, "reason": s.reason}
         scores.append(row)
         latest[r["id"]] = (row, r.get("tags") or [])
-    _atomic_write(run_dir / "scores.jsonl",
+    atomic_write(run_dir / "scores.jsonl",
                   "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in scores))
     metrics = _metrics(records, list(latest.values()), run_dir)
-    _atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
 

@@ -32,6 +32,7 @@ from runner.config import (
     SamplingConfig,
 )
 from runner.errors import UserError
+from runner.files import atomic_write, read_json
 
 HASH_LEN = 16
 
@@ -57,15 +58,6 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
 def run_hash(cfg: DictConfig) -> str:
     blob = json.dumps(hashed_config(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:HASH_LEN]
-
-
-def atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 class ResultWriter:
@@ -126,10 +118,7 @@ class RunDir:
         return out
 
     def manifest(self) -> dict[str, Any]:
-        try:
-            return json.loads(self.manifest_path.read_text())
-        except (OSError, ValueError):
-            return {}
+        return read_json(self.manifest_path, {})
 
     def write_manifest(self, m: dict[str, Any]) -> None:
         atomic_write(self.manifest_path, json.dumps(m, indent=2, sort_keys=True) + "\n")

@@ -17,6 +17,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.table import Table
 
+from runner.files import read_json
 from runner.report import Summary, console
 
 
@@ -32,7 +33,7 @@ class SweepSummary(Callback):
                     "status": {"complete": "computed"}.get(s.status, s.status),
                     "items": s.planned, "computed": s.computed, "errors": s.errors,
                     "tokens_per_s": round(s.tokens_per_s, 1), "error": s.extra.get("error"),
-                    "metrics": _metrics(Path(s.folder))}
+                    "metrics": read_json(Path(s.folder) / "metrics.json")}
         else:
             row |= {"hash": None, "status": "failed", "error": repr(job_return._return_value)}
         out = Path(config.hydra.runtime.output_dir)
@@ -59,10 +60,3 @@ class SweepSummary(Callback):
         console.print(t)
         if any(r["status"] == "failed" for r in self.rows):
             sys.exit(1)
-
-
-def _metrics(folder: Path) -> dict[str, Any] | None:
-    try:
-        return json.loads((folder / "metrics.json").read_text())
-    except (OSError, ValueError):
-        return None
