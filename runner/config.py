@@ -9,6 +9,7 @@ left out of the run hash (see `runner.store.run_hash`).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -116,6 +117,18 @@ class ShardConfig:
     count: int = 1
 
 
+class LogTarget(str, Enum):
+    file = "file"  # engine output into <run>/engine.log; the console shows the runner's display
+    console = "console"  # engine output streams to the console, as vLLM prints it
+
+
+@dataclass
+class LogConfig:
+    """Where the engine's output goes (runner/logs.py). Not part of the hash."""
+
+    engine: LogTarget = LogTarget.file
+
+
 @dataclass
 class RunConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -124,6 +137,7 @@ class RunConfig:
     prompts: PromptsConfig = field(default_factory=PromptsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
+    log: LogConfig = field(default_factory=LogConfig)
     dry_run: bool = False  # plan and report what would run; never starts the engine
 
 

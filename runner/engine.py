@@ -7,6 +7,7 @@ multirun) the engine is reused while its arguments are unchanged.
 
 from __future__ import annotations
 
+import atexit
 import dataclasses
 import gc
 import os
@@ -18,6 +19,11 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import UserError
+
+# Seconds the engine core may take to tear down its workers after SIGTERM. vLLM's default
+# (5 s) is shorter than a loaded CPU needs; past it vLLM kills the core mid-teardown, which
+# leaks its shared memory.
+SHUTDOWN_TIMEOUT = 120.0
 
 # Our model fields that are not vLLM engine arguments.
 _MODEL_ONLY = {"name", "path", "hf_repo", "build", "tensor_parallel_size"}
@@ -74,9 +80,17 @@ class EngineCache:
         self.llm: Any = None
         self.starts = 0  # engines started in this process (tests and sweep summaries read it)
 
+    @staticmethod
+    def _key(kw: dict[str, Any], env: dict[str, str]) -> str:
+        return repr(sorted(kw.items())) + repr(sorted(env.items()))
+
+    def has(self, kw: dict[str, Any], env: dict[str, str]) -> bool:
+        """A live engine for these arguments: `get` will reuse it."""
+        return self.llm is not None and self._key(kw, env) == self.key
+
     def get(self, kw: dict[str, Any], env: dict[str, str]) -> tuple[Any, float]:
-        key = repr(sorted(kw.items())) + repr(sorted(env.items()))
-        if self.llm is not None and key == self.key:
+        key = self._key(kw, env)
+        if self.has(kw, env):
             return self.llm, 0.0
         self.shutdown()
         vllm = import_vllm(env)
@@ -84,15 +98,23 @@ class EngineCache:
         t = time.perf_counter()
         # A worker extension that lets runner.quant.describe name the linear kernel in use.
         self.llm = vllm.LLM(**({"worker_extension_cls": "runner.quant.QuantProbe"} | kw))
+        if not self.starts:  # runs before multiprocessing's exit hook, which kills the core
+            atexit.register(self.shutdown)
         self.key, self.starts = key, self.starts + 1
         return self.llm, time.perf_counter() - t
 
     def shutdown(self) -> None:
+        """Stop the engine the way vLLM's client expects: the client detaches its finalizer
+        (so its monitor thread does not report the core's exit as unexpected), sends SIGTERM,
+        and waits for the core to tear down its workers and unlink its shared memory."""
         if self.llm is None:
             return
+        from runner.logs import redirected
+
         core = getattr(self.llm.llm_engine, "engine_core", None)
         if core is not None and hasattr(core, "shutdown"):
-            core.shutdown()
+            with redirected():  # vLLM's shutdown lines go to the engine log too
+                core.shutdown(timeout=SHUTDOWN_TIMEOUT)
         self.llm, self.key = None, None
         gc.collect()
         try:
@@ -115,8 +137,10 @@ def sampling_params(cfg: DictConfig) -> Any:
 
 def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
              on_output: Callable[[str, Any], None],
-             on_error: Callable[[str, str], None]) -> None:
-    """Queue every request, then step the engine, handing each finished output over at once.
+             on_error: Callable[[str, str], None],
+             on_step: Callable[[list[tuple[str, Any]]], None] | None = None) -> None:
+    """Queue every request, then step the engine, handing each finished output over at once
+    (and every step's outputs, finished or not, to `on_step`: the progress display).
 
     Requests are queued one by one so a bad one (e.g. an unreadable image) becomes an item
     error instead of failing the batch; vLLM's scheduler sees them all as one batch.
@@ -133,6 +157,9 @@ def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
         ids[rid.partition("-")[0]] = key
     engine = llm.llm_engine
     while engine.has_unfinished_requests():
-        for out in engine.step():
+        outs = engine.step()
+        if on_step is not None:
+            on_step([(ids[o.request_id], o) for o in outs if o.request_id in ids])
+        for out in outs:
             if out.finished:
                 on_output(ids[out.request_id], out)

@@ -11,3 +11,13 @@ class Interrupted(Exception):
     """Ctrl-C or SIGTERM during generation; finished items are kept."""
 
     exit_code = 130
+
+
+class RunFailed(Exception):
+    """The engine (or generation) failed; the details are in the engine log at `log`."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, log: object):
+        super().__init__(message)
+        self.log = log

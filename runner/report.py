@@ -1,14 +1,148 @@
-"""Stage 5: what a person reads at the end of a run (rich)."""
+"""What a person reads (rich): the plan line, the engine start, generation progress, the
+summary. A live display on a terminal; with no TTY (CI, a pipe, SLURM logs), or while the
+engine's logs share the console (log.engine=console), plain lines, a progress line every
+PLAIN_EVERY seconds at most."""
 
 from __future__ import annotations
 
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from datetime import timedelta
 from typing import Any
 
 from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    Progress,
+    ProgressColumn,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
 from rich.table import Table
+from rich.text import Text
 
 console = Console(stderr=True)
+PLAIN_EVERY = 10.0
+
+
+def _live() -> bool:
+    from runner.logs import current
+
+    log = current()
+    return console.is_terminal and (log is None or log.capture)
+
+
+def _phase() -> str:
+    from runner.logs import current
+
+    log = current()
+    return log.phase if log is not None else ""
+
+
+def plan_line(items: int, cached: int, images: int, prompt_tokens: int, errors: int) -> None:
+    console.print(f"[bold]plan[/] {items} items · {cached} cached · to run: {images} images, "
+                  f"{prompt_tokens:,} prompt tokens" + (f" · [red]{errors} item errors[/]"
+                                                        if errors else ""),
+                  highlight=False)
+
+
+class _Phase(ProgressColumn):
+    def render(self, task: Any) -> Text:
+        p = _phase()
+        return Text(f"· {p}" if p else "", style="dim")
+
+
+@contextmanager
+def starting(model: str, reused: bool = False) -> Iterator[None]:
+    """The engine start: a spinner with the elapsed time and vLLM's current phase."""
+    what = f"Starting vLLM engine for {model}"
+    t = time.perf_counter()
+    if reused:
+        yield
+        console.print(f"engine reused for {model}")
+        return
+    if _live():
+        with Progress(SpinnerColumn(), TextColumn(what), TimeElapsedColumn(), _Phase(),
+                      console=console, transient=True, redirect_stdout=False,
+                      redirect_stderr=False) as p:
+            p.add_task("start", total=None)
+            yield
+    else:
+        console.print(f"{what}…")
+        yield
+    console.print(f"engine started in {time.perf_counter() - t:.1f}s", highlight=False)
+
+
+def _hms(s: float) -> str:
+    return str(timedelta(seconds=round(s)))
+
+
+class Generation:
+    """Items done, generated tokens/s and an ETA from the token plan: each item's work is its
+    planned prompt tokens plus its output bound (max_tokens x n); a finished item counts its
+    whole bound, so the ETA is an upper bound that tightens as items stop early."""
+
+    def __init__(self, budgets: dict[str, tuple[int, int]], items: int):
+        self.budgets = budgets  # key -> (prompt tokens, output bound), engine items only
+        self.total = sum(p + o for p, o in budgets.values()) or 1
+        self.items, self.done = items, 0
+        self.finished_work = 0
+        self.generated = 0  # tokens of finished items
+        self.live: dict[str, tuple[int, int]] = {}  # key -> (prompt, generated so far)
+        self.t0 = self.last = time.perf_counter()
+        self.progress: Progress | None = None
+
+    def __enter__(self) -> Generation:
+        self.t0 = self.last = time.perf_counter()
+        if _live():
+            self.progress = Progress(
+                TextColumn("[bold]generating"), BarColumn(),
+                TextColumn("{task.fields[line]}"), TimeElapsedColumn(),
+                console=console, transient=True, redirect_stdout=False, redirect_stderr=False)
+            self.task = self.progress.add_task("gen", total=self.total, line="")
+            self.progress.start()
+        else:
+            console.print(f"generating {self.items} items…")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.progress is not None:
+            self.progress.stop()
+
+    def step(self, outs: list[tuple[str, Any]]) -> None:
+        for key, o in outs:
+            if not o.finished:
+                self.live[key] = (len(o.prompt_token_ids or []),
+                                  sum(len(c.token_ids) for c in o.outputs))
+        self._show()
+
+    def item(self, key: str, completion_tokens: int = 0) -> None:
+        self.done += 1
+        self.live.pop(key, None)
+        p, o = self.budgets.get(key, (0, 0))
+        self.finished_work += p + o
+        self.generated += completion_tokens
+        self._show()
+
+    def line(self) -> str:
+        el = time.perf_counter() - self.t0
+        gen = self.generated + sum(g for _, g in self.live.values())
+        work = self.finished_work + sum(p + g for p, g in self.live.values())
+        eta = _hms(el * (self.total - work) / work) if work and el > 0 else "?"
+        tps = gen / el if el > 0 else 0.0
+        return f"{self.done}/{self.items} items · {tps:.0f} tok/s · ETA ≤ {eta}"
+
+    def _show(self) -> None:
+        now = time.perf_counter()
+        if self.progress is not None:
+            work = self.finished_work + sum(p + g for p, g in self.live.values())
+            self.progress.update(self.task, completed=min(work, self.total), line=self.line())
+        elif now - self.last >= PLAIN_EVERY or self.done == self.items:
+            self.last = now
+            console.print(f"generating {self.line()}")
 
 
 @dataclass
@@ -54,4 +188,26 @@ def show(s: Summary) -> None:
         t.add_row("time", f"total {s.total_s * 1000:.0f} ms")
     t.add_row("run", s.hash)
     t.add_row("folder", s.folder)
+    if s.computed or s.errors:
+        t.add_row("engine log", f"{s.folder}/engine.log")
     console.print(t)
+
+
+def headline(m: dict[str, Any] | None) -> str:
+    """A run's headline metric (metrics.json): its accuracy, and over how many items."""
+    acc = (m or {}).get("accuracy")
+    return "" if acc is None else f"accuracy={acc:.3g}" + (
+        f" of {m['scored']}" if m and "scored" in m else "")
+
+
+def show_tail(log: Any, n: int = 20) -> None:
+    """The last lines of a failed run's engine log, and where the whole log is."""
+    from runner.logs import tail
+
+    lines = tail(log, n)
+    if lines:
+        console.print(f"[dim]── last {len(lines)} lines of {log} ──[/]")
+        for ln in lines:
+            console.print(ln, markup=False, highlight=False, overflow="ellipsis", no_wrap=True,
+                          style="dim")
+    console.print(f"engine log: {log}")

@@ -30,6 +30,7 @@ from rich.text import Text
 
 from runner import index
 from runner.errors import UserError
+from runner.report import headline
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 STATUSES = ("running", "complete", "interrupted", "failed")
@@ -174,9 +175,7 @@ def cmd_ls(a: argparse.Namespace) -> None:
                  "" if r["tokens_per_s"] is None else f"{r['tokens_per_s']:.1f}"]
         if metric:
             # the headline only; `show` has the rest (per tag, errors, ...)
-            acc = m.get("accuracy")
-            cells.append("" if acc is None else f"accuracy={acc:.3g}"
-                         + (f" of {m['scored']}" if "scored" in m else ""))
+            cells.append(headline(m))
         cells.append(" ".join(json.loads(r["overrides"] or "[]")))
         t.add_row(*(c if isinstance(c, Text) else Text(c) for c in cells))
     out.print(t)

@@ -13,12 +13,11 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runner.errors import Interrupted, UserError
+from runner.errors import Interrupted, RunFailed, UserError
 from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_quantization
-from runner.report import Summary, console, show
+from runner.report import Generation, Summary, console, plan_line, show, show_tail, starting
 from runner.store import RunDir, run_hash
 
 
@@ -113,22 +112,29 @@ def run(cfg: DictConfig, overrides: list[str]) -> Summary:
         s.status, s.total_s = "planned", time.perf_counter() - t0
         return s
     if todo:
-        from runner.tokens import plan_tokens
+        from runner.logs import engine_log
+        from runner.tokens import plan_tokens, totals
 
-        plan_tokens(cfg, plan, todo)  # prompts over max_model_len become item errors
-        check_errors(todo, cfg.prompts.on_item_error)  # before anything is written
-        ensure_weights(cfg.model)
-        check_quantization(cfg.model.quantization, Path(cfg.model.path))
-        waited = lambda who: console.print(  # noqa: E731
-            f"[yellow]Run {rd.hash} is being written by {who}; waiting…")
-        with rd.lock(cfg.store.wait, waited):
-            _, todo = pending()  # another process may have finished it while we waited
-            if todo:
-                try:
-                    _generate(cfg, overrides, plan, rd, todo, s, t0)
-                finally:
-                    record_run(rd, plan)
-                return s
+        # Engine output (and the tokenizer's chatter) from here on goes to the run's engine.log.
+        with engine_log(cfg.store.root, rd.hash, cfg.log.engine):
+            toks = plan_tokens(cfg, plan, todo)  # prompts over max_model_len: item errors
+            tot = totals(toks)
+            plan_line(len(plan.items), s.cached, tot["images"], tot["prompt_tokens"],
+                      tot["errors"])
+            check_errors(todo, cfg.prompts.on_item_error)  # before anything is written
+            ensure_weights(cfg.model)
+            check_quantization(cfg.model.quantization, Path(cfg.model.path))
+            waited = lambda who: console.print(  # noqa: E731
+                f"[yellow]Run {rd.hash} is being written by {who}; waiting…")
+            with rd.lock(cfg.store.wait, waited):
+                _, todo = pending()  # another process may have finished it while we waited
+                if todo:
+                    try:
+                        _generate(cfg, overrides, plan, rd, todo, s, t0,
+                                  {t.key: t.prompt_tokens for t in toks})
+                    finally:
+                        record_run(rd, plan)
+                    return s
     s.status, s.total_s = "cached", time.perf_counter() - t0
     record_run(rd, plan)
     return s
@@ -152,19 +158,21 @@ def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, s: Sum
     """Start (or reuse) the engine, then register the run folder: no folder if it fails.
     No engine when every item left is a planned error."""
     from runner.engine import ENGINES, engine_kwargs, sampling_params
+    from runner.logs import attach
     from runner.quant import describe
 
     llm = sp = quant = None
     if need_engine:
         env = OmegaConf.to_container(cfg.engine.env, resolve=True)
         assert isinstance(env, dict)
-        starts = ENGINES.starts
-        with console.status(f"Starting vLLM engine for {cfg.model.name}…"):
-            llm, s.engine_start_s = ENGINES.get(engine_kwargs(cfg, plan.root), env)
+        starts, kw = ENGINES.starts, engine_kwargs(cfg, plan.root)
+        with starting(cfg.model.name, reused=ENGINES.has(kw, env)):
+            llm, s.engine_start_s = ENGINES.get(kw, env)
         s.extra["engine_reused"] = ENGINES.starts == starts
         sp = sampling_params(cfg)
         quant = describe(llm)
     rd.create(cfg, overrides)
+    attach(rd.path)  # the engine's log so far moves into <run>/engine.log
 
     def begin(m: dict[str, Any]) -> None:
         m.setdefault("created", now())
@@ -181,7 +189,7 @@ def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, s: Sum
 
 
 def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, todo: list[Item],
-              s: Summary, t0: float) -> None:
+              s: Summary, t0: float, prompt_tokens: dict[str, int]) -> None:
     from runner.engine import ENGINES, generate
 
     runnable = [it for it in todo if not it.error]
@@ -189,10 +197,9 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
     by_key = {it.key: it for it in todo}
     writer = rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
     prev = signal.signal(signal.SIGTERM, _raise_interrupt)
-    progress = Progress(TextColumn("[bold]generating"), BarColumn(), MofNCompleteColumn(),
-                        TextColumn("{task.fields[tps]} tok/s"), TimeElapsedColumn(),
-                        console=console, transient=True)
-    task = progress.add_task("gen", total=len(todo), tps="0")
+    bound = lambda p: (sp.max_tokens or cfg.model.max_model_len - p) * sp.n  # noqa: E731
+    progress = Generation({it.key: (prompt_tokens.get(it.key, 0), bound(prompt_tokens.get(
+        it.key, 0))) for it in runnable}, len(todo))
     tg = time.perf_counter()
 
     def on_output(key: str, out: Any) -> None:
@@ -201,13 +208,12 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
         s.computed += 1
         s.prompt_tokens += r["prompt_tokens"]
         s.completion_tokens += r["completion_tokens"]
-        progress.update(task, advance=1,
-                        tps=f"{s.completion_tokens / (time.perf_counter() - tg):.0f}")
+        progress.item(key, r["completion_tokens"])
 
     def on_error(key: str, reason: str) -> None:
         writer.write(error_record(by_key[key], reason))
         s.errors += 1
-        progress.update(task, advance=1)
+        progress.item(key)
 
     error = None
     try:
@@ -217,7 +223,7 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
                     on_error(it.key, it.error)
             if runnable:
                 generate(llm, ((it.key, it.messages) for it in runnable), sp, on_output,
-                         on_error)
+                         on_error, progress.step)
         s.status = "complete"
     except KeyboardInterrupt:
         s.status = "interrupted"
@@ -293,8 +299,10 @@ def main(cfg: DictConfig) -> Summary:
     except KeyboardInterrupt:  # outside generation (planning, engine start): nothing to keep
         console.print("[yellow]Interrupted.")
         sys.exit(Interrupted.exit_code)
-    except UserError as e:
+    except (UserError, RunFailed) as e:
         console.print(f"[bold red]error:[/] {e}")
+        if isinstance(e, RunFailed):
+            show_tail(e.log)
         if multirun():
             return Summary("-", "-", cfg.model.name, cfg.prompts.name, "failed",
                            extra={"error": str(e)})

@@ -15,10 +15,11 @@ from hydra.core.utils import JobReturn, JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
+from rich import box
 from rich.table import Table
 
 from runner.files import read_json
-from runner.report import Summary, console
+from runner.report import Summary, console, headline
 
 
 class SweepSummary(Callback):
@@ -45,18 +46,41 @@ class SweepSummary(Callback):
         self.rows = sorted((json.loads(p.read_text()) for p in sweep_dir.glob("*/point.json")),
                            key=lambda r: r["num"])
         (sweep_dir / "runs.json").write_text(json.dumps(self.rows, indent=2) + "\n")
-        t = Table(title=f"sweep · {len(self.rows)} points · {sweep_dir}", title_justify="left")
-        for col in ("overrides", "hash", "status", "items", "tok/s", "metrics"):
-            t.add_column(col)
-        style = {"computed": "green", "cached": "cyan"}
-        common = set.intersection(*(set(r["overrides"]) for r in self.rows)) if self.rows else set()
-        for r in self.rows:
-            m = r.get("metrics") or {}
-            t.add_row(" ".join(o for o in r["overrides"] if o not in common), r["hash"] or "-",
-                      f"[{style.get(r['status'], 'red')}]{r['status']}[/]",
-                      str(r.get("items", "-")), str(r.get("tokens_per_s", "-")),
-                      " ".join(f"{k}={v:.3g}" if isinstance(v, float) else f"{k}={v}"
-                               for k, v in m.items() if not isinstance(v, dict)))
-        console.print(t)
+        console.print(table(self.rows, sweep_dir))
         if any(r["status"] == "failed" for r in self.rows):
             sys.exit(1)
+
+
+def _points(overrides: list[list[str]]) -> tuple[list[str], list[str]]:
+    """What varies, as values (`temperature=0.7 seed=1`): each varying override with its key's
+    last part (the whole key where two varying keys share it), and the overrides all share."""
+    common = set.intersection(*map(set, overrides)) if overrides else set()
+    keys = {o.split("=", 1)[0] for ov in overrides for o in ov if o not in common}
+    short = {k: k.rsplit(".", 1)[-1].lstrip("+~") for k in keys}
+    clash = {v for v in short.values() if list(short.values()).count(v) > 1}
+    name = {k: k if v in clash else v for k, v in short.items()}
+    points = [" ".join(f"{name[k]}={v}" for k, _, v in (o.partition("=") for o in ov
+                                                           if o not in common))
+              for ov in overrides]
+    return points, [o for o in overrides[0] if o in common] if overrides else []
+
+
+def table(rows: list[dict[str, Any]], sweep_dir: Path) -> Table:
+    """One line per point, readable at 80 columns: the values that vary, status, items,
+    speed, the headline metric, the run."""
+    points, common = _points([r["overrides"] for r in rows])
+    t = Table(title=f"sweep · {len(rows)} points · {sweep_dir}", title_justify="left",
+              caption=("all points: " + " ".join(common)) if common else None,
+              caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+    t.add_column("point", ratio=1)
+    t.add_column("status", no_wrap=True)
+    t.add_column("items", justify="right", no_wrap=True)
+    t.add_column("tok/s", justify="right", no_wrap=True)
+    t.add_column("metric", no_wrap=True)
+    t.add_column("run", no_wrap=True)
+    style = {"computed": "green", "cached": "cyan"}
+    for r, point in zip(rows, points, strict=True):
+        t.add_row(point or "-", f"[{style.get(r['status'], 'red')}]{r['status']}[/]",
+                  str(r.get("items", "-")), str(r.get("tokens_per_s", "-")),
+                  headline(r.get("metrics")), r["hash"] or "-")
+    return t

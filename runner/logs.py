@@ -1,0 +1,233 @@
+"""Engine output -> <run>/engine.log, so the console shows only the runner's own display.
+
+vLLM, its engine-core and worker processes, torch's C++ side and friends write to fd 1/2 (vLLM's
+logging handler writes to sys.stdout; see VLLM_LOGGING_STREAM). While a computed run is in
+progress, fd 1/2 of this process point at a pipe, and the processes vLLM spawns inherit it. One
+thread pumps the pipe into the current sink: first a start log in <store>/.logs (the run folder
+exists only once the engine has started), then <run>/engine.log. The pipe lives as long as the
+process, so an engine reused by the next sweep point logs into that point's folder. The rich
+console keeps writing to a duplicate of the real terminal.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shlex
+import sys
+import threading
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import BinaryIO
+
+from runner.errors import Interrupted, RunFailed, UserError
+from runner.report import console
+
+TAIL = 20  # lines shown when a run fails
+
+# What vLLM's log says the engine is doing, shown beside the start spinner.
+PHASES = [(re.compile(p), name) for p, name in (
+    (r"non-default args|Resolved architecture", "reading the model config"),
+    (r"Initializing a V1 LLM engine", "starting the engine core"),
+    (r"Starting to load model|Loading safetensors", "loading weights"),
+    (r"KV cache size|KV cache layout", "allocating the KV cache"),
+    (r"init engine \(profile", "warming up"),
+)]
+
+
+class _Pump:
+    """fd 1/2 -> pipe -> the current sink, whole lines at a time."""
+
+    def __init__(self) -> None:
+        r, self.w = os.pipe()
+        self.lock = threading.Lock()
+        self.sink: BinaryIO | None = None
+        self.phase = ""
+        self._partial = b""
+        self._marker, self._drained = b"", threading.Event()
+        threading.Thread(target=self._run, args=(r,), daemon=True, name="engine-log").start()
+
+    def _run(self, r: int) -> None:
+        while chunk := os.read(r, 1 << 16):
+            with self.lock:
+                data = self._partial + chunk
+                if self._marker and self._marker in data:
+                    data = data.replace(self._marker, b"")
+                    self._drained.set()
+                end = max(data.rfind(b"\n"), data.rfind(b"\r")) + 1
+                self._partial = data[end:]
+                if end:
+                    self._write(data[:end])
+
+    def _write(self, data: bytes) -> None:
+        if self.sink is not None:
+            self.sink.write(data)
+        for line in data.decode(errors="replace").splitlines():
+            for rx, name in PHASES:
+                if rx.search(line):
+                    self.phase = name
+
+    def drain(self, timeout: float = 10.0) -> None:
+        """Wait until what was written to the pipe so far has reached the sink."""
+        self._drained.clear()
+        self._marker = f"\0drained {time.monotonic_ns()}\0\n".encode()
+        os.write(self.w, self._marker)
+        self._drained.wait(timeout)
+
+    def switch(self, dest: Path, copy: Path | None = None) -> None:
+        """Further output goes to `dest` (appended), after the whole of `copy`."""
+        with self.lock:  # nothing is pumped meanwhile
+            if self._partial and self.sink is not None:
+                self.sink.write(self._partial)
+                self._partial = b""
+            sink = open(dest, "ab", buffering=0)
+            if copy is not None:
+                sink.write(copy.read_bytes())
+            old, self.sink = self.sink, sink
+        if old is not None:
+            old.close()
+
+
+_pump: _Pump | None = None
+
+
+def _flush() -> None:
+    for s in (sys.stdout, sys.stderr):
+        try:
+            s.flush()
+        except (OSError, ValueError):
+            pass
+
+
+@contextmanager
+def redirected() -> Iterator[None]:
+    """fd 1/2 -> the pump (once there is one) for this scope; the console keeps the terminal."""
+    if _pump is None:
+        yield
+        return
+    _flush()
+    saved = [os.dup(1), os.dup(2)]
+    term = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
+    old_file, old_size = console._file, (console._width, console._height)
+    console.file = term
+    if term.isatty() and (size := os.get_terminal_size(term.fileno())).columns:
+        console.size = (size.columns, size.lines or 25)  # rich reads fd 0/1/2 (a pipe soon)
+    os.dup2(_pump.w, 1)
+    os.dup2(_pump.w, 2)
+    try:
+        yield
+    finally:
+        _flush()
+        _pump.drain()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        console.file = old_file  # type: ignore[assignment]
+        console._width, console._height = old_size
+        term.close()
+
+
+class EngineLog:
+    """One invocation's engine log: a start log in <root>/.logs until `attach` moves it into
+    the run folder. `path` is where the log is now."""
+
+    def __init__(self, root: Path, run_hash: str, capture: bool):
+        self.capture = capture
+        self.path = Path(root) / ".logs" / f"{run_hash}.{os.getpid()}.start.log"
+        self.start: Path | None = self.path  # None once moved into the run folder
+
+    def open(self) -> None:
+        global _pump
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        if _pump is None:
+            _pump = _Pump()
+        _pump.phase = ""
+        with open(self.path, "a") as f:
+            f.write(header())
+        _pump.switch(self.path)
+
+    def attach(self, run_dir: Path) -> None:
+        """The run folder exists: append the start log to <run>/engine.log and log there."""
+        if not self.capture or self.start is None or _pump is None:
+            return
+        dest = run_dir / "engine.log"
+        _pump.switch(dest, copy=self.start)
+        self.start.unlink(missing_ok=True)
+        self.path, self.start = dest, None
+
+    def discard(self) -> None:
+        """Nothing ran (or a user error said it all): no start log to keep."""
+        if self.start is not None:
+            self.start.unlink(missing_ok=True)
+
+    @property
+    def phase(self) -> str:
+        return _pump.phase if _pump is not None and self.capture else ""
+
+
+def header() -> str:
+    cmd = " ".join(shlex.quote(a) for a in sys.argv)
+    when = datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return f"\n===== {when} · pid {os.getpid()} · {cmd} =====\n"
+
+
+_current: EngineLog | None = None
+
+
+def current() -> EngineLog | None:
+    """The engine log of the run in progress, if any."""
+    return _current
+
+
+def attach(run_dir: Path) -> None:
+    if _current is not None:
+        _current.attach(run_dir)
+
+
+@contextmanager
+def engine_log(root: Path, run_hash: str, target: str) -> Iterator[EngineLog]:
+    """Engine output of this scope into the run's engine.log (target "file"), or left on the
+    console (target "console"). Another failure than a user error or an interrupt is written
+    to the log with its traceback and re-raised as RunFailed, which names the log; the start
+    log outside the run folder is kept only then."""
+    global _current
+    log = _current = EngineLog(root, run_hash, capture=target == "file")
+    try:
+        if not log.capture:
+            yield log
+            return
+        log.open()
+        try:
+            with redirected():
+                try:
+                    yield log
+                except Exception as e:
+                    if not isinstance(e, (UserError, Interrupted)):
+                        traceback.print_exc()  # into the log
+                    raise
+        except (UserError, Interrupted, KeyboardInterrupt):
+            log.discard()
+            raise
+        except Exception as e:
+            raise RunFailed(f"{type(e).__name__}: {e}", log.path) from e
+        log.discard()
+    finally:
+        _current = None
+
+
+def tail(path: Path, n: int = TAIL) -> list[str]:
+    """The last `n` non-blank lines of a log file ([] if there is none)."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - (1 << 16)))
+            data = f.read()
+    except OSError:
+        return []
+    lines = data.decode(errors="replace").replace("\r", "\n").splitlines()
+    return [ln for ln in lines if ln.strip()][-n:]
