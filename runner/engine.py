@@ -97,7 +97,9 @@ class EngineCache:
         check_engine_args(kw)
         t = time.perf_counter()
         # A worker extension that lets runner.quant.describe name the linear kernel in use.
-        self.llm = vllm.LLM(**({"worker_extension_cls": "runner.quant.QuantProbe"} | kw))
+        # Stats on (vLLM's default off for LLM): token counters for the progress display.
+        self.llm = vllm.LLM(**({"worker_extension_cls": "runner.quant.QuantProbe",
+                                "disable_log_stats": False} | kw))
         if not self.starts:  # runs before multiprocessing's exit hook, which kills the core
             atexit.register(self.shutdown)
         self.key, self.starts = key, self.starts + 1
@@ -129,6 +131,20 @@ class EngineCache:
 ENGINES = EngineCache()
 
 
+def token_counts(llm: Any) -> tuple[int, int] | None:
+    """(prompt, generated) tokens this process's engines have processed so far, from vLLM's
+    metrics; None when stats are off (engine.extra.disable_log_stats=true)."""
+    try:
+        ms = llm.get_metrics()
+    except (AssertionError, AttributeError):
+        return None
+    total = {"vllm:prompt_tokens": 0.0, "vllm:generation_tokens": 0.0}
+    for m in ms:
+        if m.name in total:
+            total[m.name] += getattr(m, "value", 0.0)
+    return int(total["vllm:prompt_tokens"]), int(total["vllm:generation_tokens"])
+
+
 def sampling_params(cfg: DictConfig) -> Any:
     from vllm import SamplingParams
 
@@ -138,9 +154,9 @@ def sampling_params(cfg: DictConfig) -> Any:
 def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
              on_output: Callable[[str, Any], None],
              on_error: Callable[[str, str], None],
-             on_step: Callable[[list[tuple[str, Any]]], None] | None = None) -> None:
+             on_step: Callable[[], None] | None = None) -> None:
     """Queue every request, then step the engine, handing each finished output over at once
-    (and every step's outputs, finished or not, to `on_step`: the progress display).
+    (`on_step` runs after every engine step: the progress display).
 
     Requests are queued one by one so a bad one (e.g. an unreadable image) becomes an item
     error instead of failing the batch; vLLM's scheduler sees them all as one batch.
@@ -159,7 +175,7 @@ def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
     while engine.has_unfinished_requests():
         outs = engine.step()
         if on_step is not None:
-            on_step([(ids[o.request_id], o) for o in outs if o.request_id in ids])
+            on_step()
         for out in outs:
             if out.finished:
                 on_output(ids[out.request_id], out)

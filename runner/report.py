@@ -6,7 +6,7 @@ PLAIN_EVERY seconds at most."""
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -26,6 +26,29 @@ from rich.text import Text
 
 console = Console(stderr=True)
 PLAIN_EVERY = 10.0
+
+
+@dataclass
+class Summary:
+    hash: str
+    folder: str
+    model: str
+    prompts: str
+    status: str  # complete / cached / interrupted / failed / planned
+    planned: int = 0
+    cached: int = 0
+    computed: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_start_s: float = 0.0
+    generate_s: float = 0.0
+    total_s: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.generate_s if self.generate_s else 0.0
 
 
 def _live() -> bool:
@@ -73,7 +96,7 @@ def starting(model: str, reused: bool = False) -> Iterator[None]:
     else:
         console.print(f"{what}…")
         yield
-    console.print(f"engine started in {time.perf_counter() - t:.1f}s", highlight=False)
+    console.print(f"vLLM ready in {time.perf_counter() - t:.1f}s", highlight=False)
 
 
 def _hms(s: float) -> str:
@@ -81,28 +104,32 @@ def _hms(s: float) -> str:
 
 
 class Generation:
-    """Items done, generated tokens/s and an ETA from the token plan: each item's work is its
-    planned prompt tokens plus its output bound (max_tokens x n); a finished item counts its
-    whole bound, so the ETA is an upper bound that tightens as items stop early."""
+    """Items done, generated tokens/s and an ETA from the token plan. The work is every item's
+    planned prompt tokens plus its output bound (max_tokens x n); done is what vLLM's token
+    counters say was processed, plus the unused bound of finished items. So the ETA is an
+    upper bound that tightens as items stop early."""
 
-    def __init__(self, budgets: dict[str, tuple[int, int]], items: int):
+    def __init__(self, budgets: dict[str, tuple[int, int]], items: int,
+                 counts: Callable[[], tuple[int, int] | None]):
         self.budgets = budgets  # key -> (prompt tokens, output bound), engine items only
         self.total = sum(p + o for p, o in budgets.values()) or 1
         self.items, self.done = items, 0
-        self.finished_work = 0
-        self.generated = 0  # tokens of finished items
-        self.live: dict[str, tuple[int, int]] = {}  # key -> (prompt, generated so far)
-        self.t0 = self.last = time.perf_counter()
+        self.counts = counts
+        self.base = counts() or (0, 0)
+        self.prompt = self.gen = 0  # processed since the start, per vLLM's counters
+        self.unused = 0  # output bound that finished items did not use
+        self.finished_gen = 0  # generated tokens of finished items (when counters are off)
         self.progress: Progress | None = None
+        self.t0 = self.last = self.polled = time.perf_counter()
 
     def __enter__(self) -> Generation:
         self.t0 = self.last = time.perf_counter()
         if _live():
             self.progress = Progress(
-                TextColumn("[bold]generating"), BarColumn(),
-                TextColumn("{task.fields[line]}"), TimeElapsedColumn(),
-                console=console, transient=True, redirect_stdout=False, redirect_stderr=False)
-            self.task = self.progress.add_task("gen", total=self.total, line="")
+                TextColumn("[bold]generating"), BarColumn(), TextColumn("{task.fields[line]}"),
+                TimeElapsedColumn(), console=console, transient=True, redirect_stdout=False,
+                redirect_stderr=False)
+            self.task = self.progress.add_task("gen", total=self.total, line=self.line())
             self.progress.start()
         else:
             console.print(f"generating {self.items} items…")
@@ -112,25 +139,29 @@ class Generation:
         if self.progress is not None:
             self.progress.stop()
 
-    def step(self, outs: list[tuple[str, Any]]) -> None:
-        for key, o in outs:
-            if not o.finished:
-                self.live[key] = (len(o.prompt_token_ids or []),
-                                  sum(len(c.token_ids) for c in o.outputs))
-        self._show()
+    def step(self) -> None:
+        now = time.perf_counter()
+        if now - self.polled >= 0.5:
+            self.polled = now
+            c = self.counts()
+            if c is not None:
+                self.prompt, self.gen = c[0] - self.base[0], c[1] - self.base[1]
+            self._show()
 
     def item(self, key: str, completion_tokens: int = 0) -> None:
         self.done += 1
-        self.live.pop(key, None)
-        p, o = self.budgets.get(key, (0, 0))
-        self.finished_work += p + o
-        self.generated += completion_tokens
+        _, o = self.budgets.get(key, (0, 0))  # (0, 0): a planned item error, no engine work
+        self.unused += max(0, o - completion_tokens)
+        self.finished_gen += completion_tokens
         self._show()
+
+    def work(self) -> int:
+        gen = max(self.gen, self.finished_gen)
+        return min(self.total, self.prompt + gen + self.unused)
 
     def line(self) -> str:
         el = time.perf_counter() - self.t0
-        gen = self.generated + sum(g for _, g in self.live.values())
-        work = self.finished_work + sum(p + g for p, g in self.live.values())
+        gen, work = max(self.gen, self.finished_gen), self.work()
         eta = _hms(el * (self.total - work) / work) if work and el > 0 else "?"
         tps = gen / el if el > 0 else 0.0
         return f"{self.done}/{self.items} items · {tps:.0f} tok/s · ETA ≤ {eta}"
@@ -138,34 +169,10 @@ class Generation:
     def _show(self) -> None:
         now = time.perf_counter()
         if self.progress is not None:
-            work = self.finished_work + sum(p + g for p, g in self.live.values())
-            self.progress.update(self.task, completed=min(work, self.total), line=self.line())
+            self.progress.update(self.task, completed=self.work(), line=self.line())
         elif now - self.last >= PLAIN_EVERY or self.done == self.items:
             self.last = now
-            console.print(f"generating {self.line()}")
-
-
-@dataclass
-class Summary:
-    hash: str
-    folder: str
-    model: str
-    prompts: str
-    status: str  # complete / cached / interrupted / failed / planned
-    planned: int = 0
-    cached: int = 0
-    computed: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    engine_start_s: float = 0.0
-    generate_s: float = 0.0
-    total_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.generate_s if self.generate_s else 0.0
+            console.print(f"generating {self.line()}", highlight=False)
 
 
 def show(s: Summary) -> None:

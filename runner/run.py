@@ -190,7 +190,7 @@ def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, s: Sum
 
 def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, todo: list[Item],
               s: Summary, t0: float, prompt_tokens: dict[str, int]) -> None:
-    from runner.engine import ENGINES, generate
+    from runner.engine import ENGINES, generate, token_counts
 
     runnable = [it for it in todo if not it.error]
     llm, sp = _start(cfg, overrides, plan, rd, s, need_engine=bool(runnable))
@@ -199,7 +199,7 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
     prev = signal.signal(signal.SIGTERM, _raise_interrupt)
     bound = lambda p: (sp.max_tokens or cfg.model.max_model_len - p) * sp.n  # noqa: E731
     progress = Generation({it.key: (prompt_tokens.get(it.key, 0), bound(prompt_tokens.get(
-        it.key, 0))) for it in runnable}, len(todo))
+        it.key, 0))) for it in runnable}, len(todo), lambda: token_counts(llm))
     tg = time.perf_counter()
 
     def on_output(key: str, out: Any) -> None:

@@ -1,0 +1,153 @@
+"""The console of a computed run (issue 13): engine output goes to <run>/engine.log, the screen
+shows the plan, the engine start, progress and the summary; failures show the log's tail.
+
+Engine starts: one run under a pseudo-terminal, one failing start, one run with
+log.engine=console. Outputs are never compared as text (CPU decoding is not batch-invariant).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import pty
+import select
+import struct
+import sys
+import termios
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, TINY, runner
+from runner.sweep import _points, table
+
+MAX_LINES = 25  # the whole screen of a computed run
+
+
+def in_pty(*args: str, timeout: float = 900) -> tuple[int, str]:
+    """`python -m runner ARGS` on a pseudo-terminal (100x40): exit code and all it printed."""
+    pid, fd = pty.fork()
+    if pid == 0:  # the child: exec at once
+        os.chdir(ROOT)
+        os.execv(sys.executable, [sys.executable, "-m", "runner", *args])
+    fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
+    out, end = bytearray(), time.monotonic() + timeout
+    while time.monotonic() < end:
+        if select.select([fd], [], [], 5)[0]:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except OSError:  # EIO: the child closed the terminal
+                break
+            if not chunk:
+                break
+            out += chunk
+    else:
+        os.kill(pid, 9)
+    os.close(fd)
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+
+
+def run_dirs(store: Path) -> list[Path]:
+    return sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
+
+
+@pytest.fixture(scope="module")
+def tty_run(tmp_path_factory) -> tuple[int, str, Path]:
+    store = tmp_path_factory.mktemp("tty")
+    rc, out = in_pty(*TINY, f"store.root={store}")
+    return rc, out, store
+
+
+@pytest.mark.engine
+def test_a_run_on_a_terminal_is_quiet_and_its_engine_log_has_vllms_lines(tty_run):
+    rc, out, store = tty_run
+    assert rc == 0, out[-3000:]
+    assert out.count("\n") <= MAX_LINES, out
+    for noise in ("WARNING", "INFO", "Traceback", "exited unexpectedly", "leaked"):
+        assert noise not in out
+    for shown in ("plan 5 items", "Starting vLLM engine", "vLLM ready in", "complete",
+                  "engine.log"):
+        assert shown in out
+    (run,) = run_dirs(store)
+    log = (run / "engine.log").read_text()
+    assert log.count("\n===== ") == 1 and f"store.root={store}" in log  # the header
+    assert "(EngineCore" in log and "Initializing a V1 LLM engine" in log  # a child process
+    assert "Cutting non special vocabulary" in log  # this process's own chatter
+    # shut down in vLLM's order: the client completes, nothing is killed or reported dead
+    assert "[shutdown] MPClient: complete" in log
+    assert "exited unexpectedly" not in log and "force killing" not in log
+    assert not list((store / ".logs").iterdir())  # the start log moved into the run
+
+
+@pytest.mark.engine
+def test_a_cached_rerun_writes_nothing_to_the_engine_log(tty_run):
+    rc, _, store = tty_run
+    assert rc == 0
+    (run,) = run_dirs(store)
+    before = (run / "engine.log").read_bytes()
+    rc, out = in_pty(*TINY, f"store.root={store}")
+    assert rc == 0 and "cached" in out and out.count("\n") <= MAX_LINES
+    assert (run / "engine.log").read_bytes() == before
+
+
+@pytest.mark.engine
+def test_a_failing_engine_start_shows_the_log_tail_and_its_path(tmp_path: Path):
+    # vLLM refuses a 1-byte KV cache in the engine-core process, after loading the model
+    p = runner(*TINY, f"store.root={tmp_path}", "engine.kv_cache_memory_bytes=1", timeout=900)
+    assert p.returncode == 1, p.stderr[-3000:]
+    err = p.stderr
+    assert "error:" in err and "last 20 lines of" in err and "Traceback" not in err.split(
+        "last 20 lines of")[0]
+    (log,) = (tmp_path / ".logs").iterdir()  # no run folder: the start log is kept
+    assert not run_dirs(tmp_path)
+    assert f"engine log: {log}" in " ".join(err.split())
+    assert "EngineCore" in log.read_text() and "(EngineCore" in err  # the child's lines
+    assert err.count("\n") <= 40
+
+
+def test_a_user_error_is_one_sentence_without_a_log(tmp_path: Path):
+    p = runner(*TINY, f"store.root={tmp_path}", "model.build=null",
+               f"model.path={tmp_path}/nowhere")
+    assert p.returncode == 2
+    assert "error:" in p.stderr and "engine log" not in p.stderr and "last 20" not in p.stderr
+    assert not list((tmp_path / ".logs").glob("*"))
+
+
+@pytest.mark.engine
+def test_log_engine_console_streams_the_engine_logs(tmp_path: Path):
+    p = runner(*TINY, f"store.root={tmp_path}", "log.engine=console", "prompts.limit=1",
+               timeout=900)
+    assert p.returncode == 0, p.stderr[-3000:]
+    both = p.stdout + p.stderr
+    assert "(EngineCore" in both and "Initializing a V1 LLM engine" in both
+    (run,) = run_dirs(tmp_path)
+    assert not (run / "engine.log").exists()
+
+
+def test_log_engine_must_be_file_or_console(tmp_path: Path):
+    p = runner(*TINY, f"store.root={tmp_path}", "log.engine=screen")
+    assert p.returncode != 0 and "log.engine" in p.stderr
+
+
+def test_the_sweep_table_shows_values_at_80_columns(tmp_path: Path):
+    from rich.console import Console
+
+    ov = [[*TINY, f"sampling.temperature={t}", f"sampling.seed={s}", f"store.root={tmp_path}"]
+          for t, s in ((0.0, 1), (0.7, 1), (0.7, 2))]
+    points, common = _points(ov)
+    assert points == ["temperature=0.0 seed=1", "temperature=0.7 seed=1",
+                      "temperature=0.7 seed=2"]
+    assert common == [*TINY, f"store.root={tmp_path}"]
+    rows = [{"num": i, "overrides": o, "hash": f"{i:016x}", "status": "computed", "items": 5,
+             "tokens_per_s": 95.2, "metrics": {"accuracy": 1 / 3, "scored": 3, "by_tag": {}}}
+            for i, o in enumerate(ov)]
+    c = Console(width=80, record=True, file=open(os.devnull, "w"))
+    c.print(table(rows, tmp_path / "sweep"))
+    text = c.export_text()
+    assert all(len(line) <= 80 for line in text.splitlines())
+    for p in points:
+        assert p in text
+    assert text.count("accuracy=0.333 of 3") == 3 and "by_tag" not in text
+    assert "0000000000000002" in text
