@@ -74,8 +74,7 @@ def plan_line(items: int, cached: int, images: int, prompt_tokens: int, errors: 
 
 class _Phase(ProgressColumn):
     def render(self, task: Any) -> Text:
-        p = _phase()
-        return Text(f"· {p}" if p else "", style="dim")
+        return Text(f"· {_phase() or 'importing vLLM'}", style="dim")
 
 
 @contextmanager
@@ -104,19 +103,20 @@ def _hms(s: float) -> str:
 
 
 class Generation:
-    """Items done, generated tokens/s and an ETA from the token plan. The work is every item's
-    planned prompt tokens plus its output bound (max_tokens x n); done is what vLLM's token
-    counters say was processed, plus the unused bound of finished items. So the ETA is an
-    upper bound that tightens as items stop early."""
+    """Items done, generated tokens/s and an ETA from the token plan: each item may generate
+    up to its output bound (max_tokens x n, or max_model_len minus its planned prompt tokens);
+    done is what vLLM's token counters report generated, plus the bound finished items left
+    unused. ETA = the bound still open / the generated tokens/s so far: an upper bound at a
+    steady rate, that tightens as items stop early."""
 
-    def __init__(self, budgets: dict[str, tuple[int, int]], items: int,
+    def __init__(self, bounds: dict[str, int], items: int,
                  counts: Callable[[], tuple[int, int] | None]):
-        self.budgets = budgets  # key -> (prompt tokens, output bound), engine items only
-        self.total = sum(p + o for p, o in budgets.values()) or 1
+        self.bounds = bounds  # key -> output bound, engine items only
+        self.total = sum(bounds.values()) or 1
         self.items, self.done = items, 0
         self.counts = counts
         self.base = counts() or (0, 0)
-        self.prompt = self.gen = 0  # processed since the start, per vLLM's counters
+        self.gen = 0  # generated since the start, per vLLM's counters
         self.unused = 0  # output bound that finished items did not use
         self.finished_gen = 0  # generated tokens of finished items (when counters are off)
         self.progress: Progress | None = None
@@ -145,25 +145,22 @@ class Generation:
             self.polled = now
             c = self.counts()
             if c is not None:
-                self.prompt, self.gen = c[0] - self.base[0], c[1] - self.base[1]
+                self.gen = c[1] - self.base[1]
             self._show()
 
     def item(self, key: str, completion_tokens: int = 0) -> None:
         self.done += 1
-        _, o = self.budgets.get(key, (0, 0))  # (0, 0): a planned item error, no engine work
-        self.unused += max(0, o - completion_tokens)
+        self.unused += max(0, self.bounds.get(key, 0) - completion_tokens)
         self.finished_gen += completion_tokens
         self._show()
 
     def work(self) -> int:
-        gen = max(self.gen, self.finished_gen)
-        return min(self.total, self.prompt + gen + self.unused)
+        return min(self.total, max(self.gen, self.finished_gen) + self.unused)
 
     def line(self) -> str:
         el = time.perf_counter() - self.t0
-        gen, work = max(self.gen, self.finished_gen), self.work()
-        eta = _hms(el * (self.total - work) / work) if work and el > 0 else "?"
-        tps = gen / el if el > 0 else 0.0
+        tps = max(self.gen, self.finished_gen) / el if el > 0 else 0.0
+        eta = _hms((self.total - self.work()) / tps) if tps else "?"
         return f"{self.done}/{self.items} items · {tps:.0f} tok/s · ETA ≤ {eta}"
 
     def _show(self) -> None:

@@ -197,9 +197,10 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
     by_key = {it.key: it for it in todo}
     writer = rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
     prev = signal.signal(signal.SIGTERM, _raise_interrupt)
-    bound = lambda p: (sp.max_tokens or cfg.model.max_model_len - p) * sp.n  # noqa: E731
-    progress = Generation({it.key: (prompt_tokens.get(it.key, 0), bound(prompt_tokens.get(
-        it.key, 0))) for it in runnable}, len(todo), lambda: token_counts(llm))
+    mml = cfg.model.max_model_len  # each output's bound, if max_tokens is unset
+    bound = lambda p: (sp.max_tokens or max(0, (mml or p) - p)) * sp.n  # noqa: E731
+    progress = Generation({it.key: bound(prompt_tokens.get(it.key, 0)) for it in runnable},
+                          len(todo), lambda: token_counts(llm))
     tg = time.perf_counter()
 
     def on_output(key: str, out: Any) -> None:

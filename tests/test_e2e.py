@@ -33,6 +33,9 @@ def first(tmp_path_factory) -> Path:
     p = runner(*TINY, f"store.root={store}", timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "complete" in p.stderr
+    # no TTY: plain lines, the engine's output in engine.log (issue 13)
+    assert p.stderr.count("\n") <= 25 and "WARNING" not in p.stderr + p.stdout, p.stderr
+    assert "generating 5/5 items" in p.stderr
     (d,) = run_dirs(store)
     return d
 
@@ -92,6 +95,11 @@ def test_sweep_starts_one_engine_per_engine_config_and_a_rerun_starts_nothing(tm
     assert [m["engine"]["starts_in_process"] for m in ms] == [1] * 6 + [2] * 6
     assert [m["engine"]["reused"] for m in ms] == ([False] + [True] * 5) * 2
     assert all(m["counts"]["stored"] == 5 for m in ms)
+    # each point logs into its own folder, the reused engine's processes too
+    logs = [(Path(r["folder"]) / "engine.log").read_text() for r in rows]
+    assert all(x.count("\n===== ") == 1 for x in logs)
+    assert ["Initializing a V1 LLM engine" in x for x in logs] == ([True] + [False] * 5) * 2
+    assert "temperature=0.5" in p.stderr and "sampling.temp" not in p.stderr  # values
 
     again = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *sweep],
                            cwd=ROOT, text=True, capture_output=True, timeout=300)
@@ -100,6 +108,7 @@ def test_sweep_starts_one_engine_per_engine_config_and_a_rerun_starts_nothing(tm
     rows2 = json.loads(max(tmp_path.glob(".sweeps/*/runs.json")).read_text())
     assert [r["status"] for r in rows2] == ["cached"] * 12
     assert [r["hash"] for r in rows2] == [r["hash"] for r in rows]
+    assert [(Path(r["folder"]) / "engine.log").read_text() for r in rows] == logs
 
 
 def test_shards_through_submitit_fill_one_run(first: Path, tmp_path: Path):
