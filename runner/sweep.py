@@ -19,7 +19,7 @@ from rich import box
 from rich.table import Table
 
 from runner.files import read_json
-from runner.report import Summary, console, headline
+from runner.report import Summary, console
 
 
 class SweepSummary(Callback):
@@ -67,20 +67,22 @@ def _points(overrides: list[list[str]]) -> tuple[list[str], list[str]]:
 
 def table(rows: list[dict[str, Any]], sweep_dir: Path) -> Table:
     """One line per point, readable at 80 columns: the values that vary, status, items,
-    speed, the headline metric, the run."""
+    speed, the headline metric (accuracy; `results show` has the rest), the run."""
     points, common = _points([r["overrides"] for r in rows])
     t = Table(title=f"sweep · {len(rows)} points · {sweep_dir}", title_justify="left",
               caption=("all points: " + " ".join(common)) if common else None,
               caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
-    t.add_column("point", ratio=1)
+    t.add_column("point", ratio=1, overflow="fold",
+                  min_width=min(28, max((len(p) for p in points), default=5)))
     t.add_column("status", no_wrap=True)
     t.add_column("items", justify="right", no_wrap=True)
     t.add_column("tok/s", justify="right", no_wrap=True)
-    t.add_column("metric", no_wrap=True)
+    t.add_column("accuracy", justify="right", no_wrap=True)  # the headline metric
     t.add_column("run", no_wrap=True)
     style = {"computed": "green", "cached": "cyan"}
     for r, point in zip(rows, points, strict=True):
+        acc = (r.get("metrics") or {}).get("accuracy")
         t.add_row(point or "-", f"[{style.get(r['status'], 'red')}]{r['status']}[/]",
                   str(r.get("items", "-")), str(r.get("tokens_per_s", "-")),
-                  headline(r.get("metrics")), r["hash"] or "-")
+                  "-" if acc is None else f"{acc:.3g}", r["hash"] or "-")
     return t
