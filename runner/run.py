@@ -86,7 +86,11 @@ def error_record(item: Item, reason: str) -> dict[str, Any]:
             "tags": item.tags, "metadata": item.metadata, "scorer": item.scorer, "time": now()}
 
 
+_signalled: list[int] = []  # Ctrl-C/SIGTERM during generation; the engine may get it too
+
+
 def _raise_interrupt(signum: int, frame: Any) -> None:
+    _signalled.append(signum)
     raise KeyboardInterrupt
 
 
@@ -196,7 +200,7 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
     llm, sp = _start(cfg, overrides, plan, rd, s, need_engine=bool(runnable))
     by_key = {it.key: it for it in todo}
     writer = rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
-    prev = signal.signal(signal.SIGTERM, _raise_interrupt)
+    prev = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     mml = cfg.model.max_model_len  # each output's bound, if max_tokens is unset
     bound = lambda p: (sp.max_tokens or max(0, (mml or p) - p)) * sp.n  # noqa: E731
     progress = Generation({it.key: bound(prompt_tokens.get(it.key, 0)) for it in runnable},
@@ -229,17 +233,20 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
     except KeyboardInterrupt:
         s.status = "interrupted"
     except Exception as e:
-        s.status, error = "failed", f"{type(e).__name__}: {e}"
-        raise
+        if _signalled:  # a Ctrl-C to the process group also stopped the engine: not a failure
+            s.status = "interrupted"
+        else:
+            s.status, error = "failed", f"{type(e).__name__}: {e}"
+            raise
     finally:
         # A second Ctrl-C must not cut the bookkeeping short: ignore it until it is done.
-        prev_int = signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
         writer.close()
-        signal.signal(signal.SIGTERM, prev)
+        signal.signal(signal.SIGTERM, prev[signal.SIGTERM])
         s.generate_s = time.perf_counter() - tg
         s.total_s = time.perf_counter() - t0
         _finish(rd, s, error, ENGINES.starts)
-        signal.signal(signal.SIGINT, prev_int)
+        signal.signal(signal.SIGINT, prev[signal.SIGINT])
     if s.status == "interrupted":
         show(s)
         raise Interrupted(f"Interrupted: {s.computed} items stored in {rd.path}; "

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import os
 import pty
+import re
 import select
 import struct
 import sys
@@ -46,7 +47,8 @@ def in_pty(*args: str, timeout: float = 900) -> tuple[int, str]:
         os.kill(pid, 9)
     os.close(fd)
     _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), out.decode(errors="replace")
+    text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))  # no styles
+    return os.waitstatus_to_exitcode(status), text
 
 
 def run_dirs(store: Path) -> list[Path]:
@@ -122,6 +124,10 @@ def test_log_engine_console_streams_the_engine_logs(tmp_path: Path):
     assert p.returncode == 0, p.stderr[-3000:]
     both = p.stdout + p.stderr
     assert "(EngineCore" in both and "Initializing a V1 LLM engine" in both
+    # the clean exit, visible here: vLLM's shutdown order, nothing killed, nothing leaked
+    assert "[shutdown] MPClient: complete" in both
+    for bad in ("exited unexpectedly", "force killing", "leaked shared_memory"):
+        assert bad not in both
     (run,) = run_dirs(tmp_path)
     assert not (run / "engine.log").exists()
 
