@@ -13,8 +13,11 @@ from __future__ import annotations
 
 import os
 import re
+import select
 import shlex
+import signal
 import sys
+import termios
 import threading
 import time
 import traceback
@@ -132,6 +135,47 @@ def redirected() -> Iterator[None]:
         term.close()
 
 
+@contextmanager
+def ctrl_c_to_runner_only() -> Iterator[None]:
+    """A terminal's Ctrl-C signals its whole foreground process group, so vLLM's engine core
+    and workers would stop on their own, out of the order the client shuts them down in (the
+    core's RPC is cancelled, shared memory leaks). While the engine runs, the terminal does not
+    turn Ctrl-C into SIGINT: a thread reads it and signals this process only, which then
+    shuts the engine down in order."""
+    fd = 0
+    try:
+        foreground = os.isatty(fd) and os.tcgetpgrp(fd) == os.getpgrp()
+    except OSError:
+        foreground = False
+    if not foreground:  # no terminal, or in the background (tcsetattr would stop us)
+        yield
+        return
+    old = termios.tcgetattr(fd)
+    new = termios.tcgetattr(fd)
+    new[3] &= ~(termios.ISIG | termios.ICANON | termios.ECHO)
+    new[6][termios.VMIN], new[6][termios.VTIME] = 1, 0
+    termios.tcsetattr(fd, termios.TCSANOW, new)
+    stop = threading.Event()
+
+    def watch() -> None:
+        while not stop.is_set():
+            if select.select([fd], [], [], 0.2)[0]:
+                key = os.read(fd, 1)
+                if key == b"\x03":
+                    os.kill(os.getpid(), signal.SIGINT)
+                elif not key:
+                    return
+
+    t = threading.Thread(target=watch, daemon=True, name="ctrl-c")
+    t.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        t.join()
+        termios.tcsetattr(fd, termios.TCSADRAIN, old)
+
+
 class EngineLog:
     """One invocation's engine log: a start log in <root>/.logs until `attach` moves it into
     the run folder. `path` is where the log is now."""
@@ -199,11 +243,12 @@ def engine_log(root: Path, run_hash: str, target: str) -> Iterator[EngineLog]:
     log = _current = EngineLog(root, run_hash, capture=target == "file")
     try:
         if not log.capture:
-            yield log
+            with ctrl_c_to_runner_only():
+                yield log
             return
         log.open()
         try:
-            with redirected():
+            with redirected(), ctrl_c_to_runner_only():
                 try:
                     yield log
                 except Exception as e:

@@ -8,14 +8,17 @@ log.engine=console. Outputs are never compared as text (CPU decoding is not batc
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
 import select
+import shutil
 import struct
 import sys
 import termios
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -26,8 +29,10 @@ from runner.sweep import _points, table
 MAX_LINES = 25  # the whole screen of a computed run
 
 
-def in_pty(*args: str, timeout: float = 900) -> tuple[int, str]:
-    """`python -m runner ARGS` on a pseudo-terminal (100x40): exit code and all it printed."""
+def in_pty(*args: str, timeout: float = 900,
+           ctrl_c_when: Callable[[], bool] | None = None) -> tuple[int, str]:
+    """`python -m runner ARGS` on a pseudo-terminal (100x40): exit code and all it printed.
+    Types Ctrl-C once `ctrl_c_when()` holds."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: exec at once
         os.chdir(ROOT)
@@ -35,7 +40,10 @@ def in_pty(*args: str, timeout: float = 900) -> tuple[int, str]:
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 100, 0, 0))
     out, end = bytearray(), time.monotonic() + timeout
     while time.monotonic() < end:
-        if select.select([fd], [], [], 5)[0]:
+        if ctrl_c_when is not None and ctrl_c_when():
+            os.write(fd, b"\x03")  # the terminal's Ctrl-C
+            ctrl_c_when = None
+        if select.select([fd], [], [], 0.2)[0]:
             try:
                 chunk = os.read(fd, 1 << 16)
             except OSError:  # EIO: the child closed the terminal
@@ -157,3 +165,32 @@ def test_the_sweep_table_shows_values_at_80_columns(tmp_path: Path):
         assert p in text
     assert text.count(" 0.333 ") == 3 and "accuracy" in text and "by_tag" not in text
     assert "0000000000000002" in text
+
+
+@pytest.mark.engine
+def test_ctrl_c_on_the_terminal_stops_the_engine_in_order(tmp_path: Path):
+    """Ctrl-C typed on the terminal mid-generation: the run is interrupted (130), and the engine
+    shuts down in vLLM's order, visible with log.engine=console: no traceback, no core reported
+    dead, no leaked shared memory."""
+    d = tmp_path / "prompts" / "long"
+    shutil.copytree(ROOT / "prompts/sample/images", d / "images")
+    imgs = sorted(p.name for p in (d / "images").iterdir())
+    items = [{"id": f"q{i:02d}", "text": f"Question {i}: what do you see?",
+              "images": [f"images/{imgs[i % len(imgs)]}"] if i % 2 else []} for i in range(24)]
+    (d / "set.yaml").write_text(json.dumps({"items": items}))
+    store = tmp_path / "store"
+
+    def stored() -> int:
+        f = list(store.glob("*/results.jsonl"))
+        return len(f[0].read_text().splitlines()) if f else 0
+
+    rc, out = in_pty(*TINY, "prompts.name=long", f"prompts.root={tmp_path / 'prompts'}",
+                     "engine.max_num_seqs=4", "sampling.max_tokens=256",
+                     "sampling.ignore_eos=true", f"store.root={store}", "log.engine=console",
+                     ctrl_c_when=lambda: stored() >= 4)
+    assert rc == 130, out[-3000:]
+    (m,) = [json.loads(f.read_text()) for f in store.glob("*/manifest.json")]
+    assert m["status"] == "interrupted" and 4 <= m["counts"]["stored"] < 24
+    assert "[shutdown] MPClient: complete" in out
+    for bad in ("Traceback", "exited unexpectedly", "force killing", "leaked shared_memory"):
+        assert bad not in out, out[-3000:]
