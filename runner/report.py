@@ -176,7 +176,7 @@ def show(s: Summary) -> None:
     t = Table(title=f"pixtral-runner · {s.model} · {s.prompts}", show_header=False,
               title_justify="left")
     t.add_column(style="bold")
-    t.add_column()
+    t.add_column(overflow="fold")  # paths in full
     style = {"complete": "green", "cached": "cyan", "interrupted": "yellow"}.get(s.status, "red")
     t.add_row("status", f"[{style}]{s.status}[/]")
     t.add_row("items", f"{s.planned} planned · {s.cached} cached · {s.computed} computed"
@@ -210,8 +210,8 @@ def show_tail(log: Any, n: int = 20) -> None:
 
     lines = tail(log, n)
     if lines:
-        console.print(f"[dim]── last {len(lines)} lines of {log} ──[/]")
+        console.print(f"[dim]── last {len(lines)} lines of the engine log ──[/]")
         for ln in lines:
             console.print(ln, markup=False, highlight=False, overflow="ellipsis", no_wrap=True,
                           style="dim")
-    console.print(f"engine log: {log}")
+    console.print(f"engine log: {log}", soft_wrap=True)  # one line: a path to copy
