@@ -14,10 +14,10 @@ class Interrupted(Exception):
 
 
 class RunFailed(Exception):
-    """The engine (or generation) failed; the details are in the engine log at `log`."""
+    """The engine (or generation) failed; the details are in the engine log."""
 
     exit_code = 1
 
-    def __init__(self, message: str, log: object):
+    def __init__(self, message: str, log: object, tail: list[str]):
         super().__init__(message)
-        self.log = log
+        self.log, self.tail = log, tail  # the log's path, its last lines before the error

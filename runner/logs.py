@@ -241,6 +241,7 @@ def engine_log(root: Path, run_hash: str, target: str) -> Iterator[EngineLog]:
     log outside the run folder is kept only then."""
     global _current
     log = _current = EngineLog(root, run_hash, capture=target == "file")
+    lines: list[str] = []
     try:
         if not log.capture:
             with ctrl_c_to_runner_only():
@@ -253,13 +254,16 @@ def engine_log(root: Path, run_hash: str, target: str) -> Iterator[EngineLog]:
                     yield log
                 except Exception as e:
                     if not isinstance(e, (UserError, Interrupted)):
+                        assert _pump is not None
+                        _pump.drain()
+                        lines = tail(log.path)  # what the engine said, before our traceback
                         traceback.print_exc()  # into the log
                     raise
         except (UserError, Interrupted, KeyboardInterrupt):
             log.discard()
             raise
         except Exception as e:
-            raise RunFailed(f"{type(e).__name__}: {e}", log.path) from e
+            raise RunFailed(f"{type(e).__name__}: {e}", log.path, lines) from e
         log.discard()
     finally:
         _current = None

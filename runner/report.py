@@ -204,11 +204,8 @@ def headline(m: dict[str, Any] | None) -> str:
         f" of {m['scored']}" if m and "scored" in m else "")
 
 
-def show_tail(log: Any, n: int = 20) -> None:
+def show_tail(log: Any, lines: list[str]) -> None:
     """The last lines of a failed run's engine log, and where the whole log is."""
-    from runner.logs import tail
-
-    lines = tail(log, n)
     if lines:
         console.print(f"[dim]── last {len(lines)} lines of the engine log ──[/]")
         for ln in lines:

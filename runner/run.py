@@ -310,7 +310,7 @@ def main(cfg: DictConfig) -> Summary:
     except (UserError, RunFailed) as e:
         console.print(f"[bold red]error:[/] {e}")
         if isinstance(e, RunFailed):
-            show_tail(e.log)
+            show_tail(e.log, e.tail)
         if multirun():
             return Summary("-", "-", cfg.model.name, cfg.prompts.name, "failed",
                            extra={"error": str(e)})
