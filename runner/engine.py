@@ -21,8 +21,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.errors import UserError
 
 # Seconds the engine core may take to tear down its workers after SIGTERM. vLLM's default
-# (5 s) is shorter than a loaded CPU needs; past it vLLM kills the core mid-teardown, which
-# leaks its shared memory.
+# (5 s) is shorter than a loaded CPU needs: past it vLLM force-kills the core mid-teardown.
 SHUTDOWN_TIMEOUT = 120.0
 
 # Our model fields that are not vLLM engine arguments.

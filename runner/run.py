@@ -200,6 +200,7 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
     llm, sp = _start(cfg, overrides, plan, rd, s, need_engine=bool(runnable))
     by_key = {it.key: it for it in todo}
     writer = rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
+    _signalled.clear()
     prev = {sig: signal.signal(sig, _raise_interrupt) for sig in (signal.SIGTERM, signal.SIGINT)}
     mml = cfg.model.max_model_len  # each output's bound, if max_tokens is unset
     bound = lambda p: (sp.max_tokens or max(0, (mml or p) - p)) * sp.n  # noqa: E731
