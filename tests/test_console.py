@@ -113,7 +113,8 @@ def test_a_failing_engine_start_shows_the_log_tail_and_its_path(tmp_path: Path):
     (log,) = (tmp_path / ".logs").iterdir()  # no run folder: the start log is kept
     assert not run_dirs(tmp_path)
     assert f"engine log: {log}" in err
-    assert "EngineCore" in log.read_text() and "(EngineCore" in err  # the child's lines
+    assert "(EngineCore" in log.read_text()  # the engine core's own lines
+    assert "No available memory for the cache blocks" in err  # its root cause, in the tail
     assert err.count("\n") <= 40
 
 
