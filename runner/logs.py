@@ -184,9 +184,14 @@ class EngineLog:
         self.capture = capture
         self.path = Path(root) / ".logs" / f"{run_hash}.{os.getpid()}.start.log"
         self.start: Path | None = self.path  # None once moved into the run folder
+        self.created: list[Path] = []
 
     def open(self) -> None:
         global _pump
+        d = self.path.parent
+        while not d.exists():  # folders this creates: removed again if nothing is kept
+            self.created.append(d)
+            d = d.parent
         self.path.parent.mkdir(parents=True, exist_ok=True)
         if _pump is None:
             _pump = _Pump()
@@ -208,6 +213,11 @@ class EngineLog:
         """Nothing ran (or a user error said it all): no start log to keep."""
         if self.start is not None:
             self.start.unlink(missing_ok=True)
+            for d in self.created:  # innermost first; stops at one that is not empty
+                try:
+                    d.rmdir()
+                except OSError:
+                    break
 
     @property
     def phase(self) -> str:
