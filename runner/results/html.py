@@ -7,80 +7,28 @@ data: URLs; rows travel as JSON and a few lines of plain JS render them 100 per 
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import io
 import json
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import yaml
 from PIL import Image, UnidentifiedImageError
 
-from runner.files import read_json
-from runner.score import read_set_meta, resolve_run, set_file_of, stored_records
+from runner.files import atomic_write
+from runner.record import Record, counts
+from runner.results.runs import Run, config_diff, flatten, load_run
+from runner.results.score import read_set_meta, set_file_of
 
 THUMB = 160  # px, longest side
 PAGE = 100  # rows per page
 
 
-@dataclass
-class Run:
-    dir: Path
-    config: dict[str, Any]
-    records: dict[str, dict[str, Any]]  # latest record per item id, in file order
-    scores: dict[str, dict[str, Any]]  # by item key
-    metrics: dict[str, Any]
-    manifest: dict[str, Any]
-    set_dir: Path | None = None
-    label: str = field(init=False)
-
-    def __post_init__(self) -> None:
-        self.label = self.dir.name
-
-
-def _jsonl(path: Path) -> list[dict[str, Any]]:
-    out = []
-    if path.exists():
-        for line in path.read_bytes().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                pass  # a torn line
-    return out
-
-
-def load_run(d: Path) -> Run:
-    d = Path(d)
-    try:
-        config = yaml.safe_load((d / "config.yaml").read_text()) or {}
-    except OSError:
-        config = {}
-    records = {str(r["id"]): r for r in stored_records(d)}
-    scores = {s["key"]: s for s in _jsonl(d / "scores.jsonl")}
-    return Run(d, config, records, scores, read_json(d / "metrics.json", {}),
-               read_json(d / "manifest.json", {}),
-               read_set_meta(set_file_of(d)).root)
-
-
-def flatten(d: Any, prefix: str = "") -> dict[str, Any]:
-    if not isinstance(d, dict) or (not d and prefix):
-        return {prefix: d}
-    out: dict[str, Any] = {}
-    for k, v in d.items():
-        out |= flatten(v, f"{prefix}.{k}" if prefix else str(k))
-    return out
-
-
-def config_diff(configs: list[dict[str, Any]]) -> list[str]:
-    """Dotted keys whose values differ between the runs (a missing key counts as differing)."""
-    flat = [flatten(c) for c in configs]
-    keys = sorted({k for f in flat for k in f})
-    miss = object()
-    return [k for k in keys if len({json.dumps(f.get(k, miss), default=str) for f in flat}) > 1]
+def set_root(run: Run) -> Path | None:
+    """Where the run's set resolves its image paths (None if the set is gone)."""
+    return read_set_meta(set_file_of(run.path)).root
 
 
 def thumbnail(file: Path) -> str | None:
@@ -104,7 +52,7 @@ def thumbnail(file: Path) -> str | None:
     return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode()}"
 
 
-def _mark(run: Run, rec: dict[str, Any] | None) -> dict[str, Any] | None:
+def _mark(run: Run, rec: Record | None) -> dict[str, Any] | None:
     if rec is None:
         return None
     s = run.scores.get(rec["key"])
@@ -124,31 +72,33 @@ def _run_info(run: Run, keys: list[str]) -> dict[str, Any]:
     m = run.metrics
     tps = m.get("completion_tokens_per_s") or \
         (run.manifest.get("throughput") or {}).get("completion_tokens_per_s")
-    return {"label": run.label, "model": flat.get("model.name", "?"),
-            "status": run.manifest.get("status", "?"), "items": len(run.records),
-            "accuracy": m.get("accuracy"), "scored": m.get("scored"), "errors": m.get("errors",
-            sum(r.get("status") == "error" for r in run.records.values())), "tps": tps,
+    return {"label": run.hash, "model": flat.get("model.name", "?"),
+            "status": run.manifest.get("status", "?"), "items": len(run.items),
+            "accuracy": m.get("accuracy"), "scored": m.get("scored"),
+            "errors": m.get("errors", counts(run.items.values()).errors), "tps": tps,
             "by_tag": {t: v.get("accuracy") for t, v in (m.get("by_tag") or {}).items()},
             "diff": [json.dumps(flat[k], default=str) if k in flat else "—" for k in keys]}
 
 
 def build_report(run_dirs: list[Path], out: Path) -> Path:
     runs = [load_run(d) for d in run_dirs]
+    roots = {r.path: set_root(r) for r in runs}
     keys = config_diff([r.config for r in runs])
     ids: dict[str, None] = {}  # every run's items, first run's order first
     for r in runs:
-        ids |= dict.fromkeys(r.records)
+        ids |= dict.fromkeys(r.items)
     images: dict[str, str | None] = {}
     rows = []
     for i in ids:
-        recs = [r.records.get(i) for r in runs]
+        recs = [r.items.get(i) for r in runs]
         first = next(x for x in recs if x is not None)
         shas = []
         for im in first.get("images") or []:
             sha = im.get("sha256") or im["path"]
             if sha not in images:
                 run = next(r for r, x in zip(runs, recs, strict=True) if x is first)
-                f = run.set_dir / im["path"] if run.set_dir else None
+                root = roots[run.path]
+                f = root / im["path"] if root else None
                 images[sha] = thumbnail(f) if f else None
             shas.append([sha, im["path"]])
         rows.append({"id": i, "p": first.get("prompt", ""), "x": first.get("expected"),
@@ -158,10 +108,10 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
             "images": images, "page": PAGE}
     blob = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     blob = blob.replace("<", "\\u003c")  # nothing in the data can close the <script>
-    title = html.escape("pixtral-runner report: " + ", ".join(r.label for r in runs))
+    title = html.escape("pixtral-runner report: " + ", ".join(r.hash for r in runs))
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(TEMPLATE.replace("__TITLE__", title).replace("__DATA__", blob))
+    atomic_write(out, TEMPLATE.replace("__TITLE__", title).replace("__DATA__", blob))
     return out
 
 
@@ -318,16 +268,7 @@ addEventListener("load", () => {  // thumbnails decoded too
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runner.html_report",
-                                 description="A self-contained HTML page comparing runs.")
-    ap.add_argument("runs", nargs="+", metavar="RUN_DIR", help="run folders (or hashes)")
-    ap.add_argument("--out", type=Path, default=Path("report.html"))
-    ap.add_argument("--root", default="outputs", help="where run hashes live (outputs)")
-    a = ap.parse_args(argv)
-    out = build_report([resolve_run(r, a.root) for r in a.runs], a.out)
-    print(f"{out} ({out.stat().st_size / 1e6:.1f} MB)")
-    return 0
+    """`python -m runner.html_report ...` = `python -m runner.results report ...`."""
+    from runner.results.cli import main as cli
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return cli(["report", *(sys.argv[1:] if argv is None else argv)])

@@ -8,20 +8,16 @@ WAL and a busy timeout with short transactions, so runs finishing at once never 
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import sqlite3
 import sys
 from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-import yaml
-
-from runner.files import read_json
+from runner.files import locked, read_json, read_yaml
+from runner.record import counts, read_records, result_files
 
 INDEX_NAME = "index.sqlite"
 SCHEMA_VERSION = 1
@@ -50,8 +46,7 @@ def run_dirs(root: Path) -> Iterator[Path]:
 def signature(run_dir: Path) -> str:
     """Changes whenever the manifest, metrics or results change (results grow while running)."""
     parts = []
-    for f in [run_dir / "manifest.json", run_dir / "metrics.json",
-              *sorted(run_dir.glob("results*.jsonl"))]:
+    for f in [run_dir / "manifest.json", run_dir / "metrics.json", *result_files(run_dir)]:
         try:
             st = f.stat()
             parts.append(f"{st.st_mtime_ns}:{st.st_size}")
@@ -60,38 +55,19 @@ def signature(run_dir: Path) -> str:
     return "|".join(parts)
 
 
-def _read_yaml(path: Path) -> Any:
-    try:
-        return yaml.safe_load(path.read_text())
-    except (OSError, yaml.YAMLError):
-        return None
-
-
-def _results(run_dir: Path) -> tuple[int, int, int, int]:
-    """(stored, errored, prompt tokens, completion tokens) over all stored items.
-
-    Counted from results.jsonl, not the manifest: the manifest's tokens cover only the last
-    invocation, and a resumed run must count every item it stores.
-    """
-    from runner.store import RunDir  # same torn-line and duplicate rules as the runner
-
-    recs = RunDir(run_dir.parent, run_dir.name).read_results().values()
-    return (len(recs), sum(r.get("status") == "error" for r in recs),
-            sum(r.get("prompt_tokens") or 0 for r in recs),
-            sum(r.get("completion_tokens") or 0 for r in recs))
-
-
 def read_row(run_dir: Path) -> dict[str, Any] | None:
     """The index row of one run folder, or None if it has no readable manifest."""
     sig = signature(run_dir)  # before reading, so a concurrent change makes the row stale
     m = read_json(run_dir / "manifest.json")
     if not isinstance(m, dict):
         return None
-    cfg = _read_yaml(run_dir / "config.yaml") or {}
+    cfg = read_yaml(run_dir / "config.yaml", {})
     sampling = cfg.get("sampling") or m.get("sampling") or {}
-    overrides = _read_yaml(run_dir / "overrides.yaml") or m.get("overrides") or []
+    overrides = read_yaml(run_dir / "overrides.yaml") or m.get("overrides") or []
     metrics = read_json(run_dir / "metrics.json")
-    stored, errored, ptok, ctok = _results(run_dir)
+    # Counted from the results, not the manifest: the manifest's tokens cover only the last
+    # invocation, and a resumed run must count every item it stores.
+    c = counts(read_records(run_dir).values())
     created = m.get("created") or datetime.fromtimestamp(
         (run_dir / "manifest.json").stat().st_mtime, timezone.utc).isoformat(timespec="seconds")
     return {
@@ -101,25 +77,17 @@ def read_row(run_dir: Path) -> dict[str, Any] | None:
         "overrides": json.dumps(overrides), "temperature": sampling.get("temperature"),
         "top_p": sampling.get("top_p"), "max_tokens": sampling.get("max_tokens"),
         "seed": sampling.get("seed"), "n": sampling.get("n"),
-        "items_stored": stored, "items_errored": errored, "prompt_tokens": ptok,
-        "completion_tokens": ctok,
+        "items_stored": c.stored, "items_errored": c.errors, "prompt_tokens": c.prompt_tokens,
+        "completion_tokens": c.completion_tokens,
         "tokens_per_s": (m.get("throughput") or {}).get("completion_tokens_per_s"),
         "metrics": json.dumps(metrics) if isinstance(metrics, dict) else None,
         "sig": sig, "indexed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
 
 
-@contextmanager
-def _repair_lock(root: Path) -> Iterator[None]:
+def _repair_lock(root: Path) -> Any:
     """Serialises building or replacing the index so two processes never undo each other."""
-    d = root / ".locks"
-    d.mkdir(exist_ok=True)
-    fd = os.open(d / "index.lock", os.O_RDWR | os.O_CREAT, 0o644)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)
+    return locked(root / ".locks" / "index.lock")
 
 
 def _connect(path: Path) -> sqlite3.Connection:

@@ -9,7 +9,6 @@ set file) or `exact`.
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import re
@@ -22,7 +21,8 @@ from typing import Any
 
 import yaml
 
-from runner.files import atomic_write
+from runner.files import atomic_write, read_json
+from runner.record import Record, counts, latest_by_id, read_records
 
 DEFAULT_SCORER = "exact"
 
@@ -197,13 +197,6 @@ def score_output(spec: str, output: str, expected: str,
 # --- a run ----------------------------------------------------------------------------------
 
 
-def stored_records(run_dir: Path) -> list[dict[str, Any]]:
-    """All shards' records, with the store's torn-line and duplicate rules."""
-    from runner.store import RunDir
-
-    return list(RunDir(run_dir.parent, run_dir.name).read_results().values())
-
-
 def set_file_of(run_dir: Path) -> Path | None:
     """The prompt set a run used, from its config.yaml (prompts.root / prompts.name, relative
     to the current directory), found the way the planner finds it."""
@@ -261,9 +254,9 @@ def _up_to_date(run_dir: Path, set_file: Path | None) -> dict[str, Any] | None:
         if any(p.exists() and p.stat().st_mtime_ns >= done
                for p in inputs + ([Path(set_file)] if set_file else [])):
             return None
-        return json.loads((run_dir / "metrics.json").read_text())
-    except (OSError, ValueError):
+    except OSError:
         return None
+    return read_json(run_dir / "metrics.json", {}) or None
 
 
 def score_run(run_dir: Path, set_file: Path | None = None, *,
@@ -281,7 +274,7 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
         return stored
     meta_set = read_set_meta(set_file)
     set_scorer, items = meta_set.scorer, meta_set.items
-    records = stored_records(run_dir)
+    records = list(read_records(run_dir).values())
     scores, latest = [], {}
     for r in records:
         if r.get("expected") is None:
@@ -308,58 +301,28 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
     return metrics
 
 
-def _metrics(records: list[dict], latest: list[tuple[dict, list[str]]],
+def _metrics(records: list[Record], latest: list[tuple[dict, list[str]]],
              run_dir: Path) -> dict[str, Any]:
     by_tag: dict[str, list[float]] = defaultdict(list)
     for row, tags in latest:
         for t in tags:
             by_tag[str(t)].append(row["score"])
-    last_status = {r["id"]: r.get("status") for r in records}
-    try:
-        manifest = json.loads((run_dir / "manifest.json").read_text())
-    except (OSError, ValueError):
-        manifest = {}
+    items = counts(latest_by_id(records).values())  # each id once: its latest record
+    manifest = read_json(run_dir / "manifest.json", {})
     n = len(latest)
     acc = lambda xs: round(sum(xs) / len(xs), 4) if xs else None  # noqa: E731
     return {"accuracy": acc([row["score"] for row, _ in latest]), "scored": n,
             "correct": sum(row["correct"] for row, _ in latest),
-            "items": len(last_status),
+            "items": items.stored,
             "by_tag": {t: {"accuracy": acc(v), "scored": len(v)}
                        for t, v in sorted(by_tag.items())},
-            "errors": sum(s == "error" for s in last_status.values()),
+            "errors": items.errors,
             "completion_tokens_per_s": (manifest.get("throughput") or {})
             .get("completion_tokens_per_s")}
 
 
-def resolve_run(arg: str, root: str | Path = "outputs") -> Path:
-    """A run folder, or a hash (or its unique prefix) under `root`."""
-    p = Path(arg)
-    if (p / "results.jsonl").exists() or (p / "config.yaml").exists():
-        return p
-    hits = sorted(q for q in Path(root).glob(f"{arg}*") if q.is_dir())
-    if len(hits) != 1:
-        what = "no run" if not hits else f"{len(hits)} runs"
-        raise SystemExit(f"error: {what} matching '{arg}' (a run folder or a hash under {root}/).")
-    return hits[0]
-
-
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runner.score",
-                                 description="(Re)score stored runs; nothing is regenerated.")
-    ap.add_argument("runs", nargs="+", metavar="HASH_OR_DIR")
-    ap.add_argument("--root", default="outputs", help="where run hashes live (outputs)")
-    ap.add_argument("--set", type=Path, default=None,
-                    help="set file for scorers/options (default: the run's own set)")
-    a = ap.parse_args(argv)
-    for arg in a.runs:
-        d = resolve_run(arg, a.root)
-        m = score_run(d, a.set, force=True)
-        accuracy = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.1%}"
-        tags = "  ".join(f"{t} {v['accuracy']:.0%}" for t, v in m["by_tag"].items())
-        print(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
-              f"{m['errors']} errors)  {tags}".rstrip())
-    return 0
+    """`python -m runner.score ...` = `python -m runner.results score ...`."""
+    from runner.results.cli import main as cli
 
-
-if __name__ == "__main__":
-    sys.exit(main())
+    return cli(["score", *(sys.argv[1:] if argv is None else argv)])
