@@ -11,12 +11,13 @@ bundled Pixtral tokenizer for text, labelled "estimate".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
+
+from runner.files import read_json
 
 if TYPE_CHECKING:
     from runner.plan import Item, Plan
@@ -79,10 +80,7 @@ class Counter:
         self.dummy_tokens = self.image_tokens(1, 1)
 
     def _hf_vision(self, f: Path) -> None:
-        try:
-            v = json.loads(f.read_text()).get("vision_config") or {}
-        except (OSError, ValueError):
-            return
+        v = read_json(f, {}).get("vision_config") or {}
         self.patch = int(v.get("patch_size", self.patch))
         self.max_size = int(v.get("image_size", self.max_size))
         self.merge = int(v.get("spatial_merge_size", self.merge))

@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from runner.files import atomic_write, read_json
+from runner.files import atomic_write, read_json, read_yaml
 from runner.record import Record, counts, latest_by_id, read_records
 
 DEFAULT_SCORER = "exact"
@@ -200,11 +200,10 @@ def score_output(spec: str, output: str, expected: str,
 def set_file_of(run_dir: Path) -> Path | None:
     """The prompt set a run used, from its config.yaml (prompts.root / prompts.name, relative
     to the current directory), found the way the planner finds it."""
-    try:
-        p = yaml.safe_load((run_dir / "config.yaml").read_text())["prompts"]
-        name, root = str(p["name"]), str(p.get("root") or "prompts")
-    except (OSError, KeyError, TypeError, yaml.YAMLError):
+    p = read_yaml(run_dir / "config.yaml", {}).get("prompts")
+    if not isinstance(p, dict) or "name" not in p:
         return None
+    name, root = str(p["name"]), str(p.get("root") or "prompts")
     try:
         from runner.plan import find_set
 
