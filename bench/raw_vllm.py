@@ -34,10 +34,10 @@ if __name__ == "__main__":
         cfg = compose(config_name="config", overrides=sys.argv[1:])
     plan = load_set(cfg.prompts.name, cfg.prompts.root, cfg.prompts.system, cfg.prompts.limit)
     ensure_weights(cfg.model)
-    environ(dict(cfg.engine.env)).__enter__()  # for this process's life, as vLLM's own scripts
-    vllm = import_vllm()
-    t = time.perf_counter()
-    llm = vllm.LLM(**engine_kwargs(cfg, plan.root))
+    with environ(dict(cfg.engine.env)):  # set while vLLM is imported and the engine built
+        vllm = import_vllm()
+        t = time.perf_counter()
+        llm = vllm.LLM(**engine_kwargs(cfg, plan.root))
     start = time.perf_counter() - t
     sp = sampling_params(cfg)
     if temps:
