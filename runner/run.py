@@ -17,6 +17,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from runner.console import console
 from runner.errors import Interrupted, UserError
+from runner.images import pixel_limit
 from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_quantization
 from runner.record import counts, error_record, now, ok_record
@@ -202,7 +203,8 @@ class Job:
 
         status, error = "failed", None
         try:
-            with progress:
+            # vLLM decodes the images in this process: the plan's Pillow limit applies there too
+            with progress, pixel_limit(self.cfg.prompts.max_image_pixels):
                 for it in todo:  # planned item errors: stored, never sent to the engine
                     if it.error:
                         on_error(it.key, it.error)
