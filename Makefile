@@ -2,7 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-fast lint bench clean
 
 $(VENV)/.installed: pyproject.toml scripts/install-cpu.sh requirements/cpu.lock
 	VENV=$(VENV) bash scripts/install-cpu.sh
@@ -17,6 +17,12 @@ test: install
 	bash scripts/setup-browser.sh  # Debian's chromium, for the report's browser test
 	$(VENV)/bin/ruff check .
 	$(PY) -m pytest -q -x tests
+
+# The fast lane: everything that starts no engine.
+test-fast: install
+	bash scripts/setup-browser.sh
+	$(VENV)/bin/ruff check .
+	$(PY) -m pytest -q -x -m "not engine" tests
 
 bench: install
 	$(PY) bench/bench.py

@@ -124,7 +124,12 @@ def main() -> None:
                   f"store.root={store}"]
     res["cache_fill_s"] = timed([PY, "-m", "runner", *cache_args])[0]
     res["cache_hit_s"] = min(timed([PY, "-m", "runner", *cache_args])[0] for _ in range(3))
-    print(f"cache: fill {res['cache_fill_s']:.1f}s, hit {res['cache_hit_s']:.2f}s", flush=True)
+    # `results ls` on that store (the index exists after the first call): the everyday read
+    timed([PY, "-m", "runner.results", "--root", str(store), "ls"])
+    res["results_ls_s"] = min(timed([PY, "-m", "runner.results", "--root", str(store),
+                                     "ls"])[0] for _ in range(3))
+    print(f"cache: fill {res['cache_fill_s']:.1f}s, hit {res['cache_hit_s']:.2f}s, "
+          f"results ls {res['results_ls_s']:.2f}s", flush=True)
 
     # 4. 4-point sweep: one process with engine reuse against 4 invocations
     temps = ["0", "0.3", "0.6", "0.9"]
@@ -203,6 +208,7 @@ def report(res: dict) -> None:
         ("`--cfg job` wall (s)", f"{res['cfg_job_s']:.2f}", "", None),
         (f"cache hit, {res['args']['cache_items']} items (s)", f"{res['cache_hit_s']:.2f}", "< 1",
          res["cache_hit_s"] < 1),
+        ("`results ls` wall (s)", f"{res['results_ls_s']:.2f}", "< 1", res["results_ls_s"] < 1),
         ("4-point sweep wall (s)", f"{sw['wall_s']:.1f}", "", None),
         ("4 separate invocations wall (s)", f"{res['separate_wall_s']:.1f}", "", None),
         ("sweep / separate", f"{sw['wall_s'] / res['separate_wall_s']:.3f}", "", None),

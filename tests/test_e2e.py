@@ -11,6 +11,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, TINY, runner
 from test_cli import imported_vllm
@@ -115,9 +116,13 @@ def test_shards_through_submitit_fill_one_run(first: Path, tmp_path: Path):
     assert sorted(ids[0] + ids[1]) == sorted(r["id"] for r in results(first / "results.jsonl"))
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "complete" and set(m["shards"]) == {"0/2", "1/2"}
-    # greedy outputs do not depend on which shard computed them
-    by_id = {r["id"]: r["output"] for part in parts for r in part}
-    assert by_id == {r["id"]: r["output"] for r in results(first / "results.jsonl")}
+    assert [m["shards"][f"{i}/2"]["computed"] for i in (0, 1)] == [len(x) for x in ids]
+    assert m["counts"]["stored"] == 5 and m["counts"]["errors"] == 0
+    # Not the unsharded run's text: another batch, and vLLM's CPU kernels are not
+    # batch-invariant. Each item is a full, bounded generation.
+    limit = yaml.safe_load((d / "config.yaml").read_text())["sampling"]["max_tokens"]
+    for r in parts[0] + parts[1]:
+        assert r["status"] == "ok" and 0 < r["completion_tokens"] <= limit, r
     # reading merges the shards: the unsharded config is a cache hit
     p = runner(*TINY, f"store.root={tmp_path}")
     assert p.returncode == 0 and "5 cached" in p.stderr

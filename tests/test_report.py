@@ -13,6 +13,7 @@ import pytest
 import yaml
 from PIL import Image
 
+import fakes
 from runner.html_report import build_report, config_diff
 from runner.score import score_run
 
@@ -44,28 +45,20 @@ def make_set(folder: Path, n: int = N_ITEMS) -> Path:
 def make_run(root: Path, name: str, set_file: Path, prompts: dict, temperature: float,
              model: str, answers: dict[int, str], n: int = N_ITEMS,
              errors: tuple[int, ...] = ()) -> Path:
-    """A run folder as the store writes it: config.yaml, manifest.json, results.jsonl."""
-    d = root / name
-    d.mkdir(parents=True)
+    """A run of the first `n` items of the set, answered "I think it is <i>." unless given."""
     cfg = {"model": {"name": model, "path": f"data/{model}"},
            "sampling": {"temperature": temperature, "max_tokens": 64},
            "prompts": prompts, "store": {"root": "outputs"}}
-    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
-    (d / "manifest.json").write_text(json.dumps(
-        {"status": "complete", "throughput": {"completion_tokens_per_s": 12.5}}))
     doc = yaml.safe_load(set_file.read_text())
-    with open(d / "results.jsonl", "w") as f:
-        for i, it in enumerate(doc["items"][:n]):
-            r = {"id": it["id"], "key": f"{name}-{i}", "status": "ok", "prompt": it["text"],
-                 "images": [{"path": p, "sha256": f"sha-{p}"} for p in it.get("images", [])],
-                 "output": answers.get(i, f"I think it is {i}."), "finish_reason": "stop",
-                 "prompt_tokens": 10, "completion_tokens": 5, "expected": it["expected"],
-                 "tags": it["tags"]}
-            if i in errors:
-                r |= {"status": "error", "error": "image too large"}
-                del r["output"]
-            f.write(json.dumps(r) + "\n")
-    return d
+    recs = []
+    for i, it in enumerate(doc["items"][:n]):
+        fields = {"key": f"{name}-{i}", "prompt": it["text"], "expected": it["expected"],
+                  "tags": it["tags"], "prompt_tokens": 10, "completion_tokens": 5,
+                  "images": [{"path": p, "sha256": f"sha-{p}"} for p in it.get("images", [])]}
+        recs.append(fakes.record(it["id"], error="image too large", **fields) if i in errors
+                    else fakes.record(it["id"], answers.get(i, f"I think it is {i}."), **fields))
+    return fakes.write_run(root, name, recs, config=cfg, model=model,
+                           throughput={"completion_tokens_per_s": 12.5})
 
 
 def make_runs(tmp_path: Path) -> list[Path]:
@@ -114,6 +107,7 @@ def test_report_is_self_contained(runs: list[Path], tmp_path: Path) -> None:
 
 
 def chromium(url: str, *extra: str, cwd: Path) -> str:
+    assert CHROMIUM, "chromium is missing: run scripts/setup-browser.sh (make test does)"
     r = subprocess.run([CHROMIUM, *FLAGS, f"--user-data-dir={cwd / 'profile'}",
                         "--virtual-time-budget=10000", *extra, url],
                        capture_output=True, text=True, timeout=120, cwd=cwd)
@@ -121,7 +115,6 @@ def chromium(url: str, *extra: str, cwd: Path) -> str:
     return r.stdout
 
 
-@pytest.mark.skipif(CHROMIUM is None, reason="chromium missing: run scripts/setup-browser.sh")
 def test_report_renders_in_chromium(runs: list[Path], tmp_path: Path) -> None:
     out = build_report(runs, tmp_path / "report.html")
     dom = chromium(out.as_uri(), "--dump-dom", cwd=tmp_path)

@@ -4,7 +4,6 @@ through real `python -m runner.results` processes. No engine."""
 from __future__ import annotations
 
 import csv
-import hashlib
 import io
 import json
 import os
@@ -12,11 +11,11 @@ import shutil
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
+import fakes
 from conftest import ROOT, make_cfg
 from runner import index
 from runner.store import RunDir, run_hash
@@ -25,40 +24,21 @@ TINY = ("model=pixtral_tiny", "engine=cpu")
 
 
 def record(item_id: str, output: str | None, error: str | None = None) -> dict:
-    r = {"id": item_id, "key": hashlib.sha256(item_id.encode()).hexdigest(),
-         "status": "error" if error else "ok", "prompt": f"What is in {item_id}?",
-         "images": [{"path": f"images/{item_id}.png", "sha256": "ab" * 32}],
-         "expected": "Q3" if item_id == "chart" else None, "tags": ["t1", "t2"],
-         "time": "2026-11-20T10:00:00+00:00"}
-    if error:
-        return r | {"error": error}
-    return r | {"output": output, "finish_reason": "stop", "prompt_tokens": 100,
-                "completion_tokens": 7}
+    return fakes.record(item_id, output, error=error,
+                        images=[{"path": f"images/{item_id}.png", "sha256": "ab" * 32}],
+                        expected="Q3" if item_id == "chart" else None, tags=["t1", "t2"])
 
 
 def make_run(root: Path, overrides: tuple[str, ...], items: list[dict], created: str,
              status: str = "complete", metrics: dict | None = None,
              name: str | None = None) -> str:
     cfg = make_cfg(*overrides, f"store.root={root}")
-    rd = RunDir(root, name or run_hash(cfg))
-    rd.create(cfg, list(overrides))
-    w = rd.writer(16, 2.0)
-    for r in items:
-        w.write(r)
-    w.close()
-    ok = [r for r in items if r["status"] == "ok"]
-    rd.write_manifest({
-        "hash": rd.hash, "created": created, "started": created, "finished": created,
-        "status": status, "model": cfg.model.name, "prompts": "sample",
-        "overrides": list(overrides), "counts": {"planned": 4, "stored": len(items),
-                                                 "computed": len(items), "errors": 0},
-        "tokens": {"prompt": 100 * len(ok), "completion": 7 * len(ok)},
-        "timings": {"engine_start_s": 30.0, "generate_s": 2.0, "total_s": 33.0},
-        "throughput": {"completion_tokens_per_s": 3.5 * len(ok), "items_per_s": 1.0},
-        "versions": {"runner": "pixtral-runner 0.1.0", "python": "3.11.7"}})
-    if metrics:
-        (rd.path / "metrics.json").write_text(json.dumps(metrics))
-    return rd.hash
+    name = name or run_hash(cfg)
+    counts = fakes.manifest(name, items)["counts"] | {"planned": 4}
+    fakes.write_run(root, name, items, config=cfg, overrides=list(overrides), metrics=metrics,
+                    created=created, started=created, finished=created, status=status,
+                    model=cfg.model.name, counts=counts)
+    return name
 
 
 @pytest.fixture(scope="module")
@@ -138,7 +118,7 @@ def test_ls_newest_first_with_filters(store):
     assert "YYYY-MM-DD" in user_error(cli(root, "ls", "--since", "last week"))
 
 
-def test_ls_is_fast_and_imports_neither_vllm_nor_torch(store):
+def test_ls_imports_neither_vllm_nor_torch(store):
     root, _ = store
     ok(cli(root, "ls"))  # the index exists; what follows is the everyday path
     p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner.results", "--root",
@@ -147,12 +127,6 @@ def test_ls_is_fast_and_imports_neither_vllm_nor_torch(store):
     mods = {x.rsplit("|", 1)[-1].strip() for x in p.stderr.splitlines()
             if x.startswith("import time:")}
     assert not {m for m in mods if m.split(".")[0] in ("vllm", "torch", "hydra")}
-    times = []
-    for _ in range(3):  # best of three: the machine is shared
-        t = time.monotonic()
-        ok(cli(root, "ls"))
-        times.append(time.monotonic() - t)
-    assert min(times) < 1.0, times
 
 
 def test_index_is_rebuilt_when_deleted_corrupt_or_stale(store):

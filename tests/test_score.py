@@ -15,6 +15,7 @@ import pytest
 import yaml
 from PIL import Image
 
+import fakes
 from runner.errors import UserError
 from runner.mmmu import convert
 from runner.score import check_spec, parse_choice, score_output, score_run
@@ -87,14 +88,13 @@ def test_bad_specs() -> None:
 
 
 def write_run(d: Path, records: list[dict], prompts: dict | None = None) -> Path:
-    d.mkdir(parents=True)
-    (d / "config.yaml").write_text(yaml.safe_dump({"prompts": prompts or {"name": "none"}}))
-    (d / "manifest.json").write_text(json.dumps({"throughput": {"completion_tokens_per_s": 42.0}}))
-    with open(d / "results.jsonl", "w") as f:
-        for r in records:
-            f.write(json.dumps({"status": "ok", "tags": [], "key": "k-" + r["id"]} | r) + "\n")
-        f.write('{"id": "torn", "ke')  # a line torn by a kill: ignored
-    return d
+    """A run folder with these records (`key` k-<id> unless given) and a torn last line."""
+    recs = [fakes.record(r["id"], r.get("output"), error=r.get("error"),
+                         **{"key": "k-" + r["id"]} | {k: v for k, v in r.items()
+                                                      if k not in ("id", "output", "error")})
+            for r in records]
+    return fakes.write_run(d.parent, d.name, recs, config={"prompts": prompts or {"name": "none"}},
+                           torn=True, throughput={"completion_tokens_per_s": 42.0})
 
 
 def test_score_run(tmp_path: Path) -> None:
@@ -225,19 +225,14 @@ def test_mmmu_converter_errors(tmp_path: Path) -> None:
 
 
 def test_converted_set_plans(tmp_path: Path) -> None:
-    """The converted set loads with the planner once it accepts `scorer`/`metadata` keys."""
+    """The converted set (with `scorer` and `metadata` keys) loads with the planner."""
     from runner.plan import load_set
 
     (tmp_path / "e.jsonl").write_text(json.dumps(
         {"id": "q1", "question": "Which?", "options": ["a", "b"], "answer": "A",
          "image_1": base64.b64encode(png((1, 2, 3))).decode()}) + "\n")
     f = convert([tmp_path / "e.jsonl"], tmp_path / "set")
-    try:
-        plan = load_set(str(f), tmp_path)
-    except UserError as e:
-        if "unknown key" in str(e):
-            pytest.skip("runner/plan.py does not accept item `metadata` yet")
-        raise
+    plan = load_set(str(f), tmp_path)
     assert [it.id for it in plan.items] == ["q1"] and plan.items[0].expected == "A"
 
 

@@ -3,9 +3,9 @@
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -53,17 +53,17 @@ def test_duplicate_keys_keep_the_first(tmp_path: Path):
 
 
 HOLD = """
-import sys, time
+import sys
 from runner.store import RunDir
 with RunDir(sys.argv[1], "abc").lock(wait=False, on_wait=print):
     print("locked", flush=True)
-    time.sleep(60)
+    sys.stdin.read()  # hold the lock until killed
 """
 
 
 def test_second_writer_is_refused_then_a_killed_holder_never_blocks(tmp_path: Path):
-    p = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdout=subprocess.PIPE,
-                         text=True)
+    p = subprocess.Popen([sys.executable, "-c", HOLD, str(tmp_path)], stdin=subprocess.PIPE,
+                         stdout=subprocess.PIPE, text=True)
     try:
         assert p.stdout.readline().strip() == "locked"
         with pytest.raises(UserError, match=rf"pid {p.pid} on "):
@@ -72,6 +72,8 @@ def test_second_writer_is_refused_then_a_killed_holder_never_blocks(tmp_path: Pa
     finally:
         os.kill(p.pid, signal.SIGKILL)
         p.wait()
-    t = time.monotonic()
-    with RunDir(tmp_path, "abc").lock(wait=False, on_wait=print):
-        assert time.monotonic() - t < 1
+    held = []  # wait=False: a lock still held would raise, not block
+    with RunDir(tmp_path, "abc").lock(wait=False, on_wait=held.append):
+        assert held == []
+    holder = (tmp_path / ".locks/abc.lock").read_text()
+    assert holder == f"pid {os.getpid()} on {socket.gethostname()}"
