@@ -12,17 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
+from runner.files import read_json
 
 # vLLM quantizes these at load time, so an unquantized checkpoint is fine for them.
 ONLINE_METHODS = frozenset({"fp8", "bitsandbytes", "experts_int8"})
-
-
-def _json(p: Path) -> dict[str, Any] | None:
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
 
 
 def _compressed_tensors(q: dict[str, Any]) -> dict[str, Any]:
@@ -68,17 +61,17 @@ def read_checkpoint_quant(path: Path) -> dict | None:
     `compression_config`, or the text model's), then AutoGPTQ/AutoAWQ's side files.
     """
     p = Path(path)
-    cfg = _json(p / "config.json") or {}
+    cfg = read_json(p / "config.json", {})
     q = (cfg.get("quantization_config") or cfg.get("compression_config")
          or (cfg.get("text_config") or {}).get("quantization_config"))
     if not q:
         for side in ("quantize_config.json", "quant_config.json"):  # gptq, awq side files
-            q = _json(p / side)
+            q = read_json(p / side, {})
             if q:
                 q.setdefault("quant_method", "gptq" if side == "quantize_config.json" else "awq")
                 break
     if not q and not cfg:  # Mistral consolidated layout: params.json "quantization"
-        q = (_json(p / "params.json") or {}).get("quantization")
+        q = read_json(p / "params.json", {}).get("quantization")
         if q:
             fp8 = "fp8" in str(q.get("qformat_weight", ""))
             return {"method": "fp8" if fp8 else str(q.get("qformat_weight")),
@@ -112,6 +105,47 @@ def check_quantization(requested: str | None, path: Path) -> None:
         raise UserError(f"model.quantization={requested} but the checkpoint in {p} is "
                         f"quantized with {q['method']} (config.json quantization_config): "
                         f"set model.quantization={q['method']} or null.")
+
+
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (/proc/cpuinfo); empty where that file is missing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def vllm_cpu_build() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("vllm-cpu")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def check_cpu_kernels(path: Path, flags: set[str] | None = None,
+                      cpu_build: bool | None = None) -> None:
+    """Raise UserError where vLLM's CPU build cannot run a 4-bit weight checkpoint.
+
+    Its W4A16 GEMM (`cpu_gemm_wna16`, used by CPUWNA16LinearKernel) is only in the AVX-512
+    libraries of the wheel; on an AVX2-only x86 CPU vLLM picks that kernel anyway and the
+    engine dies at its first forward pass (seen here on an AMD EPYC).
+    """
+    if not (vllm_cpu_build() if cpu_build is None else cpu_build):
+        return
+    q = read_checkpoint_quant(Path(path))
+    if not q or q.get("weight_bits") != 4:
+        return
+    flags = cpu_flags() if flags is None else flags
+    if "avx2" in flags and "avx512f" not in flags:
+        raise UserError(f"The checkpoint in {path} has 4-bit weights ({q['method']}), and "
+                        "vLLM's CPU build has its W4A16 kernel for AVX-512 CPUs only, while "
+                        "this CPU has AVX2: run it on a GPU or an AVX-512 CPU.")
 
 
 PROBE = "runner.quant.QuantProbe"

@@ -1,18 +1,18 @@
-"""What a person reads (rich): the plan line, the engine start, generation progress, the
-summary. A live display on a terminal; with no TTY (CI, a pipe, SLURM logs), or while the
-engine's logs share the console (log.engine=console), plain lines, a progress line every
-PLAIN_EVERY seconds at most."""
+"""Stage 5, report: what a person reads (rich): the plan line, the engine start, generation
+progress, the summary; and the typed summary a job returns (the sweep callback reads it).
+A live display on a terminal; with no TTY (CI, a pipe, SLURM logs), or while the engine's
+logs share the console (log.engine=console), plain lines, a progress line every PLAIN_EVERY
+seconds at most."""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
-from rich.console import Console
 from rich.progress import (
     BarColumn,
     Progress,
@@ -24,14 +24,15 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-console = Console(stderr=True)
+from runner.console import console
+
 PLAIN_EVERY = 10.0
 
 
 @dataclass
 class Summary:
-    hash: str
-    folder: str
+    hash: str | None  # None: the job failed before its config was hashed
+    folder: str | None
     model: str
     prompts: str
     status: str  # complete / cached / interrupted / failed / planned
@@ -42,13 +43,18 @@ class Summary:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     engine_start_s: float = 0.0
+    engine_reused: bool = False
     generate_s: float = 0.0
     total_s: float = 0.0
-    extra: dict[str, Any] = field(default_factory=dict)
+    error: str | None = None  # a user error that failed this job (in a sweep)
 
     @property
     def tokens_per_s(self) -> float:
         return self.completion_tokens / self.generate_s if self.generate_s else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.computed / self.generate_s if self.generate_s else 0.0
 
 
 def _live() -> bool:
@@ -184,14 +190,13 @@ def show(s: Summary) -> None:
     if s.computed:
         t.add_row("tokens", f"{s.prompt_tokens} prompt · {s.completion_tokens} generated")
         t.add_row("speed", f"{s.tokens_per_s:.1f} generated tokens/s "
-                  f"({s.computed / s.generate_s if s.generate_s else 0:.2f} items/s)")
-        start = "engine reused" if s.extra.get("engine_reused") else \
-            f"engine start {s.engine_start_s:.1f}s"
+                  f"({s.items_per_s:.2f} items/s)")
+        start = "engine reused" if s.engine_reused else f"engine start {s.engine_start_s:.1f}s"
         t.add_row("time", f"{start} · generation {s.generate_s:.1f}s · total {s.total_s:.1f}s")
     else:
         t.add_row("time", f"total {s.total_s * 1000:.0f} ms")
-    t.add_row("run", s.hash)
-    t.add_row("folder", s.folder)
+    t.add_row("run", s.hash or "-")
+    t.add_row("folder", s.folder or "-")
     if s.computed or s.errors:
         t.add_row("engine log", f"{s.folder}/engine.log")
     console.print(t)
