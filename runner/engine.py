@@ -10,6 +10,8 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -17,7 +19,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.errors import UserError
+from runner.errors import EngineDied, UserError
 
 # Our model fields that are not vLLM engine arguments.
 _MODEL_ONLY = {"name", "path", "hf_repo", "build", "tensor_parallel_size"}
@@ -113,26 +115,113 @@ def sampling_params(cfg: DictConfig) -> Any:
     return SamplingParams(**OmegaConf.to_container(cfg.sampling, resolve=True))  # type: ignore[arg-type]
 
 
+class Watchdog:
+    """Wakes a blocked `step()` when the engine core dies or stalls.
+
+    vLLM notices a dead engine core process ("engine core exited unexpectedly") but leaves
+    `LLMEngine.step()` waiting on its output queue forever. This thread checks the engine core
+    processes, vLLM's own dead flag, and the time since the last step returned; on a death or a
+    stall (after killing the stalled process) it puts an error on that queue, so `step()`
+    raises.
+    """
+
+    def __init__(self, llm: Any, stall_timeout_s: float | None, poll_s: float = 0.2):
+        self.core = llm.llm_engine.engine_core
+        self.resources = getattr(self.core, "resources", None)
+        manager = getattr(self.resources, "engine_manager", None)
+        self.procs = list(getattr(manager, "processes", []) or [])
+        self.queue = getattr(self.core, "outputs_queue", None)  # None: engine in this process
+        self.stall_timeout_s = stall_timeout_s or None
+        self.poll_s = poll_s
+        self.reason: str | None = None
+        self.last: float | None = None  # stalls count from the first step on, not while queueing
+        self.max_gap_s = 0.0  # the longest wait for a step (measured; see README)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="runner-watchdog", daemon=True)
+
+    def __enter__(self) -> Watchdog:
+        if self.queue is not None:
+            self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+
+    def beat(self) -> None:
+        t = time.monotonic()
+        if self.last is not None:
+            self.max_gap_s = max(self.max_gap_s, t - self.last)
+        self.last = t
+
+    def check(self) -> str | None:
+        for p in self.procs:
+            if p.exitcode is not None:
+                return f"the engine core process ({p.name}, pid {p.pid}) {_exit_text(p.exitcode)}"
+        if getattr(self.resources, "engine_dead", False):
+            return "vLLM reported the engine core dead"
+        idle = time.monotonic() - self.last if self.last is not None else 0.0
+        if self.stall_timeout_s and idle > self.stall_timeout_s:
+            for p in self.procs:  # a hung engine would hold its memory: make it a dead one
+                p.kill()
+            return f"no progress for {idle:.0f} s (engine.stall_timeout_s={self.stall_timeout_s:g})"
+        return None
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            reason = self.check()
+            if reason:
+                self.reason = reason
+                self.queue.put_nowait(RuntimeError(reason))  # type: ignore[union-attr]
+                return
+
+
+def _exit_text(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
+
+
 def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
-             on_output: Callable[[str, Any], None],
-             on_error: Callable[[str, str], None]) -> None:
+             on_output: Callable[[str, Any], None], on_error: Callable[[str, str], None],
+             stall_timeout_s: float | None = None) -> None:
     """Queue every request, then step the engine, handing each finished output over at once.
 
     Requests are queued one by one so a bad one (e.g. an unreadable image) becomes an item
     error instead of failing the batch; vLLM's scheduler sees them all as one batch.
+    If the engine dies or stalls, raises EngineDied with the keys not finished, in queue order.
     """
-    ids: dict[str, str] = {}
-    for key, messages in requests:
-        try:
-            (rid,) = llm.enqueue_chat([messages], sp, use_tqdm=False)
-        except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for bad input
-            on_error(key, f"{type(e).__name__}: {e}")
-            continue
-        # enqueue_chat returns vLLM's internal id ("<n>-<random>"); outputs carry the
-        # external one ("<n>").
-        ids[rid.partition("-")[0]] = key
-    engine = llm.llm_engine
-    while engine.has_unfinished_requests():
-        for out in engine.step():
-            if out.finished:
-                on_output(ids[out.request_id], out)
+    from vllm.v1.engine.exceptions import EngineDeadError
+
+    reqs = list(requests)
+    ids: dict[str, str] = {}  # vLLM request id -> key, in queue order
+    with Watchdog(llm, stall_timeout_s) as dog:
+        for n, (key, messages) in enumerate(reqs):
+            try:
+                (rid,) = llm.enqueue_chat([messages], sp, use_tqdm=False)
+            except EngineDeadError:
+                raise EngineDied(dog.reason or "vLLM reported the engine core dead",
+                                 [*ids.values(), *(k for k, _ in reqs[n:])]) from None
+            except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for bad input
+                if dog.reason:
+                    raise EngineDied(dog.reason, [*ids.values(), *(k for k, _ in reqs[n:])]) \
+                        from None
+                on_error(key, f"{type(e).__name__}: {e}")
+                continue
+            # enqueue_chat returns vLLM's internal id ("<n>-<random>"); outputs carry the
+            # external one ("<n>").
+            ids[rid.partition("-")[0]] = key
+        engine = llm.llm_engine
+        dog.beat()
+        while engine.has_unfinished_requests():
+            try:
+                outs = engine.step()
+            except Exception as e:  # noqa: BLE001 - EngineDeadError, or our watchdog's wake-up
+                raise EngineDied(dog.reason or f"{type(e).__name__}: {e}",
+                                 list(ids.values())) from None
+            dog.beat()
+            for out in outs:
+                if out.finished:
+                    on_output(ids.pop(out.request_id), out)
