@@ -52,6 +52,9 @@ class EngineConfig:
     extra: dict[str, Any] = field(default_factory=dict)
     # Environment for vLLM (VLLM_CPU_KVCACHE_SPACE, VLLM_CPU_OMP_THREADS_BIND, ...).
     env: dict[str, str] = field(default_factory=dict)
+    # The runner's own fault handling (runner/supervise.py), not vLLM arguments.
+    max_restarts: int = 2  # engine restarts per invocation after it dies
+    stall_timeout_s: float | None = 300.0  # no step returned for this long: dead; null: off
 
 
 # Engine fields that change results; every other engine field is a runtime knob.

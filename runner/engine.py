@@ -23,7 +23,7 @@ from runner.errors import EngineDied, UserError
 
 # Our model fields that are not vLLM engine arguments.
 _MODEL_ONLY = {"name", "path", "hf_repo", "build", "tensor_parallel_size"}
-_ENGINE_ONLY = {"extra", "env"}
+_ENGINE_ONLY = {"extra", "env", "max_restarts", "stall_timeout_s"}
 
 
 def engine_kwargs(cfg: DictConfig, media_root: Path) -> dict[str, Any]:
@@ -75,12 +75,14 @@ class EngineCache:
         self.key: str | None = None
         self.llm: Any = None
         self.starts = 0  # engines started in this process (tests and sweep summaries read it)
+        self.args: tuple[dict[str, Any], dict[str, str]] = ({}, {})
 
     def get(self, kw: dict[str, Any], env: dict[str, str]) -> tuple[Any, float]:
         key = repr(sorted(kw.items())) + repr(sorted(env.items()))
         if self.llm is not None and key == self.key:
             return self.llm, 0.0
         self.shutdown()
+        self.args = (kw, env)
         vllm = import_vllm(env)
         check_engine_args(kw)
         t = time.perf_counter()
@@ -88,6 +90,15 @@ class EngineCache:
         self.llm = vllm.LLM(**({"worker_extension_cls": "runner.quant.QuantProbe"} | kw))
         self.key, self.starts = key, self.starts + 1
         return self.llm, time.perf_counter() - t
+
+    def restart(self) -> tuple[Any, float]:
+        """A new engine with the last arguments, after shutting down (and freeing) the old."""
+        self.shutdown()
+        return self.get(*self.args)
+
+    def window(self) -> int:
+        """How many requests the engine runs at once (vLLM's max_num_seqs, resolved)."""
+        return int(self.llm.llm_engine.vllm_config.scheduler_config.max_num_seqs)
 
     def shutdown(self) -> None:
         if self.llm is None:

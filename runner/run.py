@@ -7,6 +7,7 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -15,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from runner.errors import Interrupted, UserError
+from runner.errors import EngineFailed, Interrupted, UserError
 from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_quantization
 from runner.report import Summary, console, show
@@ -182,7 +183,7 @@ def _start(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, s: Sum
 
 def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, todo: list[Item],
               s: Summary, t0: float) -> None:
-    from runner.engine import ENGINES, generate
+    from runner.engine import ENGINES
 
     runnable = [it for it in todo if not it.error]
     llm, sp = _start(cfg, overrides, plan, rd, s, need_engine=bool(runnable))
@@ -216,8 +217,7 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
                 if it.error:
                     on_error(it.key, it.error)
             if runnable:
-                generate(llm, ((it.key, it.messages) for it in runnable), sp, on_output,
-                         on_error)
+                supervised(cfg, rd, runnable, sp, on_output, on_error)
         s.status = "complete"
     except KeyboardInterrupt:
         s.status = "interrupted"
@@ -237,6 +237,41 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
         show(s)
         raise Interrupted(f"Interrupted: {s.computed} items stored in {rd.path}; "
                           "rerun the same command to finish the rest.")
+
+
+def supervised(cfg: DictConfig, rd: RunDir, items: list[Item], sp: Any,
+               on_output: Callable[[str, Any], None], on_error: Callable[[str, str], None]
+               ) -> None:
+    """Generate on the live engine; when it dies, restart it and go on (runner/supervise.py)."""
+    from runner.engine import ENGINES, generate
+    from runner.supervise import Restart, Supervisor
+
+    by_key = {it.key: it for it in items}
+
+    def run_group(keys: list[str]) -> None:
+        generate(ENGINES.llm, ((k, by_key[k].messages) for k in keys), sp, on_output, on_error,
+                 cfg.engine.stall_timeout_s)
+
+    def restart(r: Restart) -> None:
+        n = len(sup.restarts)
+        what = "looking for the item that kills it" if r.mode == "bisect" else \
+            f"restart {n} of {cfg.engine.max_restarts}"
+        console.print(f"[yellow]The engine died ({r.reason}) with {r.in_flight} items in "
+                      f"flight; {what}…")
+        rd.update_manifest(lambda m: m.setdefault("restarts", []).append(r.to_dict()))
+        ENGINES.restart()
+
+    def poison(key: str, reason: str) -> None:
+        console.print(f"[red]Item {by_key[key].id} kills the engine on its own; stored as an "
+                      "error.")
+        on_error(key, f"the engine died while generating this item: {reason}")
+
+    sup = Supervisor(run_group, restart, poison, ENGINES.window(), cfg.engine.max_restarts)
+    try:
+        sup.generate([it.key for it in items])
+    finally:
+        if sup.death is not None:  # the last thing it ran killed it: free what is left
+            ENGINES.shutdown()
 
 
 def _finish(rd: RunDir, s: Summary, error: str | None, starts: int) -> None:
@@ -293,6 +328,14 @@ def main(cfg: DictConfig) -> Summary:
     except KeyboardInterrupt:  # outside generation (planning, engine start): nothing to keep
         console.print("[yellow]Interrupted.")
         sys.exit(Interrupted.exit_code)
+    except EngineFailed as e:
+        console.print(f"[bold red]error:[/] The engine died {e.restarts + 1} times (last: "
+                      f"{e.reason}) and engine.max_restarts={cfg.engine.max_restarts} is used "
+                      "up; what finished is stored, so rerun the same command to resume.")
+        if multirun():
+            return Summary("-", "-", cfg.model.name, cfg.prompts.name, "failed",
+                           extra={"error": f"engine died: {e.reason}"})
+        sys.exit(e.exit_code)
     except UserError as e:
         console.print(f"[bold red]error:[/] {e}")
         if multirun():
