@@ -258,8 +258,9 @@ def supervised(cfg: DictConfig, rd: RunDir, items: list[Item], sp: Any,
             f"restart {n} of {cfg.engine.max_restarts}"
         console.print(f"[yellow]The engine died ({r.reason}) with {r.in_flight} items in "
                       f"flight; {what}…")
-        rd.update_manifest(lambda m: m.setdefault("restarts", []).append(r.to_dict()))
-        ENGINES.restart()
+        _, start_s = ENGINES.restart()
+        rec = r.to_dict() | {"start_s": round(start_s, 3)}
+        rd.update_manifest(lambda m: m.setdefault("restarts", []).append(rec))
 
     def poison(key: str, reason: str) -> None:
         console.print(f"[red]Item {by_key[key].id} kills the engine on its own; stored as an "

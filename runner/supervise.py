@@ -24,7 +24,7 @@ from runner.errors import EngineDied, EngineFailed
 
 @dataclass
 class Restart:
-    time: str
+    time: str  # when the death was noticed
     reason: str
     in_flight: int  # items the engine had started (at most `window`)
     mode: str  # "restart": re-queue what is left; "bisect": looking for a poison item
@@ -111,4 +111,4 @@ class Supervisor:
 
 
 def _now() -> str:
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds")
