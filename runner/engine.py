@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import gc
 import os
+import re
 import signal
 import threading
 import time
@@ -58,6 +59,47 @@ def check_engine_args(kw: dict[str, Any]) -> None:
                         "fix the key under engine.extra.")
 
 
+# What a failed engine start means, from vLLM's root-cause line (often in a child process's
+# log). First match wins; {d} is that line.
+_START_FAILURES = [
+    (r"kv[ _]?cache|memory for kv|--kv-cache-memory",
+     "Not enough memory for the KV cache ({d}): lower engine.kv_cache_memory_bytes (CPU) or "
+     "engine.gpu_memory_utilization or model.max_model_len, or free memory."),
+    (r"safetensor|deserializ|load_weights|weights? (?:file|not found)|checkpoint|params\.json",
+     "The weights in {path} did not load ({d}): check that the folder is complete (download it "
+     "again) and that model.load_format and model.config_format match it."),
+    (r"address already in use|eaddrinuse",
+     "A port the engine needs is in use ({d}): stop what holds it, or set engine.env.VLLM_PORT "
+     "to a free one."),
+    (r"cuda error|no cuda gpus|invalid device ordinal|device.*(?:busy|unavailable)",
+     "A device the engine needs is unavailable ({d}): check CUDA_VISIBLE_DEVICES, "
+     "engine.tensor_parallel_size and what else runs on the GPUs."),
+]
+_WRAPPERS = ("initialization failed", "failed to start", "see root cause", "see stack trace")
+
+
+def root_cause(e: BaseException, log: str = "") -> str:
+    """The last `SomeError: message` line, skipping vLLM's "see the root cause above" ones."""
+    lines = [f"{type(e).__name__}: {e}", *log.splitlines()]
+    found = [m.group(1) for x in lines
+             if (m := re.search(r"(\b[\w.]*(?:Error|Exception)\b: .+)$", x))
+             and not any(w in x.lower() for w in _WRAPPERS)]
+    d = found[-1] if found else lines[0]
+    return re.sub(r"[,;.]?\s*please check the stack trace.*$", "", d, flags=re.I)[:300]
+
+
+def explain_start_failure(e: BaseException, log: str, path: str) -> str:
+    """One sentence for a failed `LLM(...)`."""
+    d = root_cause(e, log)
+    for pattern, msg in _START_FAILURES:
+        if re.search(pattern, d, re.IGNORECASE):
+            return msg.format(d=d, path=path)
+    if isinstance(e, (ValueError, TypeError)):  # vLLM's config checks, in this process
+        return (f"vLLM rejected the engine arguments ({d}): fix the engine.* or model.* key "
+                "it names.")
+    return f"The vLLM engine failed to start ({d}); the engine's log has the details."
+
+
 def import_vllm(env: dict[str, str]) -> Any:
     os.environ.update({k: str(v) for k, v in env.items()})
     try:
@@ -86,10 +128,17 @@ class EngineCache:
         vllm = import_vllm(env)
         check_engine_args(kw)
         t = time.perf_counter()
-        # A worker extension that lets runner.quant.describe name the linear kernel in use.
-        self.llm = vllm.LLM(**({"worker_extension_cls": "runner.quant.QuantProbe"} | kw))
+        try:
+            # A worker extension that lets runner.quant.describe name the linear kernel in use.
+            self.llm = vllm.LLM(**({"worker_extension_cls": "runner.quant.QuantProbe"} | kw))
+        except Exception as e:  # noqa: BLE001 - vLLM fails in many ways; say which, once
+            raise UserError(explain_start_failure(e, self.log_text(), kw["model"])) from None
         self.key, self.starts = key, self.starts + 1
         return self.llm, time.perf_counter() - t
+
+    def log_text(self) -> str:
+        """The engine's log so far, where the root cause of a failed start is (issue 13)."""
+        return ""
 
     def restart(self) -> tuple[Any, float]:
         """A new engine with the last arguments, after shutting down (and freeing) the old."""
