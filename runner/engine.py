@@ -79,12 +79,14 @@ _WRAPPERS = ("initialization failed", "failed to start", "see root cause", "see 
 
 
 def root_cause(e: BaseException, log: str = "") -> str:
-    """The last `SomeError: message` line, skipping vLLM's "see the root cause above" ones."""
-    lines = [f"{type(e).__name__}: {e}", *log.splitlines()]
-    found = [m.group(1) for x in lines
-             if (m := re.search(r"(\b[\w.]*(?:Error|Exception)\b: .+)$", x))
-             and not any(w in x.lower() for w in _WRAPPERS)]
-    d = found[-1] if found else lines[0]
+    """The exception's own message, unless it is vLLM's "see the root cause above"; then the
+    last `SomeError: message` line of the log (the engine core's or a worker's)."""
+    own = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    found = [own] if not any(w in own.lower() for w in _WRAPPERS) else [
+        m.group(1) for x in log.splitlines()
+        if (m := re.search(r"(\b[\w.]*(?:Error|Exception)\b: .+)$", x))
+        and not any(w in x.lower() for w in _WRAPPERS)]
+    d = found[-1] if found else own
     return re.sub(r"[,;.]?\s*please check the stack trace.*$", "", d, flags=re.I)[:300]
 
 
