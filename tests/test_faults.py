@@ -180,3 +180,39 @@ def test_a_poison_item_is_stored_as_an_error_and_the_rest_complete(tmp_path: Pat
     assert m["status"] == "complete" and m["counts"]["errors"] == 1
     assert {r["mode"] for r in m["restarts"]} == {"restart", "bisect"}
     assert len(m["restarts"]) <= 2 + 2  # two deaths, then at most log2(2) + 1 alone
+
+
+# --- engine start failures: one sentence, nothing written ----------------------------------
+
+def broken_weights(tmp: Path) -> Path:
+    """The tiny model with its safetensors file cut in half, as an interrupted download."""
+    import shutil
+
+    from runner import tiny
+
+    good = tmp / "good"
+    tiny.build(good)
+    bad = tmp / "broken"
+    shutil.copytree(good, bad)
+    f = bad / "consolidated.safetensors"
+    with open(f, "r+b") as fh:
+        fh.truncate(f.stat().st_size // 2)
+    return bad
+
+
+@pytest.mark.parametrize("case", ["kv_cache", "weights", "argument"])
+def test_engine_start_failure_is_one_sentence_and_writes_nothing(case: str, tmp_path: Path):
+    args = {"kv_cache": ["engine.kv_cache_memory_bytes=400000000000000"],
+            "weights": [f"model.path={broken_weights(tmp_path)}", "model.build=null"],
+            "argument": ["model.max_model_len=99999999"]}[case]
+    expect = {"kv_cache": "Not enough memory for the KV cache",
+              "weights": "did not load (safetensors",
+              "argument": "vLLM rejected the engine arguments"}[case]
+    store = tmp_path / "s"
+    p = subprocess.run([sys.executable, "-m", "runner", *TINY, "prompts.limit=1",
+                        f"store.root={store}", *args], cwd=ROOT, text=True,
+                       capture_output=True, timeout=600)
+    assert p.returncode == 2, p.stderr[-3000:]
+    err = " ".join(p.stderr.split())
+    assert f"error: {expect}" in err and "Traceback" not in p.stderr, p.stderr[-3000:]
+    assert [d for d in store.glob("*") if not d.name.startswith(".")] == []  # no run folder
