@@ -248,12 +248,13 @@ def _exit_text(code: int) -> str:
 
 def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
              on_output: Callable[[str, Any], None], on_error: Callable[[str, str], None],
-             stall_timeout_s: float | None = None) -> None:
+             stall_timeout_s: float | None = None) -> float:
     """Queue every request, then step the engine, handing each finished output over at once.
 
     Requests are queued one by one so a bad one (e.g. an unreadable image) becomes an item
     error instead of failing the batch; vLLM's scheduler sees them all as one batch.
     If the engine dies or stalls, raises EngineDied with the keys not finished, in queue order.
+    Returns the longest wait for a step (s), which sizes engine.stall_timeout_s.
     """
     from vllm.v1.engine.exceptions import EngineDeadError
 
@@ -287,3 +288,4 @@ def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
             for out in outs:
                 if out.finished:
                     on_output(ids.pop(out.request_id), out)
+    return dog.max_gap_s

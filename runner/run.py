@@ -217,7 +217,7 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
                 if it.error:
                     on_error(it.key, it.error)
             if runnable:
-                supervised(cfg, rd, runnable, sp, on_output, on_error)
+                s.extra["max_step_s"] = supervised(cfg, rd, runnable, sp, on_output, on_error)
         s.status = "complete"
     except KeyboardInterrupt:
         s.status = "interrupted"
@@ -241,16 +241,18 @@ def _generate(cfg: DictConfig, overrides: list[str], plan: Plan, rd: RunDir, tod
 
 def supervised(cfg: DictConfig, rd: RunDir, items: list[Item], sp: Any,
                on_output: Callable[[str, Any], None], on_error: Callable[[str, str], None]
-               ) -> None:
-    """Generate on the live engine; when it dies, restart it and go on (runner/supervise.py)."""
+               ) -> float:
+    """Generate on the live engine; when it dies, restart it and go on (runner/supervise.py).
+    Returns the longest wait for an engine step."""
     from runner.engine import ENGINES, generate
     from runner.supervise import Restart, Supervisor
 
     by_key = {it.key: it for it in items}
+    gaps = [0.0]
 
     def run_group(keys: list[str]) -> None:
-        generate(ENGINES.llm, ((k, by_key[k].messages) for k in keys), sp, on_output, on_error,
-                 cfg.engine.stall_timeout_s)
+        gaps.append(generate(ENGINES.llm, ((k, by_key[k].messages) for k in keys), sp,
+                             on_output, on_error, cfg.engine.stall_timeout_s))
 
     def restart(r: Restart) -> None:
         n = len(sup.restarts)
@@ -273,6 +275,7 @@ def supervised(cfg: DictConfig, rd: RunDir, items: list[Item], sp: Any,
     finally:
         if sup.death is not None:  # the last thing it ran killed it: free what is left
             ENGINES.shutdown()
+    return max(gaps)
 
 
 def _finish(rd: RunDir, s: Summary, error: str | None, starts: int) -> None:
@@ -283,6 +286,7 @@ def _finish(rd: RunDir, s: Summary, error: str | None, starts: int) -> None:
             "engine": {"reused": s.extra.get("engine_reused", False), "starts_in_process": starts},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "timings": {"engine_start_s": round(s.engine_start_s, 3),
+                        "max_step_s": round(s.extra.get("max_step_s", 0.0), 3),
                         "generate_s": round(s.generate_s, 3), "total_s": round(s.total_s, 3)},
             "throughput": {"completion_tokens_per_s": round(s.tokens_per_s, 2),
                            "items_per_s": round(s.computed / s.generate_s, 3)
