@@ -166,7 +166,7 @@ def test_a_poison_item_is_stored_as_an_error_and_the_rest_complete(tmp_path: Pat
     assert len(inner) >= 2 and any(ids[i:i + len(inner)] == inner for i in range(len(ids)))
     prompts, store = make_set(tmp_path / "p", n, poison=bad), tmp_path / "s"
     p = start(prompts, store, "engine.max_num_seqs=2", "sampling.max_tokens=16",
-              "engine.extra.logits_processors=[poison:Poison]",
+              "+engine.extra.logits_processors=['poison:Poison']",
               env={"PYTHONPATH": f"{PLUGINS}:{ROOT}",
                    "POISON_IDS": ",".join(map(str, inner))})
     assert finish(p) == 0, output(p)[-3000:]
