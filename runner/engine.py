@@ -228,6 +228,15 @@ class Watchdog:
             return f"no progress for {idle:.0f} s (engine.stall_timeout_s={self.stall_timeout_s:g})"
         return None
 
+    def explain(self, e: BaseException) -> str:
+        """Why step() or enqueue failed: our own finding, else a dead process's exit (vLLM's
+        EngineDeadError names none), else the error itself."""
+        if self.reason:
+            return self.reason
+        for p in self.procs:
+            p.join(timeout=2.0)  # vLLM may raise before the process is reaped
+        return self.check() or f"{type(e).__name__}: {e}"
+
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_s):
             reason = self.check()
@@ -264,9 +273,9 @@ def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
         for n, (key, messages) in enumerate(reqs):
             try:
                 (rid,) = llm.enqueue_chat([messages], sp, use_tqdm=False)
-            except EngineDeadError:
-                raise EngineDied(dog.reason or "vLLM reported the engine core dead",
-                                 [*ids.values(), *(k for k, _ in reqs[n:])]) from None
+            except EngineDeadError as e:
+                raise EngineDied(dog.explain(e), [*ids.values(), *(k for k, _ in reqs[n:])]) \
+                    from None
             except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for bad input
                 if dog.reason:
                     raise EngineDied(dog.reason, [*ids.values(), *(k for k, _ in reqs[n:])]) \
@@ -282,8 +291,7 @@ def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
             try:
                 outs = engine.step()
             except Exception as e:  # noqa: BLE001 - EngineDeadError, or our watchdog's wake-up
-                raise EngineDied(dog.reason or f"{type(e).__name__}: {e}",
-                                 list(ids.values())) from None
+                raise EngineDied(dog.explain(e), list(ids.values())) from None
             dog.beat()
             for out in outs:
                 if out.finished:
