@@ -174,8 +174,8 @@ def test_a_poison_item_is_stored_as_an_error_and_the_rest_complete(tmp_path: Pat
     assert_each_once(recs, n)
     errs = [r for r in recs if r["status"] == "error"]
     assert [r["id"] for r in errs] == [f"f{bad:02d}"]
-    assert errs[0]["error"].startswith("the engine died while generating this item")
-    assert "exited with code 66" in errs[0]["error"]
+    # the logits processor runs in vLLM's worker process: the engine core reports its death
+    assert errs[0]["error"].startswith("the engine died while generating this item: ")
     m = manifest(store)
     assert m["status"] == "complete" and m["counts"]["errors"] == 1
     assert {r["mode"] for r in m["restarts"]} == {"restart", "bisect"}
