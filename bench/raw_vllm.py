@@ -21,7 +21,7 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     from runner.config import register
-    from runner.engine import engine_kwargs, import_vllm, sampling_params
+    from runner.engine import engine_kwargs, environ, import_vllm, sampling_params
     from runner.plan import load_set
     from runner.run import ensure_weights
 
@@ -34,9 +34,10 @@ if __name__ == "__main__":
         cfg = compose(config_name="config", overrides=sys.argv[1:])
     plan = load_set(cfg.prompts.name, cfg.prompts.root, cfg.prompts.system, cfg.prompts.limit)
     ensure_weights(cfg.model)
-    vllm = import_vllm(dict(cfg.engine.env))
-    t = time.perf_counter()
-    llm = vllm.LLM(**engine_kwargs(cfg, plan.root))
+    with environ(dict(cfg.engine.env)):  # set while vLLM is imported and the engine built
+        vllm = import_vllm()
+        t = time.perf_counter()
+        llm = vllm.LLM(**engine_kwargs(cfg, plan.root))
     start = time.perf_counter() - t
     sp = sampling_params(cfg)
     if temps:

@@ -24,8 +24,8 @@ import yaml
 from PIL import Image, ImageDraw, ImageFilter
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-from runner.html_report import build_report  # noqa: E402
-from runner.score import score_run  # noqa: E402
+from runner.results.html import build_report  # noqa: E402
+from runner.results.score import score_run  # noqa: E402
 
 WORDS = "the a chart shows revenue quarter table city receipt total of in is and with".split()
 

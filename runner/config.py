@@ -1,28 +1,34 @@
-"""Typed configs, one dataclass per stage; `conf/` groups fill them.
+"""Stage 1, config: typed dataclasses, one per stage; `conf/` groups fill them.
 
 Field names are vLLM's (`EngineArgs`, `SamplingParams`). Registered in Hydra's ConfigStore so
 a misspelled key in YAML or on the command line fails at composition, naming the key.
-Fields with `metadata={"hash": False}` are runtime knobs: they do not change results and are
-left out of the run hash (see `runner.store.run_hash`).
+
+Each field says here, and only here, whether it changes results (`hash`: in the run hash)
+and, in the model and engine groups, whether it is a vLLM engine argument (`vllm`).
+`hashed_config` and `engine_args` read those marks.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
-from omegaconf import MISSING
+from omegaconf import MISSING, DictConfig, OmegaConf
 
-RUNTIME = {"hash": False}
+RUNTIME = {"hash": False}  # a runtime knob: does not change results
+OURS = {"vllm": False}  # ours, not a vLLM engine argument (changes results)
+RUNTIME_OURS = RUNTIME | OURS  # ours, and does not change results
 
 
 @dataclass
 class ModelConfig:
-    name: str = MISSING  # identity, e.g. pixtral-12b-2409
-    path: str = MISSING  # local weights folder, vLLM's `model`
-    hf_repo: str | None = field(default=None, metadata=RUNTIME)  # told when path is missing
-    build: str | None = field(default=None, metadata=RUNTIME)  # "tiny": built on first use
+    name: str = field(default=MISSING, metadata=OURS)  # identity, e.g. pixtral-12b-2409
+    # local weights folder: vLLM's `model` (resolved to an absolute path by engine_kwargs)
+    path: str = field(default=MISSING, metadata=OURS)
+    hf_repo: str | None = field(default=None, metadata=RUNTIME_OURS)  # told when path is missing
+    build: str | None = field(default=None, metadata=RUNTIME_OURS)  # "tiny": built on first use
     tokenizer: str | None = None
     tokenizer_mode: str = "auto"
     config_format: str = "auto"
@@ -33,32 +39,33 @@ class ModelConfig:
     max_model_len: int | None = None
     limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 4})
     # What this model needs; engine.tensor_parallel_size defaults to it.
-    tensor_parallel_size: int = field(default=1, metadata=RUNTIME)
+    tensor_parallel_size: int = field(default=1, metadata=RUNTIME_OURS)
 
 
 @dataclass
 class EngineConfig:
-    tensor_parallel_size: int = 1
-    pipeline_parallel_size: int = 1
-    gpu_memory_utilization: float = 0.9
-    max_num_seqs: int | None = None
-    max_num_batched_tokens: int | None = None
-    enforce_eager: bool = False
-    distributed_executor_backend: str | None = None
-    kv_cache_memory_bytes: int | None = None
+    tensor_parallel_size: int = field(default=1, metadata=RUNTIME)
+    pipeline_parallel_size: int = field(default=1, metadata=RUNTIME)
+    gpu_memory_utilization: float = field(default=0.9, metadata=RUNTIME)
+    max_num_seqs: int | None = field(default=None, metadata=RUNTIME)
+    max_num_batched_tokens: int | None = field(default=None, metadata=RUNTIME)
+    enforce_eager: bool = field(default=False, metadata=RUNTIME)
+    distributed_executor_backend: str | None = field(default=None, metadata=RUNTIME)
+    kv_cache_memory_bytes: int | None = field(default=None, metadata=RUNTIME)
     dtype: str = "auto"
     seed: int = 0
-    # Any other vLLM EngineArgs field, checked against EngineArgs before the engine starts.
-    extra: dict[str, Any] = field(default_factory=dict)
-    # Environment for vLLM (VLLM_CPU_KVCACHE_SPACE, VLLM_CPU_OMP_THREADS_BIND, ...).
-    env: dict[str, str] = field(default_factory=dict)
-    # The runner's own fault handling (runner/supervise.py), not vLLM arguments.
-    max_restarts: int = 2  # engine restarts per invocation after it dies
-    stall_timeout_s: float | None = 300.0  # no step returned for this long: dead; null: off
+    # Any other vLLM EngineArgs field, checked against EngineArgs before the engine starts;
+    # hashed except the names in RUNTIME_ENGINE_ARGS.
+    extra: dict[str, Any] = field(default_factory=dict, metadata=OURS)
+    # Environment for vLLM (VLLM_CPU_KVCACHE_SPACE, VLLM_CPU_OMP_THREADS_BIND, ...), set for
+    # the engine's life.
+    env: dict[str, str] = field(default_factory=dict, metadata=RUNTIME_OURS)
+    # The runner's fault handling (runner/supervise.py, README "When the engine dies").
+    max_restarts: int = field(default=2, metadata=RUNTIME_OURS)  # restarts per invocation
+    # No engine step returned for this long: the engine is treated as dead. null: off.
+    stall_timeout_s: float | None = field(default=300.0, metadata=RUNTIME_OURS)
 
 
-# Engine fields that change results; every other engine field is a runtime knob.
-ENGINE_HASHED = ("dtype", "seed", "extra")
 # EngineArgs names under engine.extra that do not change results.
 RUNTIME_ENGINE_ARGS = frozenset({
     "swap_space", "cpu_offload_gb", "block_size", "enable_prefix_caching", "disable_log_stats",
@@ -71,7 +78,7 @@ RUNTIME_ENGINE_ARGS = frozenset({
 
 @dataclass
 class SamplingConfig:
-    """vLLM SamplingParams; defaults are vLLM's own."""
+    """vLLM SamplingParams; defaults are vLLM's own. Every field is hashed."""
 
     n: int = 1
     temperature: float = 1.0
@@ -104,6 +111,8 @@ class PromptsConfig:
 
 @dataclass
 class StoreConfig:
+    """Where and how results are stored; never hashed."""
+
     root: str = "outputs"
     wait: bool = True  # wait for another process writing the same run, else exit at once
     fsync_every: int = 16  # items per fsync of results.jsonl ...
@@ -113,7 +122,7 @@ class StoreConfig:
 @dataclass
 class ShardConfig:
     """Data-parallel shards of one run: job `index` of `count` takes the items whose key
-    falls in its residue class; all shards fill one run folder. Not part of the hash."""
+    falls in its residue class; all shards fill one run folder. Never hashed."""
 
     index: int = 0
     count: int = 1
@@ -128,6 +137,42 @@ class RunConfig:
     store: StoreConfig = field(default_factory=StoreConfig)
     shard: ShardConfig = field(default_factory=ShardConfig)
     dry_run: bool = False  # plan and report what would run; never starts the engine
+
+
+HASHED_GROUPS = {"model": ModelConfig, "engine": EngineConfig, "sampling": SamplingConfig,
+                 "prompts": PromptsConfig}  # store, shard and dry_run never change results
+ENGINE_GROUPS = {"model": ModelConfig, "engine": EngineConfig}
+
+
+def _marked(cls: type, mark: str) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls) if f.metadata.get(mark, True)]
+
+
+def _container(cfg: DictConfig) -> dict[str, Any]:
+    c = OmegaConf.to_container(cfg, resolve=True)
+    assert isinstance(c, dict)
+    return c
+
+
+def hashed_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved fields that change results (README, "The run hash")."""
+    c = _container(cfg)
+    out = {g: {k: c[g][k] for k in _marked(cls, "hash")} for g, cls in HASHED_GROUPS.items()}
+    out["engine"]["extra"] = {k: v for k, v in out["engine"]["extra"].items()
+                              if k not in RUNTIME_ENGINE_ARGS}
+    return out
+
+
+def engine_args(cfg: DictConfig) -> dict[str, Any]:
+    """The model and engine fields that are vLLM engine arguments, None (vLLM's default) left
+    out; `model`, `allowed_local_media_path` and engine.extra are added by the engine."""
+    c = _container(cfg)
+    return {k: c[g][k] for g, cls in ENGINE_GROUPS.items() for k in _marked(cls, "vllm")
+            if c[g][k] is not None}
+
+
+def field_names(*groups: str) -> set[str]:
+    return {f.name for g in groups for f in dataclasses.fields(HASHED_GROUPS[g])}
 
 
 def register() -> None:

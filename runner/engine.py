@@ -1,8 +1,9 @@
-"""Stage 3: one vLLM engine, fed all requests at once, results streamed as they finish.
+"""Stage 3, engine: one vLLM engine, fed all requests at once, results streamed as they finish.
 
 vLLM and torch are imported here only, and only when an engine is needed: `--help`,
 `--cfg job`, dry runs and cache hits never pay for them. Within one process (a Hydra
-multirun) the engine is reused while its arguments are unchanged.
+multirun) the engine is reused while its arguments are unchanged; `engine.env` is set in
+os.environ for the engine's life and restored when it shuts down.
 """
 
 from __future__ import annotations
@@ -14,34 +15,29 @@ import re
 import signal
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config import engine_args, field_names
 from runner.errors import EngineDied, UserError
-
-# Our model fields that are not vLLM engine arguments.
-_MODEL_ONLY = {"name", "path", "hf_repo", "build", "tensor_parallel_size"}
-_ENGINE_ONLY = {"extra", "env", "max_restarts", "stall_timeout_s"}
 
 
 def engine_kwargs(cfg: DictConfig, media_root: Path) -> dict[str, Any]:
     """vLLM `LLM(...)` keyword arguments for this config, with vLLM's names."""
-    m = OmegaConf.to_container(cfg.model, resolve=True)
-    e = OmegaConf.to_container(cfg.engine, resolve=True)
-    assert isinstance(m, dict) and isinstance(e, dict)
-    kw: dict[str, Any] = {"model": str(Path(m["path"]).resolve())}
-    kw |= {k: v for k, v in m.items() if k not in _MODEL_ONLY and v is not None}
-    kw |= {k: v for k, v in e.items() if k not in _ENGINE_ONLY and v is not None}
-    kw["allowed_local_media_path"] = str(media_root)
-    typed = set(m) | set(e) | {"model", "allowed_local_media_path"}
-    clash = set(e["extra"]) & (typed - _ENGINE_ONLY)
+    kw: dict[str, Any] = {"model": str(Path(cfg.model.path).resolve())}
+    kw |= engine_args(cfg) | {"allowed_local_media_path": str(media_root)}
+    extra = OmegaConf.to_container(cfg.engine.extra, resolve=True)
+    assert isinstance(extra, dict)
+    typed = field_names("model", "engine") - {"extra", "env"}
+    clash = set(extra) & (typed | {"model", "allowed_local_media_path"})
     if clash:
         raise UserError(f"engine.extra sets {', '.join(sorted(clash))}, which have their own "
                         "keys; set those directly (e.g. engine.max_num_seqs=...).")
-    return kw | e["extra"]
+    return kw | extra
 
 
 def check_engine_args(kw: dict[str, Any]) -> None:
@@ -57,6 +53,21 @@ def check_engine_args(kw: dict[str, Any]) -> None:
                  else b for b in bad]
         raise UserError(f"Not a vLLM engine argument: {', '.join(hints)}; "
                         "fix the key under engine.extra.")
+
+
+@contextmanager
+def environ(env: Mapping[str, Any]) -> Iterator[None]:
+    """`env` set in os.environ for the block; every name restored (or removed) after it."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 # What a failed engine start means, from vLLM's root-cause line (often in a child process's
@@ -102,8 +113,7 @@ def explain_start_failure(e: BaseException, log: str, path: str) -> str:
     return f"The vLLM engine failed to start ({d}); the engine's log has the details."
 
 
-def import_vllm(env: dict[str, str]) -> Any:
-    os.environ.update({k: str(v) for k, v in env.items()})
+def import_vllm() -> Any:
     try:
         import vllm
     except ImportError as e:
@@ -112,37 +122,54 @@ def import_vllm(env: dict[str, str]) -> Any:
     return vllm
 
 
-class EngineCache:
-    """At most one live engine per process, reused while its arguments are equal."""
+def start_vllm(kw: dict[str, Any]) -> Any:
+    """A new vLLM engine (os.environ already holds engine.env)."""
+    vllm = import_vllm()
+    check_engine_args(kw)
+    # A worker extension that lets runner.quant.describe name the linear kernel in use.
+    return vllm.LLM(**({"worker_extension_cls": "runner.quant.QuantProbe"} | kw))
 
-    def __init__(self) -> None:
+
+class EngineCache:
+    """At most one live engine per process, reused while its arguments and environment are
+    equal. Its environment is set for its life: shutting it down restores os.environ."""
+
+    def __init__(self, start: Callable[[dict[str, Any]], Any] = start_vllm) -> None:
+        self.start = start
         self.key: str | None = None
         self.llm: Any = None
-        self.starts = 0  # engines started in this process (tests and sweep summaries read it)
-        self.args: tuple[dict[str, Any], dict[str, str]] = ({}, {})
+        self.starts = 0  # engines started in this process (the manifest records it)
+        self._scope = ExitStack()  # engine.env of the live engine
+        self.args: tuple[dict[str, Any], Mapping[str, Any]] = ({}, {})
 
-    def get(self, kw: dict[str, Any], env: dict[str, str]) -> tuple[Any, float]:
+    def get(self, kw: dict[str, Any], env: Mapping[str, Any]) -> tuple[Any, float, bool]:
+        """(engine, seconds it took to start, whether it was reused)."""
         key = repr(sorted(kw.items())) + repr(sorted(env.items()))
         if self.llm is not None and key == self.key:
-            return self.llm, 0.0
+            return self.llm, 0.0, True
         self.shutdown()
         self.args = (kw, env)
-        vllm = import_vllm(env)
-        check_engine_args(kw)
+        self._scope.enter_context(environ(env))
         t = time.perf_counter()
         try:
-            # A worker extension that lets runner.quant.describe name the linear kernel in use.
-            self.llm = vllm.LLM(**({"worker_extension_cls": "runner.quant.QuantProbe"} | kw))
+            self.llm = self.start(kw)
+        except UserError:
+            self._scope.close()
+            raise
         except Exception as e:  # noqa: BLE001 - vLLM fails in many ways; say which, once
+            self._scope.close()
             raise UserError(explain_start_failure(e, self.log_text(), kw["model"])) from None
+        except BaseException:
+            self._scope.close()
+            raise
         self.key, self.starts = key, self.starts + 1
-        return self.llm, time.perf_counter() - t
+        return self.llm, time.perf_counter() - t, False
 
     def log_text(self) -> str:
         """The engine's log so far, where the root cause of a failed start is (issue 13)."""
         return ""
 
-    def restart(self) -> tuple[Any, float]:
+    def restart(self) -> tuple[Any, float, bool]:
         """A new engine with the last arguments, after shutting down (and freeing) the old."""
         self.shutdown()
         return self.get(*self.args)
@@ -158,6 +185,7 @@ class EngineCache:
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
         self.llm, self.key = None, None
+        self._scope.close()
         gc.collect()
         try:
             import torch

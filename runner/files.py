@@ -1,27 +1,109 @@
-"""File helpers shared by the store, scoring, the index and the report. No heavy imports:
-the results CLI must start fast."""
+"""File helpers for every writer and reader: one atomic writer, lenient JSON/JSONL/YAML
+readers and one lock helper. No heavy imports: the results CLI must start fast."""
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import socket
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 
-def atomic_write(path: Path, text: str) -> None:
-    """Write, fsync, rename: readers see the old file or the new one, never a part."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def atomic_write(path: Path, data: str | bytes | Callable[[IO[bytes]], None], *,
+                 sync: bool = True) -> None:
+    """Write a temp file beside `path` (text, bytes, or a function writing to the open file),
+    fsync it unless `sync` is False, rename it over `path`: readers see the old file or the
+    new one, never a part. Safe across processes and threads."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+    try:
+        with open(tmp, "wb") as f:
+            if callable(data):
+                data(f)
+            else:
+                f.write(data.encode() if isinstance(data, str) else data)
+            f.flush()
+            if sync:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
 
 
 def read_json(path: Path, default: Any = None) -> Any:
-    """A JSON file's content, or `default` if it is missing or unreadable."""
+    """A JSON file's content, or `default` if it is missing, unreadable or of another type
+    than a non-None `default`."""
     try:
-        return json.loads(path.read_text())
+        v = json.loads(Path(path).read_text())
     except (OSError, ValueError):
         return default
+    return v if default is None or isinstance(v, type(default)) else default
+
+
+def read_yaml(path: Path, default: Any = None) -> Any:
+    """Like read_json, for YAML (safe_load)."""
+    import yaml
+
+    try:
+        v = yaml.safe_load(Path(path).read_text())
+    except (OSError, ValueError, yaml.YAMLError):
+        return default
+    return v if default is None or isinstance(v, type(default)) else default
+
+
+def read_jsonl(path: Path) -> list[Any]:
+    """The complete lines of a JSONL file, parsed; a torn last line (no newline yet) and
+    unparseable lines are skipped. A missing file has no lines."""
+    try:
+        data = Path(path).read_bytes()
+    except OSError:
+        return []
+    out = []
+    for line in data[: data.rfind(b"\n") + 1].splitlines():
+        try:
+            out.append(json.loads(line))
+        except ValueError:
+            continue  # a torn line followed by later appends
+    return out
+
+
+class LockBusy(Exception):
+    """Another process holds the lock; `holder` is what it wrote into the lock file."""
+
+    def __init__(self, holder: str):
+        super().__init__(holder)
+        self.holder = holder
+
+
+@contextmanager
+def locked(path: Path, *, shared: bool = False, wait: bool = True,
+           on_wait: Callable[[str], None] | None = None) -> Iterator[None]:
+    """Hold an OS lock (flock) on `path`, created if missing; the kernel releases it if the
+    holder dies. If it is taken: raise LockBusy unless `wait`, else tell `on_wait` who holds
+    it and block. An exclusive holder writes "pid N on HOST" into the file for others."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        mode = fcntl.LOCK_SH if shared else fcntl.LOCK_EX
+        try:
+            fcntl.flock(fd, mode | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
+            if not wait:
+                raise LockBusy(holder) from None
+            if on_wait:
+                on_wait(holder)
+            fcntl.flock(fd, mode)
+        if not shared:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
+        yield
+    finally:
+        os.close(fd)

@@ -1,4 +1,4 @@
-"""Safe image handling for prompt sets: resolve, guard, hash once, normalize once.
+"""Stage 2, plan: safe image handling for prompt sets: resolve, guard, hash once, normalize once.
 
 vLLM reads `file://` images itself (restricted to the set's root), so anything it would read
 differently from what we plan (EXIF rotation, CMYK, 16-bit, palette/alpha, animation, exotic
@@ -14,13 +14,15 @@ import binascii
 import hashlib
 import os
 import shutil
-import tempfile
 import threading
 import urllib.request
 import warnings
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -29,6 +31,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
 from runner.errors import UserError
+from runner.files import atomic_write
 
 CACHE = ".cache"  # inside the set's root, so allowed_local_media_path still covers it
 NORM_VERSION = 1  # bump when the conversion changes: keys of converted images change with it
@@ -83,23 +86,33 @@ def _sha256(f: Path) -> str:
     return h.hexdigest()
 
 
-def _atomic_write(dest: Path, data: bytes | None = None, im: PILImage.Image | None = None) -> None:
+def _cache_write(dest: Path, data: bytes | PILImage.Image) -> None:
+    """Write into the image cache atomically; no fsync (a lost cache entry is redone)."""
+    def save(fh: IO[bytes]) -> None:
+        if isinstance(data, PILImage.Image):
+            data.save(fh, "PNG", compress_level=1)  # a cache: speed over size
+        else:
+            fh.write(data)
+
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=dest.parent, prefix=".tmp-", suffix=dest.suffix)
+        atomic_write(dest, save, sync=False)
     except OSError as e:  # the whole set is affected: a set problem, not an item problem
         raise UserError(f"Cannot write the image cache {dest.parent} ({e.strerror}); make the "
                         "set's folder writable.") from None
+
+
+@contextmanager
+def pixel_limit(pixels: int) -> Iterator[None]:
+    """Pillow refuses to open images over 2x its MAX_IMAGE_PIXELS: raise it to a larger
+    configured limit for the block only (Pillow's limit is process-wide)."""
+    before = PILImage.MAX_IMAGE_PIXELS
+    if pixels > (before or 0):
+        PILImage.MAX_IMAGE_PIXELS = pixels
     try:
-        with os.fdopen(fd, "wb") as fh:
-            if im is not None:
-                im.save(fh, "PNG", compress_level=1)  # a cache: speed over size
-            else:
-                fh.write(data or b"")
-        os.replace(tmp, dest)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+        yield
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = before
 
 
 def _to_rgb(im: PILImage.Image) -> PILImage.Image:
@@ -126,7 +139,8 @@ def _fit(w: int, h: int, cap: int | None) -> tuple[int, int]:
 
 
 class Images:
-    """Resolves each image reference once per plan (path, file:// URL, data: URL, http(s))."""
+    """Resolves each image reference once per plan (path, file:// URL, data: URL, http(s)).
+    Use it inside `pixel_limit(opts.max_image_pixels)`."""
 
     def __init__(self, root: Path, opts: ImageOptions):
         self.root = root
@@ -135,9 +149,6 @@ class Images:
         if any(c in str(root) for c in UNSAFE):
             raise UserError(f"The set's folder {root} has one of {UNSAFE!r} in its path, which "
                             "image URLs cannot carry; move or rename it.")
-        # Pillow refuses to open images over 2x its own limit; honour a larger configured one.
-        if opts.max_image_pixels > (PILImage.MAX_IMAGE_PIXELS or 0):
-            PILImage.MAX_IMAGE_PIXELS = opts.max_image_pixels
         self._seen: dict[str, Image | Exception] = {}
         self._norm_tag = f"v{NORM_VERSION}" + (f",max={opts.max_image_size}"
                                                if opts.max_image_size else "")
@@ -211,7 +222,7 @@ class Images:
             raise ImageError(f"{head[:60]} URL: the payload is not valid base64") from None
         dest = self.cache / "data" / hashlib.sha256(data).hexdigest()
         if not dest.exists():
-            _atomic_write(dest, data)
+            _cache_write(dest, data)
         return dest
 
     def _download(self, url: str) -> Path:
@@ -227,7 +238,7 @@ class Images:
             raise ImageError(f"could not fetch {url[:80]}: {e}") from None
         if len(data) > MAX_DOWNLOAD:
             raise ImageError(f"{url[:80]} is larger than {MAX_DOWNLOAD >> 20} MB")
-        _atomic_write(dest, data)
+        _cache_write(dest, data)
         return dest
 
     def _alias(self, f: Path, sha: str) -> Path:
@@ -326,5 +337,5 @@ class Images:
                 rgb = rgb.resize((nw, nh), PILImage.Resampling.LANCZOS)
         except (OSError, ValueError) as e:
             raise ImageError(f"image '{ref}' could not be converted ({e})") from None
-        _atomic_write(out, im=rgb)
+        _cache_write(out, rgb)
         return Image(ref, out, sha, nw, nh, self._norm_tag)

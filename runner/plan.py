@@ -1,4 +1,4 @@
-"""Stage 1: a prompt set on disk -> planned items (messages, images, content keys).
+"""Stage 2, plan: a prompt set on disk -> planned items (messages, images, content keys).
 
 No model is loaded here. Formats are read by `runner.sources` (as a stream), images checked,
 hashed once and normalized if needed by `runner.images`; vLLM reads them itself through
@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
-from runner.images import Image, ImageError, ImageOptions, Images
+from runner.images import Image, ImageError, ImageOptions, Images, pixel_limit
 from runner.sources import Spec, read_set, take
 
 __all__ = ["Image", "Item", "Plan", "check_errors", "find_set", "item_key", "load_plan",
@@ -142,7 +142,7 @@ def _prefetched(specs: Iterator[Spec], img: Images, batch: int = 64) -> Iterator
 def _progress() -> Any:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-    from runner.report import console
+    from runner.console import console
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed} items"),
                     TimeElapsedColumn(), console=console, transient=True)
@@ -154,11 +154,13 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     """Plan a set: items in file order, the first `limit` only; images checked and hashed."""
     f = find_set(name, root)
     info, specs = read_set(f)
-    img = Images(info.root, images or ImageOptions())
+    opts = images or ImageOptions()
+    img = Images(info.root, opts)
     system = system or info.system
     items: list[Item] = []
     seen: dict[str, str] = {}
-    with _progress() as progress:  # image preparation: checking, hashing, converting
+    # image preparation (checking, hashing, converting), under the configured bomb guard
+    with pixel_limit(opts.max_image_pixels), _progress() as progress:
         task = progress.add_task(f"preparing {f.name}", total=None)
         for s in _prefetched(take(specs, limit), img):  # a stream: items stay, pixels do not
             if s.id in seen:

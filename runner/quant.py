@@ -12,17 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
+from runner.files import read_json
 
 # vLLM quantizes these at load time, so an unquantized checkpoint is fine for them.
 ONLINE_METHODS = frozenset({"fp8", "bitsandbytes", "experts_int8"})
-
-
-def _json(p: Path) -> dict[str, Any] | None:
-    try:
-        d = json.loads(p.read_text())
-    except (OSError, ValueError):
-        return None
-    return d if isinstance(d, dict) else None
 
 
 def _compressed_tensors(q: dict[str, Any]) -> dict[str, Any]:
@@ -68,17 +61,17 @@ def read_checkpoint_quant(path: Path) -> dict | None:
     `compression_config`, or the text model's), then AutoGPTQ/AutoAWQ's side files.
     """
     p = Path(path)
-    cfg = _json(p / "config.json") or {}
+    cfg = read_json(p / "config.json", {})
     q = (cfg.get("quantization_config") or cfg.get("compression_config")
          or (cfg.get("text_config") or {}).get("quantization_config"))
     if not q:
         for side in ("quantize_config.json", "quant_config.json"):  # gptq, awq side files
-            q = _json(p / side)
+            q = read_json(p / side, {})
             if q:
                 q.setdefault("quant_method", "gptq" if side == "quantize_config.json" else "awq")
                 break
     if not q and not cfg:  # Mistral consolidated layout: params.json "quantization"
-        q = (_json(p / "params.json") or {}).get("quantization")
+        q = read_json(p / "params.json", {}).get("quantization")
         if q:
             fp8 = "fp8" in str(q.get("qformat_weight", ""))
             return {"method": "fp8" if fp8 else str(q.get("qformat_weight")),

@@ -1,4 +1,4 @@
-"""Stage 4: results addressed by the hash of the config that produced them.
+"""Stage 4, store: results addressed by the hash of the config that produced them.
 
 Layout: <root>/<hash>/{config.yaml, overrides.yaml, manifest.json, results.jsonl}.
 results.jsonl is append-only, one record per item keyed by the item's content digest; a line
@@ -10,52 +10,29 @@ shared, so an unsharded writer excludes all shards); readers merge every results
 
 from __future__ import annotations
 
-import dataclasses
-import fcntl
 import hashlib
 import json
 import os
-import socket
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import (
-    ENGINE_HASHED,
-    RUNTIME_ENGINE_ARGS,
-    ModelConfig,
-    PromptsConfig,
-    SamplingConfig,
-)
+from runner.config import hashed_config
 from runner.errors import UserError
-from runner.files import atomic_write, read_json
+from runner.files import LockBusy, atomic_write, locked, read_json
+from runner.record import Record, read_records
+
+__all__ = ["HASH_LEN", "ResultWriter", "RunDir", "hashed_config", "run_hash"]
 
 HASH_LEN = 16
 
 
-def _hashed_fields(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls) if f.metadata.get("hash", True)]
-
-
-def hashed_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved fields that change results (see README, "The run hash")."""
-    c = OmegaConf.to_container(cfg, resolve=True)
-    assert isinstance(c, dict)
-    out: dict[str, Any] = {}
-    for group, cls in (("model", ModelConfig), ("sampling", SamplingConfig),
-                       ("prompts", PromptsConfig)):
-        out[group] = {k: c[group][k] for k in _hashed_fields(cls)}
-    eng = {k: c["engine"][k] for k in ENGINE_HASHED}
-    eng["extra"] = {k: v for k, v in eng["extra"].items() if k not in RUNTIME_ENGINE_ARGS}
-    out["engine"] = eng
-    return out
-
-
 def run_hash(cfg: DictConfig) -> str:
+    """The first HASH_LEN hex digits of the SHA-256 of `hashed_config` as canonical JSON."""
     blob = json.dumps(hashed_config(cfg), sort_keys=True, separators=(",", ":"))
     return hashlib.sha256(blob.encode()).hexdigest()[:HASH_LEN]
 
@@ -68,7 +45,7 @@ class ResultWriter:
         self.every, self.seconds = every, seconds
         self.pending, self.last = 0, time.monotonic()
 
-    def write(self, record: dict[str, Any]) -> None:
+    def write(self, record: Record) -> None:
         self.f.write(json.dumps(record, ensure_ascii=False).encode() + b"\n")
         self.f.flush()
         self.pending += 1
@@ -99,23 +76,18 @@ class RunDir:
     def exists(self) -> bool:
         return self.manifest_path.exists()
 
-    def read_results(self, repair: bool = False) -> dict[str, dict[str, Any]]:
-        """Stored records by item key, all shards merged. A torn last line is ignored
-        (and cut off our own file if `repair`: we hold its lock)."""
-        out: dict[str, dict[str, Any]] = {}
-        for f in sorted(self.path.glob("results*.jsonl")):
-            data = f.read_bytes()
+    def read_results(self) -> dict[str, Record]:
+        """Stored records by item key, all shards merged (runner.record's rules)."""
+        return read_records(self.path)
+
+    def _repair(self) -> None:
+        """Cut a torn last line off our own results file (we hold its lock)."""
+        if self.results.exists():
+            data = self.results.read_bytes()
             end = data.rfind(b"\n") + 1
-            if repair and f == self.results and end < len(data):
-                with open(f, "r+b") as fh:
+            if end < len(data):
+                with open(self.results, "r+b") as fh:
                     fh.truncate(end)
-            for line in data[:end].splitlines():
-                try:
-                    r = json.loads(line)
-                except ValueError:
-                    continue  # a torn line followed by later appends: skip it
-                out.setdefault(r["key"], r)
-        return out
 
     def manifest(self) -> dict[str, Any]:
         return read_json(self.manifest_path, {})
@@ -125,9 +97,7 @@ class RunDir:
 
     def update_manifest(self, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
         """Read-modify-write under a short lock: shards of one run share the manifest."""
-        self.locks.mkdir(parents=True, exist_ok=True)
-        with open(self.locks / f"{self.hash}.manifest.lock", "a") as lk:
-            fcntl.flock(lk, fcntl.LOCK_EX)
+        with locked(self.locks / f"{self.hash}.manifest.lock"):
             m = self.manifest() or {"hash": self.hash}
             change(m)
             self.write_manifest(m)
@@ -139,40 +109,24 @@ class RunDir:
         atomic_write(self.path / "overrides.yaml", OmegaConf.to_yaml(OmegaConf.create(overrides)))
 
     def writer(self, every: int, seconds: float) -> ResultWriter:
-        self.read_results(repair=True)
+        self._repair()
         return ResultWriter(self.results, every, seconds)
 
     @contextmanager
     def lock(self, wait: bool, on_wait: Callable[[str], None]) -> Iterator[None]:
-        """Lock for writing this run (or this shard); the kernel drops it if the holder dies."""
+        """Lock for writing this run (or this shard); the kernel drops it if the holder dies.
+        A shard holds the run lock shared, so an unsharded writer excludes every shard."""
         i, n = self.shard
-        self.locks.mkdir(parents=True, exist_ok=True)
-        fds = []
+        held = ExitStack()
         try:
-            if n == 1:
-                fds.append(self._flock(f"{self.hash}.lock", fcntl.LOCK_EX, wait, on_wait))
-            else:
-                fds.append(self._flock(f"{self.hash}.lock", fcntl.LOCK_SH, wait, on_wait))
-                fds.append(self._flock(f"{self.hash}.{i}-of-{n}.lock", fcntl.LOCK_EX, wait,
-                                       on_wait))
+            held.enter_context(locked(self.locks / f"{self.hash}.lock", shared=n > 1,
+                                      wait=wait, on_wait=on_wait))
+            if n > 1:
+                held.enter_context(locked(self.locks / f"{self.hash}.{i}-of-{n}.lock",
+                                          wait=wait, on_wait=on_wait))
+        except LockBusy as e:
+            held.close()
+            raise UserError(f"Run {self.hash} is being written by {e.holder}; "
+                            "rerun later or drop store.wait=false to wait.") from None
+        with held:
             yield
-        finally:
-            for fd in fds:
-                os.close(fd)
-
-    def _flock(self, name: str, mode: int, wait: bool, on_wait: Callable[[str], None]) -> int:
-        fd = os.open(self.locks / name, os.O_RDWR | os.O_CREAT, 0o644)
-        try:
-            fcntl.flock(fd, mode | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(fd, 256, 0).decode(errors="replace").strip() or "another process"
-            if not wait:
-                os.close(fd)
-                raise UserError(f"Run {self.hash} is being written by {holder}; "
-                                "rerun later or drop store.wait=false to wait.") from None
-            on_wait(holder)
-            fcntl.flock(fd, mode)
-        if mode == fcntl.LOCK_EX:
-            os.ftruncate(fd, 0)
-            os.pwrite(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode(), 0)
-        return fd

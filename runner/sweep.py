@@ -11,40 +11,53 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig
 from rich.table import Table
 
-from runner.files import read_json
-from runner.report import Summary, console
+from runner.console import console
+from runner.files import atomic_write, read_json
+from runner.report import Summary
+
+
+def point(s: Summary) -> dict[str, Any]:
+    """A sweep point's row in runs.json, from the job's typed summary."""
+    return {"hash": s.hash, "folder": s.folder,
+            "status": {"complete": "computed"}.get(s.status, s.status),
+            "items": s.planned, "computed": s.computed, "errors": s.errors,
+            "tokens_per_s": round(s.tokens_per_s, 1), "error": s.error,
+            "metrics": read_json(Path(s.folder) / "metrics.json") if s.folder else None}
+
+
+def _write(path: Path, value: Any) -> None:
+    atomic_write(path, json.dumps(value, indent=2) + "\n")
 
 
 class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kw: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
-        s = job_return._return_value if job_return.status == JobStatus.COMPLETED else None
         row: dict[str, Any] = {"num": config.hydra.job.num,
                                "overrides": list(job_return.overrides or [])}
-        if isinstance(s, Summary):
-            row |= {"hash": None if s.hash == "-" else s.hash, "folder": s.folder,
-                    "status": {"complete": "computed"}.get(s.status, s.status),
-                    "items": s.planned, "computed": s.computed, "errors": s.errors,
-                    "tokens_per_s": round(s.tokens_per_s, 1), "error": s.extra.get("error"),
-                    "metrics": read_json(Path(s.folder) / "metrics.json")}
+        try:
+            result = job_return.return_value  # the job's Summary; raises what the job raised
+        except Exception as e:  # noqa: BLE001 - any failure of a job is a failed point
+            result = e
+        if isinstance(result, Summary):
+            row |= point(result)
         else:
-            row |= {"hash": None, "status": "failed", "error": repr(job_return._return_value)}
+            row |= {"hash": None, "status": "failed", "error": repr(result)}
         out = Path(config.hydra.runtime.output_dir)
         out.mkdir(parents=True, exist_ok=True)
-        (out / "point.json").write_text(json.dumps(row, indent=2) + "\n")
+        _write(out / "point.json", row)
 
     def on_multirun_end(self, config: DictConfig, **kw: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
-        self.rows = sorted((json.loads(p.read_text()) for p in sweep_dir.glob("*/point.json")),
-                           key=lambda r: r["num"])
-        (sweep_dir / "runs.json").write_text(json.dumps(self.rows, indent=2) + "\n")
+        self.rows = sorted((r for p in sweep_dir.glob("*/point.json")
+                            if isinstance(r := read_json(p), dict)), key=lambda r: r["num"])
+        _write(sweep_dir / "runs.json", self.rows)
         t = Table(title=f"sweep · {len(self.rows)} points · {sweep_dir}", title_justify="left")
         for col in ("overrides", "hash", "status", "items", "tok/s", "metrics"):
             t.add_column(col)

@@ -1,4 +1,4 @@
-"""The token plan: image and prompt tokens per item, before any model loads.
+"""Stage 2, plan: the token plan: image and prompt tokens per item, before any model loads.
 
 Mistral-format models (tokenizer_mode mistral, a tekken.json in the model folder): exact. The
 whole chat request is encoded with mistral-common's `MistralTokenizer.encode_chat_completion`
@@ -11,14 +11,16 @@ bundled Pixtral tokenizer for text, labelled "estimate".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from runner.plan import Item, Plan
+from runner.files import read_json
+
+if TYPE_CHECKING:
+    from runner.plan import Item, Plan
 
 BUNDLED = "tekken_240911.json"  # Pixtral-12B-2409's tokenizer, shipped with mistral-common
 
@@ -46,10 +48,11 @@ def _tokenizer(path: str) -> Any:
     return MistralTokenizer.from_file(path)
 
 
-def _bundled() -> Path:
+def mistral_common_file(name: str = BUNDLED) -> Path:
+    """A tokenizer file that mistral-common ships (default: Pixtral-12B-2409's tekken)."""
     import mistral_common
 
-    return Path(mistral_common.__file__).parent / "data" / BUNDLED
+    return Path(mistral_common.__file__).parent / "data" / name
 
 
 class Counter:
@@ -61,7 +64,7 @@ class Counter:
         mistral = model.get("tokenizer_mode") == "mistral"
         self.exact = mistral and tekken.is_file() and tekken.suffix == ".json"
         self.source = str(tekken) if self.exact else f"estimate ({BUNDLED}, mistral-common)"
-        self.tok = _tokenizer(str(tekken if self.exact else _bundled()))
+        self.tok = _tokenizer(str(tekken if self.exact else mistral_common_file()))
         enc = self.tok.instruct_tokenizer.image_encoder
         self.encoder = enc
         self.patch, self.max_size, self.merge = 16, 1024, 1
@@ -77,10 +80,7 @@ class Counter:
         self.dummy_tokens = self.image_tokens(1, 1)
 
     def _hf_vision(self, f: Path) -> None:
-        try:
-            v = json.loads(f.read_text()).get("vision_config") or {}
-        except (OSError, ValueError):
-            return
+        v = read_json(f, {}).get("vision_config") or {}
         self.patch = int(v.get("patch_size", self.patch))
         self.max_size = int(v.get("image_size", self.max_size))
         self.merge = int(v.get("spatial_merge_size", self.merge))
@@ -166,7 +166,7 @@ def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection
     rich on stderr; returns the totals."""
     from rich.table import Table
 
-    from runner.report import console
+    from runner.console import console
 
     tot = totals(tokens, stored)
     kind = "exact (mistral-common)" if tot["exact"] else "ESTIMATE (not a Mistral-format model)"

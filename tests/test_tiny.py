@@ -4,13 +4,14 @@ from pathlib import Path
 
 from conftest import ROOT
 from runner import samples, tiny
+from runner.tokens import mistral_common_file
 
 
 def test_tiny_model_is_byte_identical_every_time(tmp_path: Path):
     a, b = tiny.build(tmp_path / "a"), tiny.build(tmp_path / "b")
     assert tiny.digest(a) == tiny.digest(b)
     assert sorted(p.name for p in a.iterdir()) == sorted(tiny.FILES)
-    assert (a / "tekken.json").read_bytes() == tiny.tekken_path().read_bytes()
+    assert (a / "tekken.json").read_bytes() == mistral_common_file().read_bytes()
 
 
 def test_tiny_weights_cover_the_architecture(tmp_path: Path):

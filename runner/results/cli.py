@@ -1,24 +1,20 @@
-"""`python -m runner.results [--root outputs] ls|show|diff|export|rm|report`: read stored runs.
+"""`python -m runner.results [--root outputs] ls|show|diff|export|rm|report|score`.
 
-Reads the run folders (the source of truth) and the index (`runner.index`, for `ls`). Imports
-neither vLLM nor torch; Hydra only for `show`'s defaults. Errors are one sentence, exit code 2.
+Reads the run folders (the source of truth, through `runs`) and the index (for `ls`).
+Imports neither vLLM nor torch; Hydra only for `show`'s defaults. Every command names runs
+the same way (a hash prefix or a run folder); errors are one sentence, exit code 2.
 """
 
 from __future__ import annotations
 
 import argparse
-import csv
-import fcntl
-import hashlib
-import io
 import json
 import os
 import shutil
 import sqlite3
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
-from datetime import date, datetime
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -28,84 +24,25 @@ from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
-from runner import index
 from runner.errors import UserError
+from runner.files import LockBusy, atomic_write, locked, read_json
+from runner.record import counts
+from runner.results import index
+from runner.results.export import export_text
+from runner.results.runs import ABSENT, Run, dict_diff, load_run, resolve
 
-CONF = Path(__file__).resolve().parent.parent / "conf"
+CONF = Path(__file__).resolve().parents[2] / "conf"
 STATUSES = ("running", "complete", "interrupted", "failed")
-ABSENT = object()  # a key missing on one side of a diff
 # Piped output is not cut to 80 columns: hashes and ids must stay whole for grep.
 out = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ
               else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
-@dataclass
-class Run:
-    path: Path
-    manifest: dict[str, Any]
-    config: dict[str, Any]
-    overrides: list[str]
-    items: dict[str, dict[str, Any]]  # by item id, the latest record of each
-    metrics: dict[str, Any] | None
-
-    @property
-    def hash(self) -> str:
-        return self.path.name
-
-    @property
-    def model(self) -> str:
-        return self.manifest.get("model") or (self.config.get("model") or {}).get("name") or "?"
-
-
-def _load(path: Path, default: Any, parse: Callable[[str], Any]) -> Any:
-    try:
-        v = parse(path.read_text())
-    except (OSError, ValueError, yaml.YAMLError):
-        return default
-    return v if isinstance(v, type(default)) else default
-
-
-def resolve(root: Path, prefix: str) -> Path:
-    """A run folder from a unique hash prefix, as git does for commits."""
-    p = prefix.strip().lower()
-    names = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith(".")
-                   and d.name.startswith(p)) if p and root.is_dir() else []
-    if not names:
-        raise UserError(f"No run matches '{prefix}' in {root}.")
-    if len(names) > 1 and p not in names:
-        shown = ", ".join(names[:10]) + (f" and {len(names) - 10} more" if len(names) > 10 else "")
-        raise UserError(f"Hash prefix '{prefix}' is ambiguous: {shown}.")
-    return root / (p if p in names else names[0])
-
-
-def load_run(path: Path) -> Run:
-    from runner.store import RunDir  # omegaconf: only for commands that read results
-
-    items: dict[str, dict[str, Any]] = {}
-    for r in RunDir(path.parent, path.name).read_results().values():
-        items.pop(r.get("id", r["key"]), None)  # an edited item: its latest record, last
-        items[r.get("id", r["key"])] = r
-    return Run(path, _load(path / "manifest.json", {}, json.loads),
-               _load(path / "config.yaml", {}, yaml.safe_load),
-               _load(path / "overrides.yaml", [], yaml.safe_load), items,
-               _load(path / "metrics.json", {}, json.loads) or None)
-
-
 def fmt(v: Any) -> str:
     if v is ABSENT:
         return "—"
     return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-
-
-def dict_diff(a: Any, b: Any, key: str = "") -> list[tuple[str, Any, Any]]:
-    """(dotted key, a, b) for every leaf that differs; lists compare as whole values."""
-    if isinstance(a, dict) and isinstance(b, dict):
-        rows = []
-        for k in list(a) + [k for k in b if k not in a]:
-            rows += dict_diff(a.get(k, ABSENT), b.get(k, ABSENT), f"{key}.{k}" if key else str(k))
-        return rows
-    return [] if a == b else [(key, a, b)]
 
 
 def item_text(r: dict[str, Any] | None, limit: int) -> Text:
@@ -128,6 +65,8 @@ def kv_table(title: str) -> Table:
 
 
 def cmd_ls(a: argparse.Namespace) -> None:
+    if not a.root.is_dir():
+        raise UserError(f"No store at {a.root}; pass --root (the runs' store.root).")
     con = index.sync(a.root)
     where, params = ["1"], []
     if a.model:
@@ -204,14 +143,13 @@ def defaults_for(run: Run) -> dict[str, Any]:
 def stats_table(run: Run) -> Table:
     m = run.manifest
     t = kv_table(f"run {run.hash} · {run.model} · {m.get('prompts', '?')}")
-    counts, tok = m.get("counts") or {}, m.get("tokens") or {}
-    errs = sum(r.get("status") == "error" for r in run.items.values())
+    last, tok = m.get("counts") or {}, m.get("tokens") or {}
+    c = counts(run.items.values())
     rows = [("status", m.get("status", "no manifest")), ("folder", str(run.path)),
             ("created", m.get("created")), ("finished", m.get("finished")),
-            ("items", f"{len(run.items)} stored ({errs} errors) of {counts.get('planned', '?')} "
-                      f"planned; last invocation computed {counts.get('computed', '?')}"),
-            ("tokens", f"{sum(r.get('prompt_tokens') or 0 for r in run.items.values())} prompt · "
-                       f"{sum(r.get('completion_tokens') or 0 for r in run.items.values())} "
+            ("items", f"{c.stored} stored ({c.errors} errors) of {last.get('planned', '?')} "
+                      f"planned; last invocation computed {last.get('computed', '?')}"),
+            ("tokens", f"{c.prompt_tokens} prompt · {c.completion_tokens} "
                        f"generated (last invocation: {tok.get('prompt', '?')} · "
                        f"{tok.get('completion', '?')})"),
             ("timings", " · ".join(f"{k} {v}" for k, v in (m.get("timings") or {}).items())),
@@ -286,51 +224,7 @@ def _same(x: dict[str, Any], y: dict[str, Any]) -> bool:
     return all(x.get(k) == y.get(k) for k in ("status", "output", "outputs", "error"))
 
 
-# ---- export -----------------------------------------------------------------------------
-
-CSV_FIELDS = ("id", "status", "output", "finish_reason", "prompt_tokens", "completion_tokens",
-              "expected", "error", "prompt", "images", "tags")
-
-
-def _epoch(iso: str | None) -> int:
-    try:
-        return int(datetime.fromisoformat(iso or "").timestamp())
-    except ValueError:
-        return 0
-
-
-def openai_line(run: Run, r: dict[str, Any]) -> dict[str, Any]:
-    """One line of the OpenAI Batch API output file; ids are derived, so exports are stable."""
-    h = hashlib.sha256(f"{run.hash}:{r['key']}".encode()).hexdigest()
-    line: dict[str, Any] = {"id": f"batch_req_{h[:24]}", "custom_id": r.get("id", r["key"])}
-    if r.get("status") == "error":
-        return line | {"response": None,
-                       "error": {"code": "generation_error", "message": str(r.get("error"))}}
-    outs = r.get("outputs") or [{"text": r.get("output"), "finish_reason": r.get("finish_reason")}]
-    p, c = r.get("prompt_tokens") or 0, r.get("completion_tokens") or 0
-    body = {"id": f"chatcmpl-{h[24:48]}", "object": "chat.completion",
-            "created": _epoch(r.get("time")), "model": run.model,
-            "choices": [{"index": i, "message": {"role": "assistant", "content": o["text"]},
-                         "logprobs": None, "finish_reason": o["finish_reason"]}
-                        for i, o in enumerate(outs)],
-            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}}
-    return line | {"response": {"status_code": 200, "request_id": f"req_{h[48:64]}",
-                                "body": body}, "error": None}
-
-
-def export_text(run: Run, form: str) -> str:
-    recs = list(run.items.values())
-    if form == "csv":
-        buf = io.StringIO()
-        w = csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
-        w.writeheader()
-        for r in recs:
-            w.writerow(r | {"images": ";".join(i["path"] for i in r.get("images") or []),
-                            "tags": ";".join(r.get("tags") or []),
-                            "expected": "" if r.get("expected") is None else r["expected"]})
-        return buf.getvalue()
-    lines = recs if form == "jsonl" else [openai_line(run, r) for r in recs]
-    return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+# ---- export / rm / report / score ----------------------------------------------------
 
 
 def cmd_export(a: argparse.Namespace) -> None:
@@ -340,17 +234,11 @@ def cmd_export(a: argparse.Namespace) -> None:
         sys.stdout.write(text)
         return
     dest = Path(a.out)
-    tmp = dest.with_name(f".{dest.name}.{os.getpid()}.tmp")  # no half-written export
     try:
-        tmp.write_text(text)
-        os.replace(tmp, dest)
+        atomic_write(dest, text)  # no half-written export
     except OSError as e:
-        tmp.unlink(missing_ok=True)
         raise UserError(f"Cannot write {dest}: {e.strerror}.") from None
     err.print(f"Wrote {len(run.items)} items of run {run.hash} to {dest} ({a.format}).")
-
-
-# ---- rm / report ------------------------------------------------------------------------
 
 
 def cmd_rm(a: argparse.Namespace) -> None:
@@ -363,24 +251,17 @@ def cmd_rm(a: argparse.Namespace) -> None:
             err.print("Nothing deleted.")
             return
     lock = a.root / ".locks" / f"{h}.lock"
-    fd = os.open(lock, os.O_RDWR) if lock.exists() else None
     try:
-        if fd is not None:  # never delete a run under a live writer
-            try:
-                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                holder = os.pread(fd, 256, 0).decode(errors="replace").strip()
-                raise UserError(f"Run {h} is being written by {holder or 'another process'}; "
-                                "stop it before removing the run.") from None
-        # Rename first: the run vanishes at once, even if the tree removal is interrupted.
-        trash = a.root / f".rm-{h}-{os.getpid()}"
-        path.rename(trash)
-        shutil.rmtree(trash)
-        index.remove(a.root, h)  # opening a missing index rebuilds it without this run
-        lock.unlink(missing_ok=True)
-    finally:
-        if fd is not None:
-            os.close(fd)
+        with locked(lock, wait=False):  # never delete a run under a live writer
+            # Rename first: the run vanishes at once, even if the tree removal is interrupted.
+            trash = a.root / f".rm-{h}-{os.getpid()}"
+            path.rename(trash)
+            shutil.rmtree(trash)
+            index.remove(a.root, h)  # opening a missing index rebuilds it without this run
+            lock.unlink(missing_ok=True)
+    except LockBusy as e:
+        raise UserError(f"Run {h} is being written by {e.holder}; "
+                        "stop it before removing the run.") from None
     out.print(f"Removed run {h}.")
 
 
@@ -391,7 +272,7 @@ def sweep_runs(root: Path, sweep: str) -> list[Path]:
         d = root / ".sweeps" / sweep
     if not d.is_dir():
         raise UserError(f"Sweep folder {sweep} does not exist.")
-    listed = _load(d / "runs.json", [], json.loads)
+    listed = read_json(d / "runs.json", [])
     if not listed:
         raise UserError(f"{d} has no readable runs.json (a list of {{\"hash\": ...}} written "
                         "at the end of a sweep); pass the run hashes instead.")
@@ -405,13 +286,21 @@ def cmd_report(a: argparse.Namespace) -> None:
     dirs = list(dict.fromkeys(dirs))
     if not dirs:
         raise UserError("Name the runs to report: run hashes, --sweep DIR, or both.")
-    try:
-        from runner import html_report
-    except ImportError as e:
-        missing = "runner/html_report.py" if e.name == "runner.html_report" else e.name
-        raise UserError(f"HTML reports are unavailable: {missing} is not installed.") from None
-    done = html_report.build_report(dirs, Path(a.out))
+    from runner.results import html
+
+    done = html.build_report(dirs, Path(a.out))
     out.print(f"Wrote {done} ({len(dirs)} run{'s' * (len(dirs) != 1)}).")
+
+
+def cmd_score(a: argparse.Namespace) -> None:
+    from runner.results.score import score_run
+
+    for d in [resolve(a.root, h) for h in a.hashes]:
+        m = score_run(d, a.set, force=True)
+        accuracy = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.1%}"
+        tags = "  ".join(f"{t} {v['accuracy']:.0%}" for t, v in m["by_tag"].items())
+        out.print(Text(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
+                       f"{m['errors']} errors)  {tags}".rstrip()))
 
 
 # ---- command line -----------------------------------------------------------------------
@@ -422,7 +311,8 @@ def parser() -> argparse.ArgumentParser:
     root.add_argument("--root", type=Path, default=argparse.SUPPRESS,
                       help="store root (store.root); default: outputs")
     p = argparse.ArgumentParser(prog="python -m runner.results", parents=[root],
-                                description="Find, read, compare, export and delete runs.")
+                                description="Find, read, compare, export, score and delete "
+                                "runs; HTML reports. A run is a hash prefix or a run folder.")
     sub = p.add_subparsers(dest="cmd", required=True, metavar="COMMAND")
 
     def cmd(name: str, fn: Callable[[argparse.Namespace], None], help: str
@@ -453,10 +343,14 @@ def parser() -> argparse.ArgumentParser:
     s = cmd("rm", cmd_rm, "Delete a run folder, its index row and its lock file.")
     s.add_argument("hash")
     s.add_argument("--yes", action="store_true", help="do not ask")
-    s = cmd("report", cmd_report, "An HTML report of runs (runner.html_report).")
+    s = cmd("report", cmd_report, "A self-contained HTML page comparing runs.")
     s.add_argument("hashes", nargs="*", metavar="HASH")
     s.add_argument("--sweep", metavar="DIR", help="a multirun folder with runs.json")
     s.add_argument("--out", default="report.html")
+    s = cmd("score", cmd_score, "(Re)score stored runs; nothing is regenerated.")
+    s.add_argument("hashes", nargs="+", metavar="HASH")
+    s.add_argument("--set", type=Path, default=None,
+                   help="set file for scorers/options (default: the run's own set)")
     return p
 
 
@@ -464,8 +358,6 @@ def main(argv: list[str] | None = None) -> int:
     a = parser().parse_args(argv)
     a.root = Path(getattr(a, "root", "outputs"))
     try:
-        if not a.root.is_dir():
-            raise UserError(f"No store at {a.root}; pass --root (the runs' store.root).")
         a.func(a)
     except UserError as e:
         err.print(Text(f"error: {e}", style="bold red"))

@@ -1,0 +1,122 @@
+"""One line of results.jsonl: its schema, the two ways the job writes one, and how every
+reader reads and counts them. No heavy imports (the results CLI reads these)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, TypedDict
+
+from runner.files import read_jsonl
+
+if TYPE_CHECKING:
+    from runner.plan import Item
+
+
+class ImageRef(TypedDict):
+    path: str  # as written in the set
+    sha256: str  # of the original bytes
+
+
+class Sample(TypedDict):
+    text: str
+    finish_reason: str | None
+
+
+class _Identity(TypedDict):
+    id: str  # the item's id in the set
+    key: str  # digest of the item's content: what "already stored" means
+    status: Literal["ok", "error"]
+
+
+class Record(_Identity, total=False):
+    """status "ok" carries the output fields, status "error" carries `error`."""
+
+    error: str  # why the item has no output (never sent to the engine, or vLLM refused it)
+    prompt: str  # the last user turn's text
+    images: list[ImageRef]
+    output: str  # the first sample
+    finish_reason: str | None
+    prompt_tokens: int
+    completion_tokens: int  # over every sample
+    outputs: list[Sample]  # every sample, when sampling.n > 1
+    expected: str | None
+    tags: list[str]
+    metadata: dict[str, Any]
+    scorer: str | None
+    time: str  # ISO 8601, UTC
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def _item_fields(item: Item) -> dict[str, Any]:
+    return {"prompt": item.text,
+            "images": [{"path": im.path, "sha256": im.sha256} for im in item.images]}
+
+
+def _tail(item: Item) -> dict[str, Any]:
+    return {"expected": item.expected, "tags": item.tags, "metadata": item.metadata,
+            "scorer": item.scorer, "time": now()}
+
+
+def ok_record(item: Item, out: Any) -> Record:
+    """The record of a finished vLLM RequestOutput."""
+    c = out.outputs
+    r: Record = {"id": item.id, "key": item.key, "status": "ok", **_item_fields(item),
+                 "output": c[0].text, "finish_reason": c[0].finish_reason,
+                 "prompt_tokens": len(out.prompt_token_ids or []),
+                 "completion_tokens": sum(len(x.token_ids) for x in c), **_tail(item)}
+    if len(c) > 1:
+        r["outputs"] = [{"text": x.text, "finish_reason": x.finish_reason} for x in c]
+    return r
+
+
+def error_record(item: Item, reason: str) -> Record:
+    return {"id": item.id, "key": item.key, "status": "error", "error": reason,
+            **_item_fields(item), **_tail(item)}
+
+
+def result_files(run_dir: Path) -> list[Path]:
+    """Every shard's results file (results.jsonl, results.<i>-of-<n>.jsonl)."""
+    return sorted(Path(run_dir).glob("results*.jsonl"))
+
+
+def read_records(run_dir: Path) -> dict[str, Record]:
+    """Stored records by item key, all shards merged; the first record of a key wins and a
+    torn line is skipped."""
+    out: dict[str, Record] = {}
+    for f in result_files(run_dir):
+        for r in read_jsonl(f):
+            if isinstance(r, dict) and "key" in r:
+                out.setdefault(r["key"], r)
+    return out
+
+
+def latest_by_id(records: Iterable[Record]) -> dict[str, Record]:
+    """One record per item id: the latest (an item edited between invocations has two)."""
+    items: dict[str, Record] = {}
+    for r in records:
+        i = str(r.get("id", r["key"]))
+        items.pop(i, None)  # its latest record, in its latest place
+        items[i] = r
+    return items
+
+
+@dataclass(frozen=True)
+class Counts:
+    stored: int
+    errors: int
+    prompt_tokens: int
+    completion_tokens: int
+
+
+def counts(records: Iterable[Record]) -> Counts:
+    """The one place records are counted (index, show, report, metrics, the manifest)."""
+    rs = list(records)
+    return Counts(len(rs), sum(r.get("status") == "error" for r in rs),
+                  sum(r.get("prompt_tokens") or 0 for r in rs),
+                  sum(r.get("completion_tokens") or 0 for r in rs))

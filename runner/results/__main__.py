@@ -1,0 +1,5 @@
+import sys
+
+from runner.results.cli import main
+
+sys.exit(main())

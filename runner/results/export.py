@@ -1,0 +1,57 @@
+"""A run's records as JSONL, CSV, or the OpenAI Batch API's output file."""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import io
+import json
+from datetime import datetime
+from typing import Any
+
+from runner.record import Record
+from runner.results.runs import Run
+
+CSV_FIELDS = ("id", "status", "output", "finish_reason", "prompt_tokens", "completion_tokens",
+              "expected", "error", "prompt", "images", "tags")
+
+
+def _epoch(iso: str | None) -> int:
+    try:
+        return int(datetime.fromisoformat(iso or "").timestamp())
+    except ValueError:
+        return 0
+
+
+def openai_line(run: Run, r: Record) -> dict[str, Any]:
+    """One line of the OpenAI Batch API output file; ids are derived, so exports are stable."""
+    h = hashlib.sha256(f"{run.hash}:{r['key']}".encode()).hexdigest()
+    line: dict[str, Any] = {"id": f"batch_req_{h[:24]}", "custom_id": r.get("id", r["key"])}
+    if r.get("status") == "error":
+        return line | {"response": None,
+                       "error": {"code": "generation_error", "message": str(r.get("error"))}}
+    outs = r.get("outputs") or [{"text": r.get("output"), "finish_reason": r.get("finish_reason")}]
+    p, c = r.get("prompt_tokens") or 0, r.get("completion_tokens") or 0
+    body = {"id": f"chatcmpl-{h[24:48]}", "object": "chat.completion",
+            "created": _epoch(r.get("time")), "model": run.model,
+            "choices": [{"index": i, "message": {"role": "assistant", "content": o["text"]},
+                         "logprobs": None, "finish_reason": o["finish_reason"]}
+                        for i, o in enumerate(outs)],
+            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}}
+    return line | {"response": {"status_code": 200, "request_id": f"req_{h[48:64]}",
+                                "body": body}, "error": None}
+
+
+def export_text(run: Run, form: str) -> str:
+    recs = list(run.items.values())
+    if form == "csv":
+        buf = io.StringIO()
+        w = csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        w.writeheader()
+        for r in recs:
+            w.writerow(r | {"images": ";".join(i["path"] for i in r.get("images") or []),
+                            "tags": ";".join(r.get("tags") or []),
+                            "expected": "" if r.get("expected") is None else r["expected"]})
+        return buf.getvalue()
+    lines = recs if form == "jsonl" else [openai_line(run, r) for r in recs]
+    return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)

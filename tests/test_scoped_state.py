@@ -1,0 +1,67 @@
+"""Process-wide state is set for a scope and restored: engine.env for the engine's life (a
+sweep point's env must not leak into the next), Pillow's pixel limit for one plan. The engine
+here is a test double: what is checked is the cache's bookkeeping, not vLLM."""
+
+import os
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from PIL import Image
+
+from runner.engine import EngineCache
+from runner.images import ImageOptions
+from runner.plan import load_set
+
+VAR, OTHER = "PIXTRAL_RUNNER_TEST_ENV", "PIXTRAL_RUNNER_TEST_OTHER"
+
+
+def fake_engine(seen: list[dict]):
+    def start(kw: dict) -> SimpleNamespace:
+        seen.append({VAR: os.environ.get(VAR), OTHER: os.environ.get(OTHER)})
+        return SimpleNamespace(llm_engine=SimpleNamespace())
+    return start
+
+
+def test_engine_env_lives_with_the_engine_and_is_restored(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(VAR, raising=False)
+    monkeypatch.setenv(OTHER, "before")
+    seen: list[dict] = []
+    cache = EngineCache(start=fake_engine(seen))
+
+    a, _, reused = cache.get({"model": "a"}, {VAR: "1", OTHER: "point-1"})
+    assert not reused and seen[-1] == {VAR: "1", OTHER: "point-1"}
+    assert cache.get({"model": "a"}, {VAR: "1", OTHER: "point-1"})[0] is a  # reused, env kept
+    assert os.environ[VAR] == "1"
+
+    # the next sweep point: other engine arguments and no env: nothing of point 1 is left
+    _, _, reused = cache.get({"model": "b"}, {})
+    assert not reused and seen[-1] == {VAR: None, OTHER: "before"}
+    assert VAR not in os.environ and os.environ[OTHER] == "before"
+
+    cache.get({"model": "b"}, {VAR: "2"})  # the same arguments with another env: a new engine
+    assert cache.starts == 3 and os.environ[VAR] == "2"
+    cache.shutdown()
+    assert VAR not in os.environ and os.environ[OTHER] == "before"
+
+
+def test_a_failed_engine_start_restores_the_env(monkeypatch: pytest.MonkeyPatch):
+    monkeypatch.delenv(VAR, raising=False)
+
+    def broken(kw: dict) -> None:
+        assert os.environ[VAR] == "1"
+        raise RuntimeError("no engine")
+
+    with pytest.raises(RuntimeError):
+        EngineCache(start=broken).get({"model": "a"}, {VAR: "1"})
+    assert VAR not in os.environ
+
+
+def test_pillow_pixel_limit_is_raised_for_the_plan_only(tmp_path: Path):
+    Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
+    (tmp_path / "set.yaml").write_text("items:\n  - {id: a, text: hi, images: [a.png]}\n")
+    before = Image.MAX_IMAGE_PIXELS
+    plan = load_set(str(tmp_path / "set.yaml"), tmp_path,
+                    images=ImageOptions(max_image_pixels=(before or 0) * 4))
+    assert plan.items[0].error is None
+    assert Image.MAX_IMAGE_PIXELS == before
