@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, TINY
-from runner.tiny import tekken_path
+from runner.tokens import mistral_common_file
 
 pytestmark = pytest.mark.engine
 PLUGINS = ROOT / "tests" / "plugins"
@@ -160,7 +160,7 @@ def test_a_poison_item_is_stored_as_an_error_and_the_rest_complete(tmp_path: Pat
     from mistral_common.tokens.tokenizers.tekken import Tekkenizer
 
     n, bad = 8, 3
-    tok = Tekkenizer.from_file(str(tekken_path()))  # the tiny model's tokenizer
+    tok = Tekkenizer.from_file(str(mistral_common_file()))  # the tiny model's tokenizer
     ids = tok.encode(f"Item {bad}: {MARKER} tell", bos=False, eos=False)
     inner = tok.encode(f" {MARKER}", bos=False, eos=False)[1:-1]  # stable inside any text
     assert len(inner) >= 2 and any(ids[i:i + len(inner)] == inner for i in range(len(ids)))
@@ -188,7 +188,7 @@ def broken_weights(tmp: Path) -> Path:
     """The tiny model with its safetensors file cut in half, as an interrupted download."""
     import shutil
 
-    from runner import tiny
+    from runner.fixtures import tiny
 
     good = tmp / "good"
     tiny.build(good)
