@@ -107,6 +107,47 @@ def check_quantization(requested: str | None, path: Path) -> None:
                         f"set model.quantization={q['method']} or null.")
 
 
+def cpu_flags() -> set[str]:
+    """This CPU's feature flags (/proc/cpuinfo); empty where that file is missing."""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("flags"):
+                return set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return set()
+
+
+def vllm_cpu_build() -> bool:
+    from importlib import metadata
+
+    try:
+        metadata.distribution("vllm-cpu")
+        return True
+    except metadata.PackageNotFoundError:
+        return False
+
+
+def check_cpu_kernels(path: Path, flags: set[str] | None = None,
+                      cpu_build: bool | None = None) -> None:
+    """Raise UserError where vLLM's CPU build cannot run a 4-bit weight checkpoint.
+
+    Its W4A16 GEMM (`cpu_gemm_wna16`, used by CPUWNA16LinearKernel) is only in the AVX-512
+    libraries of the wheel; on an AVX2-only x86 CPU vLLM picks that kernel anyway and the
+    engine dies at its first forward pass (seen here on an AMD EPYC).
+    """
+    if not (vllm_cpu_build() if cpu_build is None else cpu_build):
+        return
+    q = read_checkpoint_quant(Path(path))
+    if not q or q.get("weight_bits") != 4:
+        return
+    flags = cpu_flags() if flags is None else flags
+    if "avx2" in flags and "avx512f" not in flags:
+        raise UserError(f"The checkpoint in {path} has 4-bit weights ({q['method']}), and "
+                        "vLLM's CPU build has its W4A16 kernel for AVX-512 CPUs only, while "
+                        "this CPU has AVX2: run it on a GPU or an AVX-512 CPU.")
+
+
 PROBE = "runner.quant.QuantProbe"
 
 

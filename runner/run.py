@@ -20,7 +20,7 @@ from runner.console import console
 from runner.errors import EngineFailed, Interrupted, UserError
 from runner.images import pixel_limit
 from runner.plan import Item, Plan, check_errors, load_plan
-from runner.quant import check_quantization
+from runner.quant import check_cpu_kernels, check_quantization
 from runner.record import counts, error_record, now, ok_record
 from runner.report import Summary, show
 from runner.store import ResultWriter, RunDir, run_hash
@@ -131,6 +131,7 @@ class Job:
         check_errors(todo, self.cfg.prompts.on_item_error)
         ensure_weights(self.cfg.model)
         check_quantization(self.cfg.model.quantization, Path(self.cfg.model.path))
+        check_cpu_kernels(Path(self.cfg.model.path))
 
     def _waiting(self, holder: str) -> None:
         console.print(f"[yellow]Run {self.rd.hash} is being written by {holder}; waiting…")
