@@ -61,6 +61,10 @@ class EngineConfig:
     # Environment for vLLM (VLLM_CPU_KVCACHE_SPACE, VLLM_CPU_OMP_THREADS_BIND, ...), set for
     # the engine's life.
     env: dict[str, str] = field(default_factory=dict, metadata=RUNTIME_OURS)
+    # The runner's fault handling (runner/supervise.py, README "When the engine dies").
+    max_restarts: int = field(default=2, metadata=RUNTIME_OURS)  # restarts per invocation
+    # No engine step returned for this long: the engine is treated as dead. null: off.
+    stall_timeout_s: float | None = field(default=300.0, metadata=RUNTIME_OURS)
 
 
 # EngineArgs names under engine.extra that do not change results.

@@ -18,6 +18,32 @@ class RunFailed(Exception):
 
     exit_code = 1
 
-    def __init__(self, message: str, log: object, tail: list[str]):
+    def __init__(self, message: str, log: object, tail: list[str], exit_code: int = 1):
         super().__init__(message)
         self.log, self.tail = log, tail  # the log's path, its last lines before the error
+        self.exit_code = exit_code
+
+
+class EngineDied(Exception):
+    """The engine core died or stalled while generating. `unfinished`: the keys it had not
+    finished, in queue order."""
+
+    def __init__(self, reason: str, unfinished: list[str]):
+        super().__init__(reason)
+        self.reason, self.unfinished = reason, unfinished
+
+
+class StartFailed(Exception):
+    """vLLM's engine did not start; the message is one sentence from its root cause."""
+
+    exit_code = 2
+
+
+class EngineFailed(Exception):
+    """The engine kept dying after engine.max_restarts restarts; stored items are kept."""
+
+    exit_code = 3
+
+    def __init__(self, reason: str, restarts: int):
+        super().__init__(reason)
+        self.reason, self.restarts = reason, restarts

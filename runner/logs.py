@@ -27,7 +27,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
-from runner.errors import Interrupted, RunFailed, UserError
+from runner.errors import EngineFailed, Interrupted, RunFailed, StartFailed, UserError
 from runner.report import console
 
 TAIL = 20  # lines shown when a run fails
@@ -273,7 +273,10 @@ def engine_log(root: Path, run_hash: str, target: str) -> Iterator[EngineLog]:
             log.discard()
             raise
         except Exception as e:
-            raise RunFailed(f"{type(e).__name__}: {e}", log.path, lines) from e
+            # ours say it in a sentence already; anything else is named by its type
+            msg = str(e) if isinstance(e, (StartFailed, EngineFailed)) else \
+                f"{type(e).__name__}: {e}"
+            raise RunFailed(msg, log.path, lines, getattr(e, "exit_code", 1)) from e
         log.discard()
     finally:
         _current = None

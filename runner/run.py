@@ -8,6 +8,7 @@ import platform
 import signal
 import sys
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -15,7 +16,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 
 from runner.console import console
-from runner.errors import Interrupted, RunFailed, UserError
+from runner.errors import EngineFailed, Interrupted, RunFailed, StartFailed, UserError
 from runner.images import pixel_limit
 from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_cpu_kernels, check_quantization
@@ -187,14 +188,14 @@ class Job:
     def generate(self, todo: list[Item]) -> None:
         """Store planned item errors, feed the engine every other item, store each output as
         it finishes. Ctrl-C or SIGTERM keep what finished and raise Interrupted."""
-        from runner.engine import generate, token_counts
+        from runner.engine import token_counts
 
         runnable = [it for it in todo if not it.error]
         if runnable:
             self.start_engine()
         self.open_run()
         assert self.writer is not None
-        writer, s, llm = self.writer, self.summary, self.llm
+        writer, s = self.writer, self.summary
         by_key = {it.key: it for it in todo}
         _signalled.clear()
         prev = {sig: signal.signal(sig, _raise_interrupt)
@@ -203,7 +204,8 @@ class Job:
         # each output's bound: max_tokens, else what is left of max_model_len
         bound = lambda p: (sp.max_tokens or max(0, (mml or p) - p)) * sp.n  # noqa: E731
         progress = Generation({it.key: bound(self.prompt_tokens.get(it.key, 0))
-                               for it in runnable}, len(todo), lambda: token_counts(llm))
+                               for it in runnable}, len(todo),
+                              lambda: token_counts(self.llm) if self.llm is not None else None)
         tg = time.perf_counter()
 
         def on_output(key: str, out: Any) -> None:
@@ -227,8 +229,7 @@ class Job:
                     if it.error:
                         on_error(it.key, it.error)
                 if runnable:
-                    generate(llm, ((it.key, it.messages) for it in runnable), sp, on_output,
-                             on_error, progress.step)
+                    self.supervised(runnable, on_output, on_error, progress.step)
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -250,6 +251,48 @@ class Job:
             raise Interrupted(f"Interrupted: {s.computed} items stored in {self.rd.path}; "
                               "rerun the same command to finish the rest.")
 
+    def supervised(self, items: list[Item], on_output: Callable[[str, Any], None],
+                   on_error: Callable[[str, str], None], on_step: Callable[[], None]) -> None:
+        """Generate on the live engine; when it dies, restart it, re-queue what is not stored
+        and isolate an item that kills it (runner/supervise.py)."""
+        from runner.engine import ENGINES, generate
+        from runner.supervise import Restart, Supervisor
+
+        cfg, by_key = self.cfg, {it.key: it for it in items}
+
+        def run_group(keys: list[str]) -> None:
+            gap = generate(self.llm, ((k, by_key[k].messages) for k in keys), self.sampling,
+                           on_output, on_error, cfg.engine.stall_timeout_s, on_step)
+            self.summary.max_step_s = max(self.summary.max_step_s, gap)
+
+        def restart(r: Restart) -> None:
+            what = "looking for the item that kills it" if r.mode == "bisect" else \
+                f"restart {self.summary.restarts + 1} of {cfg.engine.max_restarts}"
+            console.print(f"[yellow]The engine died ({r.reason}) with {r.in_flight} items in "
+                          f"flight; {what}…")
+            self.llm, start_s, _ = ENGINES.restart()
+            self.summary.restarts += r.mode == "restart"
+            rec = r.to_dict() | {"start_s": round(start_s, 3)}
+            self.rd.update_manifest(lambda m: m.setdefault("restarts", []).append(rec))
+
+        def poison(key: str, reason: str) -> None:
+            console.print(f"[red]Item {by_key[key].id} kills the engine on its own; "
+                          "stored as an error.")
+            on_error(key, f"the engine died while generating this item: {reason}")
+
+        sup = Supervisor(run_group, restart, poison, ENGINES.window(), cfg.engine.max_restarts)
+        try:
+            sup.generate([it.key for it in items])
+        except EngineFailed as e:
+            raise EngineFailed(f"The engine died {e.restarts + 1} times (last: {e.reason}) and "
+                               f"engine.max_restarts={cfg.engine.max_restarts} is used up; what "
+                               "finished is stored, so rerun the same command to resume.",
+                               e.restarts) from None
+        finally:
+            if sup.death is not None:  # the last thing it ran killed it: free what is left
+                ENGINES.shutdown()
+                self.llm = None
+
     # --- finish: the writer closed, the manifest's end; then scores and the index ----------
 
     def finish(self, status: str, error: str | None) -> None:
@@ -265,6 +308,7 @@ class Job:
                 "engine": {"reused": s.engine_reused, "starts_in_process": ENGINES.starts},
                 "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
                 "timings": {"engine_start_s": round(s.engine_start_s, 3),
+                            "max_step_s": round(s.max_step_s, 3),
                             "generate_s": round(s.generate_s, 3), "total_s": round(s.total_s, 3)},
                 "throughput": {"completion_tokens_per_s": round(s.tokens_per_s, 2),
                                "items_per_s": round(s.items_per_s, 3)}}
@@ -326,7 +370,7 @@ def main(cfg: DictConfig) -> Summary:
     except KeyboardInterrupt:  # outside generation (planning, engine start): nothing to keep
         console.print("[yellow]Interrupted.")
         sys.exit(Interrupted.exit_code)
-    except (UserError, RunFailed) as e:
+    except (UserError, RunFailed, EngineFailed, StartFailed) as e:
         console.print(f"[bold red]error:[/] {e}")
         if isinstance(e, RunFailed):
             show_tail(e.log, e.tail)

@@ -106,10 +106,11 @@ def test_a_cached_rerun_writes_nothing_to_the_engine_log(tty_run):
 def test_a_failing_engine_start_shows_the_log_tail_and_its_path(tmp_path: Path):
     # vLLM refuses a 1-byte KV cache in the engine-core process, after loading the model
     p = runner(*TINY, f"store.root={tmp_path}", "engine.kv_cache_memory_bytes=1", timeout=900)
-    assert p.returncode == 1, p.stderr[-3000:]
+    assert p.returncode == 2, p.stderr[-3000:]
     err = p.stderr
-    assert "error:" in err and "last 20 lines of" in err and "Traceback" not in err.split(
-        "last 20 lines of")[0]
+    before = " ".join(err.split("last 20 lines of")[0].split())  # our sentence, then the tail
+    assert "error: Not enough memory for the KV cache (" in before and "Traceback" not in before
+    assert "last 20 lines of" in err
     (log,) = (tmp_path / ".logs").iterdir()  # no run folder: the start log is kept
     assert not run_dirs(tmp_path)
     assert f"engine log: {log}" in err
