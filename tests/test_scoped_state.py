@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from runner.engine import EngineCache
-from runner.errors import UserError
+from runner.errors import StartFailed
 from runner.images import ImageOptions
 from runner.plan import load_set
 
@@ -53,7 +53,7 @@ def test_a_failed_engine_start_restores_the_env(monkeypatch: pytest.MonkeyPatch)
         assert os.environ[VAR] == "1"
         raise RuntimeError("no engine")
 
-    with pytest.raises(UserError, match=r"failed to start \(RuntimeError: no engine\)"):
+    with pytest.raises(StartFailed, match=r"failed to start \(RuntimeError: no engine\)"):
         EngineCache(start=broken).get({"model": "a"}, {VAR: "1"})
     assert VAR not in os.environ
 
