@@ -6,6 +6,9 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -31,6 +34,32 @@ def runner(*args: str, cwd: Path = ROOT, env: dict | None = None,
     """`python -m runner ARGS` in a real process, output captured."""
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=cwd, text=True,
                           capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def spawn(*args: str, env: dict | None = None) -> subprocess.Popen:
+    """`python -m runner ARGS` in its own process group, not waited for; its output goes to a
+    file (`output(p)`), not a pipe that could fill up while nobody reads it."""
+    log = tempfile.TemporaryFile("w+")
+    p = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, text=True,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                         env={**os.environ, **(env or {})})
+    p.log = log  # type: ignore[attr-defined]
+    return p
+
+
+def output(p: subprocess.Popen) -> str:
+    p.log.seek(0)  # type: ignore[attr-defined]
+    return p.log.read()  # type: ignore[attr-defined]
+
+
+def wait_for(p: subprocess.Popen, done: Callable[[], bool], what: str,
+             timeout: float = 600) -> None:
+    """Poll a condition on files the runner writes, failing at once if the runner exits."""
+    end = time.monotonic() + timeout
+    while not done():
+        assert p.poll() is None, output(p)[-3000:]
+        assert time.monotonic() < end, f"timed out waiting for {what}"
+        time.sleep(0.05)
 
 
 @pytest.fixture

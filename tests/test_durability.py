@@ -6,15 +6,11 @@ import os
 import shutil
 import signal
 import subprocess
-import sys
-import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, output, spawn, wait_for
 
 pytestmark = pytest.mark.engine
 N = 48
@@ -37,19 +33,7 @@ def prompts(tmp_path_factory) -> Path:
 
 
 def start(prompts: Path, store: Path) -> subprocess.Popen:
-    """`python -m runner` in its own process group; its output goes to a file, not a pipe
-    that could fill up while nobody reads it."""
-    log = tempfile.TemporaryFile("w+")
-    p = subprocess.Popen([sys.executable, "-m", "runner", *ARGS, f"prompts.root={prompts}",
-                          f"store.root={store}"], cwd=ROOT, text=True, stdout=log,
-                         stderr=subprocess.STDOUT, start_new_session=True)
-    p.log = log  # type: ignore[attr-defined]
-    return p
-
-
-def output(p: subprocess.Popen) -> str:
-    p.log.seek(0)  # type: ignore[attr-defined]
-    return p.log.read()  # type: ignore[attr-defined]
+    return spawn(*ARGS, f"prompts.root={prompts}", f"store.root={store}")
 
 
 def lines(store: Path) -> list[str]:
@@ -59,16 +43,6 @@ def lines(store: Path) -> list[str]:
         return []
     data = files[0].read_text()
     return data[:data.rfind("\n") + 1].splitlines()
-
-
-def wait_for(p: subprocess.Popen, done: Callable[[], bool], what: str,
-             timeout: float = 600) -> None:
-    """Poll a condition on files the runner writes, failing at once if the runner exits."""
-    end = time.monotonic() + timeout
-    while not done():
-        assert p.poll() is None, output(p)[-3000:]
-        assert time.monotonic() < end, f"timed out waiting for {what}"
-        time.sleep(0.05)
 
 
 def wait_for_lines(p: subprocess.Popen, store: Path, n: int) -> None:

@@ -9,13 +9,11 @@ import os
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY
+from conftest import ROOT, TINY, output, spawn, wait_for
 from runner.tokens import mistral_common_file
 
 pytestmark = pytest.mark.engine
@@ -34,19 +32,8 @@ def make_set(root: Path, n: int, poison: int | None = None) -> Path:
 
 
 def start(prompts: Path, store: Path, *args: str, env: dict | None = None) -> subprocess.Popen:
-    log = tempfile.TemporaryFile("w+")
-    p = subprocess.Popen([sys.executable, "-m", "runner", *TINY, "prompts.name=faults",
-                          f"prompts.root={prompts}", f"store.root={store}",
-                          "sampling.ignore_eos=true", *args],
-                         cwd=ROOT, text=True, stdout=log, stderr=subprocess.STDOUT,
-                         start_new_session=True, env={**os.environ, **(env or {})})
-    p.log = log  # type: ignore[attr-defined]
-    return p
-
-
-def output(p: subprocess.Popen) -> str:
-    p.log.seek(0)  # type: ignore[attr-defined]
-    return p.log.read()  # type: ignore[attr-defined]
+    return spawn(*TINY, "prompts.name=faults", f"prompts.root={prompts}", f"store.root={store}",
+                 "sampling.ignore_eos=true", *args, env=env)
 
 
 def finish(p: subprocess.Popen, timeout: float = 900) -> int:
@@ -101,11 +88,7 @@ def engine_cores(pid: int) -> list[int]:
 
 def kill_engine_core_after(p: subprocess.Popen, store: Path, n: int) -> int:
     """Wait until `n` results are stored, then SIGKILL the engine core; its pid."""
-    end = time.monotonic() + 600
-    while len(stored(store)) < n:
-        assert p.poll() is None, output(p)[-3000:]
-        assert time.monotonic() < end, "generation never reached the kill point"
-        time.sleep(0.05)
+    wait_for(p, lambda: len(stored(store)) >= n, f"{n} stored results (the kill point)")
     (core,) = engine_cores(p.pid)
     os.kill(core, signal.SIGKILL)
     return core
