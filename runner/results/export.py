@@ -10,8 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from runner.record import Record
-from runner.results.runs import Run
-from runner.results.score import flatten
+from runner.results.runs import Run, flatten
 
 CSV_FIELDS = ("id", "status", "output", "finish_reason", "prompt_tokens", "completion_tokens",
               "expected", "error", "prompt", "images", "tags")

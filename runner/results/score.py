@@ -24,6 +24,7 @@ import yaml
 
 from runner.files import atomic_write, read_json, read_yaml
 from runner.record import Record, counts, latest_by_id, read_records
+from runner.results.runs import flatten
 
 DEFAULT_SCORER = "exact"
 
@@ -180,16 +181,6 @@ def parse_json(text: str) -> Any:
         except ValueError:
             pass
     raise ValueError("not JSON")
-
-
-def flatten(v: Any, prefix: str = "") -> dict[str, Any]:
-    """Nested mappings -> one level, keys dotted (lists stay values)."""
-    if isinstance(v, dict) and v:
-        out: dict[str, Any] = {}
-        for k, x in v.items():
-            out |= flatten(x, f"{prefix}{k}.")
-        return out
-    return {prefix[:-1]: v} if prefix else {"": v}
 
 
 def _same(got: Any, want: Any) -> bool:
