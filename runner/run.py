@@ -274,8 +274,8 @@ class Job:
             for k in keys:
                 try:
                     reqs.append((k, by_key[k].messages, self.params(by_key[k])))
-                except (ValueError, TypeError) as e:  # vLLM refuses this item's sampling
-                    on_error(k, f"sampling: {e}")
+                except Exception as e:  # noqa: BLE001 - vLLM refuses this item's sampling
+                    on_error(k, f"sampling: {type(e).__name__}: {e}")
             gap = generate(self.llm, reqs, on_output, on_error, cfg.engine.stall_timeout_s,
                            on_step)
             self.summary.max_step_s = max(self.summary.max_step_s, gap)
