@@ -69,7 +69,7 @@ def check_structured(so: Any, where: str, base: Path) -> dict[str, Any] | None:
     """`structured_outputs` checked and normalized (a `json` file read into the schema)."""
     if not so:
         return None
-    what = f"{where}: sampling.structured_outputs"
+    what = f"{where + ': ' if where else ''}sampling.structured_outputs"
     if not isinstance(so, dict):
         raise UserError(f"{what} must be a mapping of vLLM's StructuredOutputsParams "
                         f"({', '.join(SO_KEYS)}).")
@@ -135,7 +135,7 @@ def run_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
     out = dict(sampling)
     so = out.pop("structured_outputs", None)
     if so:
-        out["structured_outputs"] = check_structured(so, "config", Path.cwd())
+        out["structured_outputs"] = check_structured(so, "", Path.cwd())
     return out
 
 

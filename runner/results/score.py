@@ -415,7 +415,7 @@ def schema_metrics(records: Any, run_dir: Path) -> dict[str, Any]:
 
     cfg = read_yaml(run_dir / "config.yaml", {}).get("sampling") or {}
     try:
-        run_so = check_structured(cfg.get("structured_outputs") or None, "config", Path.cwd())
+        run_so = check_structured(cfg.get("structured_outputs") or None, "", Path.cwd())
     except UserError:  # a schema file that moved away: the records' own constraints only
         run_so = None
     valid = checked = 0
