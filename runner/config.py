@@ -18,6 +18,8 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+from runner.sampling import run_sampling
+
 RUNTIME = {"hash": False}  # a runtime knob: does not change results
 OURS = {"vllm": False}  # ours, not a vLLM engine argument (changes results)
 RUNTIME_OURS = RUNTIME | OURS  # ours, and does not change results
@@ -79,7 +81,8 @@ RUNTIME_ENGINE_ARGS = frozenset({
 
 @dataclass
 class SamplingConfig:
-    """vLLM SamplingParams; defaults are vLLM's own. Every field is hashed."""
+    """vLLM SamplingParams; defaults are vLLM's own. Every field is hashed (structured_outputs
+    when set, with a `json` schema file's content instead of its path)."""
 
     n: int = 1
     temperature: float = 1.0
@@ -94,6 +97,10 @@ class SamplingConfig:
     presence_penalty: float = 0.0
     frequency_penalty: float = 0.0
     ignore_eos: bool = False
+    # vLLM's StructuredOutputsParams: one of json (a schema, inline or a .json file), regex,
+    # choice, grammar, json_object; plus its options (runner/sampling.py checks them).
+    # Empty: unconstrained.
+    structured_outputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -174,6 +181,7 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
     out = {g: {k: c[g][k] for k in _marked(cls, "hash")} for g, cls in HASHED_GROUPS.items()}
     out["engine"]["extra"] = {k: v for k, v in out["engine"]["extra"].items()
                               if k not in RUNTIME_ENGINE_ARGS}
+    out["sampling"] = run_sampling(out["sampling"])  # empty structured_outputs left out
     return out
 
 

@@ -241,10 +241,25 @@ def token_counts(llm: Any) -> tuple[int, int] | None:
     return int(total["vllm:prompt_tokens"]), int(total["vllm:generation_tokens"])
 
 
-def sampling_params(cfg: DictConfig) -> Any:
+def make_params(sampling: dict[str, Any]) -> Any:
+    """vLLM SamplingParams from an effective sampling mapping (runner/sampling.py)."""
     from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
 
-    return SamplingParams(**OmegaConf.to_container(cfg.sampling, resolve=True))  # type: ignore[arg-type]
+    kw = dict(sampling)
+    so = kw.pop("structured_outputs", None)
+    if so:
+        kw["structured_outputs"] = StructuredOutputsParams(**so)
+    return SamplingParams(**kw)
+
+
+def sampling_params(cfg: DictConfig) -> Any:
+    """The run's SamplingParams (its `sampling` config, a `json` schema file read)."""
+    from runner.sampling import run_sampling
+
+    c = OmegaConf.to_container(cfg.sampling, resolve=True)
+    assert isinstance(c, dict)
+    return make_params(run_sampling(c))
 
 
 class Watchdog:
@@ -325,12 +340,13 @@ def _exit_text(code: int) -> str:
     return f"exited with code {code}"
 
 
-def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
+def generate(llm: Any, requests: Iterable[tuple[str, list[dict], Any]],
              on_output: Callable[[str, Any], None], on_error: Callable[[str, str], None],
              stall_timeout_s: float | None = None,
              on_step: Callable[[], None] | None = None) -> float:
-    """Queue every request, then step the engine, handing each finished output over at once
-    (`on_step` runs after every engine step: the progress display).
+    """Queue every request (key, messages, its SamplingParams), then step the engine, handing
+    each finished output over at once (`on_step` runs after every engine step: the progress
+    display).
 
     Requests are queued one by one so a bad one (e.g. an unreadable image) becomes an item
     error instead of failing the batch; vLLM's scheduler sees them all as one batch.
@@ -342,15 +358,15 @@ def generate(llm: Any, requests: Iterable[tuple[str, list[dict]]], sp: Any,
     reqs = list(requests)
     ids: dict[str, str] = {}  # vLLM request id -> key, in queue order
     with Watchdog(llm, stall_timeout_s) as dog:
-        for n, (key, messages) in enumerate(reqs):
+        for n, (key, messages, sp) in enumerate(reqs):
             try:
                 (rid,) = llm.enqueue_chat([messages], sp, use_tqdm=False)
             except EngineDeadError as e:
-                raise EngineDied(dog.explain(e), [*ids.values(), *(k for k, _ in reqs[n:])]) \
+                raise EngineDied(dog.explain(e), [*ids.values(), *(r[0] for r in reqs[n:])]) \
                     from None
             except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for bad input
                 if dog.reason:
-                    raise EngineDied(dog.reason, [*ids.values(), *(k for k, _ in reqs[n:])]) \
+                    raise EngineDied(dog.reason, [*ids.values(), *(r[0] for r in reqs[n:])]) \
                         from None
                 on_error(key, f"{type(e).__name__}: {e}")
                 continue

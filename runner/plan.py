@@ -18,6 +18,7 @@ from typing import Any
 
 from runner.errors import UserError
 from runner.images import Image, ImageError, ImageOptions, Images, pixel_limit
+from runner.sampling import merge
 from runner.sources import Spec, read_set, take
 
 __all__ = ["Image", "Item", "Plan", "check_errors", "find_set", "item_key", "load_plan",
@@ -37,6 +38,8 @@ class Item:
     metadata: dict[str, Any] = field(default_factory=dict)
     scorer: str | None = None  # read by runner.score
     error: str | None = None  # set at plan time: stored as an error, never sent to the engine
+    # The set's and the item's `sampling:` merged (not the run's): in the key when not empty.
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     @property
     def text(self) -> str:
@@ -57,6 +60,7 @@ class Plan:
     root: Path  # images must stay inside it (normalized copies live in <root>/.cache/)
     items: list[Item]
     format: str = "items"
+    ignored: dict[str, int] = field(default_factory=dict)  # batch body field -> requests
 
     @property
     def errors(self) -> list[Item]:
@@ -78,9 +82,11 @@ def find_set(name: str, root: str | Path) -> Path:
                     f"known sets in {root}/: {', '.join(known) or 'none'} (set prompts.name=...).")
 
 
-def item_key(item_id: str, messages: list[dict], images: Iterable[Image]) -> str:
+def item_key(item_id: str, messages: list[dict], images: Iterable[Image],
+             sampling: dict[str, Any] | None = None) -> str:
     """Digest of what the model sees: the messages with each image replaced by the sha256 of its
-    original bytes (and, if it was converted, the conversion settings)."""
+    original bytes (and, if it was converted, the conversion settings), and the item's sampling
+    override when it has one (items without one keep the keys they always had)."""
     by_uri = {im.url: ({"image": im.sha256, "norm": im.norm} if im.norm
                                  else {"image": im.sha256}) for im in images}
 
@@ -91,12 +97,15 @@ def item_key(item_id: str, messages: list[dict], images: Iterable[Image]) -> str
         return c
 
     body = [{"role": m["role"], "content": canon(m["content"])} for m in messages]
-    blob = json.dumps({"id": item_id, "messages": body}, sort_keys=True, ensure_ascii=False)
+    doc: dict[str, Any] = {"id": item_id, "messages": body}
+    if sampling:
+        doc["sampling"] = sampling
+    blob = json.dumps(doc, sort_keys=True, ensure_ascii=False)
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
 def _item(s: Spec, img: Images, system: str | None, scorer: str | None,
-          max_images: int | None) -> Item:
+          max_images: int | None, sampling: dict[str, Any] | None = None) -> Item:
     images: list[Image] = []
     bad: list[str] = []  # reasons, and sha256 of bad bytes (so a fixed file changes the key)
     messages: list[dict[str, Any]] = []
@@ -124,11 +133,12 @@ def _item(s: Spec, img: Images, system: str | None, scorer: str | None,
     if error is None and max_images is not None and n_img > max_images:
         error = (f"{n_img} images in one prompt; model.limit_mm_per_prompt allows "
                  f"{max_images}")
-    key = item_key(s.id, messages, images)
+    over = merge(sampling, s.sampling)
+    key = item_key(s.id, messages, images, over)
     if bad:
         key = hashlib.sha256((key + json.dumps(bad)).encode()).hexdigest()
     return Item(s.id, messages, images, s.expected, s.tags, key, s.metadata,
-                s.scorer or scorer, error)
+                s.scorer or scorer, error, over)
 
 
 def _prefetched(specs: Iterator[Spec], img: Images, batch: int = 64) -> Iterator[Spec]:
@@ -159,6 +169,7 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     system = system or info.system
     items: list[Item] = []
     seen: dict[str, str] = {}
+    ignored: dict[str, int] = {}
     # image preparation (checking, hashing, converting), under the configured bomb guard
     with pixel_limit(opts.max_image_pixels), _progress() as progress:
         task = progress.add_task(f"preparing {f.name}", total=None)
@@ -167,11 +178,13 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
                 raise UserError(f"{s.where}: duplicate item id '{s.id}' (first at "
                                 f"{seen[s.id]}); ids must be unique.")
             seen[s.id] = s.where.split(": ")[0] if " line " in s.where else s.where
-            items.append(_item(s, img, system, info.scorer, max_images))
+            items.append(_item(s, img, system, info.scorer, max_images, info.sampling))
+            for k in s.ignored:
+                ignored[k] = ignored.get(k, 0) + 1
             progress.advance(task)
     if not items:
         raise UserError(f"{f}: no items.")
-    return Plan(info.name, info.file, info.root, items, info.format)
+    return Plan(info.name, info.file, info.root, items, info.format, ignored)
 
 
 def load_plan(cfg: Any) -> Plan:

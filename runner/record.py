@@ -42,10 +42,13 @@ class Record(_Identity, total=False):
     prompt_tokens: int
     completion_tokens: int  # over every sample
     outputs: list[Sample]  # every sample, when sampling.n > 1
-    expected: str | None
+    expected: str | dict | list | None  # a mapping or list: the `json` scorer's
     tags: list[str]
     metadata: dict[str, Any]
     scorer: str | None
+    # the item's sampling override (its set's and its own, over the run's config.yaml
+    # sampling), when it has one; records before it have none
+    sampling: dict[str, Any]
     time: str  # ISO 8601, UTC
 
 
@@ -59,8 +62,9 @@ def _item_fields(item: Item) -> dict[str, Any]:
 
 
 def _tail(item: Item) -> dict[str, Any]:
+    over = {"sampling": item.sampling} if item.sampling else {}
     return {"expected": item.expected, "tags": item.tags, "metadata": item.metadata,
-            "scorer": item.scorer, "time": now()}
+            "scorer": item.scorer, **over, "time": now()}
 
 
 def ok_record(item: Item, out: Any) -> Record:

@@ -3,6 +3,7 @@ Everything else is config."""
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import signal
@@ -22,6 +23,7 @@ from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_cpu_kernels, check_quantization
 from runner.record import counts, error_record, now, ok_record
 from runner.report import Generation, Summary, plan_line, show, show_tail, starting
+from runner.sampling import bound, merge, run_sampling
 from runner.store import ResultWriter, RunDir, run_hash
 
 
@@ -83,7 +85,8 @@ class Job:
         self.summary: Summary
         self.stored: dict[str, Any] = {}  # records already in the run folder, by key
         self.llm: Any = None  # None when every item left is a planned error
-        self.sampling: Any = None
+        self.sampling: dict[str, Any] = {}  # the run's sampling (runner/sampling.py)
+        self._params: dict[str, Any] = {}  # SamplingParams by effective sampling (JSON)
         self.quant: dict[str, Any] | None = None
         self.writer: ResultWriter | None = None
         self.prompt_tokens: dict[str, int] = {}  # the token plan, by item key
@@ -121,6 +124,13 @@ class Job:
         if cfg.shard.count > 1:
             self.plan.items = [it for it in self.plan.items if in_shard(it.key, cfg.shard)]
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
+        c = OmegaConf.to_container(cfg.sampling, resolve=True)
+        assert isinstance(c, dict)
+        self.sampling = run_sampling(c)
+        if self.plan.ignored:
+            fields = ", ".join(f"{k} ({n} requests)" for k, n in sorted(self.plan.ignored.items()))
+            console.print(f"[yellow]warning: {self.plan.file.name}: body fields not honored "
+                          f"(the runner has no equivalent): {fields}.")
         self.summary = Summary(self.rd.hash, str(self.rd.path), cfg.model.name, self.plan.name,
                                "planned", planned=len(self.plan.items))
         return self.pending()
@@ -152,7 +162,7 @@ class Job:
 
     def start_engine(self) -> None:
         """Start (or reuse) the engine for this config, with engine.env set for its life."""
-        from runner.engine import ENGINES, engine_kwargs, sampling_params
+        from runner.engine import ENGINES, engine_kwargs
         from runner.quant import describe
 
         env = OmegaConf.to_container(self.cfg.engine.env, resolve=True)
@@ -161,7 +171,6 @@ class Job:
         kw = engine_kwargs(self.cfg, self.plan.root)
         with starting(self.cfg.model.name, reused=ENGINES.has(kw, env)):
             self.llm, s.engine_start_s, s.engine_reused = ENGINES.get(kw, env)
-        self.sampling = sampling_params(self.cfg)
         self.quant = describe(self.llm)
 
     def open_run(self) -> None:
@@ -200,10 +209,10 @@ class Job:
         _signalled.clear()
         prev = {sig: signal.signal(sig, _raise_interrupt)
                 for sig in (signal.SIGTERM, signal.SIGINT)}
-        mml, sp = self.cfg.model.max_model_len, self.sampling
-        # each output's bound: max_tokens, else what is left of max_model_len
-        bound = lambda p: (sp.max_tokens or max(0, (mml or p) - p)) * sp.n  # noqa: E731
-        progress = Generation({it.key: bound(self.prompt_tokens.get(it.key, 0))
+        mml = self.cfg.model.max_model_len
+        # each output's bound: its max_tokens, else what is left of max_model_len; times n
+        progress = Generation({it.key: bound(self.effective(it),
+                                             self.prompt_tokens.get(it.key, 0), mml)
                                for it in runnable}, len(todo),
                               lambda: token_counts(self.llm) if self.llm is not None else None)
         tg = time.perf_counter()
@@ -261,8 +270,14 @@ class Job:
         cfg, by_key = self.cfg, {it.key: it for it in items}
 
         def run_group(keys: list[str]) -> None:
-            gap = generate(self.llm, ((k, by_key[k].messages) for k in keys), self.sampling,
-                           on_output, on_error, cfg.engine.stall_timeout_s, on_step)
+            reqs = []
+            for k in keys:
+                try:
+                    reqs.append((k, by_key[k].messages, self.params(by_key[k])))
+                except Exception as e:  # noqa: BLE001 - vLLM refuses this item's sampling
+                    on_error(k, f"sampling: {type(e).__name__}: {e}")
+            gap = generate(self.llm, reqs, on_output, on_error, cfg.engine.stall_timeout_s,
+                           on_step)
             self.summary.max_step_s = max(self.summary.max_step_s, gap)
 
         def restart(r: Restart) -> None:
@@ -292,6 +307,20 @@ class Job:
             if sup.death is not None:  # the last thing it ran killed it: free what is left
                 ENGINES.shutdown()
                 self.llm = None
+
+    def effective(self, it: Item) -> dict[str, Any]:
+        """The item's sampling: its set's and its own override over the run's."""
+        return merge(self.sampling, it.sampling)
+
+    def params(self, it: Item) -> Any:
+        """The item's vLLM SamplingParams, one per distinct effective sampling."""
+        from runner.engine import make_params
+
+        eff = self.effective(it)
+        k = json.dumps(eff, sort_keys=True)
+        if k not in self._params:
+            self._params[k] = make_params(eff)
+        return self._params[k]
 
     # --- finish: the writer closed, the manifest's end; then scores and the index ----------
 

@@ -24,12 +24,13 @@ import yaml
 from PIL import Image as PILImage
 
 from runner.errors import UserError
+from runner.sampling import check_override, from_batch_body
 
 FORMATS = ("items", "images", "jsonl", "batch")
 ITEM_KEYS = {"id", "text", "images", "system", "expected", "tags", "messages", "metadata",
-             "scorer"}
+             "scorer", "sampling"}
 SET_KEYS = {"name", "format", "system", "scorer", "items", "file", "images", "templates", "root",
-            "description"}
+            "description", "sampling"}
 Part = tuple[str, str]  # ("text", text) | ("image", reference as written)
 
 
@@ -42,10 +43,12 @@ class Spec:
     base: Path  # relative image paths resolve against it
     turns: list[tuple[str, list[Part]]]  # (role, parts)
     system: str | None = None
-    expected: str | None = None
+    expected: str | dict | list | None = None  # a mapping or list: for the `json` scorer
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
     scorer: str | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)  # the item's override, checked
+    ignored: list[str] = field(default_factory=list)  # batch body fields not honored
 
 
 @dataclass
@@ -56,6 +59,7 @@ class SetInfo:
     format: str
     system: str | None = None
     scorer: str | None = None
+    sampling: dict[str, Any] = field(default_factory=dict)  # the set's override, checked
 
 
 def _yaml(f: Path) -> tuple[Any, yaml.Node | None]:
@@ -130,8 +134,10 @@ def spec_from_item(raw: Any, where: str, base: Path) -> Spec:
     exp, sc, sysp = raw.get("expected"), raw.get("scorer"), raw.get("system")
     return Spec(iid, where, base, turns,
                 None if sysp is None else _str(sysp, "system", where),
-                None if exp is None else _str(exp, "expected", where), [str(t) for t in tags],
-                meta, None if sc is None else _str(sc, "scorer", where))
+                exp if exp is None or isinstance(exp, (dict, list)) else
+                _str(exp, "expected", where), [str(t) for t in tags],
+                meta, None if sc is None else _str(sc, "scorer", where),
+                check_override(raw.get("sampling"), where, base))
 
 
 def _openai_parts(content: Any, where: str) -> list[Part]:
@@ -154,8 +160,8 @@ def _openai_parts(content: Any, where: str) -> list[Part]:
 
 
 def spec_from_batch(raw: Any, where: str, base: Path) -> Spec:
-    """One OpenAI batch request line -> Spec. Sampling fields in `body` are kept as metadata;
-    the run's `sampling` config decides generation."""
+    """One OpenAI batch request line -> Spec. The body's sampling fields become the item's
+    sampling override, as `vllm run-batch` honors them; the whole body stays in metadata."""
     if not isinstance(raw, dict) or "custom_id" not in raw:
         raise UserError(f"{where}: a batch request needs a 'custom_id'.")
     iid = _str(raw["custom_id"], "custom_id", where)
@@ -170,7 +176,8 @@ def spec_from_batch(raw: Any, where: str, base: Path) -> Spec:
             raise UserError(f"{where}: each message needs role user, assistant or system.")
         turns.append((m["role"], _openai_parts(m.get("content", ""), where)))
     meta = {"body": {k: v for k, v in body.items() if k != "messages"}}
-    return Spec(iid, where, base, turns, metadata=meta)
+    over, ignored = from_batch_body(body, where, base)
+    return Spec(iid, where, base, turns, metadata=meta, sampling=over, ignored=ignored)
 
 
 def _jsonl(f: Path, batch: bool) -> Iterator[Spec]:
@@ -238,7 +245,8 @@ def _templates(doc: dict, f: Path) -> Iterator[Spec]:
             text = t.turns[0][1][0][1].replace("{image}", rel).replace("{stem}", stem)
             yield Spec(stem if len(specs) == 1 else f"{stem}:{t.id}", f"{f}: image '{rel}'",
                        f.parent, [("user", [("text", text), ("image", rel)])],
-                       t.system, t.expected, list(t.tags), dict(t.metadata), t.scorer)
+                       t.system, t.expected, list(t.tags), dict(t.metadata), t.scorer,
+                       dict(t.sampling))
 
 
 def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
@@ -261,7 +269,8 @@ def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
     if not root.is_dir():
         raise UserError(f"{f}: image root 'root: {doc['root']}' is not a folder ({root}).")
     info = SetInfo(str(doc.get("name", f.parent.name)), f, root, fmt,
-                   doc.get("system"), doc.get("scorer"))
+                   doc.get("system"), doc.get("scorer"),
+                   check_override(doc.get("sampling"), str(f), f.parent))
     if fmt == "items":
         raw = doc.get("items")
         if not isinstance(raw, list) or not raw:

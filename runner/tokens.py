@@ -173,19 +173,23 @@ def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection
     t = Table(title=f"plan · {plan.name} ({plan.format}) · {cfg.model.name} · tokens {kind}",
               title_justify="left")
     for c, j in (("id", "left"), ("images", "right"), ("image tok", "right"),
-                 ("prompt tok", "right"), ("status", "left")):
+                 ("prompt tok", "right"), ("max_tokens", "right"), ("status", "left")):
         t.add_column(c, justify=j, overflow="fold")  # type: ignore[arg-type]
     shown = [x for x in tokens[:rows]]
     shown += [x for x in tokens[rows:] if x.error][:rows]
+    run_max = cfg.sampling.get("max_tokens")
+    over = {it.key: it.sampling.get("max_tokens", run_max) for it in plan.items}
     for x in shown:
         st = f"[red]{x.error}[/]" if x.error else "[cyan]stored[/]" if x.key in stored else "todo"
-        t.add_row(x.id, str(x.images), f"{x.image_tokens:,}", f"{x.prompt_tokens:,}", st)
+        mt = over.get(x.key, run_max)  # each item's own (its sampling override), else the run's
+        t.add_row(x.id, str(x.images), f"{x.image_tokens:,}", f"{x.prompt_tokens:,}",
+                  "-" if mt is None else f"{mt:,}", st)
     if len(tokens) > len(shown):
-        t.add_row(f"… {len(tokens) - len(shown):,} more", "", "", "", "")
+        t.add_row(f"… {len(tokens) - len(shown):,} more", "", "", "", "", "")
     t.add_section()
     todo = tot["items"] - tot["stored"] - tot["errors"]
     t.add_row("total", f"{tot['images']:,}", f"{tot['image_tokens']:,}",
-              f"{tot['prompt_tokens']:,}",
+              f"{tot['prompt_tokens']:,}", "",
               f"{tot['stored']:,} stored · {todo:,} to run · "
               + (f"[red]{tot['errors']:,} errors[/]" if tot["errors"] else "0 errors"))
     console.print(t)

@@ -187,7 +187,7 @@ def cmd_show(a: argparse.Namespace) -> None:
         t.add_row(Text(str(r.get("id"))), Text(str(r.get("status"))),
                   Text(str(r.get("finish_reason") or "")),
                   Text(f"{r.get('prompt_tokens') or 0}+{r.get('completion_tokens') or 0}"),
-                  item_text(r, a.width), Text(str(r.get("expected") or "")))
+                  item_text(r, a.width), Text(_expected(r.get("expected"))))
     out.print(t)
 
 
@@ -291,6 +291,11 @@ def cmd_report(a: argparse.Namespace) -> None:
     out.print(f"Wrote {done} ({len(dirs)} run{'s' * (len(dirs) != 1)}).")
 
 
+def _expected(x: object) -> str:
+    """An expected answer as text; an object (the json scorer's) as JSON."""
+    return json.dumps(x, ensure_ascii=False) if isinstance(x, (dict, list)) else str(x or "")
+
+
 def cmd_score(a: argparse.Namespace) -> None:
     from runner.results.score import score_run
 
@@ -298,8 +303,12 @@ def cmd_score(a: argparse.Namespace) -> None:
         m = score_run(d, a.set, force=True)
         accuracy = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.1%}"
         tags = "  ".join(f"{t} {v['accuracy']:.0%}" for t, v in m["by_tag"].items())
+        fields = "  ".join(f"{f} {v['accuracy']:.0%}" for f, v in (m.get("fields") or {}).items())
+        valid = (f"  schema_valid {m['schema_valid']:.0%} of {m['constrained']}"
+                 if "schema_valid" in m else "")
         out.print(Text(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
-                       f"{m['errors']} errors)  {tags}".rstrip()))
+                       f"{m['errors']} errors)  {tags}".rstrip() + valid
+                       + (f"\n  fields: {fields}" if fields else "")))
 
 
 # ---- command line -----------------------------------------------------------------------

@@ -10,7 +10,7 @@ from datetime import datetime
 from typing import Any
 
 from runner.record import Record
-from runner.results.runs import Run
+from runner.results.runs import Run, flatten
 
 CSV_FIELDS = ("id", "status", "output", "finish_reason", "prompt_tokens", "completion_tokens",
               "expected", "error", "prompt", "images", "tags")
@@ -42,16 +42,37 @@ def openai_line(run: Run, r: Record) -> dict[str, Any]:
                                 "body": body}, "error": None}
 
 
+def json_columns(r: Record) -> dict[str, Any]:
+    """A JSON-object output as one column per field (`output.<field>`, nested keys dotted;
+    lists as JSON); {} for any other output."""
+    try:
+        v = json.loads(r.get("output") or "")
+    except ValueError:
+        return {}
+    if not isinstance(v, dict):
+        return {}
+    return {f"output.{k}": json.dumps(x, ensure_ascii=False) if isinstance(x, (list, dict))
+            else x for k, x in flatten(v).items() if k}
+
+
+def _cell(v: Any) -> Any:
+    return "" if v is None else json.dumps(v, ensure_ascii=False) \
+        if isinstance(v, (dict, list)) else v
+
+
 def export_text(run: Run, form: str) -> str:
     recs = list(run.items.values())
     if form == "csv":
+        cols = [json_columns(r) for r in recs]
+        extra = list(dict.fromkeys(k for c in cols for k in c))  # in first-seen order
         buf = io.StringIO()
-        w = csv.DictWriter(buf, CSV_FIELDS, extrasaction="ignore", lineterminator="\n")
+        w = csv.DictWriter(buf, [*CSV_FIELDS, *extra], extrasaction="ignore",
+                           lineterminator="\n")
         w.writeheader()
-        for r in recs:
+        for r, c in zip(recs, cols, strict=True):
             w.writerow(r | {"images": ";".join(i["path"] for i in r.get("images") or []),
                             "tags": ";".join(r.get("tags") or []),
-                            "expected": "" if r.get("expected") is None else r["expected"]})
+                            "expected": _cell(r.get("expected"))} | c)
         return buf.getvalue()
     lines = recs if form == "jsonl" else [openai_line(run, r) for r in recs]
     return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)

@@ -101,7 +101,9 @@ def build_report(run_dirs: list[Path], out: Path) -> Path:
                 f = root / im["path"] if root else None
                 images[sha] = thumbnail(f) if f else None
             shas.append([sha, im["path"]])
-        rows.append({"id": i, "p": first.get("prompt", ""), "x": first.get("expected"),
+        x = first.get("expected")  # an object (the json scorer's) shown as JSON
+        x = json.dumps(x, ensure_ascii=False) if isinstance(x, (dict, list)) else x
+        rows.append({"id": i, "p": first.get("prompt", ""), "x": x,
                      "tags": first.get("tags") or [], "im": shas,
                      "o": [_mark(r, x) for r, x in zip(runs, recs, strict=True)]})
     data = {"runs": [_run_info(r, keys) for r in runs], "keys": keys, "rows": rows,

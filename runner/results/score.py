@@ -3,6 +3,7 @@
 Runs on results.jsonl alone (no vLLM, no torch), so changing a scorer never regenerates.
 A scorer is a string (README, "Scoring and reports"):
   exact | contains | regex | regex:<pattern> | numeric | numeric:<tol> | numeric:<tol>% | choice
+  | json (the output parsed as JSON, compared with an expected object field by field)
 chosen per item (the record's or the set item's `scorer`), per set (top-level `scorer:` in the
 set file) or `exact`.
 """
@@ -23,6 +24,7 @@ import yaml
 
 from runner.files import atomic_write, read_json, read_yaml
 from runner.record import Record, counts, latest_by_id, read_records
+from runner.results.runs import flatten
 
 DEFAULT_SCORER = "exact"
 
@@ -31,6 +33,7 @@ DEFAULT_SCORER = "exact"
 class Score:
     score: float
     reason: str
+    fields: dict[str, bool] | None = None  # the json scorer's: dotted field -> correct
 
     @property
     def correct(self) -> bool:
@@ -165,14 +168,57 @@ def choice(output: str, expected: str, options: Sequence[str] | None) -> Score:
     return Score(float(got == want), f"chose {got}" + ("" if got == want else f", not {want}"))
 
 
-SCORERS = ("exact", "contains", "regex", "numeric", "choice")
+def parse_json(text: str) -> Any:
+    """The output as JSON: the whole text, else its first {...} or [...] span."""
+    try:
+        return json.loads(text)
+    except ValueError:
+        pass
+    m = re.search(r"[{\[].*[}\]]", text, re.DOTALL)
+    if m:
+        try:
+            return json.loads(m.group(0))
+        except ValueError:
+            pass
+    raise ValueError("not JSON")
+
+
+def _same(got: Any, want: Any) -> bool:
+    """Field equality: numbers by value (a numeric string counts), text after normalize."""
+    if isinstance(want, bool) or isinstance(got, bool):
+        return got == want
+    try:
+        return math.isclose(float(got), float(want), rel_tol=1e-9)
+    except (TypeError, ValueError):
+        pass
+    if isinstance(want, (list, dict)):
+        return json.dumps(got, sort_keys=True) == json.dumps(want, sort_keys=True)
+    return got is not None and normalize(str(got)) == normalize(str(want))
+
+
+def json_fields(output: str, expected: Any) -> Score:
+    """Every field of the expected object (nested keys dotted) against the parsed output."""
+    want = expected if isinstance(expected, (dict, list)) else json.loads(str(expected))
+    want_f = flatten(want)
+    try:
+        got = flatten(parse_json(output))
+    except ValueError:
+        return Score(0.0, "output is not JSON", {k: False for k in want_f})
+    fields = {k: _same(got.get(k), v) for k, v in want_f.items()}
+    wrong = [k for k, ok in fields.items() if not ok]
+    n = len(fields) or 1
+    return Score(sum(fields.values()) / n, f"{n - len(wrong)}/{n} fields"
+                 + (f"; wrong: {', '.join(wrong[:5])}" if wrong else ""), fields)
+
+
+SCORERS = ("exact", "contains", "regex", "numeric", "choice", "json")
 
 
 def check_spec(spec: str) -> str:
     name, _, arg = spec.partition(":")
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {spec!r}; use one of: exact, contains, regex, "
-                         "regex:<pattern>, numeric, numeric:<tol>, numeric:<tol>%, choice")
+                         "regex:<pattern>, numeric, numeric:<tol>, numeric:<tol>%, choice, json")
     if name == "numeric" and arg:
         parse_tolerance(arg)
     if name == "regex" and arg:
@@ -180,9 +226,12 @@ def check_spec(spec: str) -> str:
     return spec
 
 
-def score_output(spec: str, output: str, expected: str,
+def score_output(spec: str, output: str, expected: Any,
                  options: Sequence[str] | None = None) -> Score:
     name, sep, arg = check_spec(spec).partition(":")
+    if name == "json":
+        return json_fields(output, expected)
+    expected = json.dumps(expected) if isinstance(expected, (dict, list)) else str(expected)
     if name == "exact":
         return exact(output, expected)
     if name == "contains":
@@ -285,17 +334,20 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
             s = Score(0.0, f"generation error: {r.get('error', 'unknown')}"[:200])
         else:
             try:
-                s = score_output(spec, r.get("output") or "", str(r["expected"]),
+                s = score_output(spec, r.get("output") or "", r["expected"],
                                  meta.get("options"))
             except (ValueError, re.error) as e:
                 s = Score(0.0, f"bad scorer: {e}")
         row = {"id": r["id"], "key": r["key"], "score": s.score, "correct": s.correct,
                "scorer": spec, "reason": s.reason}
+        if s.fields is not None:
+            row["fields"] = s.fields
         scores.append(row)
         latest[r["id"]] = (row, r.get("tags") or [])
     atomic_write(run_dir / "scores.jsonl",
                   "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in scores))
     metrics = _metrics(records, list(latest.values()), run_dir)
+    metrics |= schema_metrics(latest_by_id(records).values(), run_dir)
     atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
 
@@ -303,9 +355,12 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
 def _metrics(records: list[Record], latest: list[tuple[dict, list[str]]],
              run_dir: Path) -> dict[str, Any]:
     by_tag: dict[str, list[float]] = defaultdict(list)
+    by_field: dict[str, list[float]] = defaultdict(list)
     for row, tags in latest:
         for t in tags:
             by_tag[str(t)].append(row["score"])
+        for f, ok in (row.get("fields") or {}).items():
+            by_field[f].append(float(ok))
     items = counts(latest_by_id(records).values())  # each id once: its latest record
     manifest = read_json(run_dir / "manifest.json", {})
     n = len(latest)
@@ -315,6 +370,8 @@ def _metrics(records: list[Record], latest: list[tuple[dict, list[str]]],
             "items": items.stored,
             "by_tag": {t: {"accuracy": acc(v), "scored": len(v)}
                        for t, v in sorted(by_tag.items())},
+            **({"fields": {f: {"accuracy": acc(v), "scored": len(v)}
+                           for f, v in sorted(by_field.items())}} if by_field else {}),
             "errors": items.errors,
             "completion_tokens_per_s": (manifest.get("throughput") or {})
             .get("completion_tokens_per_s")}
@@ -325,3 +382,49 @@ def main(argv: list[str] | None = None) -> int:
     from runner.results.cli import main as cli
 
     return cli(["score", *(sys.argv[1:] if argv is None else argv)])
+
+
+# --- constrained runs: does each output satisfy its structured_outputs? --------------------
+
+
+def satisfies(so: dict[str, Any], text: str) -> bool | None:
+    """Whether `text` meets the constraint; None for a kind checked only by the engine
+    (grammar, structural_tag)."""
+    if so.get("choice") is not None:
+        return text in so["choice"]
+    if so.get("regex") is not None:
+        return re.fullmatch(so["regex"], text) is not None
+    if so.get("json") is not None or so.get("json_object"):
+        try:
+            v = json.loads(text)
+        except ValueError:
+            return False
+        if so.get("json") is None:
+            return isinstance(v, dict)
+        import jsonschema
+
+        return jsonschema.validators.validator_for(so["json"])(so["json"]).is_valid(v)
+    return None
+
+
+def schema_metrics(records: Any, run_dir: Path) -> dict[str, Any]:
+    """`schema_valid`: the share of constrained outputs that satisfy their constraint (the
+    run's structured_outputs, or the record's own override), over `constrained` outputs."""
+    from runner.errors import UserError
+    from runner.sampling import check_structured
+
+    cfg = read_yaml(run_dir / "config.yaml", {}).get("sampling") or {}
+    try:
+        run_so = check_structured(cfg.get("structured_outputs") or None, "", Path.cwd())
+    except UserError:  # a schema file that moved away: the records' own constraints only
+        run_so = None
+    valid = checked = 0
+    for r in records:
+        over = r.get("sampling") or {}
+        so = over["structured_outputs"] if "structured_outputs" in over else run_so
+        if not so or r.get("status") != "ok":
+            continue
+        ok = satisfies(so, r.get("output") or "")
+        if ok is not None:
+            checked, valid = checked + 1, valid + ok
+    return {"schema_valid": round(valid / checked, 4), "constrained": checked} if checked else {}
