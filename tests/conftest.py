@@ -65,3 +65,12 @@ def wait_for(p: subprocess.Popen, done: Callable[[], bool], what: str,
 @pytest.fixture
 def cfg_factory():
     return make_cfg
+
+
+@pytest.fixture(scope="session")
+def tiny_weights() -> Path:
+    """The bundled tiny Pixtral in data/, built if missing: exact token plans read its
+    tokenizer, and a fresh clone's fast lane runs before any engine test has built it."""
+    from runner.fixtures import tiny
+
+    return tiny.build(ROOT / "data" / "pixtral-tiny")

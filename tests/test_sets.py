@@ -170,7 +170,7 @@ def hostile_set(d: Path) -> Path:
 BAD = {"zero", "truncated", "fake", "bomb", "five_images", "too_long"}
 
 
-def test_item_errors_at_plan_level(tmp_path: Path):
+def test_item_errors_at_plan_level(tmp_path: Path, tiny_weights: Path):
     f = hostile_set(tmp_path / "h")
     cfg = make_cfg(*TINY, f"prompts.name={f}", "model.limit_mm_per_prompt.image=2")
     plan = load_plan(cfg)
@@ -218,7 +218,8 @@ def test_hf_models_get_a_labelled_estimate():
 # --- the command line (no engine) --------------------------------------------------------------
 
 
-def test_dry_run_prints_the_token_plan_and_writes_nothing(tmp_path: Path):
+def test_dry_run_prints_the_token_plan_and_writes_nothing(tmp_path: Path,
+                                                          tiny_weights: Path):
     p = runner(*TINY, "dry_run=true", f"prompts.name={EX / 'batch.jsonl'}",
                f"store.root={tmp_path}")
     assert p.returncode == 0, p.stderr[-3000:]
