@@ -112,7 +112,6 @@ def lost(hydra_context: HydraContext, cfg: DictConfig, overrides: list[str], job
     with read_write(cfg.hydra.runtime):
         cfg.hydra.runtime.output_dir = str(out.absolute())
     s = Summary(None, None, cfg.model.name, cfg.prompts.name, "failed", error=reason)
-    console.print(f"[bold red]error:[/] job {job_num} ({' '.join(overrides)}): {reason}")
     jr = JobReturn(overrides=overrides, cfg=cfg, hydra_cfg=cfg.hydra, working_dir=str(out),
                    status=JobStatus.COMPLETED, _return_value=s)
     hydra_context.callbacks.on_job_end(config=cfg, job_return=jr)
