@@ -7,13 +7,15 @@ engine reused).
 
 Each way runs once, in a fresh store, as a fresh `python -m runner`. Prints the wall time of
 each (what the user waits for: Ray's or submitit's start, the engines' starts, generation) and,
-from the manifest, each shard's engine start and generation time.
+from the manifest, each shard's engine start and generation time; `load` is the 1-minute load
+average when the way ended (anything else running on the machine shows there).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import tempfile
 from pathlib import Path
 
@@ -36,7 +38,7 @@ def main() -> None:
     common = ["model=pixtral_tiny", "engine=cpu", f"prompts.name={prompts}",
               f"sampling.max_tokens={a.max_tokens}"]
     print(f"{a.n} items, max_tokens {a.max_tokens}, tiny Pixtral on CPU; {tmp}")
-    print(f"{'way':32} {'wall s':>7}  per job: engine start s / generate s")
+    print(f"{'way':32} {'wall s':>7} {'load':>5}  per job: engine start s / generate s")
     for i, (name, args) in enumerate(WAYS.items()):
         store = tmp / f"store{i}"
         wall, _ = timed([PY, "-m", "runner", *args, *common, f"store.root={store}"])
@@ -45,7 +47,8 @@ def main() -> None:
         jobs = m.get("shards", {"0/1": m})
         per = "  ".join(f"{k}: {v['timings']['engine_start_s']:.1f} / "
                         f"{v['timings']['generate_s']:.1f}" for k, v in sorted(jobs.items()))
-        print(f"{name:32} {wall:7.1f}  {per}", flush=True)
+        load = os.getloadavg()[0]  # other work on the machine skews the comparison
+        print(f"{name:32} {wall:7.1f} {load:5.1f}  {per}", flush=True)
 
 
 if __name__ == "__main__":
