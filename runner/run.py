@@ -333,6 +333,7 @@ class Job:
         s.status, s.total_s = status, time.perf_counter() - self.t0
         i, n = self.rd.shard
         this = {"status": s.status, "finished": now(), "computed": s.computed,
+                "pid": os.getpid(), "devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "errors": s.errors, "planned": s.planned,
                 "engine": {"reused": s.engine_reused, "starts_in_process": ENGINES.starts},
                 "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},

@@ -60,6 +60,10 @@ class SweepSummary(Callback):
                             if isinstance(r := read_json(p), dict)), key=lambda r: r["num"])
         _write(sweep_dir / "runs.json", self.rows)
         console.print(table(self.rows, sweep_dir))
+        for r in self.rows:  # which job failed, and why
+            if r["status"] == "failed":
+                console.print(f"[red]job {r['num']} failed ({' '.join(r['overrides'])}): "
+                              f"{r.get('error')}")
         if any(r["status"] == "failed" for r in self.rows):
             sys.exit(1)
 

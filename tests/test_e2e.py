@@ -113,9 +113,11 @@ def test_sweep_starts_one_engine_per_engine_config_and_a_rerun_starts_nothing(tm
 
 
 def test_shards_through_submitit_fill_one_run(first: Path, tmp_path: Path):
-    """Two shards as two submitit jobs (the SLURM submission path, run locally), in parallel."""
+    """Two shards as two submitit jobs (the SLURM submission path, run locally), in parallel,
+    on a node that lists two GPUs (vLLM's CPU build ignores them): one for each job."""
     p = runner("-m", "hydra/launcher=local", *TINY, f"store.root={tmp_path}",
-               "shard.count=2", "shard.index=0,1", timeout=900)
+               "shard.count=2", "shard.index=0,1", timeout=900,
+               env={"CUDA_VISIBLE_DEVICES": "0,1"})
     assert p.returncode == 0, p.stderr[-4000:]
     (d,) = run_dirs(tmp_path)
     assert d.name == first.name  # shards are outside the hash
@@ -126,6 +128,7 @@ def test_shards_through_submitit_fill_one_run(first: Path, tmp_path: Path):
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "complete" and set(m["shards"]) == {"0/2", "1/2"}
     assert [m["shards"][f"{i}/2"]["computed"] for i in (0, 1)] == [len(x) for x in ids]
+    assert [m["shards"][f"{i}/2"]["devices"] for i in (0, 1)] == ["0", "1"]  # disjoint
     assert m["counts"]["stored"] == 5 and m["counts"]["errors"] == 0
     # Not the unsharded run's text: another batch, and vLLM's CPU kernels are not
     # batch-invariant. Each item is a full, bounded generation.

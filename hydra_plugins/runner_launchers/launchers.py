@@ -1,0 +1,55 @@
+"""The runner's Hydra launchers. Hydra only instantiates launchers that live under the
+`hydra_plugins` namespace package, so the classes are here; what they do is runner/launch.py.
+
+- `hydra/launcher=ray`: each job of a multirun is a Ray task on the cluster at `address`.
+- `hydra/launcher=local`: submitit's local executor, each job with its own slice of this
+  node's GPUs (submitit gives every local job the same devices)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from hydra.core.singleton import Singleton
+from hydra.core.utils import JobReturn
+from hydra.plugins.launcher import Launcher
+from hydra.types import HydraContext, TaskFunction
+from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as Submitit
+from omegaconf import DictConfig, OmegaConf
+
+
+class RayLauncher(Launcher):
+    def __init__(self, address: str | None = None, gpus_per_job: int | None = None,
+                 cpus_per_job: float = 1, runtime_env: Any = None) -> None:
+        self.address, self.gpus_per_job, self.cpus_per_job = address, gpus_per_job, cpus_per_job
+        env = OmegaConf.to_container(runtime_env, resolve=True) if runtime_env else {}
+        self.runtime_env: dict[str, Any] = env if isinstance(env, dict) else {}
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]],
+               initial_job_idx: int) -> Sequence[JobReturn]:
+        from runner.launch import launch_ray
+
+        return launch_ray(self, job_overrides, initial_job_idx)
+
+
+class LocalLauncher(Submitit):
+    def __init__(self, gpus_per_job: int | None = None, **params: Any) -> None:
+        super().__init__(**params)
+        from runner.launch import node_devices
+
+        self.gpus_per_job = gpus_per_job
+        self.node_devices = node_devices()  # read here, in the process that submits
+
+    def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int,
+                 job_id: str, singleton_state: dict[type, Singleton]) -> JobReturn:
+        from runner.launch import set_devices
+
+        set_devices(self, sweep_overrides, job_num, singleton_state)
+        return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)

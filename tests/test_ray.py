@@ -1,0 +1,124 @@
+"""Multirun jobs as Ray tasks (`hydra/launcher=ray`) on a live local Ray cluster, through the
+real vLLM engine (CPU build) on the bundled tiny Pixtral.
+
+The cluster (one per session, shut down at the end whatever happens) has 2 CPUs and 2 GPUs
+that exist only in its resource table: each job asks for 1 GPU (engine.tensor_parallel_size),
+so Ray gives each its own CUDA_VISIBLE_DEVICES, which vLLM's CPU build ignores.
+Engine starts: 2 (shards), 2 (sweep), 3 (a shard killed during its start, then rerun).
+"""
+
+import json
+import os
+import signal
+import tempfile
+from pathlib import Path
+
+import pytest
+import yaml
+
+from conftest import TINY, make_cfg, output, runner, spawn, wait_for
+from runner.plan import load_plan
+
+pytestmark = pytest.mark.engine
+
+SHARDS = ["shard.count=2", "shard.index=0,1"]
+
+
+@pytest.fixture(scope="session")
+def ray_address():
+    import ray
+
+    tmp = tempfile.mkdtemp(prefix="ray", dir="/tmp")  # Ray's socket paths must stay short
+    ctx = ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False,
+                   _temp_dir=tmp, _node_ip_address="127.0.0.1", logging_level="WARNING")
+    try:
+        yield ctx.address_info["gcs_address"]
+    finally:
+        ray.shutdown()
+
+
+def on_ray(address: str, store: Path, *args: str) -> list[str]:
+    return ["-m", "hydra/launcher=ray", f"hydra.launcher.address={address}", *TINY,
+            f"store.root={store}", "sampling.max_tokens=8", *args]
+
+
+def rows(store: Path) -> list[dict]:
+    return json.loads(max(store.glob(".sweeps/*/runs.json")).read_text())
+
+
+def ids(run: Path, i: int) -> list[str]:
+    f = run / f"results.{i}-of-2.jsonl"
+    return sorted(json.loads(x)["id"] for x in f.read_text().splitlines()) if f.exists() else []
+
+
+def the_set() -> list[str]:
+    return sorted(it.id for it in load_plan(make_cfg(*TINY)).items)
+
+
+def test_shards_through_ray_fill_one_run(ray_address: str, tmp_path: Path):
+    """Two shards as two Ray tasks, side by side, each with its own (resource-table) GPU."""
+    p = runner(*on_ray(ray_address, tmp_path, *SHARDS), timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rs = rows(tmp_path)
+    assert [r["status"] for r in rs] == ["computed"] * 2 and len({r["hash"] for r in rs}) == 1
+    d = Path(rs[0]["folder"])
+    parts = [ids(d, i) for i in (0, 1)]
+    assert parts[0] and parts[1] and not set(parts[0]) & set(parts[1])
+    assert sorted(parts[0] + parts[1]) == the_set()
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["counts"]["stored"] == 5 and m["counts"]["errors"] == 0
+    shards = [m["shards"][f"{i}/2"] for i in (0, 1)]
+    assert [s["computed"] for s in shards] == [len(x) for x in parts]
+    # two processes, each seeing one GPU of its own, as Ray assigned them
+    assert shards[0]["pid"] != shards[1]["pid"]
+    assert sorted(s["devices"] for s in shards) == ["0", "1"]
+    # bounded generations (not compared with an unsharded run: CPU is not batch-invariant)
+    limit = yaml.safe_load((d / "config.yaml").read_text())["sampling"]["max_tokens"]
+    for i in (0, 1):
+        for r in map(json.loads, (d / f"results.{i}-of-2.jsonl").read_text().splitlines()):
+            assert r["status"] == "ok" and 0 < r["completion_tokens"] <= limit, r
+    # reading merges the shards: the unsharded config is a cache hit
+    p = runner(*TINY, f"store.root={tmp_path}", "sampling.max_tokens=8")
+    assert p.returncode == 0 and "5 cached" in p.stderr, p.stderr[-3000:]
+
+
+def test_sweep_through_ray(ray_address: str, tmp_path: Path):
+    p = runner(*on_ray(ray_address, tmp_path, "sampling.temperature=0,0.5"), timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rs = rows(tmp_path)
+    assert [r["status"] for r in rs] == ["computed"] * 2 and len({r["hash"] for r in rs}) == 2
+    assert [r["items"] for r in rs] == [5, 5] and all(r["tokens_per_s"] > 0 for r in rs)
+    ms = [json.loads((Path(r["folder"]) / "manifest.json").read_text()) for r in rs]
+    assert [m["sampling"]["temperature"] for m in ms] == [0, 0.5]
+    assert all(m["status"] == "complete" and m["counts"]["stored"] == 5 for m in ms)
+    assert "temperature=0.5" in p.stdout + p.stderr  # the end-of-sweep table
+
+
+def test_a_killed_ray_worker_takes_its_shard_only_and_a_rerun_finishes_it(
+        ray_address: str, tmp_path: Path):
+    args = on_ray(ray_address, tmp_path, "sampling.temperature=0.3", *SHARDS)
+    p = spawn(*args)
+    # shard 1's lock holder is its Ray worker ("pid N on HOST"), taken before its engine starts
+    lock = lambda: [f for f in tmp_path.glob(".locks/*.1-of-2.lock") if f.read_text()]  # noqa: E731
+    wait_for(p, lambda: bool(lock()), "shard 1 to take its lock", timeout=300)
+    pid = int(lock()[0].read_text().split()[1])
+    os.kill(pid, signal.SIGKILL)
+    assert p.wait(timeout=900) == 1, output(p)[-4000:]
+    out = " ".join(output(p).split())  # the console wraps at 80 columns
+    assert "job 1 failed (" in out and "): Ray worker died: " in out, out[-4000:]
+    rs = rows(tmp_path)
+    assert [r["status"] for r in rs] == ["computed", "failed"]
+    assert rs[1]["error"].startswith("Ray worker died: ") and rs[1]["hash"] is None
+    d = Path(rs[0]["folder"])
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "partial" and set(m["shards"]) == {"0/2"}
+    done = ids(d, 0)
+    assert done and ids(d, 1) == []
+
+    p = runner(*args, timeout=900)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rs = rows(tmp_path)
+    assert [r["status"] for r in rs] == ["cached", "computed"]
+    assert ids(d, 0) == done and sorted(done + ids(d, 1)) == the_set()
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["status"] == "complete" and m["shards"]["0/2"]["computed"] == len(done)
