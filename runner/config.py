@@ -185,6 +185,11 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
     return out
 
 
+def run_sampling_of(cfg: DictConfig) -> dict[str, Any]:
+    """The run's `sampling`, resolved and checked (runner/sampling.py: run_sampling)."""
+    return run_sampling(_container(cfg.sampling))
+
+
 def engine_args(cfg: DictConfig) -> dict[str, Any]:
     """The model and engine fields that are vLLM engine arguments, None (vLLM's default) left
     out; `model`, `allowed_local_media_path` and engine.extra are added by the engine."""

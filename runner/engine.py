@@ -255,11 +255,9 @@ def make_params(sampling: dict[str, Any]) -> Any:
 
 def sampling_params(cfg: DictConfig) -> Any:
     """The run's SamplingParams (its `sampling` config, a `json` schema file read)."""
-    from runner.sampling import run_sampling
+    from runner.config import run_sampling_of
 
-    c = OmegaConf.to_container(cfg.sampling, resolve=True)
-    assert isinstance(c, dict)
-    return make_params(run_sampling(c))
+    return make_params(run_sampling_of(cfg))
 
 
 class Watchdog:

@@ -16,6 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.config import run_sampling_of
 from runner.console import console
 from runner.errors import EngineFailed, Interrupted, RunFailed, StartFailed, UserError
 from runner.images import pixel_limit
@@ -23,7 +24,7 @@ from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_cpu_kernels, check_quantization
 from runner.record import counts, error_record, now, ok_record
 from runner.report import Generation, Summary, plan_line, show, show_tail, starting
-from runner.sampling import bound, merge, run_sampling
+from runner.sampling import bound, merge
 from runner.store import ResultWriter, RunDir, run_hash
 
 
@@ -124,9 +125,7 @@ class Job:
         if cfg.shard.count > 1:
             self.plan.items = [it for it in self.plan.items if in_shard(it.key, cfg.shard)]
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
-        c = OmegaConf.to_container(cfg.sampling, resolve=True)
-        assert isinstance(c, dict)
-        self.sampling = run_sampling(c)
+        self.sampling = run_sampling_of(cfg)
         if self.plan.ignored:
             fields = ", ".join(f"{k} ({n} requests)" for k, n in sorted(self.plan.ignored.items()))
             console.print(f"[yellow]warning: {self.plan.file.name}: body fields not honored "
