@@ -165,11 +165,18 @@ class Job:
         env = OmegaConf.to_container(self.cfg.engine.env, resolve=True)
         assert isinstance(env, dict)
         s = self.summary
-        kw = engine_kwargs(self.cfg, self.plan.root)
+        kw = engine_kwargs(self.cfg, self.media_root())
         with starting(self.cfg.model.name, reused=SLOT.has(kw, env)):
             self.engine, s.engine_start_s, s.engine_reused = SLOT.get(kw, env)
         self._watchdog()
         self.quant = self.engine.describe()
+
+    def media_root(self) -> Path:
+        """Where vLLM may read local images (its allowed_local_media_path): prompts.root when
+        the set lies under it, so a sweep over the sets there keeps one engine; else the set's
+        own root. The plan already refused images outside the set's root."""
+        root = Path(self.cfg.prompts.root).resolve()
+        return root if self.plan.root.resolve().is_relative_to(root) else self.plan.root
 
     def _watchdog(self) -> None:
         assert self.engine is not None
