@@ -39,20 +39,26 @@ ROUTE = "+engine.extra.structured_outputs_config={backend:xgrammar,disable_any_w
 REAL = [*TINY, ROUTE, "model.limit_mm_per_prompt.image=2"]
 
 register()
+STARTS = pytest.StashKey[Path]()
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    if not os.environ.get("RUNNER_ENGINE_STARTS_LOG"):  # `make test` sets it; a bare pytest
+    if not os.environ.get("RUNNER_ENGINE_STARTS_LOG"):  # `make test` sets it and prints it
         f = tempfile.NamedTemporaryFile(prefix="engine-starts-", delete=False)
         os.environ["RUNNER_ENGINE_STARTS_LOG"] = f.name
+        config.stash[STARTS] = Path(f.name)
 
 
-def pytest_terminal_summary(terminalreporter: Any) -> None:
-    if os.environ.get("PYTEST_XDIST_WORKER"):
-        return
-    f = Path(os.environ["RUNNER_ENGINE_STARTS_LOG"])
-    n = len(f.read_text().splitlines()) if f.exists() else 0
-    terminalreporter.write_line(f"real vLLM engine starts: {n}")
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for it in items:  # with xdist's loadgroup: one worker runs them all, on one session engine
+        if it.get_closest_marker("engine"):
+            it.add_marker(pytest.mark.xdist_group("engine"))
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if (f := config.stash.get(STARTS, None)) is not None:
+        n = len(f.read_text().splitlines()) if f.exists() else 0
+        terminalreporter.write_line(f"real vLLM engine starts: {n}")
 
 
 def fake_env(**faults: Any) -> dict[str, str]:
@@ -62,6 +68,11 @@ def fake_env(**faults: Any) -> dict[str, str]:
 
 
 FAKE = fake_env()  # the fake engine, no faults
+
+
+def run_dirs_of(store: Path) -> list[Path]:
+    """The run folders in a store (not .locks, .logs, .sweeps)."""
+    return sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))
 
 
 def engine_procs(pid: int) -> list[int]:

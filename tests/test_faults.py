@@ -1,6 +1,8 @@
-"""A dying engine, for real: the vLLM EngineCore process is killed with SIGKILL mid-run, or a
-poison item makes it exit (a test-only logits processor). The run must never hang, restart
-the engine, store every item exactly once, and isolate the item that kills it."""
+"""A dying engine. The runner's own handling (restarts, exhausted restarts, stalls, poison
+bisection) runs on the fake engine, a child process killed for real. What is about vLLM runs
+on the real engine, one test each: its EngineCore SIGKILLed mid-run, a poison item that makes
+it exit (a test-only logits processor), a failing start. The run must never hang, must store
+every item exactly once, and must isolate the item that kills the engine."""
 
 from __future__ import annotations
 
@@ -8,25 +10,34 @@ import json
 import os
 import signal
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, output, spawn, wait_for
+from conftest import (
+    ROOT,
+    TINY,
+    engine_procs,
+    fake_env,
+    output,
+    run_dirs_of,
+    runner,
+    spawn,
+    wait_for,
+)
+from runner.engine.args import explain_start_failure
 from runner.tokens import mistral_common_file
 
-pytestmark = pytest.mark.engine
 PLUGINS = ROOT / "tests" / "plugins"
-MARKER = "XQZPOISONQZX"
+POISON, GATE = "XQZPOISONQZX", "XQZGATEQZX"
 
 
-def make_set(root: Path, n: int, poison: int | None = None) -> Path:
+def make_set(root: Path, n: int, marks: dict[int, str] | None = None) -> Path:
     d = root / "faults"
     d.mkdir(parents=True)
     items = [{"id": f"f{i:02d}", "text": f"Item {i}: tell me a long story."} for i in range(n)]
-    if poison is not None:
-        items[poison]["text"] = f"Item {poison}: {MARKER} tell me a long story."
+    for i, m in (marks or {}).items():
+        items[i]["text"] = f"Item {i}: {m} tell me a long story."
     (d / "set.yaml").write_text(json.dumps({"items": items}))
     return root
 
@@ -58,80 +69,60 @@ def manifest(store: Path) -> dict:
     return m
 
 
-def engine_cores(pid: int) -> list[int]:
-    """Descendants of `pid` whose title vLLM set to VLLM::EngineCore."""
-    parent = {}
-    for d in Path("/proc").iterdir():
-        if d.name.isdigit():
-            try:
-                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, ValueError, IndexError):
-                pass
-
-    def descends(q: int) -> bool:
-        while q in parent and q > 1:
-            q = parent[q]
-            if q == pid:
-                return True
-        return False
-
-    out = []
-    for q in parent:
-        try:
-            title = Path(f"/proc/{q}/cmdline").read_bytes().split(b"\0")[0]
-        except OSError:
-            continue
-        if title.startswith(b"VLLM::EngineCore") and descends(q):
-            out.append(q)
-    return out
-
-
-def kill_engine_core_after(p: subprocess.Popen, store: Path, n: int) -> int:
-    """Wait until `n` results are stored, then SIGKILL the engine core; its pid."""
-    wait_for(p, lambda: len(stored(store)) >= n, f"{n} stored results (the kill point)")
-    (core,) = engine_cores(p.pid)
-    os.kill(core, signal.SIGKILL)
-    return core
-
-
 def assert_each_once(recs: list[dict], n: int) -> None:
     ids = [r["id"] for r in recs]
     assert sorted(ids) == [f"f{i:02d}" for i in range(n)], ids
 
 
-ARGS = ("engine.max_num_seqs=4", "sampling.max_tokens=128")
+def marker_ids(marker: str) -> str:
+    """The marker's token ids as they appear inside any prompt (the tiny model's tokenizer)."""
+    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+
+    tok = Tekkenizer.from_file(str(mistral_common_file()))
+    ids = tok.encode(f"Item 3: {marker} tell", bos=False, eos=False)
+    inner = tok.encode(f" {marker}", bos=False, eos=False)[1:-1]  # stable inside any text
+    assert len(inner) >= 2 and any(ids[i:i + len(inner)] == inner for i in range(len(ids)))
+    return ",".join(map(str, inner))
 
 
-def test_engine_core_killed_mid_run_restarts_and_finishes(tmp_path: Path):
+ARGS = ("engine.max_num_seqs=4", "sampling.max_tokens=32")
+
+
+# --- the runner's handling, on the fake engine ------------------------------------------------
+
+def test_a_killed_engine_restarts_and_the_run_finishes(tmp_path: Path):
     n = 16
     prompts, store = make_set(tmp_path / "p", n), tmp_path / "s"
-    p = start(prompts, store, *ARGS)
-    kill_engine_core_after(p, store, 4)
+    gate = tmp_path / "gate"
+    p = start(prompts, store, *ARGS, env=fake_env(gate_after=4, gate=str(gate), deaths=1,
+                                                  state=str(tmp_path)))
+    wait_for(p, lambda: len(stored(store)) == 4, "4 stored results (the engine holds there)")
+    (eng,) = engine_procs(p.pid)
+    os.kill(eng, signal.SIGKILL)
     assert finish(p) == 0, output(p)[-3000:]
     recs = stored(store)
     assert_each_once(recs, n)
-    assert all(r["status"] == "ok" and 0 < r["completion_tokens"] <= 128 for r in recs)
+    assert all(r["status"] == "ok" and r["completion_tokens"] == 32 for r in recs)
     m = manifest(store)
     assert m["status"] == "complete" and m["counts"]["stored"] == n
     (r,) = m["restarts"]
-    assert "SIGKILL" in r["reason"] and r["mode"] == "restart" and 1 <= r["in_flight"] <= 4
-    assert "The engine died" in output(p)
+    assert "SIGKILL" in r["reason"] and r["mode"] == "restart" and r["in_flight"] == 4
+    assert "The engine died" in output(p) and "Traceback" not in output(p)
 
 
-def test_kills_beyond_max_restarts_fail_then_a_rerun_resumes(tmp_path: Path):
+def test_deaths_beyond_max_restarts_fail_then_a_rerun_resumes(tmp_path: Path):
     n = 12
     prompts, store = make_set(tmp_path / "p", n), tmp_path / "s"
-    p = start(prompts, store, *ARGS, "engine.max_restarts=0")
-    kill_engine_core_after(p, store, 4)
+    p = start(prompts, store, *ARGS, "engine.max_restarts=1", env=fake_env(die_after=4))
     assert finish(p) == 3
     out = output(p)
-    assert "engine.max_restarts=0 is used up" in out and "Traceback" not in out
+    assert "engine.max_restarts=1 is used up" in out and "Traceback" not in out
     m = manifest(store)
     before = stored(store)
-    assert m["status"] == "failed" and m["counts"]["stored"] == len(before) < n
-    assert "SIGKILL" in m["error"]
+    assert m["status"] == "failed" and m["counts"]["stored"] == len(before) == 8  # 4 per life
+    assert "SIGKILL" in m["error"] and len(m["restarts"]) == 1
 
-    p = start(prompts, store, *ARGS)  # the rerun computes only what is missing
+    p = start(prompts, store, *ARGS, env=fake_env())  # the rerun computes only what is missing
     assert finish(p) == 0, output(p)[-3000:]
     recs = stored(store)
     assert_each_once(recs, n)
@@ -139,19 +130,93 @@ def test_kills_beyond_max_restarts_fail_then_a_rerun_resumes(tmp_path: Path):
     assert manifest(store)["status"] == "complete"
 
 
-def test_a_poison_item_is_stored_as_an_error_and_the_rest_complete(tmp_path: Path):
-    from mistral_common.tokens.tokenizers.tekken import Tekkenizer
+def test_a_stalled_engine_is_killed_and_restarted(tmp_path: Path):
+    n = 8
+    prompts, store = make_set(tmp_path / "p", n), tmp_path / "s"
+    p = start(prompts, store, *ARGS, "engine.stall_timeout_s=1",
+              env=fake_env(stall_after=2, deaths=1, state=str(tmp_path)))
+    assert finish(p) == 0, output(p)[-3000:]
+    assert_each_once(stored(store), n)
+    (r,) = manifest(store)["restarts"]
+    assert r["reason"].startswith("no progress for ") and "stall_timeout_s=1" in r["reason"]
 
+
+@pytest.mark.parametrize("seqs", [1, 4])
+def test_a_poison_item_is_isolated_on_the_fake(seqs: int, tmp_path: Path):
+    n, bad = 10, 6
+    prompts, store = make_set(tmp_path / "p", n, {bad: POISON}), tmp_path / "s"
+    p = start(prompts, store, f"engine.max_num_seqs={seqs}", "sampling.max_tokens=8",
+              env=fake_env(poison=POISON))
+    assert finish(p) == 0, output(p)[-3000:]
+    recs = stored(store)
+    assert_each_once(recs, n)
+    assert [r["id"] for r in recs if r["status"] == "error"] == [f"f{bad:02d}"]
+    m = manifest(store)
+    assert m["status"] == "complete" and m["counts"]["errors"] == 1
+    assert {r["mode"] for r in m["restarts"]} == {"restart", "bisect"}
+
+
+@pytest.mark.parametrize(("line", "words"), [
+    ("safetensors_rust.SafetensorError: Error while deserializing header: "
+     "MetadataIncompleteBuffer", ["The weights in /m did not load (safetensors"]),
+    ("ValueError: No available memory for the cache blocks.",
+     ["Not enough memory for the KV cache (ValueError: No available memory"]),
+    ("OSError: [Errno 98] Address already in use", ["A port the engine needs is in use"]),
+])
+def test_start_failures_name_their_root_cause(line: str, words: list[str]):
+    """vLLM's wrapper error, and the root cause in a child process's log lines."""
+    e = RuntimeError("Engine core initialization failed. See root cause above.")
+    msg = explain_start_failure(e, f"INFO starting\n(EngineCore pid=1) {line}\n", "/m")
+    assert all(w in msg for w in words), msg
+    own = explain_start_failure(ValueError("max_model_len 99999999 is too large"), "", "/m")
+    assert own.startswith("vLLM rejected the engine arguments (ValueError: max_model_len")
+
+
+# --- the real engine ------------------------------------------------------------------------
+
+@pytest.mark.engine
+def test_the_real_engine_core_killed_mid_run_restarts_and_the_run_finishes(tmp_path: Path):
+    """vLLM's EngineCore is SIGKILLed while it holds in a test logits processor as item 4
+    joins the batch (a gate only the test opens, after the kill): the watchdog sees the death,
+    the runner restarts the engine and stores the rest, each item once; the console stays
+    quiet."""
+    n = 12
+    prompts, store = make_set(tmp_path / "p", n, {4: GATE}), tmp_path / "s"
+    gate = tmp_path / "gate"
+    p = start(prompts, store, *ARGS, "+engine.extra.logits_processors=['poison:Gate']",
+              env={"PYTHONPATH": f"{PLUGINS}:{ROOT}", "GATE_IDS": marker_ids(GATE),
+                   "GATE_FILE": str(gate)})
+    wait_for(p, lambda: Path(f"{gate}.held").exists(), "the engine to hold at the gate")
+    at_kill = len(stored(store))  # what finished before item 4 joined the batch
+    (core,) = engine_procs(p.pid)
+    os.kill(core, signal.SIGKILL)
+    gate.touch()
+    assert finish(p) == 0, output(p)[-3000:]
+    assert at_kill < n  # the kill landed mid-run
+    recs = stored(store)
+    assert_each_once(recs, n)
+    assert all(r["status"] == "ok" and r["completion_tokens"] == 32 for r in recs)
+    m = manifest(store)
+    assert m["status"] == "complete" and m["counts"]["stored"] == n and m["watchdog"] == "on"
+    (r,) = m["restarts"]
+    assert "SIGKILL" in r["reason"] and r["mode"] == "restart" and 1 <= r["in_flight"] <= 4
+    out = output(p)
+    assert "The engine died" in out and "Traceback" not in out and "WARNING" not in out
+    (run,) = run_dirs_of(store)
+    log = (run / "engine.log").read_text()
+    assert log.count("Initializing a V1 LLM engine") == 2  # vLLM's lines, both engines
+    # the second engine shut down in vLLM's order: nothing killed or reported dead after it
+    assert log.rstrip().endswith("[shutdown] MPClient: complete") or \
+        "[shutdown] MPClient: complete" in log.split("Initializing a V1 LLM engine")[-1]
+
+
+@pytest.mark.engine
+def test_a_real_poison_item_is_stored_as_an_error_and_the_rest_complete(tmp_path: Path):
     n, bad = 8, 3
-    tok = Tekkenizer.from_file(str(mistral_common_file()))  # the tiny model's tokenizer
-    ids = tok.encode(f"Item {bad}: {MARKER} tell", bos=False, eos=False)
-    inner = tok.encode(f" {MARKER}", bos=False, eos=False)[1:-1]  # stable inside any text
-    assert len(inner) >= 2 and any(ids[i:i + len(inner)] == inner for i in range(len(ids)))
-    prompts, store = make_set(tmp_path / "p", n, poison=bad), tmp_path / "s"
+    prompts, store = make_set(tmp_path / "p", n, {bad: POISON}), tmp_path / "s"
     p = start(prompts, store, "engine.max_num_seqs=2", "sampling.max_tokens=16",
               "+engine.extra.logits_processors=['poison:Poison']",
-              env={"PYTHONPATH": f"{PLUGINS}:{ROOT}",
-                   "POISON_IDS": ",".join(map(str, inner))})
+              env={"PYTHONPATH": f"{PLUGINS}:{ROOT}", "POISON_IDS": marker_ids(POISON)})
     assert finish(p) == 0, output(p)[-3000:]
     recs = stored(store)
     assert_each_once(recs, n)
@@ -165,36 +230,18 @@ def test_a_poison_item_is_stored_as_an_error_and_the_rest_complete(tmp_path: Pat
     assert len(m["restarts"]) <= 2 + 2  # two deaths, then at most log2(2) + 1 alone
 
 
-# --- engine start failures: one sentence, nothing written ----------------------------------
-
-def broken_weights(tmp: Path) -> Path:
-    """The tiny model with its safetensors file cut in half, as an interrupted download."""
-    import shutil
-
-    from runner.fixtures import tiny
-
-    good = tmp / "good"
-    tiny.build(good)
-    bad = tmp / "broken"
-    shutil.copytree(good, bad)
-    f = bad / "consolidated.safetensors"
-    with open(f, "r+b") as fh:
-        fh.truncate(f.stat().st_size // 2)
-    return bad
-
-
-@pytest.mark.parametrize("case", ["weights", "argument"])  # the KV cache: test_console.py
-def test_engine_start_failure_is_one_sentence_and_writes_nothing(case: str, tmp_path: Path):
-    args = {"weights": [f"model.path={broken_weights(tmp_path)}", "model.build=null"],
-            "argument": ["model.max_model_len=99999999"]}[case]
-    expect = {"weights": ["error: The weights in ", " did not load (safetensors"],
-              "argument": ["error: vLLM rejected the engine arguments (", "max_model_len"]}[case]
-    store = tmp_path / "s"
-    p = subprocess.run([sys.executable, "-m", "runner", *TINY, "prompts.limit=1",
-                        f"store.root={store}", *args], cwd=ROOT, text=True,
-                       capture_output=True, timeout=600)
+@pytest.mark.engine
+def test_a_real_failing_engine_start_is_one_sentence_with_the_log_tail(tmp_path: Path):
+    # vLLM refuses a 1-byte KV cache in the engine-core process, after loading the model
+    p = runner(*TINY, f"store.root={tmp_path}", "engine.kv_cache_memory_bytes=1", timeout=900)
     assert p.returncode == 2, p.stderr[-3000:]
-    err = " ".join(p.stderr.split())
-    assert all(x in err for x in expect), p.stderr[-3000:]
-    assert "Error executing job" not in err  # no uncaught exception (Hydra's banner)
-    assert [d for d in store.glob("*") if not d.name.startswith(".")] == []  # no run folder
+    err = p.stderr
+    before, tail = err.split("lines of the engine log")
+    before = " ".join(before.split())
+    assert "error: Not enough memory for the KV cache (" in before and "Traceback" not in before
+    (log,) = (tmp_path / ".logs").iterdir()  # no run folder: the start log is kept
+    assert not run_dirs_of(tmp_path)
+    assert f"engine log: {log}" in err
+    assert "(EngineCore" in log.read_text()  # the engine core's own lines
+    assert "No available memory for the cache blocks" in tail  # its root cause
+    assert err.count("\n") <= 40

@@ -1,10 +1,10 @@
-"""Multirun jobs as Ray tasks (`hydra/launcher=ray`) on a live local Ray cluster, through the
-real vLLM engine (CPU build) on the bundled tiny Pixtral.
+"""Multirun jobs as Ray tasks (`hydra/launcher=ray`) on a live local Ray cluster, each job's
+engine the fake one (a child process of its Ray worker; RUNNER_ENGINE=fake reaches the workers
+through the launcher's runtime_env, as any other variable would).
 
 The cluster (one per session, shut down at the end whatever happens) has 2 CPUs and 2 GPUs
 that exist only in its resource table: each job asks for 1 GPU (engine.tensor_parallel_size),
-so Ray gives each its own CUDA_VISIBLE_DEVICES, which vLLM's CPU build ignores.
-Engine starts: 2 (shards), 2 (sweep), 3 (a shard killed during its start, then rerun).
+so Ray gives each its own CUDA_VISIBLE_DEVICES.
 """
 
 import json
@@ -16,10 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from conftest import TINY, make_cfg, output, runner, spawn, wait_for
+from conftest import FAKE, TINY, fake_env, make_cfg, output, runner, spawn, wait_for
 from runner.plan import load_plan
-
-pytestmark = pytest.mark.engine
 
 SHARDS = ["shard.count=2", "shard.index=0,1"]
 
@@ -37,9 +35,11 @@ def ray_address():
         ray.shutdown()
 
 
-def on_ray(address: str, store: Path, *args: str) -> list[str]:
-    return ["-m", "hydra/launcher=ray", f"hydra.launcher.address={address}", *TINY,
-            f"store.root={store}", "sampling.max_tokens=8", *args]
+def on_ray(address: str, store: Path, *args: str, **faults: object) -> list[str]:
+    env = "{" + ",".join(f"{k}:'{v}'" for k, v in fake_env(**faults).items()) + "}"
+    return ["-m", "hydra/launcher=ray", f"hydra.launcher.address={address}",
+            f"+hydra.launcher.runtime_env.env_vars={env}", *TINY, f"store.root={store}",
+            "sampling.max_tokens=8", *args]
 
 
 def rows(store: Path) -> list[dict]:
@@ -57,7 +57,7 @@ def the_set() -> list[str]:
 
 def test_shards_through_ray_fill_one_run(ray_address: str, tmp_path: Path):
     """Two shards as two Ray tasks, side by side, each with its own (resource-table) GPU."""
-    p = runner(*on_ray(ray_address, tmp_path, *SHARDS), timeout=900)
+    p = runner(*on_ray(ray_address, tmp_path, *SHARDS), timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
     rs = rows(tmp_path)
     assert [r["status"] for r in rs] == ["computed"] * 2 and len({r["hash"] for r in rs}) == 1
@@ -67,6 +67,7 @@ def test_shards_through_ray_fill_one_run(ray_address: str, tmp_path: Path):
     assert sorted(parts[0] + parts[1]) == the_set()
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "complete" and m["counts"]["stored"] == 5 and m["counts"]["errors"] == 0
+    assert m["quantization"]["kernel"] == "fake"  # the workers got the launcher's runtime_env
     shards = [m["shards"][f"{i}/2"] for i in (0, 1)]
     assert [s["computed"] for s in shards] == [len(x) for x in parts]
     # two processes, each seeing one GPU of its own, as Ray assigned them
@@ -78,12 +79,12 @@ def test_shards_through_ray_fill_one_run(ray_address: str, tmp_path: Path):
         for r in map(json.loads, (d / f"results.{i}-of-2.jsonl").read_text().splitlines()):
             assert r["status"] == "ok" and 0 < r["completion_tokens"] <= limit, r
     # reading merges the shards: the unsharded config is a cache hit
-    p = runner(*TINY, f"store.root={tmp_path}", "sampling.max_tokens=8")
+    p = runner(*TINY, f"store.root={tmp_path}", "sampling.max_tokens=8", env=FAKE)
     assert p.returncode == 0 and "5 cached" in p.stderr, p.stderr[-3000:]
 
 
 def test_sweep_through_ray(ray_address: str, tmp_path: Path):
-    p = runner(*on_ray(ray_address, tmp_path, "sampling.temperature=0,0.5"), timeout=900)
+    p = runner(*on_ray(ray_address, tmp_path, "sampling.temperature=0,0.5"), timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
     rs = rows(tmp_path)
     assert [r["status"] for r in rs] == ["computed"] * 2 and len({r["hash"] for r in rs}) == 2
@@ -96,14 +97,18 @@ def test_sweep_through_ray(ray_address: str, tmp_path: Path):
 
 def test_a_killed_ray_worker_takes_its_shard_only_and_a_rerun_finishes_it(
         ray_address: str, tmp_path: Path):
+    gate = tmp_path / "gate"
     args = on_ray(ray_address, tmp_path, "sampling.temperature=0.3", *SHARDS)
-    p = spawn(*args)
-    # shard 1's lock holder is its Ray worker ("pid N on HOST"), taken before its engine starts
+    # both shards' engines hold before their first request until the test opens the gate
+    p = spawn(*on_ray(ray_address, tmp_path, "sampling.temperature=0.3", *SHARDS,
+                      gate_after=0, gate=str(gate)))
+    # shard 1's lock holder is its Ray worker ("pid N on HOST")
     lock = lambda: [f for f in tmp_path.glob(".locks/*.1-of-2.lock") if f.read_text()]  # noqa: E731
     wait_for(p, lambda: bool(lock()), "shard 1 to take its lock", timeout=300)
     pid = int(lock()[0].read_text().split()[1])
     os.kill(pid, signal.SIGKILL)
-    assert p.wait(timeout=900) == 1, output(p)[-4000:]
+    gate.touch()
+    assert p.wait(timeout=300) == 1, output(p)[-4000:]
     out = " ".join(output(p).split())  # the console wraps at 80 columns
     assert "job 1 failed (" in out and "): Ray worker died: " in out, out[-4000:]
     rs = rows(tmp_path)
@@ -115,7 +120,7 @@ def test_a_killed_ray_worker_takes_its_shard_only_and_a_rerun_finishes_it(
     done = ids(d, 0)
     assert done and ids(d, 1) == []
 
-    p = runner(*args, timeout=900)
+    p = runner(*args, timeout=300)
     assert p.returncode == 0, p.stderr[-4000:]
     rs = rows(tmp_path)
     assert [r["status"] for r in rs] == ["cached", "computed"]

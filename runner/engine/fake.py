@@ -9,7 +9,8 @@ comes from RUNNER_FAKE_ENGINE, a JSON object:
   poison       a request whose text holds this marker makes the process exit (code 66)
                when it joins the batch, as a real poison item does
   stall_after  after this many results, the process stops answering (a hung engine)
-  gate_after, gate   after this many results, wait until the file `gate` exists
+  gate_after, gate   after this many results (0: before the first), wait until the file
+               `gate` exists
   deaths       the faults above apply to the first `deaths` engine processes only
                (counted in the folder `state`); default: every process
   fail_start   the start fails with this message (as vLLM's root cause line)
@@ -204,14 +205,27 @@ def main() -> None:
         sys.exit(1)
     faulty = _faulty(o)
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
+    eof = threading.Event()  # the runner shut the engine down
 
     def read() -> None:
         for line in sys.stdin:
             inbox.put(json.loads(line))
         inbox.put(None)
+        eof.set()
 
     threading.Thread(target=read, daemon=True).start()
+
+    def hold() -> bool:
+        """Wait at the gate; False when the runner shut the engine down meanwhile."""
+        while not Path(o["gate"]).exists():
+            if eof.wait(0.02):
+                print("fake engine: shut down", file=sys.stderr, flush=True)
+                return False
+        return True
+
     _send({"ready": os.getpid()})
+    if faulty and o.get("gate_after") == 0 and not hold():  # hold before any request
+        return
     waiting: list[_Request] = []
     active: list[_Request] = []
     results, closed = 0, False
@@ -248,9 +262,8 @@ def main() -> None:
                 os.kill(os.getpid(), signal.SIGKILL)
             if faulty and results == o.get("stall_after"):
                 threading.Event().wait()  # hung: never answers again
-            if faulty and results == o.get("gate_after"):
-                while not Path(o["gate"]).exists():
-                    time.sleep(0.02)
+            if faulty and results == o.get("gate_after") and not hold():
+                return
     print("fake engine: shut down", file=sys.stderr, flush=True)
 
 
