@@ -179,10 +179,13 @@ class Job:
         return root if self.plan.root.resolve().is_relative_to(root) else self.plan.root
 
     def _watchdog(self) -> None:
+        """Never off silently: a console line, a line in engine.log (this process's stderr
+        goes there) and the manifest's `watchdog` say so."""
         assert self.engine is not None
         if self.engine.watchdog != "on":
             console.print(f"[yellow]warning: the engine watchdog is {self.engine.watchdog}; "
                           "an engine that dies or stalls can hang this run.")
+            print(f"runner: engine watchdog {self.engine.watchdog}", file=sys.stderr, flush=True)
 
     def open_run(self) -> None:
         """Register the run folder once the engine is up (a failed start leaves none)."""

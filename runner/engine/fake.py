@@ -14,6 +14,7 @@ comes from RUNNER_FAKE_ENGINE, a JSON object:
   deaths       the faults above apply to the first `deaths` engine processes only
                (counted in the folder `state`); default: every process
   fail_start   the start fails with this message (as vLLM's root cause line)
+  watchdog_off the engine reports its watchdog off for this reason
 Outputs are deterministic: words drawn from a hash of the prompt, the seed, the temperature
 and the sample's index; `max_tokens`, `ignore_eos`, `n` and a `choice` constraint are honored.
 """
@@ -48,10 +49,11 @@ def options() -> dict[str, Any]:
 
 class FakeEngine:
     kind = "fake"
-    watchdog = "on"
 
     def __init__(self, kw: dict[str, Any]):
         self.window = int(kw.get("max_num_seqs") or 4)
+        off = options().get("watchdog_off")  # as when vLLM's internals are not found
+        self.watchdog = f"off: {off}" if off else "on"
         self.max_gap_s = 0.0
         self.proc = subprocess.Popen([sys.executable, "-m", "runner.engine.fake",
                                       str(self.window)], stdin=subprocess.PIPE,

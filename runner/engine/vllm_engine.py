@@ -10,7 +10,6 @@ import gc
 import json
 import os
 import re
-import sys
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -79,8 +78,6 @@ class VllmEngine:
         self.window = int(self.engine.vllm_config.scheduler_config.max_num_seqs)
         self.dog = Watchdog(self.engine.engine_core)
         self.watchdog = "on" if self.dog.off is None else f"off: {self.dog.off}"
-        if self.dog.off:
-            print(f"runner: engine watchdog {self.watchdog}", file=sys.stderr, flush=True)
         self._ids: dict[str, str] = {}  # vLLM's external request id -> key, in submit order
         self._params: dict[str, Any] = {}  # SamplingParams by sampling (JSON)
 
