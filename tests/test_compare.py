@@ -261,6 +261,9 @@ def test_every_sample_is_scored_with_pass_at_k_majority_and_agreement(tmp_path, 
     run = load_scored(d)
     assert [s["correct"] for s in item_samples(run, "s2")] == [False, False, True, True]
     assert compare_runs([run, run])["runs"][0]["samples"] == m
+    assert main(["--root", str(tmp_path), "score", d.name]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"pass@1 {m['pass@1']} pass@n {m['pass@n']} majority {m['majority']}" in out
 
 
 # ---- the sweep table and ls ---------------------------------------------------------------

@@ -375,6 +375,9 @@ def cmd_score(a: argparse.Namespace) -> None:
         fields = "  ".join(f"{f} {v['accuracy']:.0%}" for f, v in (m.get("fields") or {}).items())
         valid = (f"  schema_valid {m['schema_valid']:.0%} of {m['constrained']}"
                  if "schema_valid" in m else "")
+        if m.get("samples"):  # sampling.n > 1
+            valid += "  " + " ".join(f"{k} {m['samples'][k]}" for k in (
+                "pass@1", "pass@n", "majority", "agreement")) + f" (n={m['samples']['n']})"
         out.print(Text(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
                        f"{m['errors']} errors)  {tags}".rstrip() + valid
                        + (f"\n  fields: {fields}" if fields else "")))
