@@ -85,7 +85,7 @@ def _points(overrides: list[list[str]]) -> tuple[list[str], list[str]]:
 
 def versus_first(rows: list[dict[str, Any]]) -> list[bool | None]:
     """Per point: whether its paired difference from the first point has p < 0.05 (exact
-    McNemar on right/wrong scores; README "Comparing runs"); None where there is nothing to
+    McNemar on right/wrong scores; docs/compare.md); None where there is nothing to
     compare (the first point, a point without stored scores)."""
     from runner.results.compare import pair_stats, significant
     from runner.results.runs import Run, load_run
