@@ -189,7 +189,8 @@ def test_compare_sweep_puts_every_point_against_the_first(tmp_path, capsys):
     dirs, _ = letter_runs(tmp_path)
     sweep = tmp_path / ".sweeps" / "2026-12-02_10-00-00"
     sweep.mkdir(parents=True)
-    (sweep / "runs.json").write_text(json.dumps([{"hash": d.name} for d in dirs]))
+    failed = {"hash": None, "status": "failed"}  # a point that failed has no run
+    (sweep / "runs.json").write_text(json.dumps([{"hash": d.name} for d in dirs] + [failed]))
     got = compare_json(tmp_path, "--sweep", sweep.name, capsys=capsys)
     assert [p["other"] for p in got["pairs"]] == [d.name for d in dirs[1:]]
     assert {p["base"] for p in got["pairs"]} == {dirs[0].name}

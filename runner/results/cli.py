@@ -275,7 +275,8 @@ def sweep_runs(root: Path, sweep: str) -> list[Path]:
     if not listed:
         raise UserError(f"{d} has no readable runs.json (a list of {{\"hash\": ...}} written "
                         "at the end of a sweep); pass the run hashes instead.")
-    return [resolve(root, str(x.get("hash", ""))) for x in listed if isinstance(x, dict)]
+    # a failed point (hash null) has no run
+    return [resolve(root, str(x["hash"])) for x in listed if isinstance(x, dict) and x.get("hash")]
 
 
 def cmd_report(a: argparse.Namespace) -> None:
