@@ -181,8 +181,11 @@ def test_compare_text_lists_the_flips(tmp_path, capsys):
     out = " ".join(capsys.readouterr().out.split())
     assert f"wrong→right ({len(w2r)}): {' '.join(w2r[:3])} … {len(w2r) - 3} more" in out
     assert "sampling.seed=0" in out and "sampling.seed=2" in out  # what differs
-    result = compare_runs([load_scored(d) for d in (dirs[0], dirs[2])])
+    runs = [load_scored(d) for d in (dirs[0], dirs[2])]
+    result = compare_runs(runs)
     assert result["pairs"][0]["flips"]["wrong_to_right"] == w2r  # the report's API
+    (one,) = item_samples(runs[1], w2r[0])  # n = 1: the output is the one sample
+    assert one["text"] == runs[1].items[w2r[0]]["output"] and one["correct"] is True
 
 
 def test_compare_sweep_puts_every_point_against_the_first(tmp_path, capsys):
