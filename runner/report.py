@@ -7,7 +7,7 @@ seconds at most."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -118,18 +118,15 @@ class Generation:
     unused. ETA = the bound still open / the generated tokens/s so far: an upper bound at a
     steady rate, that tightens as items stop early."""
 
-    def __init__(self, bounds: dict[str, int], items: int,
-                 counts: Callable[[], tuple[int, int] | None]):
+    def __init__(self, bounds: dict[str, int], items: int):
         self.bounds = bounds  # key -> output bound, engine items only
         self.total = sum(bounds.values()) or 1
         self.items, self.done = items, 0
-        self.counts = counts
-        self.base = counts() or (0, 0)
-        self.gen = 0  # generated since the start, per vLLM's counters
+        self.gen = 0  # generated since the start, per the engine's token counters
         self.unused = 0  # output bound that finished items did not use
         self.finished_gen = 0  # generated tokens of finished items (when counters are off)
         self.progress: Progress | None = None
-        self.t0 = self.last = self.polled = time.perf_counter()
+        self.t0 = self.last = time.perf_counter()
 
     def __enter__(self) -> Generation:
         self.t0 = self.last = time.perf_counter()
@@ -148,14 +145,10 @@ class Generation:
         if self.progress is not None:
             self.progress.stop()
 
-    def step(self) -> None:
-        now = time.perf_counter()
-        if now - self.polled >= 0.5:
-            self.polled = now
-            c = self.counts()
-            if c is not None:
-                self.gen = c[1] - self.base[1]
-            self._show()
+    def tokens(self, generated: int) -> None:
+        """The engine's counters moved (an engine Tokens event)."""
+        self.gen += generated
+        self._show()
 
     def item(self, key: str, completion_tokens: int = 0) -> None:
         self.done += 1
