@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.console import console
+from runner.results.stats import half_width
 
 PLAIN_EVERY = 10.0
 
@@ -198,10 +199,14 @@ def show(s: Summary) -> None:
 
 
 def headline(m: dict[str, Any] | None) -> str:
-    """A run's headline metric (metrics.json): its accuracy, and over how many items."""
+    """A run's headline metric (metrics.json): its accuracy ± the half-width of its 95 %
+    Wilson interval, and over how many items."""
     acc = (m or {}).get("accuracy")
-    return "" if acc is None else f"accuracy={acc:.3g}" + (
-        f" of {m['scored']}" if m and "scored" in m else "")
+    if acc is None or not m:
+        return ""
+    if not m.get("scored"):
+        return f"accuracy={acc:.3g}"
+    return f"accuracy={acc:.3g}±{half_width(acc, m['scored']):.3f} of {m['scored']}"
 
 
 def show_tail(log: Any, lines: list[str]) -> None:
