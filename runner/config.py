@@ -115,6 +115,8 @@ class PromptsConfig:
     max_image_pixels: int = field(default=89_478_485, metadata=RUNTIME)  # bomb guard
     max_image_size: int | None = field(default=None, metadata=RUNTIME)  # longest side cap
     on_item_error: str = field(default="skip", metadata=RUNTIME)  # skip | fail
+    # The error budget (runner/budget.py): a fraction of the items, null for none.
+    max_error_rate: float | None = field(default=None, metadata=RUNTIME)
 
 
 @dataclass
@@ -158,6 +160,9 @@ class RunConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dry_run: bool = False  # plan and report what would run; never starts the engine
+    # Retry the run's error records (runner/retry.py): true, or the kinds to retry
+    # (runner/kinds.py), e.g. [engine_death,stall]. Not hashed (top level).
+    retry_errors: Any = False
 
 
 HASHED_GROUPS = {"model": ModelConfig, "engine": EngineConfig, "sampling": SamplingConfig,

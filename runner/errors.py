@@ -47,3 +47,10 @@ class EngineFailed(Exception):
     def __init__(self, reason: str, restarts: int):
         super().__init__(reason)
         self.reason, self.restarts = reason, restarts
+
+
+class OverBudget(Exception):
+    """Errors over prompts.max_error_rate (runner/budget.py): at plan time nothing is written;
+    at run time the run is failed and what finished stays stored."""
+
+    exit_code = 3

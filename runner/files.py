@@ -36,6 +36,19 @@ def atomic_write(path: Path, data: str | bytes | Callable[[IO[bytes]], None], *,
         raise
 
 
+def cut_torn_tail(path: Path) -> None:
+    """Cut a last line torn by a kill (no newline yet) off an append-only JSONL file, so the
+    next append starts a line of its own. Only the file's one writer may call this."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError:
+        return
+    end = data.rfind(b"\n") + 1
+    if end < len(data):
+        with open(path, "r+b") as fh:
+            fh.truncate(end)
+
+
 def read_json(path: Path, default: Any = None) -> Any:
     """A JSON file's content, or `default` if it is missing, unreadable or of another type
     than a non-None `default`."""

@@ -40,6 +40,7 @@ class Item:
     error: str | None = None  # set at plan time: stored as an error, never sent to the engine
     # The set's and the item's `sampling:` merged (not the run's): in the key when not empty.
     sampling: dict[str, Any] = field(default_factory=dict)
+    error_kind: str | None = None  # the error's kind (runner/kinds.py), with `error`
 
     @property
     def text(self) -> str:
@@ -129,16 +130,16 @@ def _item(s: Spec, img: Images, system: str | None, scorer: str | None,
         one_text = len(content) == 1 and content[0]["type"] == "text"
         messages.append({"role": role, "content": content[0]["text"] if one_text else content})
     n_img = sum(kind == "image" for _, parts in s.turns for kind, _ in parts)
-    error = bad[0] if bad else None
+    error, kind = (bad[0], "image") if bad else (None, None)
     if error is None and max_images is not None and n_img > max_images:
-        error = (f"{n_img} images in one prompt; model.limit_mm_per_prompt allows "
-                 f"{max_images}")
+        error, kind = (f"{n_img} images in one prompt; model.limit_mm_per_prompt allows "
+                       f"{max_images}"), "too_many_images"
     over = merge(sampling, s.sampling)
     key = item_key(s.id, messages, images, over)
     if bad:
         key = hashlib.sha256((key + json.dumps(bad)).encode()).hexdigest()
     return Item(s.id, messages, images, s.expected, s.tags, key, s.metadata,
-                s.scorer or scorer, error, over)
+                s.scorer or scorer, error, over, kind)
 
 
 def _prefetched(specs: Iterator[Spec], img: Images, batch: int = 64) -> Iterator[Spec]:

@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal, TypedDict
 
 from runner.files import read_jsonl
+from runner.kinds import by_kind, kind_of, kinds_text
 
 if TYPE_CHECKING:
     from runner.engine.api import Finished
@@ -36,6 +37,7 @@ class Record(_Identity, total=False):
     """status "ok" carries the output fields, status "error" carries `error`."""
 
     error: str  # why the item has no output (never sent to the engine, or vLLM refused it)
+    error_kind: str  # one of runner.kinds.KINDS; records before it have none (kind_of)
     prompt: str  # the last user turn's text
     images: list[ImageRef]
     output: str  # the first sample
@@ -80,9 +82,9 @@ def ok_record(item: Item, out: Finished) -> Record:
     return r
 
 
-def error_record(item: Item, reason: str) -> Record:
+def error_record(item: Item, reason: str, kind: str) -> Record:
     return {"id": item.id, "key": item.key, "status": "error", "error": reason,
-            **_item_fields(item), **_tail(item)}
+            "error_kind": kind, **_item_fields(item), **_tail(item)}
 
 
 def result_files(run_dir: Path) -> list[Path]:
@@ -117,6 +119,12 @@ class Counts:
     errors: int
     prompt_tokens: int
     completion_tokens: int
+    by_kind: dict[str, int]  # errors by kind (runner.kinds), kinds with none left out
+
+    @property
+    def errors_label(self) -> str:
+        """'3 (image 2 · stall 1)', or '0'."""
+        return f"{self.errors} ({kinds_text(self.by_kind)})" if self.by_kind else str(self.errors)
 
 
 def counts(records: Iterable[Record]) -> Counts:
@@ -124,4 +132,4 @@ def counts(records: Iterable[Record]) -> Counts:
     rs = list(records)
     return Counts(len(rs), sum(r.get("status") == "error" for r in rs),
                   sum(r.get("prompt_tokens") or 0 for r in rs),
-                  sum(r.get("completion_tokens") or 0 for r in rs))
+                  sum(r.get("completion_tokens") or 0 for r in rs), by_kind(map(kind_of, rs)))

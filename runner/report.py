@@ -9,7 +9,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.console import console
+from runner.kinds import by_kind_order, kinds_text
 from runner.results.stats import half_width
 
 PLAIN_EVERY = 10.0
@@ -49,6 +50,7 @@ class Summary:
     total_s: float = 0.0
     max_step_s: float = 0.0  # the longest wait for an engine step (sizes stall_timeout_s)
     restarts: int = 0  # engine restarts after deaths (not counting the poison search)
+    error_kinds: dict[str, int] = field(default_factory=dict)  # this invocation's, by kind
     error: str | None = None  # a user error that failed this job (in a sweep)
 
     @property
@@ -182,7 +184,8 @@ def show(s: Summary) -> None:
     style = {"complete": "green", "cached": "cyan", "interrupted": "yellow"}.get(s.status, "red")
     t.add_row("status", f"[{style}]{s.status}[/]")
     t.add_row("items", f"{s.planned} planned · {s.cached} cached · {s.computed} computed"
-              + (f" · [red]{s.errors} errors[/]" if s.errors else ""))
+              + (f" · [red]{s.errors} errors[/] ({kinds_text(by_kind_order(s.error_kinds))})"
+                 if s.errors else ""))
     if s.computed:
         t.add_row("tokens", f"{s.prompt_tokens} prompt · {s.completion_tokens} generated")
         t.add_row("speed", f"{s.tokens_per_s:.1f} generated tokens/s "

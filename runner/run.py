@@ -14,15 +14,25 @@ from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
+from rich.markup import escape
 
 from runner.config import run_sampling_of
 from runner.console import console
 from runner.engine.api import Engine, Finished, Refused
-from runner.errors import EngineDied, EngineFailed, Interrupted, RunFailed, StartFailed, UserError
+from runner.errors import (
+    EngineDied,
+    EngineFailed,
+    Interrupted,
+    OverBudget,
+    RunFailed,
+    StartFailed,
+    UserError,
+)
 from runner.images import pixel_limit
+from runner.kinds import death_kind, parse_kinds
 from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_cpu_kernels, check_quantization
-from runner.record import counts, error_record, now, ok_record
+from runner.record import Record, counts, error_record, now, ok_record
 from runner.report import Generation, Summary, plan_line, show, show_tail, starting
 from runner.sampling import bound, merge
 from runner.store import ResultWriter, RunDir, run_hash
@@ -90,6 +100,7 @@ class Job:
         self.quant: dict[str, Any] | None = None
         self.writer: ResultWriter | None = None
         self.prompt_tokens: dict[str, int] = {}  # the token plan, by item key
+        self.retired: dict[str, Record] = {}  # error records to retry (runner/retry.py)
 
     def run(self) -> Summary:
         todo = self.prepare()
@@ -125,6 +136,10 @@ class Job:
             self.plan.items = [it for it in self.plan.items if in_shard(it.key, cfg.shard)]
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
         self.sampling = run_sampling_of(cfg)
+        from runner.budget import rate_of
+
+        self.error_rate = rate_of(cfg.prompts.get("max_error_rate"))
+        self.retry_kinds = parse_kinds(cfg.get("retry_errors"), "retry_errors")
         if self.plan.ignored:
             fields = ", ".join(f"{k} ({n} requests)" for k, n in sorted(self.plan.ignored.items()))
             console.print(f"[yellow]warning: {self.plan.file.name}: body fields not honored "
@@ -135,6 +150,12 @@ class Job:
 
     def pending(self) -> list[Item]:
         self.stored = self.rd.read_results()
+        if self.retry_kinds:  # error records to retry count as not stored
+            from runner.retry import retryable
+
+            again = retryable(self.rd, self.stored, self.retry_kinds)
+            self.retired = {it.key: self.stored.pop(it.key) for it in self.plan.items
+                            if it.key in again}
         todo = [it for it in self.plan.items if it.key not in self.stored]
         self.summary.cached = len(self.plan.items) - len(todo)
         return todo
@@ -149,6 +170,9 @@ class Job:
         plan_line(len(self.plan.items), self.summary.cached, tot["images"],
                   tot["prompt_tokens"], tot["errors"])
         check_errors(todo, self.cfg.prompts.on_item_error)
+        from runner.budget import check_plan
+
+        check_plan(self.error_rate, self.plan.items, self.stored, todo)
         ensure_weights(self.cfg.model)
         check_quantization(self.cfg.model.quantization, Path(self.cfg.model.path))
         check_cpu_kernels(Path(self.cfg.model.path))
@@ -207,6 +231,10 @@ class Job:
                                "node": platform.node()}}
 
         self.rd.update_manifest(begin)
+        if self.retired:
+            from runner.retry import retire
+
+            retire(self.rd, self.retired)  # before the writer opens the file it rewrites
         self.writer = self.rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
 
     def generate(self, todo: list[Item]) -> None:
@@ -229,6 +257,10 @@ class Job:
                                for it in runnable}, len(todo))
         tg = time.perf_counter()
 
+        from runner.budget import Budget
+
+        budget = Budget(self.error_rate, str(self.rd.path))  # judges the engine's outcomes
+
         def on_output(out: Finished) -> None:
             r = ok_record(by_key[out.key], out)
             writer.write(r)
@@ -236,11 +268,17 @@ class Job:
             s.prompt_tokens += r["prompt_tokens"]
             s.completion_tokens += r["completion_tokens"]
             progress.item(out.key, r["completion_tokens"])
+            budget.done(r["id"], None)
 
-        def on_error(key: str, reason: str) -> None:
-            writer.write(error_record(by_key[key], reason))
+        def store_error(key: str, reason: str, kind: str) -> None:
+            writer.write(error_record(by_key[key], reason, kind))
             s.errors += 1
+            s.error_kinds[kind] = s.error_kinds.get(kind, 0) + 1
             progress.item(key)
+
+        def on_error(key: str, reason: str, kind: str) -> None:
+            store_error(key, reason, kind)
+            budget.done(by_key[key].id, kind)
 
         status, error = "failed", None
         try:
@@ -248,7 +286,7 @@ class Job:
             with progress, pixel_limit(self.cfg.prompts.max_image_pixels):
                 for it in todo:  # planned item errors: stored, never sent to the engine
                     if it.error:
-                        on_error(it.key, it.error)
+                        store_error(it.key, it.error, it.error_kind or "other")
                 if runnable:
                     self.supervised(runnable, on_output, on_error, progress.tokens)
             status = "complete"
@@ -273,7 +311,8 @@ class Job:
                               "rerun the same command to finish the rest.")
 
     def supervised(self, items: list[Item], on_output: Callable[[Finished], None],
-                   on_error: Callable[[str, str], None], on_tokens: Callable[[int], None]) -> None:
+                   on_error: Callable[[str, str, str], None],
+                   on_tokens: Callable[[int], None]) -> None:
         """Generate on the live engine; when it dies, restart it, re-queue what is not stored
         and isolate an item that kills it (runner/supervise.py)."""
         from runner.engine import SLOT
@@ -288,7 +327,7 @@ class Job:
                 try:
                     engine.submit(k, by_key[k].messages, self.effective(by_key[k]))
                 except Refused as e:  # e.g. an image or sampling vLLM refuses
-                    on_error(k, str(e))
+                    on_error(k, str(e), e.kind)
                 except EngineDied as d:
                     raise EngineDied(d.reason, d.unfinished + keys[n + 1:]) from None
             for ev in engine.events(cfg.engine.stall_timeout_s):
@@ -312,7 +351,8 @@ class Job:
         def poison(key: str, reason: str) -> None:
             console.print(f"[red]Item {by_key[key].id} kills the engine on its own; "
                           "stored as an error.")
-            on_error(key, f"the engine died while generating this item: {reason}")
+            on_error(key, f"the engine died while generating this item: {reason}",
+                     death_kind(reason))
 
         assert self.engine is not None
         sup = Supervisor(run_group, restart, poison, self.engine.window, cfg.engine.max_restarts)
@@ -323,6 +363,10 @@ class Job:
                                f"engine.max_restarts={cfg.engine.max_restarts} is used up; what "
                                "finished is stored, so rerun the same command to resume.",
                                e.restarts) from None
+        except OverBudget:  # requests are in flight: a reused engine must start empty
+            SLOT.shutdown()
+            self.engine = None
+            raise
         finally:
             if sup.death is not None:  # the last thing it ran killed it: free what is left
                 SLOT.shutdown()
@@ -367,7 +411,8 @@ class Job:
             else:
                 m |= {k: v for k, v in this.items() if k != "planned"}
             m["counts"] = {"planned": s.planned if n == 1 else None, "stored": stored.stored,
-                           "computed": s.computed, "errors": stored.errors}
+                           "computed": s.computed, "errors": stored.errors,
+                           "errors_by_kind": stored.by_kind}
 
         self.rd.update_manifest(end)
 
@@ -410,8 +455,8 @@ def main(cfg: DictConfig) -> Summary:
     except KeyboardInterrupt:  # outside generation (planning, engine start): nothing to keep
         console.print("[yellow]Interrupted.")
         sys.exit(Interrupted.exit_code)
-    except (UserError, RunFailed, EngineFailed, StartFailed) as e:
-        console.print(f"[bold red]error:[/] {e}")
+    except (UserError, RunFailed, EngineFailed, StartFailed, OverBudget) as e:
+        console.print(f"[bold red]error:[/] {escape(str(e))}")  # plain text: [a,b] stays
         if isinstance(e, RunFailed):
             show_tail(e.log, e.tail)
         if multirun():

@@ -23,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import hashed_config
 from runner.errors import UserError
-from runner.files import LockBusy, atomic_write, locked, read_json
+from runner.files import LockBusy, atomic_write, cut_torn_tail, locked, read_json
 from runner.record import Record, read_records
 
 __all__ = ["HASH_LEN", "ResultWriter", "RunDir", "hashed_config", "run_hash"]
@@ -82,12 +82,7 @@ class RunDir:
 
     def _repair(self) -> None:
         """Cut a torn last line off our own results file (we hold its lock)."""
-        if self.results.exists():
-            data = self.results.read_bytes()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):
-                with open(self.results, "r+b") as fh:
-                    fh.truncate(end)
+        cut_torn_tail(self.results)
 
     def manifest(self) -> dict[str, Any]:
         return read_json(self.manifest_path, {})

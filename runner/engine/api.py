@@ -39,7 +39,14 @@ Event = Finished | Tokens
 
 class Refused(Exception):
     """The engine refused one request (an unreadable image, sampling it rejects): an item
-    error, the engine goes on."""
+    error, the engine goes on. `kind`: its error kind (runner/kinds.py); by default the one
+    the message describes."""
+
+    def __init__(self, message: str, kind: str | None = None):
+        from runner.kinds import classify
+
+        super().__init__(message)
+        self.kind = kind or classify(message, "request")
 
 
 class Engine(Protocol):

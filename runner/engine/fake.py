@@ -9,6 +9,8 @@ comes from RUNNER_FAKE_ENGINE, a JSON object:
   poison       a request whose text holds this marker makes the process exit (code 66)
                when it joins the batch, as a real poison item does
   stall_after  after this many results, the process stops answering (a hung engine)
+  hang         a request whose text holds this marker makes the process stop answering
+               when it joins the batch (an item that stalls the engine)
   gate_after, gate   after this many results (0: before the first), wait until the file
                `gate` exists
   deaths       the faults above apply to the first `deaths` engine processes only
@@ -84,7 +86,7 @@ class FakeEngine:
     def submit(self, key: str, messages: list[dict[str, Any]],
                sampling: dict[str, Any]) -> None:
         if int(sampling.get("n") or 1) < 1:
-            raise Refused("sampling: ValueError: n must be at least 1")
+            raise Refused("sampling: ValueError: n must be at least 1", "sampling")
         parts = [p for m in messages for p in (m["content"] if isinstance(m["content"], list)
                                                else [{"type": "text", "text": m["content"]}])]
         text = " ".join(p.get("text", "") for p in parts)
@@ -248,6 +250,8 @@ def main() -> None:
             r = waiting.pop(0)
             if faulty and o.get("poison") and o["poison"] in r.text:
                 os._exit(66)
+            if faulty and o.get("hang") and o["hang"] in r.text:
+                threading.Event().wait()  # hung: never answers again
             active.append(r)
             prompt += r.prompt_tokens
         if not active:

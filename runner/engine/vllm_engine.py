@@ -100,7 +100,7 @@ class VllmEngine:
             if k not in self._params:
                 self._params[k] = make_params(sampling)
         except Exception as e:  # noqa: BLE001 - vLLM refuses this item's sampling
-            raise Refused(f"sampling: {type(e).__name__}: {e}") from None
+            raise Refused(f"sampling: {type(e).__name__}: {e}", "sampling") from None
         try:
             (rid,) = self.llm.enqueue_chat([messages], self._params[k], use_tqdm=False)
         except EngineDeadError as e:

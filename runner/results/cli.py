@@ -27,6 +27,7 @@ from rich.text import Text
 
 from runner.errors import UserError
 from runner.files import LockBusy, atomic_write, locked, read_json
+from runner.kinds import kinds_text
 from runner.record import counts
 from runner.report import headline
 from runner.results import index
@@ -147,8 +148,10 @@ def stats_table(run: Run) -> Table:
     c = counts(run.items.values())
     rows = [("status", m.get("status", "no manifest")), ("folder", str(run.path)),
             ("created", m.get("created")), ("finished", m.get("finished")),
-            ("items", f"{c.stored} stored ({c.errors} errors) of {last.get('planned', '?')} "
-                      f"planned; last invocation computed {last.get('computed', '?')}"),
+            ("items", f"{c.stored} stored ({c.errors} errors"
+                      + (f": {kinds_text(c.by_kind)}" if c.by_kind else "")
+                      + f") of {last.get('planned', '?')} planned; last invocation computed "
+                      f"{last.get('computed', '?')}"),
             ("tokens", f"{c.prompt_tokens} prompt · {c.completion_tokens} "
                        f"generated (last invocation: {tok.get('prompt', '?')} · "
                        f"{tok.get('completion', '?')})"),

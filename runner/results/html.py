@@ -75,7 +75,7 @@ def _run_info(run: Run, keys: list[str]) -> dict[str, Any]:
     return {"label": run.hash, "model": flat.get("model.name", "?"),
             "status": run.manifest.get("status", "?"), "items": len(run.items),
             "accuracy": m.get("accuracy"), "scored": m.get("scored"),
-            "errors": m.get("errors", counts(run.items.values()).errors), "tps": tps,
+            "errors": counts(run.items.values()).errors_label, "tps": tps,
             "by_tag": {t: v.get("accuracy") for t, v in (m.get("by_tag") or {}).items()},
             "diff": [json.dumps(flat[k], default=str) if k in flat else "—" for k in keys]}
 

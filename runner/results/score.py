@@ -411,7 +411,7 @@ def _metrics(records: list[Record], latest: list[tuple[dict, list[str]]],
                        for t, v in sorted(by_tag.items())},
             **({"fields": {f: {"accuracy": acc(v), "scored": len(v)}
                            for f, v in sorted(by_field.items())}} if by_field else {}),
-            "errors": items.errors,
+            "errors": items.errors, "errors_by_kind": items.by_kind,
             "completion_tokens_per_s": (manifest.get("throughput") or {})
             .get("completion_tokens_per_s")}
 
