@@ -49,8 +49,9 @@ class EngineFailed(Exception):
         self.reason, self.restarts = reason, restarts
 
 
-class OverBudget(Exception):
+class OverBudget(UserError):
     """Errors over prompts.max_error_rate (runner/budget.py): at plan time nothing is written;
-    at run time the run is failed and what finished stays stored."""
+    at run time the run is failed and what finished stays stored. A sentence like any user
+    error, with its own exit code."""
 
     exit_code = 3

@@ -455,7 +455,7 @@ def main(cfg: DictConfig) -> Summary:
     except KeyboardInterrupt:  # outside generation (planning, engine start): nothing to keep
         console.print("[yellow]Interrupted.")
         sys.exit(Interrupted.exit_code)
-    except (UserError, RunFailed, EngineFailed, StartFailed, OverBudget) as e:
+    except (UserError, RunFailed, EngineFailed, StartFailed) as e:
         console.print(f"[bold red]error:[/] {escape(str(e))}")  # plain text: [a,b] stays
         if isinstance(e, RunFailed):
             show_tail(e.log, e.tail)

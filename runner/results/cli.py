@@ -31,7 +31,7 @@ from runner.kinds import kinds_text
 from runner.record import counts
 from runner.report import headline
 from runner.results import index
-from runner.results.export import export_text
+from runner.results.export import export_text, openai_split
 from runner.results.runs import ABSENT, Run, dict_diff, load_run, resolve
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
@@ -231,17 +231,29 @@ def _same(x: dict[str, Any], y: dict[str, Any]) -> bool:
 
 
 def cmd_export(a: argparse.Namespace) -> None:
+    if a.errors and a.format != "openai":
+        raise UserError(f"--errors writes the OpenAI Batch API's error file: add --format "
+                        f"openai (not {a.format}), or drop --errors.")
     run = load_run(resolve(a.root, a.hash))
-    text = export_text(run, a.format)
+    text, n = export_text(run, a.format), len(run.items)
+    if a.errors:  # OpenAI's layout: successes in the output file, failures in the error file
+        text, errors = openai_split(run)
+        _write(Path(a.errors), errors)
+        bad = errors.count("\n")
+        n -= bad
+        err.print(f"Wrote {bad} error lines of run {run.hash} to {a.errors}.")
     if not a.out:
         sys.stdout.write(text)
         return
-    dest = Path(a.out)
+    _write(Path(a.out), text)
+    err.print(f"Wrote {n} items of run {run.hash} to {a.out} ({a.format}).")
+
+
+def _write(dest: Path, text: str) -> None:
     try:
         atomic_write(dest, text)  # no half-written export
     except OSError as e:
         raise UserError(f"Cannot write {dest}: {e.strerror}.") from None
-    err.print(f"Wrote {len(run.items)} items of run {run.hash} to {dest} ({a.format}).")
 
 
 def cmd_rm(a: argparse.Namespace) -> None:
@@ -438,6 +450,9 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("hash")
     s.add_argument("--format", choices=("jsonl", "csv", "openai"), default="jsonl")
     s.add_argument("--out", help="file to write (default: stdout)")
+    s.add_argument("--errors", metavar="FILE", help="with --format openai: write the error "
+                   "lines to FILE as OpenAI's Batch API error file; the output holds only the "
+                   "successes")
     s = cmd("rm", cmd_rm, "Delete a run folder, its index row and its lock file.")
     s.add_argument("hash")
     s.add_argument("--yes", action="store_true", help="do not ask")

@@ -1,4 +1,5 @@
-"""A run's records as JSONL, CSV, or the OpenAI Batch API's output file."""
+"""A run's records as JSONL, CSV, or the OpenAI Batch API's output file (and, split off,
+its error file)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import json
 from datetime import datetime
 from typing import Any
 
+from runner.kinds import kind_of
 from runner.record import Record
 from runner.results.runs import Run, flatten
 
@@ -23,9 +25,14 @@ def _epoch(iso: str | None) -> int:
         return 0
 
 
+def _digest(run: Run, r: Record) -> str:
+    """What an export's ids are cut from: stable across exports of the run."""
+    return hashlib.sha256(f"{run.hash}:{r['key']}".encode()).hexdigest()
+
+
 def openai_line(run: Run, r: Record) -> dict[str, Any]:
     """One line of the OpenAI Batch API output file; ids are derived, so exports are stable."""
-    h = hashlib.sha256(f"{run.hash}:{r['key']}".encode()).hexdigest()
+    h = _digest(run, r)
     line: dict[str, Any] = {"id": f"batch_req_{h[:24]}", "custom_id": r.get("id", r["key"])}
     if r.get("status") == "error":
         return line | {"response": None,
@@ -40,6 +47,40 @@ def openai_line(run: Run, r: Record) -> dict[str, Any]:
             "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}}
     return line | {"response": {"status_code": 200, "request_id": f"req_{h[48:64]}",
                                 "body": body}, "error": None}
+
+
+# An error of these kinds is the request's fault (HTTP 400, as OpenAI answers a bad request);
+# the others are the engine's (500).
+REQUEST_KINDS = ("image", "too_many_images", "too_long", "request", "sampling")
+
+
+def openai_error_line(run: Run, r: Record) -> dict[str, Any]:
+    """One line of the OpenAI Batch API error file: the failed request's HTTP response, its
+    body an OpenAI error object (the shape OpenAI's error files carry), and `error` null.
+    `code` is the record's error kind (docs/errors.md)."""
+    h, kind = _digest(run, r), kind_of(r) or "other"
+    bad = kind in REQUEST_KINDS
+    return {"id": f"batch_req_{h[:24]}", "custom_id": r.get("id", r["key"]),
+            "response": {"status_code": 400 if bad else 500, "request_id": f"req_{h[48:64]}",
+                         "body": {
+                "error": {"message": str(r.get("error")),
+                          "type": "invalid_request_error" if bad else "server_error",
+                          "param": "messages" if kind in REQUEST_KINDS[:4] else None,
+                          "code": kind}}},
+            "error": None}
+
+
+def openai_split(run: Run) -> tuple[str, str]:
+    """The OpenAI Batch API's two files: the output file (successes only) and the error
+    file."""
+    recs = list(run.items.values())
+    ok = [openai_line(run, r) for r in recs if r.get("status") != "error"]
+    bad = [openai_error_line(run, r) for r in recs if r.get("status") == "error"]
+    return _jsonl(ok), _jsonl(bad)
+
+
+def _jsonl(lines: list[Any]) -> str:
+    return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
 
 
 def json_columns(r: Record) -> dict[str, Any]:
@@ -74,5 +115,4 @@ def export_text(run: Run, form: str) -> str:
                             "tags": ";".join(r.get("tags") or []),
                             "expected": _cell(r.get("expected"))} | c)
         return buf.getvalue()
-    lines = recs if form == "jsonl" else [openai_line(run, r) for r in recs]
-    return "".join(json.dumps(x, ensure_ascii=False) + "\n" for x in lines)
+    return _jsonl(recs if form == "jsonl" else [openai_line(run, r) for r in recs])
