@@ -70,10 +70,11 @@ def retire(rd: RunDir, records: dict[str, Record]) -> None:
     for f in own_files(rd):
         data = f.read_bytes()
         lines = data[: data.rfind(b"\n") + 1].splitlines(keepends=True)  # a torn tail goes
-        keep = [ln for ln in lines if _key(ln) not in records]
+        keep: list[bytes] = []
+        for ln in lines:
+            (moved if _key(ln) in records else keep).append(ln)
         if len(keep) < len(lines):
             cuts.append((f, keep))
-            moved += [ln for ln in lines if _key(ln) in records]
     hist = rd.path / HISTORY
     cut_torn_tail(hist)
     have = set(hist.read_bytes().splitlines(keepends=True)) if hist.exists() else set()

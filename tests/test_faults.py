@@ -226,6 +226,7 @@ def test_a_real_poison_item_is_stored_as_an_error_and_the_rest_complete(tmp_path
     assert [r["id"] for r in errs] == [f"f{bad:02d}"]
     # the logits processor runs in vLLM's worker process: the engine core reports its death
     assert errs[0]["error"].startswith("the engine died while generating this item: ")
+    assert errs[0]["error_kind"] == "engine_death"
     m = manifest(store)
     assert m["status"] == "complete" and m["counts"]["errors"] == 1
     assert {r["mode"] for r in m["restarts"]} == {"restart", "bisect"}

@@ -133,3 +133,32 @@ def test_hostile_set_end_to_end(real):
     assert got == {i: want[i] for i in got} and len(got) == len(plan.items) - len(BAD)
     m = json.loads((d / "manifest.json").read_text())
     assert m["counts"]["errors"] == len(BAD)
+    kinds = {i: rs[i]["error_kind"] for i in BAD}  # docs/errors.md
+    assert kinds == {"zero": "image", "truncated": "image", "fake": "image", "bomb": "image",
+                     "five_images": "too_many_images", "too_long": "too_long"}
+    assert m["counts"]["errors_by_kind"] == {"image": 4, "too_many_images": 1, "too_long": 1}
+
+
+def test_sampling_vllm_refuses_is_an_item_error_of_kind_sampling(real, tmp_path: Path):
+    """vLLM's own SamplingParams refuses top_p=5: that item is an error of kind `sampling`,
+    the other completes; the OpenAI export puts it in the error file."""
+    from hostile import write_set
+
+    write_set(real.prompts / "refused", [
+        {"id": "fine", "text": "Say hi."},
+        {"id": "top_p", "text": "Say hi.", "sampling": {"top_p": 5}}], name="refused")
+    d, s, out = real.run("prompts.name=refused", "sampling.max_tokens=4")
+    rs = results(d)
+    assert rs["fine"]["status"] == "ok" and s.computed == 1 and s.errors == 1
+    assert rs["top_p"]["error_kind"] == "sampling"
+    assert rs["top_p"]["error"].startswith("sampling: VLLMValidationError: top_p must be in "
+                                           "(0, 1]"), rs["top_p"]
+    errors = tmp_path / "errors.jsonl"
+    p = subprocess.run([sys.executable, "-m", "runner.results", "--root", str(real.store),
+                        "export", d.name, "--format", "openai", "--errors", str(errors)],
+                       cwd=ROOT, text=True, capture_output=True, timeout=300)
+    assert p.returncode == 0, p.stderr
+    assert [json.loads(x)["custom_id"] for x in p.stdout.splitlines()] == ["fine"]
+    (e,) = map(json.loads, errors.read_text().splitlines())
+    assert e["custom_id"] == "top_p" and e["response"]["status_code"] == 400
+    assert e["response"]["body"]["error"]["code"] == "sampling"

@@ -9,6 +9,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from runner.kinds import classify
+
 
 @dataclass(frozen=True)
 class Sample:
@@ -43,8 +45,6 @@ class Refused(Exception):
     the message describes."""
 
     def __init__(self, message: str, kind: str | None = None):
-        from runner.kinds import classify
-
         super().__init__(message)
         self.kind = kind or classify(message, "request")
 
