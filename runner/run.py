@@ -8,6 +8,7 @@ import platform
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -282,21 +283,34 @@ class Job:
         cfg, by_key = self.cfg, {it.key: it for it in items}
 
         def run_group(keys: list[str]) -> None:
+            """Queue at most max_in_flight requests; queue the next as each one finishes."""
             engine = self.engine
             assert engine is not None
-            for n, k in enumerate(keys):
-                try:
-                    engine.submit(k, by_key[k].messages, self.effective(by_key[k]))
-                except Refused as e:  # e.g. an image or sampling vLLM refuses
-                    on_error(k, str(e))
-                except EngineDied as d:
-                    raise EngineDied(d.reason, d.unfinished + keys[n + 1:]) from None
-            for ev in engine.events(cfg.engine.stall_timeout_s):
-                if isinstance(ev, Finished):
-                    on_output(ev)
-                else:
-                    on_tokens(ev.generated)
-            self.summary.max_step_s = max(self.summary.max_step_s, engine.max_gap_s)
+            limit = cfg.engine.max_in_flight or 2 * engine.window
+            todo = deque(keys)
+
+            def fill() -> None:
+                while todo and engine.in_flight() < limit:
+                    k = todo.popleft()
+                    try:
+                        engine.submit(k, by_key[k].messages, self.effective(by_key[k]))
+                    except Refused as e:  # e.g. an image or sampling vLLM refuses
+                        on_error(k, str(e))
+
+            try:
+                fill()
+                while engine.in_flight():
+                    for ev in engine.events(cfg.engine.stall_timeout_s):
+                        if isinstance(ev, Finished):
+                            on_output(ev)
+                            fill()
+                        else:
+                            on_tokens(ev.generated)
+                    fill()
+            except EngineDied as d:  # not finished: what was in flight, then what was not sent
+                raise EngineDied(d.reason, d.unfinished + list(todo)) from None
+            finally:
+                self.summary.max_step_s = max(self.summary.max_step_s, engine.max_gap_s)
 
         def restart(r: Restart) -> None:
             what = "looking for the item that kills it" if r.mode == "bisect" else \
