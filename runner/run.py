@@ -20,7 +20,7 @@ from runner.config import run_sampling_of
 from runner.console import console
 from runner.engine.api import Engine, Finished, Refused
 from runner.errors import EngineDied, EngineFailed, Interrupted, RunFailed, StartFailed, UserError
-from runner.images import pixel_limit
+from runner.images import inline_outside, pixel_limit
 from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_cpu_kernels, check_quantization
 from runner.record import counts, error_record, now, ok_record
@@ -105,6 +105,7 @@ class Job:
             # Engine output (and the tokenizer's chatter) from here on goes to engine.log.
             with engine_log(self.cfg.store.root, self.rd.hash, self.cfg.log.engine):
                 self.check(todo)
+                self.plan.remember()
                 with self.rd.lock(self.cfg.store.wait, self._waiting):
                     todo = self.pending()  # another process may have finished it meanwhile
                     if todo:
@@ -113,6 +114,7 @@ class Job:
                         finally:
                             self.record()
                         return self.summary
+        self.plan.remember()
         self._ended("cached")
         self.record()
         return self.summary
@@ -287,13 +289,15 @@ class Job:
             engine = self.engine
             assert engine is not None
             limit = cfg.engine.max_in_flight or 2 * engine.window
+            media = self.media_root()
             todo = deque(keys)
 
             def fill() -> None:
                 while todo and engine.in_flight() < limit:
                     k = todo.popleft()
                     try:
-                        engine.submit(k, by_key[k].messages, self.effective(by_key[k]))
+                        engine.submit(k, inline_outside(by_key[k].messages, media),
+                                      self.effective(by_key[k]))
                     except Refused as e:  # e.g. an image or sampling vLLM refuses
                         on_error(k, str(e))
 
