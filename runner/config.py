@@ -67,6 +67,10 @@ class EngineConfig:
     max_restarts: int = field(default=2, metadata=RUNTIME_OURS)  # restarts per invocation
     # No engine step returned for this long: the engine is treated as dead. null: off.
     stall_timeout_s: float | None = field(default=300.0, metadata=RUNTIME_OURS)
+    # Requests queued in the engine at once; more are queued as outputs finish, so memory
+    # stays flat and results are stored from the first one on. null: 2 x max_num_seqs (as
+    # `vllm run-batch` bounds it).
+    max_in_flight: int | None = field(default=None, metadata=RUNTIME_OURS)
 
 
 # EngineArgs names under engine.extra that do not change results.

@@ -8,6 +8,7 @@ import platform
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -16,6 +17,7 @@ from typing import Any
 from omegaconf import DictConfig, OmegaConf
 from rich.markup import escape
 
+from runner.budget import Budget, check_plan, rate_of
 from runner.config import run_sampling_of
 from runner.console import console
 from runner.engine.api import Engine, Finished, Refused
@@ -28,12 +30,13 @@ from runner.errors import (
     StartFailed,
     UserError,
 )
-from runner.images import pixel_limit
+from runner.images import inline_outside, pixel_limit
 from runner.kinds import death_kind, parse_kinds
 from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_cpu_kernels, check_quantization
 from runner.record import Record, counts, error_record, now, ok_record
 from runner.report import Generation, Summary, plan_line, show, show_tail, starting
+from runner.retry import retire, retryable
 from runner.sampling import bound, merge
 from runner.store import ResultWriter, RunDir, run_hash
 
@@ -115,6 +118,7 @@ class Job:
             # Engine output (and the tokenizer's chatter) from here on goes to engine.log.
             with engine_log(self.cfg.store.root, self.rd.hash, self.cfg.log.engine):
                 self.check(todo)
+                self.plan.remember()
                 with self.rd.lock(self.cfg.store.wait, self._waiting):
                     todo = self.pending()  # another process may have finished it meanwhile
                     if todo:
@@ -123,6 +127,7 @@ class Job:
                         finally:
                             self.record()
                         return self.summary
+        self.plan.remember()
         self._ended("cached")
         self.record()
         return self.summary
@@ -136,8 +141,6 @@ class Job:
             self.plan.items = [it for it in self.plan.items if in_shard(it.key, cfg.shard)]
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
         self.sampling = run_sampling_of(cfg)
-        from runner.budget import rate_of
-
         self.error_rate = rate_of(cfg.prompts.get("max_error_rate"))
         self.retry_kinds = parse_kinds(cfg.get("retry_errors"), "retry_errors")
         if self.plan.ignored:
@@ -151,8 +154,6 @@ class Job:
     def pending(self) -> list[Item]:
         self.stored = self.rd.read_results()
         if self.retry_kinds:  # error records to retry count as not stored
-            from runner.retry import retryable
-
             again = retryable(self.rd, self.stored, self.retry_kinds)
             self.retired = {it.key: self.stored.pop(it.key) for it in self.plan.items
                             if it.key in again}
@@ -170,8 +171,6 @@ class Job:
         plan_line(len(self.plan.items), self.summary.cached, tot["images"],
                   tot["prompt_tokens"], tot["errors"])
         check_errors(todo, self.cfg.prompts.on_item_error)
-        from runner.budget import check_plan
-
         check_plan(self.error_rate, self.plan.items, self.stored, todo)
         ensure_weights(self.cfg.model)
         check_quantization(self.cfg.model.quantization, Path(self.cfg.model.path))
@@ -232,8 +231,6 @@ class Job:
 
         self.rd.update_manifest(begin)
         if self.retired:
-            from runner.retry import retire
-
             retire(self.rd, self.retired)  # before the writer opens the file it rewrites
         self.writer = self.rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
 
@@ -256,8 +253,6 @@ class Job:
                                              self.prompt_tokens.get(it.key, 0), mml)
                                for it in runnable}, len(todo))
         tg = time.perf_counter()
-
-        from runner.budget import Budget
 
         budget = Budget(self.error_rate, str(self.rd.path))  # judges the engine's outcomes
 
@@ -321,21 +316,36 @@ class Job:
         cfg, by_key = self.cfg, {it.key: it for it in items}
 
         def run_group(keys: list[str]) -> None:
+            """Queue at most max_in_flight requests; queue the next as each one finishes."""
             engine = self.engine
             assert engine is not None
-            for n, k in enumerate(keys):
-                try:
-                    engine.submit(k, by_key[k].messages, self.effective(by_key[k]))
-                except Refused as e:  # e.g. an image or sampling vLLM refuses
-                    on_error(k, str(e), e.kind)
-                except EngineDied as d:
-                    raise EngineDied(d.reason, d.unfinished + keys[n + 1:]) from None
-            for ev in engine.events(cfg.engine.stall_timeout_s):
-                if isinstance(ev, Finished):
-                    on_output(ev)
-                else:
-                    on_tokens(ev.generated)
-            self.summary.max_step_s = max(self.summary.max_step_s, engine.max_gap_s)
+            limit = cfg.engine.max_in_flight or 2 * engine.window
+            media = self.media_root()
+            todo = deque(keys)
+
+            def fill() -> None:
+                while todo and engine.in_flight() < limit:
+                    k = todo.popleft()
+                    try:
+                        engine.submit(k, inline_outside(by_key[k].messages, media),
+                                      self.effective(by_key[k]))
+                    except Refused as e:  # e.g. an image or sampling vLLM refuses
+                        on_error(k, str(e), e.kind)
+
+            try:
+                fill()
+                while engine.in_flight():
+                    for ev in engine.events(cfg.engine.stall_timeout_s):
+                        if isinstance(ev, Finished):
+                            on_output(ev)
+                            fill()
+                        else:
+                            on_tokens(ev.generated)
+                    fill()
+            except EngineDied as d:  # not finished: what was in flight, then what was not sent
+                raise EngineDied(d.reason, d.unfinished + list(todo)) from None
+            finally:
+                self.summary.max_step_s = max(self.summary.max_step_s, engine.max_gap_s)
 
         def restart(r: Restart) -> None:
             what = "looking for the item that kills it" if r.mode == "bisect" else \
