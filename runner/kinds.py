@@ -25,9 +25,6 @@ KINDS: dict[str, str] = {
     "stall": "the engine stopped making progress whenever this item ran, alone",
     "other": "a record stored before error kinds whose reason matches none of the above",
 }
-# The engine's own failures: the item may well succeed on another try.
-TRANSIENT = ("engine_death", "stall")
-
 # The reason a stalled engine gives (runner/engine/watchdog.py and fake.py): "no progress for
 # N s (engine.stall_timeout_s=T)".
 _STALL = re.compile(r"no progress for \d+ s")

@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -98,6 +99,26 @@ def test_the_runners_own_sentences_classify_as_their_kind():
     assert kinds.kind_of({"status": "error", "error": "x", "error_kind": "stall"}) == "stall"
     assert kinds.kind_of({"status": "ok", "output": "image"}) is None
     assert kinds.classify("EngineCoreError: odd", "request") == "request"
+
+
+def test_the_watchdogs_stall_reason_is_kind_stall():
+    """The sentence the real engine's watchdog gives a stall (the fake's is tested below)."""
+    from types import SimpleNamespace
+
+    from runner.engine.watchdog import Watchdog
+
+    proc = SimpleNamespace(exitcode=None, name="EngineCore_DP0", pid=1, kill=lambda: None)
+    core = SimpleNamespace(resources=SimpleNamespace(
+        engine_manager=SimpleNamespace(processes=[proc]), engine_dead=False),
+        outputs_queue=SimpleNamespace(put_nowait=lambda e: None))
+    dog = Watchdog(core)
+    dog.stop()
+    dog.stall_timeout_s, dog.last = 1.0, time.monotonic() - 5
+    reason = dog.check()
+    assert reason is not None and reason.startswith("no progress for ")
+    assert kinds.death_kind(reason) == "stall"
+    assert kinds.death_kind("the engine core process (x, pid 1) exited with code 66") == \
+        "engine_death"
 
 
 def test_kinds_to_retry_are_checked_naming_the_key():
