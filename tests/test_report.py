@@ -98,8 +98,9 @@ def test_report_is_self_contained(runs: list[Path], tmp_path: Path) -> None:
     assert data["keys"] == ["model.name", "model.path", "prompts.name", "prompts.root",
                             "sampling.temperature"]
     assert len(data["rows"]) == N_ITEMS
-    assert all(v and v.startswith("data:image/") for v in data["images"].values())
-    assert len(data["images"]) == N_ITEMS  # item 0 has two images, item 1 none
+    assert all(v.startswith("data:image/") for v in data["thumbs"].values())
+    assert len(data["thumbs"]) == N_ITEMS  # item 0 has two images, item 1 none
+    assert data["flags"][:6] == "003330"  # bbbb: 2, 3 wrong, 4 an error (all differ)
     row2 = data["rows"][2]["o"]
     assert [o["ok"] for o in row2] == [True, False, True]
     assert data["rows"][60]["o"][2] is None  # run cccc stopped at 50 items
@@ -157,4 +158,5 @@ def test_report_without_the_set_folder(runs: list[Path], tmp_path: Path) -> None
     page = build_report(runs[:1], tmp_path / "r.html").read_text()
     data = json.loads(re.search(r'type="application/json">(.*?)</script>', page, re.S).group(1))
     assert data["keys"] == [] and len(data["rows"]) == N_ITEMS
-    assert set(data["images"].values()) == {None}
+    assert data["thumbs"] == {}
+    assert {n for r in data["rows"] for n, _, _ in r["im"]} == {None}  # shown as missing
