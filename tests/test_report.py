@@ -11,10 +11,11 @@ from pathlib import Path
 
 import pytest
 import yaml
+from browser import Browser
 from PIL import Image
 
 import fakes
-from runner.html_report import build_report, config_diff
+from runner.html_report import CUT, build_report, config_diff
 from runner.score import score_run
 
 N_ITEMS = 130  # more than a page (100): the second page is checked too
@@ -160,3 +161,126 @@ def test_report_without_the_set_folder(runs: list[Path], tmp_path: Path) -> None
     assert data["keys"] == [] and len(data["rows"]) == N_ITEMS
     assert data["thumbs"] == {}
     assert {n for r in data["rows"] for n, _, _ in r["im"]} == {None}  # shown as missing
+
+
+# ---- a report in chunks: lazy rows, filters over every chunk, thumbnails, full images ----
+
+BIG, CHUNK = 3000, 100  # 30 chunks: enough to prove paging and filtering across them
+WRONG = list(range(2, BIG, 97))  # run bbbb's wrong answers, one in most chunks
+ZEBRA = [1234, 2950]  # a word only these outputs have (chunks 12 and 29)
+
+
+def make_big_runs(tmp_path: Path) -> list[Path]:
+    """Two runs of BIG items sharing 40 images (320x200; image 0 a noisy photo, the rest
+    flat); run bbbb is wrong on WRONG (item 2 at length) and says "zebra" on ZEBRA."""
+    sdir = tmp_path / "prompts" / "big"
+    (sdir / "images").mkdir(parents=True)
+    Image.effect_noise((320, 200), 60).convert("RGB").save(sdir / "images" / "0.jpg")
+    for k in range(1, 40):
+        Image.new("RGB", (320, 200), (k * 6, 100, 200)).save(sdir / "images" / f"{k}.png")
+    items = [{"id": f"q{i}", "text": f"Question {i}?", "expected": str(i), "tags": ["t"],
+              "images": [f"images/{i % 40}.{'jpg' if i % 40 == 0 else 'png'}"]}
+             for i in range(BIG)]
+    sf = sdir / "set.yaml"
+    sf.write_text(yaml.safe_dump({"name": "big", "scorer": "numeric", "items": items}))
+    out = tmp_path / "outputs"
+    wrong = {i: "no idea " * (700 if i == 2 else 1) for i in WRONG}
+    zebra = {i: f"I think it is {i}, said the zebra." for i in ZEBRA}
+    prompts = {"name": "big", "root": str(tmp_path / "prompts")}
+    runs = [make_run(out, "aaaa", sf, prompts, 0.0, "tiny", {}, n=BIG),
+            make_run(out, "bbbb", sf, prompts, 0.7, "tiny", wrong | zebra, n=BIG)]
+    for d in runs:
+        score_run(d)
+    return runs
+
+
+@pytest.fixture(scope="module")
+def big(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
+    """Built once for the module (a few seconds); each test writes its own report."""
+    return make_big_runs(tmp_path_factory.mktemp("big"))
+
+
+def test_big_report_is_a_folder_of_chunks_with_cached_thumbnails(
+        big: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    runs = big
+    cache = tmp_path / "cache"
+    page = build_report(runs, tmp_path / "big.html", chunk=CHUNK, cache=cache)
+    folder = tmp_path / "big"
+    assert page == folder / "index.html" and not (tmp_path / "big.html").exists()
+    assert sorted(p.name for p in (folder / "c").iterdir()) == \
+        sorted(f"{k}.js" for k in range(BIG // CHUNK))
+    assert [p.name for p in (folder / "f").iterdir()] == ["0.js"]  # item 2's long output
+    thumbs = sorted((folder / "t").iterdir())
+    assert len(thumbs) == 40 and sum(p.suffix == ".webp" for p in thumbs) == 1  # each once
+    assert page.stat().st_size < 10_000 + 2 * BIG  # the rows are in the chunks, not here
+    data = json.loads(re.search(r'type="application/json">(.*?)</script>',
+                                page.read_text(), re.S).group(1))
+    assert [i for i, f in enumerate(data["flags"]) if int(f) & 1] == WRONG
+    assert [i for i, f in enumerate(data["flags"]) if int(f) & 2] == sorted(WRONG + ZEBRA)
+
+    assert len(list(cache.iterdir())) == 40
+
+    import runner.results.thumbs as th
+
+    def fail(file: Path) -> None:
+        raise AssertionError(f"thumbnail of {file} recomputed")
+
+    monkeypatch.setattr(th, "render", fail)  # a rebuild takes every thumbnail from the cache
+    build_report(runs, tmp_path / "big.html", chunk=CHUNK, full_images=True, cache=cache)
+    assert len(list((folder / "t").iterdir())) == 40
+    assert sorted(p.name for p in (folder / "i").iterdir())[:2] == \
+        sorted(p.stem + {".webp": ".jpg"}.get(p.suffix, ".png") for p in thumbs)[:2]
+
+
+def test_big_report_in_chromium(big: list[Path], tmp_path: Path) -> None:
+    """Opens at its first chunk, pages, filters over every chunk, shows a thumbnail, then
+    the full image, and the whole of a cut output."""
+    page = build_report(big, tmp_path / "big.html", chunk=CHUNK)
+    store = big[0].parent
+    assert len(list((store / ".cache" / "thumbs").iterdir())) == 40  # the default cache
+    assert not list((store.parent / "prompts").rglob(".cache"))  # not in the set's folder
+    ids = "[...document.querySelectorAll('#items tbody tr')].map((t) => t.dataset.id)"
+    body = "document.body.dataset"
+    with Browser(tmp_path / "profile") as b:
+        b.open(page.as_uri())
+        b.wait(f"{body}.firstMs")
+        assert b.js(ids) == [f"q{i}" for i in range(100)]
+        assert b.js(f"[{body}.chunksLoaded, {body}.pages, {body}.matches]") == ["1", "30", "3000"]
+        thumb = "document.querySelector('tr[data-id=q0] img.th')"
+        assert b.js(f"{thumb}.dataset.loaded") == "1"
+        assert b.js(f"{thumb}.naturalWidth") == 160  # a thumbnail of the 320 px original
+        b.js(f"{thumb}.click()")
+        assert b.wait("document.getElementById('lbimg').dataset.loaded") == "1"
+        assert b.js("document.getElementById('lbimg').naturalWidth") == 320  # the original
+        assert b.js("document.getElementById('lb').hidden") is False
+        assert b.js("document.getElementById('lbimg').src").endswith("/prompts/big/images/0.jpg")
+        b.js("document.getElementById('lb').click()")
+
+        b.js("document.getElementById('next').click()")
+        b.wait(f"{body}.page === '2'")
+        assert b.js(ids) == [f"q{i}" for i in range(100, 200)]
+        assert b.js(f"{body}.chunksLoaded") == "2"  # only what the pages needed
+
+        def toggle(box: str) -> None:
+            b.js(f"(() => {{ const c = document.getElementById('{box}'); c.checked = !c.checked;"
+                 "c.dispatchEvent(new Event('input')); })()")
+
+        toggle("wrong")
+        b.wait(f"{body}.matches === '{len(WRONG)}' && {body}.page === '1'")
+        assert b.js(ids) == [f"q{i}" for i in WRONG]  # from 30 chunks, all on one page
+        more = "document.querySelector('tr[data-id=q2] a.more')"
+        assert "show all 5600 characters" in b.js(f"{more}.textContent")
+        out = "document.querySelectorAll('tr[data-id=q2] .out')[1].textContent.length"
+        assert b.js(out) == CUT + 1  # the mark, then the output's first characters
+        b.js(f"{more}.click()")
+        assert b.wait(f"{out} > {CUT + 1} && {out}") == 5600 + 1  # then all of it
+        toggle("wrong")
+        toggle("differ")
+        b.wait(f"{body}.matches === '{len(WRONG) + len(ZEBRA)}'")
+        toggle("differ")
+        b.js("(() => { const q = document.getElementById('q'); q.value = 'ZEBRA';"
+             "q.dispatchEvent(new Event('input')); })()")
+        b.wait(f"{body}.matches === '2'")
+        assert b.js(ids) == [f"q{i}" for i in ZEBRA]  # a text search over every chunk
+        assert b.js(f"{body}.chunksLoaded") == "30"
+        assert b.js("location.hash") == "#q=ZEBRA"

@@ -16,6 +16,7 @@ import html
 import json
 import mimetypes
 import os
+import re
 import shutil
 import sys
 from pathlib import Path
@@ -26,19 +27,31 @@ from runner.files import atomic_write
 from runner.record import Record, counts
 from runner.results.page import TEMPLATE
 from runner.results.runs import Run, config_diff, flatten, load_run
-from runner.results.score import read_set_meta, set_file_of
+from runner.results.score import set_file_of
 from runner.results.thumbs import cache_key, thumbnails
 
 CHUNK = 2000  # rows per chunk file; a report of at most this many items is one file
 PAGE = 100  # rows per page
 CUT = 2000  # characters of an output in the table; the rest loads on click
 NAME = 16  # hex characters of a thumbnail's name in the report (of its sha256)
+_FILE = re.compile(r"""^file:[ \t]*["']?([^"'#\n]+)""", re.M)  # a set's data file
 WRONG, DIFFER = 1, 2  # bits of an item's flag character: the page's switches
 
 
-def set_root(run: Run) -> Path | None:
-    """Where the run's set resolves its image paths (None if the set is gone)."""
-    return read_set_meta(set_file_of(run.path)).root
+def image_base(set_file: Path | None) -> Path | None:
+    """Where a set's image paths resolve (as the planner's Spec.base: the folder of the file
+    holding the items), None if the set is gone. Read without parsing the set: a 100k-item
+    YAML takes a minute to parse, a top-level `file:` line a regex."""
+    if set_file is None:
+        return None
+    if set_file.suffix != ".jsonl":
+        try:
+            m = _FILE.search(set_file.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            return None
+        if m:
+            return (set_file.parent / m.group(1).strip()).parent
+    return set_file.parent
 
 
 def _mark(run: Run, rec: Record | None, scorers: set[str]) -> dict[str, Any] | None:
@@ -84,9 +97,11 @@ def _run_info(run: Run, keys: list[str], scorers: set[str]) -> dict[str, Any]:
             "diff": [json.dumps(flat[k], default=str) if k in flat else "—" for k in keys]}
 
 
-def _href(file: Path, base: Path) -> str:
-    """A relative URL from the report's folder to a file (works from file://)."""
-    return quote(Path(os.path.relpath(file.resolve(), base.resolve())).as_posix())
+def _hrefs(files: dict[str, Path], base: Path) -> dict[str, str]:
+    """Relative URLs from the report's folder to files (they work from file://)."""
+    base = base.resolve()
+    return {n: quote(Path(os.path.relpath(f.resolve(), base)).as_posix())
+            for n, f in files.items()}
 
 
 def _data_url(file: Path) -> str:
@@ -101,7 +116,7 @@ class Report:
     def __init__(self, run_dirs: list[Path], cache: Path | None = None):
         self.runs = [load_run(d) for d in run_dirs]
         runs = self.runs
-        roots = {r.path: set_root(r) for r in runs}
+        roots = {r.path: image_base(set_file_of(r.path)) for r in runs}
         scorers = [{s.get("scorer") or "?" for s in r.scores.values()} for r in runs]
         keys = config_diff([r.config for r in runs])
         self.info = [_run_info(r, keys, s) for r, s in zip(runs, scorers, strict=True)]
@@ -166,9 +181,9 @@ def _js(call: str, k: int, data: Any) -> str:
 def write_single(rep: Report, out: Path, full_images: bool) -> Path:
     """One self-contained file: everything inline, each thumbnail once as a data: URL."""
     base = out.parent
+    href = {} if full_images else _hrefs(rep.originals, base)
     for r in rep.rows:  # [name in D.thumbs, path, relative link to the original or null]
-        r["im"] = [[n, p, None if full_images or n is None else _href(rep.originals[n], base)]
-                   for n, p in r["im"]]
+        r["im"] = [[n, p, href.get(n)] for n, p in r["im"]]
     data = rep.head(max(1, len(rep.rows))) | {
         "rows": rep.rows, "full": rep.full,
         "thumbs": {n: _data_url(p) for n, p in rep.thumbs.items()},
@@ -201,10 +216,11 @@ def write_folder(rep: Report, folder: Path, chunk: int, full_images: bool) -> Pa
             if full_images:
                 f = rep.originals[n]
                 _link(f, tmp / "i" / f"{n}{f.suffix}")
+        href = {n: f"i/{n}{quote(f.suffix)}" for n, f in rep.originals.items()} \
+            if full_images else _hrefs(rep.originals, folder)
         for r in rep.rows:  # [file in t/, path, link to the original]
-            r["im"] = [[None, p, None] if n is None else
-                       [names[n], p, f"i/{n}{quote(rep.originals[n].suffix)}" if full_images
-                        else _href(rep.originals[n], folder)] for n, p in r["im"]]
+            r["im"] = [[None, p, None] if n is None else [names[n], p, href[n]]
+                       for n, p in r["im"]]
         for k in range(0, len(rep.rows), chunk):
             atomic_write(tmp / "c" / f"{k // chunk}.js",
                          _js("R", k // chunk, rep.rows[k:k + chunk]), sync=False)

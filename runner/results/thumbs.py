@@ -16,6 +16,7 @@ from runner.files import atomic_write
 
 THUMB = 160  # px, longest side
 QUALITY = 55  # WebP; measured: ~2.2 KB for a 160x120 photo-like thumbnail (bench/report_scale)
+PNG_OK = 2000  # bytes: a few-colour thumbnail this small stays PNG even if WebP is smaller
 EXTS = (".png", ".webp")
 _HEX = re.compile(r"[0-9a-f]{64}")
 
@@ -26,21 +27,24 @@ def cache_key(sha: str) -> str:
 
 
 def render(file: Path) -> tuple[bytes, str] | None:
-    """(bytes, extension) of a thumbnail, or None if unreadable. PNG for few-colour images
-    (charts, screenshots, line art: sharp and small), WebP for photos (a third smaller than
-    JPEG at the same look)."""
+    """(bytes, extension) of a thumbnail, or None if unreadable. WebP for photos (a third
+    smaller than JPEG at the same look); PNG for few-colour images (charts, screenshots, line
+    art: sharp) unless it is large (a grey photo also has at most 256 colours)."""
     try:
         with Image.open(file) as im:
             im.draft("RGB", (THUMB * 2, THUMB * 2))  # JPEG: decode at reduced scale (fast)
             im.thumbnail((THUMB, THUMB))
             alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
             im = im.convert("RGBA" if alpha else "RGB")
-            buf = io.BytesIO()
-            if im.getcolors(256) is not None:
-                im.save(buf, "PNG", optimize=True)
-                return buf.getvalue(), ".png"
-            im.save(buf, "WEBP", quality=QUALITY)
-            return buf.getvalue(), ".webp"
+            webp = io.BytesIO()
+            im.save(webp, "WEBP", quality=QUALITY)
+            if im.getcolors(256) is None:
+                return webp.getvalue(), ".webp"
+            png = io.BytesIO()  # few colours: a chart (PNG keeps it sharp) or a grey photo
+            im.save(png, "PNG", optimize=True)
+            if png.tell() <= max(2 * webp.tell(), PNG_OK):
+                return png.getvalue(), ".png"
+            return webp.getvalue(), ".webp"
     except (OSError, UnidentifiedImageError, ValueError):
         return None
 
