@@ -33,7 +33,6 @@ from runner.results.thumbs import cache_key, thumbnails
 CHUNK = 2000  # rows per chunk file; a report of at most this many items is one file
 PAGE = 100  # rows per page
 CUT = 2000  # characters of an output in the table; the rest loads on click
-NAME = 16  # hex characters of a thumbnail's name in the report (of its sha256)
 _FILE = re.compile(r"""^file:[ \t]*["']?([^"'#\n]+)""", re.M)  # a set's data file
 WRONG, DIFFER = 1, 2  # bits of an item's flag character: the page's switches
 
@@ -124,7 +123,8 @@ class Report:
         ids: dict[str, None] = {}  # every run's items, first run's order first
         for r in runs:
             ids |= dict.fromkeys(r.items)
-        self.originals: dict[str, Path] = {}  # thumbnail name -> original file
+        self.names: dict[str, str] = {}  # cache key -> short name in the report, in order
+        self.originals: dict[str, Path] = {}  # short name -> original file
         wanted: dict[str, Path] = {}  # cache key -> original file
         self.rows: list[dict[str, Any]] = []
         self.full: dict[str, str] = {}  # "<row>.<run>" -> an output cut in the table
@@ -139,8 +139,9 @@ class Report:
                 f = root / im["path"] if root else None
                 if f is not None and f.is_file():
                     wanted[key] = f
-                    self.originals.setdefault(key[:NAME], f)
-                    ims.append([key[:NAME], im["path"]])
+                    name = self.names.setdefault(key, f"{len(self.names):x}")
+                    self.originals.setdefault(name, f)
+                    ims.append([name, im["path"]])
                 else:
                     ims.append([None, im["path"]])
             x = first.get("expected")  # an object (the json scorer's) shown as JSON
@@ -156,7 +157,7 @@ class Report:
             flags.append(chr(48 + WRONG * wrong + DIFFER * differ))
         self.flags = "".join(flags)
         got = thumbnails(cache or run_dirs[0].parent / ".cache" / "thumbs", wanted)
-        self.thumbs = {k[:NAME]: p for k, p in got.items() if p is not None}
+        self.thumbs = {self.names[k]: p for k, p in got.items() if p is not None}
         for r in self.rows:  # an unreadable original has no thumbnail: listed as missing
             r["im"] = [[n if n in self.thumbs else None, p] for n, p in r["im"]]
 
