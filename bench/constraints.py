@@ -34,7 +34,8 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from runner.config import register
-    from runner.engine import engine_kwargs, environ, import_vllm, make_params
+    from runner.engine import engine_kwargs, environ
+    from runner.engine.vllm_engine import import_vllm, make_params
     from runner.plan import load_set
     from runner.run import ensure_weights
     from runner.sampling import merge

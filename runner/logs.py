@@ -12,7 +12,6 @@ console keeps writing to a duplicate of the real terminal.
 from __future__ import annotations
 
 import os
-import re
 import select
 import shlex
 import signal
@@ -31,16 +30,6 @@ from runner.errors import EngineFailed, Interrupted, RunFailed, StartFailed, Use
 from runner.report import console
 
 TAIL = 20  # lines shown when a run fails
-
-# What vLLM's log says the engine is doing, shown beside the start spinner.
-PHASES = [(re.compile(p), name) for p, name in (
-    (r"non-default args|Resolved architecture", "reading the model config"),
-    (r"Initializing a V1 LLM engine", "starting the engine core"),
-    (r"Starting to load model|Loading safetensors", "loading weights"),
-    (r"KV cache size|KV cache layout", "allocating the KV cache"),
-    (r"init engine \(profile", "warming up"),
-)]
-
 
 class _Pump:
     """fd 1/2 -> pipe -> the current sink, whole lines at a time."""
@@ -69,8 +58,10 @@ class _Pump:
     def _write(self, data: bytes) -> None:
         if self.sink is not None:
             self.sink.write(data)
+        from runner.engine.vllm_engine import START_PHASES
+
         for line in data.decode(errors="replace").splitlines():
-            for rx, name in PHASES:
+            for rx, name in START_PHASES:
                 if rx.search(line):
                     self.phase = name
 

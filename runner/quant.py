@@ -1,13 +1,12 @@
 """Quantization: what a checkpoint says, whether the config agrees, what vLLM ended up using.
 
 `read_checkpoint_quant` and `check_quantization` read JSON only (no vLLM, no torch), so a
-mismatch is one clear error before the engine starts. `describe` asks a live engine.
+mismatch is one clear error before the engine starts. runner/engine/probe.py asks a live engine.
 """
 
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Any
 
@@ -146,75 +145,6 @@ def check_cpu_kernels(path: Path, flags: set[str] | None = None,
         raise UserError(f"The checkpoint in {path} has 4-bit weights ({q['method']}), and "
                         "vLLM's CPU build has its W4A16 kernel for AVX-512 CPUs only, while "
                         "this CPU has AVX2: run it on a GPU or an AVX-512 CPU.")
-
-
-PROBE = "runner.quant.QuantProbe"
-
-
-class QuantProbe:
-    """vLLM worker extension (engine argument worker_extension_cls="runner.quant.QuantProbe"):
-    lets `describe` ask the workers which linear kernels they built, without pickling code."""
-
-    def runner_quant_kernels(self) -> dict[str, Any]:
-        return layer_kernels(self.model_runner.get_model())  # type: ignore[attr-defined]
-
-
-def layer_kernels(model: Any) -> dict[str, Any]:
-    """Scheme and kernel class names of the quantized linear layers in a vLLM model."""
-    from vllm.model_executor.layers.linear import LinearBase
-
-    kernels: set[str] = set()
-    schemes: set[str] = set()
-    n_quant = n_plain = 0
-    for m in model.modules():
-        if not isinstance(m, LinearBase):
-            continue
-        qm = getattr(m, "quant_method", None)
-        if qm is None or type(qm).__name__ == "UnquantizedLinearMethod":
-            n_plain += 1
-            continue
-        n_quant += 1
-        scheme = getattr(m, "scheme", None)  # compressed-tensors puts its scheme on the layer
-        schemes.add(type(scheme or qm).__name__)
-        k = getattr(scheme, "kernel", None) or getattr(qm, "kernel", None)
-        if k is not None:
-            kernels.add(type(k).__name__)
-    return {"kernel": ",".join(sorted(kernels)) or None,
-            "scheme": ",".join(sorted(schemes)) or None,
-            "quantized_linear_layers": n_quant, "unquantized_linear_layers": n_plain}
-
-
-def _kernels(llm: Any) -> dict[str, Any] | None:
-    # Ask only an engine that has the extension: a failed RPC logs worker tracebacks.
-    ext = getattr(getattr(llm.llm_engine, "vllm_config", None), "parallel_config", None)
-    if getattr(ext, "worker_extension_cls", "") == PROBE:
-        try:
-            return llm.collective_rpc("runner_quant_kernels")[0]
-        except Exception:  # noqa: BLE001 - best effort
-            return None
-    if os.environ.get("VLLM_ALLOW_INSECURE_SERIALIZATION") == "1":
-        try:
-            return llm.apply_model(layer_kernels)[0]
-        except Exception:  # noqa: BLE001 - best effort
-            pass
-    return None
-
-
-def describe(llm: Any) -> dict[str, Any]:
-    """Quantization of a live vLLM engine: method (vLLM's), weight bits, group size, format,
-    and the linear kernel/scheme in use (None when vLLM does not tell)."""
-    mc = llm.llm_engine.model_config
-    method = getattr(mc, "quantization", None)
-    q = getattr(mc.hf_config, "quantization_config", None)
-    if hasattr(q, "to_dict"):
-        q = q.to_dict()
-    info = parse_quant_config(q) if isinstance(q, dict) and q else (
-        read_checkpoint_quant(Path(mc.model)) if Path(str(mc.model)).is_dir() else None)
-    out: dict[str, Any] = {"weight_bits": None, "group_size": None, "format": None} | (info or {})
-    out["method"] = method  # what vLLM chose (e.g. awq_marlin for an awq checkpoint)
-    out["checkpoint_method"] = (info or {}).get("method")
-    out |= _kernels(llm) or {"kernel": None, "scheme": None}
-    return out
 
 
 def main() -> None:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any, Literal, TypedDict
 from runner.files import read_jsonl
 
 if TYPE_CHECKING:
+    from runner.engine.api import Finished
     from runner.plan import Item
 
 
@@ -67,13 +68,13 @@ def _tail(item: Item) -> dict[str, Any]:
             "scorer": item.scorer, **over, "time": now()}
 
 
-def ok_record(item: Item, out: Any) -> Record:
-    """The record of a finished vLLM RequestOutput."""
-    c = out.outputs
+def ok_record(item: Item, out: Finished) -> Record:
+    """The record of a request the engine finished."""
+    c = out.samples
     r: Record = {"id": item.id, "key": item.key, "status": "ok", **_item_fields(item),
                  "output": c[0].text, "finish_reason": c[0].finish_reason,
-                 "prompt_tokens": len(out.prompt_token_ids or []),
-                 "completion_tokens": sum(len(x.token_ids) for x in c), **_tail(item)}
+                 "prompt_tokens": out.prompt_tokens,
+                 "completion_tokens": sum(x.tokens for x in c), **_tail(item)}
     if len(c) > 1:
         r["outputs"] = [{"text": x.text, "finish_reason": x.finish_reason} for x in c]
     return r

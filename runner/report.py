@@ -7,7 +7,7 @@ seconds at most."""
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import timedelta
@@ -25,6 +25,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.console import console
+from runner.results.stats import half_width
 
 PLAIN_EVERY = 10.0
 
@@ -117,18 +118,15 @@ class Generation:
     unused. ETA = the bound still open / the generated tokens/s so far: an upper bound at a
     steady rate, that tightens as items stop early."""
 
-    def __init__(self, bounds: dict[str, int], items: int,
-                 counts: Callable[[], tuple[int, int] | None]):
+    def __init__(self, bounds: dict[str, int], items: int):
         self.bounds = bounds  # key -> output bound, engine items only
         self.total = sum(bounds.values()) or 1
         self.items, self.done = items, 0
-        self.counts = counts
-        self.base = counts() or (0, 0)
-        self.gen = 0  # generated since the start, per vLLM's counters
+        self.gen = 0  # generated since the start, per the engine's token counters
         self.unused = 0  # output bound that finished items did not use
         self.finished_gen = 0  # generated tokens of finished items (when counters are off)
         self.progress: Progress | None = None
-        self.t0 = self.last = self.polled = time.perf_counter()
+        self.t0 = self.last = time.perf_counter()
 
     def __enter__(self) -> Generation:
         self.t0 = self.last = time.perf_counter()
@@ -147,14 +145,10 @@ class Generation:
         if self.progress is not None:
             self.progress.stop()
 
-    def step(self) -> None:
-        now = time.perf_counter()
-        if now - self.polled >= 0.5:
-            self.polled = now
-            c = self.counts()
-            if c is not None:
-                self.gen = c[1] - self.base[1]
-            self._show()
+    def tokens(self, generated: int) -> None:
+        """The engine's counters moved (an engine Tokens event)."""
+        self.gen += generated
+        self._show()
 
     def item(self, key: str, completion_tokens: int = 0) -> None:
         self.done += 1
@@ -205,10 +199,14 @@ def show(s: Summary) -> None:
 
 
 def headline(m: dict[str, Any] | None) -> str:
-    """A run's headline metric (metrics.json): its accuracy, and over how many items."""
+    """A run's headline metric (metrics.json): its accuracy ± the half-width of its 95 %
+    Wilson interval, and over how many items."""
     acc = (m or {}).get("accuracy")
-    return "" if acc is None else f"accuracy={acc:.3g}" + (
-        f" of {m['scored']}" if m and "scored" in m else "")
+    if acc is None or not m:
+        return ""
+    if not m.get("scored"):
+        return f"accuracy={acc:.3g}"
+    return f"accuracy={acc:.3g}±{half_width(acc, m['scored']):.3f} of {m['scored']}"
 
 
 def show_tail(log: Any, lines: list[str]) -> None:

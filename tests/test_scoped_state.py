@@ -1,6 +1,6 @@
 """Process-wide state is set for a scope and restored: engine.env for the engine's life (a
 sweep point's env must not leak into the next), Pillow's pixel limit for one plan. The engine
-here is a test double: what is checked is the cache's bookkeeping, not vLLM."""
+here is a test double: what is checked is the slot's bookkeeping, not vLLM."""
 
 import os
 from pathlib import Path
@@ -9,7 +9,7 @@ from types import SimpleNamespace
 import pytest
 from PIL import Image
 
-from runner.engine import EngineCache
+from runner.engine import EngineSlot
 from runner.errors import StartFailed
 from runner.images import ImageOptions
 from runner.plan import load_set
@@ -20,7 +20,7 @@ VAR, OTHER = "PIXTRAL_RUNNER_TEST_ENV", "PIXTRAL_RUNNER_TEST_OTHER"
 def fake_engine(seen: list[dict]):
     def start(kw: dict) -> SimpleNamespace:
         seen.append({VAR: os.environ.get(VAR), OTHER: os.environ.get(OTHER)})
-        return SimpleNamespace(llm_engine=SimpleNamespace())
+        return SimpleNamespace(shutdown=lambda: None)
     return start
 
 
@@ -28,21 +28,21 @@ def test_engine_env_lives_with_the_engine_and_is_restored(monkeypatch: pytest.Mo
     monkeypatch.delenv(VAR, raising=False)
     monkeypatch.setenv(OTHER, "before")
     seen: list[dict] = []
-    cache = EngineCache(start=fake_engine(seen))
+    slot = EngineSlot(start=fake_engine(seen))
 
-    a, _, reused = cache.get({"model": "a"}, {VAR: "1", OTHER: "point-1"})
+    a, _, reused = slot.get({"model": "a"}, {VAR: "1", OTHER: "point-1"})
     assert not reused and seen[-1] == {VAR: "1", OTHER: "point-1"}
-    assert cache.get({"model": "a"}, {VAR: "1", OTHER: "point-1"})[0] is a  # reused, env kept
+    assert slot.get({"model": "a"}, {VAR: "1", OTHER: "point-1"})[0] is a  # reused, env kept
     assert os.environ[VAR] == "1"
 
     # the next sweep point: other engine arguments and no env: nothing of point 1 is left
-    _, _, reused = cache.get({"model": "b"}, {})
+    _, _, reused = slot.get({"model": "b"}, {})
     assert not reused and seen[-1] == {VAR: None, OTHER: "before"}
     assert VAR not in os.environ and os.environ[OTHER] == "before"
 
-    cache.get({"model": "b"}, {VAR: "2"})  # the same arguments with another env: a new engine
-    assert cache.starts == 3 and os.environ[VAR] == "2"
-    cache.shutdown()
+    slot.get({"model": "b"}, {VAR: "2"})  # the same arguments with another env: a new engine
+    assert slot.starts == 3 and os.environ[VAR] == "2"
+    slot.shutdown()
     assert VAR not in os.environ and os.environ[OTHER] == "before"
 
 
@@ -54,7 +54,7 @@ def test_a_failed_engine_start_restores_the_env(monkeypatch: pytest.MonkeyPatch)
         raise RuntimeError("no engine")
 
     with pytest.raises(StartFailed, match=r"failed to start \(RuntimeError: no engine\)"):
-        EngineCache(start=broken).get({"model": "a"}, {VAR: "1"})
+        EngineSlot(start=broken).get({"model": "a"}, {VAR: "1"})
     assert VAR not in os.environ
 
 

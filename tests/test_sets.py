@@ -9,7 +9,7 @@ from pathlib import Path
 
 import hostile as h
 import pytest
-import yaml
+from hostile import hostile_set
 
 from conftest import ROOT, TINY, make_cfg, runner
 from runner.errors import UserError
@@ -146,27 +146,6 @@ def test_find_set_by_name_folder_and_file(d: Path):
 # --- config, item errors and the token plan ---------------------------------------------------
 
 
-def hostile_set(d: Path) -> Path:
-    """The sample set's items, plus good images that need normalization and bad ones."""
-    shutil.copytree(ROOT / "prompts" / "sample" / "images", d / "images")
-    items = yaml.safe_load((ROOT / "prompts" / "sample" / "set.yaml").read_text())["items"]
-    good = {"cmyk": h.cmyk_jpeg(d / "images" / "cmyk.jpg"),
-            "exif": h.exif_rotated_jpeg(d / "images" / "rot.jpg"),
-            "deep": h.png16(d / "images" / "deep.png"),
-            "gif": h.animated_gif(d / "images" / "anim.gif"),
-            "unicode": h.png(d / "images" / "café 猫.png", (100, 60))}
-    bad = {"zero": h.zero_byte(d / "images" / "zero.png"),
-           "truncated": h.truncated_jpeg(d / "images" / "cut.jpg"),
-           "fake": h.text_as_png(d / "images" / "fake.png"),
-           "bomb": h.bomb_png(d / "images" / "bomb.png")}
-    items += [{"id": k, "text": "Describe it.", "images": [f"images/{f.name}"]}
-              for k, f in {**good, **bad}.items()]
-    items.append({"id": "five_images", "text": "Compare them.",
-                  "images": [f"images/{f.name}" for f in list(good.values())[:5]]})
-    items.append({"id": "too_long", "text": "word " * 5000})
-    return h.write_set(d, items, name="hostile")
-
-
 BAD = {"zero", "truncated", "fake", "bomb", "five_images", "too_long"}
 
 
@@ -234,31 +213,3 @@ def test_on_item_error_fail_stops_before_the_engine(tmp_path: Path):
                f"store.root={tmp_path / 'store'}")
     assert p.returncode == 2 and "Item 'zero'" in p.stderr and "empty file" in p.stderr
     assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
-
-
-# --- end to end -------------------------------------------------------------------------------
-
-
-@pytest.mark.engine
-def test_hostile_set_end_to_end(tmp_path: Path):
-    """Good items complete, bad ones are stored as errors without reaching the engine, and the
-    plan's token counts equal vLLM's for every completed item (the sample items included)."""
-    f = hostile_set(tmp_path / "h")
-    store = tmp_path / "store"
-    args = [*TINY, f"prompts.name={f}", f"store.root={store}",
-            "model.limit_mm_per_prompt.image=2"]
-    p = runner(*args, timeout=900)
-    assert p.returncode == 0, p.stderr[-4000:]
-    (run,) = [x for x in store.iterdir() if x.is_dir() and not x.name.startswith(".")]
-    rs = {r["id"]: r for r in map(json.loads, (run / "results.jsonl").read_text().splitlines())}
-    cfg = make_cfg(*args)
-    plan = load_plan(cfg)
-    want = {t.id: t.prompt_tokens for t in plan_tokens(cfg, plan)}  # marks too_long, too
-    assert set(rs) == {it.id for it in plan.items}
-    assert {i for i, r in rs.items() if r["status"] == "error"} == BAD
-    for it in plan.items:  # the reasons are the plan's: nothing bad was sent to vLLM
-        assert rs[it.id].get("error") == it.error
-    got = {i: r["prompt_tokens"] for i, r in rs.items() if r["status"] == "ok"}
-    assert got == {i: want[i] for i in got} and len(got) == len(plan.items) - len(BAD)
-    m = json.loads((run / "manifest.json").read_text())
-    assert m["counts"]["errors"] == len(BAD)

@@ -1,4 +1,4 @@
-"""`python -m runner.results [--root outputs] ls|show|diff|export|rm|report|score`.
+"""`python -m runner.results [--root outputs] ls|show|diff|compare|export|rm|report|score`.
 
 Reads the run folders (the source of truth, through `runs`) and the index (for `ls`).
 Imports neither vLLM nor torch; Hydra only for `show`'s defaults. Every command names runs
@@ -275,7 +275,8 @@ def sweep_runs(root: Path, sweep: str) -> list[Path]:
     if not listed:
         raise UserError(f"{d} has no readable runs.json (a list of {{\"hash\": ...}} written "
                         "at the end of a sweep); pass the run hashes instead.")
-    return [resolve(root, str(x.get("hash", ""))) for x in listed if isinstance(x, dict)]
+    # a failed point (hash null) has no run
+    return [resolve(root, str(x["hash"])) for x in listed if isinstance(x, dict) and x.get("hash")]
 
 
 def cmd_report(a: argparse.Namespace) -> None:
@@ -293,6 +294,75 @@ def cmd_report(a: argparse.Namespace) -> None:
     out.print(f"Wrote {done} ({len(dirs)} run{'s' * (len(dirs) != 1)}).")
 
 
+def cmd_compare(a: argparse.Namespace) -> None:
+    from runner.results.compare import as_json, compare_runs, load_scored
+
+    dirs = [resolve(a.root, h) for h in a.hashes]
+    if a.sweep:
+        dirs += sweep_runs(a.root, a.sweep)
+    dirs = list(dict.fromkeys(dirs))
+    if len(dirs) < 2:
+        raise UserError("Name at least two runs to compare: BASE OTHER [OTHER...], or --sweep "
+                        "DIR with two points or more.")
+    runs = [load_scored(d) for d in dirs]
+    result = compare_runs(runs)
+    if a.json:
+        print(json.dumps(as_json(result)))
+        return
+    for t in compare_tables(runs, result, a.n):
+        out.print(t)
+
+
+def _num(x: float | None, signed: bool = False) -> str:
+    return "—" if x is None else f"{x:+.3f}" if signed else f"{x:.3f}"
+
+
+def _ci(ci: list[float] | None, signed: bool = False) -> str:
+    return "—" if not ci else f"[{_num(ci[0], signed)}, {_num(ci[1], signed)}]"
+
+
+def compare_tables(runs: list[Run], result: dict[str, Any], limit: int) -> list[Any]:
+    """`compare`'s text view: the runs (with the config values that differ), the pairs, and
+    the ids of each pair's flips (at most `limit` per direction; 0: all)."""
+    from runner.results.runs import config_diff, flatten
+
+    keys = config_diff([r.config for r in runs])
+    t = Table("run", "n", "accuracy", "95% CI (Wilson)", title="runs (the first is the base)",
+              title_justify="left")
+    if keys:
+        t.add_column("differs")
+    multi = any("samples" in s for s in result["runs"])
+    if multi:
+        t.add_column("pass@1 / pass@n / majority / agreement")
+    for run, s in zip(runs, result["runs"], strict=True):
+        flat = flatten(run.config)
+        cells = [s["run"], str(s["n"]), _num(s["accuracy"]), _ci(s["ci95"])]
+        if keys:
+            cells.append(" ".join(f"{k}={fmt(flat.get(k, ABSENT))}" for k in keys))
+        if multi:
+            m = s.get("samples")
+            cells.append("—" if not m else " / ".join(_num(m[k]) for k in (
+                "pass@1", "pass@n", "majority", "agreement")) + f" (n={m['n']})")
+        t.add_row(*map(Text, cells))
+    p = Table("other", "paired", "delta", "95% CI (bootstrap)", "McNemar p", "right→wrong",
+              "wrong→right", title="pairs: other minus base, on the items scored in both",
+              title_justify="left")
+    flips = []
+    for q in result["pairs"]:
+        p.add_row(*map(Text, (q["other"], str(q["n_paired"]), _num(q["delta"], True),
+                              _ci(q["ci95"], True),
+                              "—" if q["mcnemar_p"] is None else f"{q['mcnemar_p']:.3g}",
+                              str(q["right_to_wrong"]), str(q["wrong_to_right"]))))
+        for way, ids in q["flips"].items():
+            if ids:
+                shown = ids if limit <= 0 else ids[:limit]
+                more = (f" … {len(ids) - len(shown)} more (--n 0: all)"
+                        if len(shown) < len(ids) else "")
+                flips.append(Text(f"{q['other']} {way.replace('_to_', '→')} ({len(ids)}): "
+                                  + " ".join(shown) + more))
+    return [t, p, *flips]
+
+
 def _expected(x: object) -> str:
     """An expected answer as text; an object (the json scorer's) as JSON."""
     return json.dumps(x, ensure_ascii=False) if isinstance(x, (dict, list)) else str(x or "")
@@ -308,6 +378,9 @@ def cmd_score(a: argparse.Namespace) -> None:
         fields = "  ".join(f"{f} {v['accuracy']:.0%}" for f, v in (m.get("fields") or {}).items())
         valid = (f"  schema_valid {m['schema_valid']:.0%} of {m['constrained']}"
                  if "schema_valid" in m else "")
+        if m.get("samples"):  # sampling.n > 1
+            valid += "  " + " ".join(f"{k} {m['samples'][k]}" for k in (
+                "pass@1", "pass@n", "majority", "agreement")) + f" (n={m['samples']['n']})"
         out.print(Text(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
                        f"{m['errors']} errors)  {tags}".rstrip() + valid
                        + (f"\n  fields: {fields}" if fields else "")))
@@ -327,7 +400,9 @@ def parser() -> argparse.ArgumentParser:
 
     def cmd(name: str, fn: Callable[[argparse.Namespace], None], help: str
             ) -> argparse.ArgumentParser:
-        s = sub.add_parser(name, parents=[root], help=help, description=help)
+        # help is %-formatted by argparse, a description is not
+        s = sub.add_parser(name, parents=[root], help=help.replace("%", "%%"),
+                           description=help)
         s.set_defaults(func=fn)
         return s
 
@@ -363,6 +438,17 @@ def parser() -> argparse.ArgumentParser:
                    help="put the original images in the report (default: relative links)")
     s.add_argument("--chunk", type=int, default=2000,
                    help="rows per chunk file; at most this many items make one file (2000)")
+    s = cmd("compare", cmd_compare, "Compare runs item by item against the first (the "
+            "base): accuracy with its 95% Wilson interval; per pair the items scored in both, "
+            "the delta, its 95% paired bootstrap interval (10,000 resamples, seed 0), the exact "
+            "McNemar p (right/wrong scores; partial scores have the bootstrap only) and the "
+            "items that flipped.")
+    s.add_argument("hashes", nargs="*", metavar="HASH", help="BASE OTHER [OTHER...]")
+    s.add_argument("--sweep", metavar="DIR", help="a multirun folder (or its name under "
+                   ".sweeps/): every point against the first")
+    s.add_argument("--json", action="store_true", help="print the numbers as JSON")
+    s.add_argument("--n", type=int, default=20, help="flip ids listed per direction "
+                   "(default 20; 0: all)")
     s = cmd("score", cmd_score, "(Re)score stored runs; nothing is regenerated.")
     s.add_argument("hashes", nargs="+", metavar="HASH")
     s.add_argument("--set", type=Path, default=None,

@@ -25,6 +25,7 @@ import yaml
 from runner.files import atomic_write, read_json, read_yaml
 from runner.record import Record, counts, latest_by_id, read_records
 from runner.results.runs import flatten
+from runner.results.stats import majority, pass_at_k
 
 DEFAULT_SCORER = "exact"
 
@@ -323,6 +324,8 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
     meta_set = read_set_meta(set_file)
     set_scorer, items = meta_set.scorer, meta_set.items
     records = list(read_records(run_dir).values())
+    n = (read_yaml(run_dir / "config.yaml", {}).get("sampling") or {}).get("n") or 1
+    multi = n > 1 or any(r.get("outputs") for r in records)  # sampling.n > 1: every sample
     scores, latest = [], {}
     for r in records:
         if r.get("expected") is None:
@@ -333,23 +336,59 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
         if r.get("status") != "ok":
             s = Score(0.0, f"generation error: {r.get('error', 'unknown')}"[:200])
         else:
-            try:
-                s = score_output(spec, r.get("output") or "", r["expected"],
-                                 meta.get("options"))
-            except (ValueError, re.error) as e:
-                s = Score(0.0, f"bad scorer: {e}")
+            s = _score(spec, r.get("output") or "", r["expected"], meta.get("options"))
         row = {"id": r["id"], "key": r["key"], "score": s.score, "correct": s.correct,
                "scorer": spec, "reason": s.reason}
         if s.fields is not None:
             row["fields"] = s.fields
+        if multi:
+            row |= _samples(spec, r, s, meta.get("options"))
         scores.append(row)
         latest[r["id"]] = (row, r.get("tags") or [])
     atomic_write(run_dir / "scores.jsonl",
                   "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in scores))
     metrics = _metrics(records, list(latest.values()), run_dir)
     metrics |= schema_metrics(latest_by_id(records).values(), run_dir)
+    if multi:
+        metrics["samples"] = samples_metrics([row for row, _ in latest.values()])
     atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
     return metrics
+
+
+def _score(spec: str, output: str, expected: Any, options: Sequence[str] | None) -> Score:
+    try:
+        return score_output(spec, output, expected, options)
+    except (ValueError, re.error) as e:
+        return Score(0.0, f"bad scorer: {e}")
+
+
+def _samples(spec: str, r: Record, first: Score, options: Sequence[str] | None
+             ) -> dict[str, Any]:
+    """sampling.n > 1: every sample's score, the majority answer's score (answers compared
+    normalized, ties to the first seen) and the agreement (the share giving that answer).
+    A generation error has no samples."""
+    if r.get("status") != "ok":
+        return {"samples": []}
+    texts = [o.get("text") or "" for o in r.get("outputs") or []] or [r.get("output") or ""]
+    scores = [first.score] + [_score(spec, t, r["expected"], options).score for t in texts[1:]]
+    top, agreement = majority([normalize(t) for t in texts])
+    return {"samples": scores, "majority": scores[top], "agreement": agreement}
+
+
+def samples_metrics(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Over scored items (sampling.n > 1): `pass@1` and `pass@n` (the unbiased estimator, each
+    item with its own number of samples, a sample right when its score is 1), `majority`
+    (majority-vote accuracy), `agreement` (mean per-item agreement) and `n` (most samples).
+    An item without samples (a generation error) counts as wrong."""
+    def mean(xs: list[float]) -> float | None:
+        return round(sum(xs) / len(xs), 4) if xs else None
+
+    per = [(len(s), sum(x >= 1.0 for x in s)) for s in (r.get("samples") or [] for r in rows)]
+    return {"n": max((k for k, _ in per), default=0),
+            "pass@1": mean([pass_at_k(k, c, 1) for k, c in per]),
+            "pass@n": mean([pass_at_k(k, c, k) for k, c in per]),
+            "majority": mean([r.get("majority") or 0.0 for r in rows]),
+            "agreement": mean([r["agreement"] for r in rows if "agreement" in r])}
 
 
 def _metrics(records: list[Record], latest: list[tuple[dict, list[str]]],

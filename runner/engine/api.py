@@ -1,0 +1,68 @@
+"""The engine boundary's interface: what the job sends (one request at a time) and what comes
+back (a stream of events). Implemented by the real vLLM engine (`vllm_engine.py`) and by the
+test double (`fake.py`); nothing here imports vLLM.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class Sample:
+    text: str
+    finish_reason: str | None
+    tokens: int  # generated tokens of this sample
+
+
+@dataclass(frozen=True)
+class Finished:
+    """A request the engine finished: every sample of it."""
+
+    key: str
+    prompt_tokens: int
+    samples: list[Sample]
+
+
+@dataclass(frozen=True)
+class Tokens:
+    """Progress counters: tokens processed since the previous Tokens event."""
+
+    prompt: int
+    generated: int
+
+
+Event = Finished | Tokens
+
+
+class Refused(Exception):
+    """The engine refused one request (an unreadable image, sampling it rejects): an item
+    error, the engine goes on."""
+
+
+class Engine(Protocol):
+    """One live engine. `submit` queues a request; `events` steps the engine until nothing
+    is in flight, yielding each finished request at once; a death or stall raises
+    runner.errors.EngineDied with the keys not finished, in submit order."""
+
+    kind: str  # "vllm" or "fake"
+    window: int  # requests it runs at once (vLLM's max_num_seqs, resolved)
+    watchdog: str  # "on", or "off: <why>" when a dying engine could hang the run
+    max_gap_s: float  # the longest wait for a step so far (sizes engine.stall_timeout_s)
+
+    def submit(self, key: str, messages: list[dict[str, Any]],
+               sampling: dict[str, Any]) -> None: ...
+
+    def in_flight(self) -> int: ...
+
+    def events(self, stall_timeout_s: float | None = None) -> Iterator[Event]: ...
+
+    def why_dead(self) -> str | None: ...
+
+    def kill(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...

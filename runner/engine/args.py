@@ -1,0 +1,103 @@
+"""vLLM engine arguments from a config, checked against vLLM's own EngineArgs, and what a
+failed engine start means, as one sentence."""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+import re
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import engine_args, field_names
+from runner.errors import UserError
+
+
+def engine_kwargs(cfg: DictConfig, media_root: Path) -> dict[str, Any]:
+    """vLLM `LLM(...)` keyword arguments for this config, with vLLM's names."""
+    kw: dict[str, Any] = {"model": str(Path(cfg.model.path).resolve())}
+    kw |= engine_args(cfg) | {"allowed_local_media_path": str(media_root)}
+    extra = OmegaConf.to_container(cfg.engine.extra, resolve=True)
+    assert isinstance(extra, dict)
+    typed = field_names("model", "engine") - {"extra", "env"}
+    clash = set(extra) & (typed | {"model", "allowed_local_media_path"})
+    if clash:
+        raise UserError(f"engine.extra sets {', '.join(sorted(clash))}, which have their own "
+                        "keys; set those directly (e.g. engine.max_num_seqs=...).")
+    return kw | extra
+
+
+def check_engine_args(kw: dict[str, Any]) -> None:
+    """Every key must be a vLLM EngineArgs field: a typo is one error, before anything loads."""
+    from vllm.engine.arg_utils import EngineArgs
+
+    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    bad = sorted(set(kw) - known)
+    if bad:
+        hints = [f"{b} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(b, known, 1))
+                 else b for b in bad]
+        raise UserError(f"Not a vLLM engine argument: {', '.join(hints)}; "
+                        "fix the key under engine.extra.")
+
+
+@contextmanager
+def environ(env: Mapping[str, Any]) -> Iterator[None]:
+    """`env` set in os.environ for the block; every name restored (or removed) after it."""
+    before = {k: os.environ.get(k) for k in env}
+    os.environ.update({k: str(v) for k, v in env.items()})
+    try:
+        yield
+    finally:
+        for k, v in before.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+# What a failed engine start means, from vLLM's root-cause line (often in a child process's
+# log). First match wins; {d} is that line.
+_START_FAILURES = [
+    (r"kv[ _]?cache|memory for kv|--kv-cache-memory|memory for the cache blocks",
+     "Not enough memory for the KV cache ({d}): lower engine.kv_cache_memory_bytes (CPU) or "
+     "engine.gpu_memory_utilization or model.max_model_len, or free memory."),
+    (r"safetensor|deserializ|load_weights|weights? (?:file|not found)|checkpoint|params\.json",
+     "The weights in {path} did not load ({d}): check that the folder is complete (download it "
+     "again) and that model.load_format and model.config_format match it."),
+    (r"address already in use|eaddrinuse",
+     "A port the engine needs is in use ({d}): stop what holds it, or set engine.env.VLLM_PORT "
+     "to a free one."),
+    (r"cuda error|no cuda gpus|invalid device ordinal|device.*(?:busy|unavailable)",
+     "A device the engine needs is unavailable ({d}): check CUDA_VISIBLE_DEVICES, "
+     "engine.tensor_parallel_size and what else runs on the GPUs."),
+]
+_WRAPPERS = ("initialization failed", "failed to start", "see root cause", "see stack trace")
+
+
+def root_cause(e: BaseException, log: str = "") -> str:
+    """The exception's own message, unless it is vLLM's "see the root cause above"; then the
+    last `SomeError: message` line of the log (the engine core's or a worker's)."""
+    own = f"{type(e).__name__}: {' '.join(str(e).split())}"
+    found = [own] if not any(w in own.lower() for w in _WRAPPERS) else [
+        m.group(1) for x in log.splitlines()
+        if (m := re.search(r"(\b[\w.]*(?:Error|Exception)\b: .+)$", x))
+        and not any(w in x.lower() for w in _WRAPPERS)]
+    d = found[-1] if found else own
+    return re.sub(r"[,;.]?\s*please check the stack trace.*$", "", d, flags=re.I)[:300]
+
+
+def explain_start_failure(e: BaseException, log: str, path: str) -> str:
+    """One sentence for a failed engine start."""
+    d = root_cause(e, log)
+    for pattern, msg in _START_FAILURES:
+        if re.search(pattern, d, re.IGNORECASE):
+            return msg.format(d=d, path=path)
+    if isinstance(e, (ValueError, TypeError)):  # vLLM's config checks, in this process
+        return (f"vLLM rejected the engine arguments ({d}): fix the engine.* or model.* key "
+                "it names.")
+    return f"The vLLM engine failed to start ({d}); the engine's log has the details."

@@ -1,0 +1,95 @@
+"""At most one live engine per process, reused while its arguments and environment are equal
+(a Hydra multirun's points share it). `engine.env` is set in os.environ for the engine's
+life and restored when it shuts down."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import time
+from collections.abc import Callable, Mapping
+from contextlib import ExitStack
+from typing import Any
+
+from runner.engine.api import Engine
+from runner.engine.args import environ, explain_start_failure
+from runner.errors import StartFailed, UserError
+
+
+def start_engine(kw: dict[str, Any]) -> Engine:
+    """The real vLLM engine; the fake one when RUNNER_ENGINE=fake (tests only)."""
+    if os.environ.get("RUNNER_ENGINE") == "fake":
+        from runner.engine.fake import FakeEngine
+
+        return FakeEngine(kw)
+    from runner.engine.vllm_engine import VllmEngine
+
+    return VllmEngine(kw)
+
+
+class EngineSlot:
+    def __init__(self, start: Callable[[dict[str, Any]], Engine] = start_engine) -> None:
+        self.start = start
+        self.key: str | None = None
+        self.engine: Engine | None = None
+        self.starts = 0  # engines started in this process (the manifest records it)
+        self._scope = ExitStack()  # engine.env of the live engine
+        self.args: tuple[dict[str, Any], Mapping[str, Any]] = ({}, {})
+
+    @staticmethod
+    def _key(kw: dict[str, Any], env: Mapping[str, Any]) -> str:
+        return repr(sorted(kw.items())) + repr(sorted(env.items()))
+
+    def has(self, kw: dict[str, Any], env: Mapping[str, Any]) -> bool:
+        """A live engine for these arguments: `get` will reuse it."""
+        return self.engine is not None and self._key(kw, env) == self.key
+
+    def get(self, kw: dict[str, Any], env: Mapping[str, Any]) -> tuple[Engine, float, bool]:
+        """(engine, seconds it took to start, whether it was reused)."""
+        if self.engine is not None and self.has(kw, env):
+            return self.engine, 0.0, True
+        self.shutdown()
+        self.args = (kw, env)
+        self._scope.enter_context(environ(env))
+        t = time.perf_counter()
+        try:
+            self.engine = self.start(kw)
+        except UserError:
+            self._scope.close()
+            raise
+        except Exception as e:  # noqa: BLE001 - vLLM fails in many ways; say which, once
+            self._scope.close()
+            raise StartFailed(explain_start_failure(e, self.log_text(), kw["model"])) from e
+        except BaseException:
+            self._scope.close()
+            raise
+        if not self.starts:  # runs before multiprocessing's exit hook, which kills the core
+            atexit.register(self.shutdown)
+        self.key, self.starts = self._key(kw, env), self.starts + 1
+        return self.engine, time.perf_counter() - t, False
+
+    @staticmethod
+    def log_text() -> str:
+        """The end of the engine's log so far: the root cause of a failed start is there
+        (its engine core and workers are other processes)."""
+        from runner.logs import current, tail
+
+        log = current()
+        return "\n".join(tail(log.path, 400)) if log is not None and log.capture else ""
+
+    def restart(self) -> tuple[Engine, float, bool]:
+        """A new engine with the last arguments, after shutting down (and freeing) the old."""
+        self.shutdown()
+        return self.get(*self.args)
+
+    def shutdown(self) -> None:
+        if self.engine is None:
+            return
+        engine, self.engine, self.key = self.engine, None, None
+        try:
+            engine.shutdown()
+        finally:
+            self._scope.close()
+
+
+SLOT = EngineSlot()

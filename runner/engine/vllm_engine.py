@@ -1,0 +1,182 @@
+"""The real engine: vLLM's offline `LLM`, fed one request at a time, stepped by the runner.
+
+vLLM and torch are imported here (and in probe.py) only, and only when an engine starts.
+Every vLLM internal read here is named in contract.py, whose test fails when one moves.
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from typing import Any
+
+from runner.engine.api import Event, Finished, Refused, Sample, Tokens
+from runner.engine.args import check_engine_args
+from runner.engine.watchdog import Watchdog
+from runner.errors import EngineDied, UserError
+
+# Seconds the engine core may take to tear down its workers after SIGTERM. vLLM's default
+# (5 s) is shorter than a loaded CPU needs: past it vLLM force-kills the core mid-teardown.
+SHUTDOWN_TIMEOUT = 120.0
+TOKENS_EVERY_S = 0.5  # how often the progress counters are read (a metrics snapshot each)
+PROBE = "runner.engine.probe.QuantProbe"
+
+# What vLLM's log says the engine is doing, shown beside the start spinner (runner/logs.py).
+START_PHASES = [(re.compile(p), name) for p, name in (
+    (r"non-default args|Resolved architecture", "reading the model config"),
+    (r"Initializing a V1 LLM engine", "starting the engine core"),
+    (r"Starting to load model|Loading safetensors", "loading weights"),
+    (r"KV cache size|KV cache layout", "allocating the KV cache"),
+    (r"init engine \(profile", "warming up"),
+)]
+
+
+def import_vllm() -> Any:
+    try:
+        import vllm
+    except ImportError as e:
+        raise UserError(f"vLLM is not installed in this Python ({e}); run `make install` "
+                        "(CPU) or `pip install -e '.[gpu]'` (CUDA).") from None
+    return vllm
+
+
+def make_params(sampling: dict[str, Any]) -> Any:
+    """vLLM SamplingParams from an effective sampling mapping (runner/sampling.py)."""
+    from vllm import SamplingParams
+    from vllm.sampling_params import StructuredOutputsParams
+
+    kw = dict(sampling)
+    so = kw.pop("structured_outputs", None)
+    if so:
+        kw["structured_outputs"] = StructuredOutputsParams(**so)
+    return SamplingParams(**kw)
+
+
+def count_start() -> None:
+    """The test suite counts real engine starts (its last line) from this file."""
+    if path := os.environ.get("RUNNER_ENGINE_STARTS_LOG"):
+        with open(path, "a") as f:
+            f.write(f"{os.getpid()} {time.time():.0f}\n")
+
+
+class VllmEngine:
+    kind = "vllm"
+
+    def __init__(self, kw: dict[str, Any]):
+        vllm = import_vllm()
+        check_engine_args(kw)
+        count_start()
+        # The probe lets describe() name the linear kernel in use; stats on (vLLM's default
+        # is off for LLM) for the progress counters.
+        self.llm = vllm.LLM(**({"worker_extension_cls": PROBE, "disable_log_stats": False}
+                               | kw))
+        self.engine = self.llm.llm_engine
+        self.window = int(self.engine.vllm_config.scheduler_config.max_num_seqs)
+        self.dog = Watchdog(self.engine.engine_core)
+        self.watchdog = "on" if self.dog.off is None else f"off: {self.dog.off}"
+        if self.dog.off:
+            print(f"runner: engine watchdog {self.watchdog}", file=sys.stderr, flush=True)
+        self._ids: dict[str, str] = {}  # vLLM's external request id -> key, in submit order
+        self._params: dict[str, Any] = {}  # SamplingParams by sampling (JSON)
+
+    @property
+    def max_gap_s(self) -> float:
+        return self.dog.max_gap_s
+
+    def in_flight(self) -> int:
+        return len(self._ids)
+
+    def _died(self, e: BaseException, also: tuple[str, ...] = ()) -> EngineDied:
+        return EngineDied(self.dog.explain(e), [*self._ids.values(), *also])
+
+    def submit(self, key: str, messages: list[dict[str, Any]],
+               sampling: dict[str, Any]) -> None:
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        k = json.dumps(sampling, sort_keys=True)
+        try:
+            if k not in self._params:
+                self._params[k] = make_params(sampling)
+        except Exception as e:  # noqa: BLE001 - vLLM refuses this item's sampling
+            raise Refused(f"sampling: {type(e).__name__}: {e}") from None
+        try:
+            (rid,) = self.llm.enqueue_chat([messages], self._params[k], use_tqdm=False)
+        except EngineDeadError as e:
+            raise self._died(e, (key,)) from None
+        except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for bad input
+            if self.dog.reason:
+                raise self._died(e, (key,)) from None
+            raise Refused(f"{type(e).__name__}: {e}") from None
+        # enqueue_chat returns vLLM's internal id ("<n>-<random>"); outputs carry "<n>".
+        self._ids[rid.partition("-")[0]] = key
+
+    def events(self, stall_timeout_s: float | None = None) -> Iterator[Event]:
+        self.dog.stall_timeout_s = stall_timeout_s or None
+        last = base = self._counts()
+        polled = time.monotonic()
+        self.dog.stepping(True)
+        try:
+            while self.engine.has_unfinished_requests():
+                try:
+                    outs = self.engine.step()
+                except Exception as e:  # noqa: BLE001 - EngineDeadError, or our watchdog's
+                    raise self._died(e) from None
+                self.dog.stepping(True)
+                for out in outs:
+                    if out.finished:
+                        yield Finished(self._ids.pop(out.request_id),
+                                       len(out.prompt_token_ids or []),
+                                       [Sample(c.text, c.finish_reason, len(c.token_ids))
+                                        for c in out.outputs])
+                if base is not None and time.monotonic() - polled >= TOKENS_EVERY_S:
+                    polled, c = time.monotonic(), self._counts()
+                    if c is not None and last is not None:
+                        yield Tokens(c[0] - last[0], c[1] - last[1])
+                        last = c
+        finally:
+            self.dog.stepping(False)
+
+    def _counts(self) -> tuple[int, int] | None:
+        """(prompt, generated) tokens from vLLM's metrics; None when stats are off
+        (engine.extra.disable_log_stats=true)."""
+        try:
+            ms = self.llm.get_metrics()
+        except (AssertionError, AttributeError):
+            return None
+        total = {"vllm:prompt_tokens": 0.0, "vllm:generation_tokens": 0.0}
+        for m in ms:
+            if m.name in total:
+                total[m.name] += getattr(m, "value", 0.0)
+        return int(total["vllm:prompt_tokens"]), int(total["vllm:generation_tokens"])
+
+    def why_dead(self) -> str | None:
+        return self.dog.reason or self.dog.check()
+
+    def kill(self) -> None:
+        self.dog.kill()
+
+    def describe(self) -> dict[str, Any]:
+        from runner.engine.probe import describe
+
+        return describe(self.llm, PROBE)
+
+    def shutdown(self) -> None:
+        """Stop the engine the way vLLM's client expects: the client detaches its finalizer
+        (so its monitor thread does not report the core's exit as unexpected), sends SIGTERM,
+        and waits for the core to tear down its workers and unlink its shared memory."""
+        from runner.logs import redirected
+
+        self.dog.stop()
+        with redirected():  # vLLM's shutdown lines go to the engine log too
+            self.engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT)
+        self.llm = self.engine = None
+        gc.collect()
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
