@@ -16,6 +16,8 @@ from PIL import Image
 
 import fakes
 from runner.html_report import CUT, build_report, config_diff
+from runner.results.compare import compare_runs
+from runner.results.runs import load_run
 from runner.score import score_run
 
 N_ITEMS = 130  # more than a page (100): the second page is checked too
@@ -45,8 +47,9 @@ def make_set(folder: Path, n: int = N_ITEMS) -> Path:
 
 def make_run(root: Path, name: str, set_file: Path, prompts: dict, temperature: float,
              model: str, answers: dict[int, str], n: int = N_ITEMS,
-             errors: tuple[int, ...] = ()) -> Path:
-    """A run of the first `n` items of the set, answered "I think it is <i>." unless given."""
+             errors: tuple[int, ...] = (), extra: dict[int, dict] | None = None) -> Path:
+    """A run of the first `n` items of the set, answered "I think it is <i>." unless given;
+    `extra` adds fields to some items' records."""
     cfg = {"model": {"name": model, "path": f"data/{model}"},
            "sampling": {"temperature": temperature, "max_tokens": 64},
            "prompts": prompts, "store": {"root": "outputs"}}
@@ -56,6 +59,7 @@ def make_run(root: Path, name: str, set_file: Path, prompts: dict, temperature: 
         fields = {"key": f"{name}-{i}", "prompt": it["text"], "expected": it["expected"],
                   "tags": it["tags"], "prompt_tokens": 10, "completion_tokens": 5,
                   "images": [{"path": p, "sha256": f"sha-{p}"} for p in it.get("images", [])]}
+        fields |= (extra or {}).get(i, {})
         recs.append(fakes.record(it["id"], error="image too large", **fields) if i in errors
                     else fakes.record(it["id"], answers.get(i, f"I think it is {i}."), **fields))
     return fakes.write_run(root, name, recs, config=cfg, model=model,
@@ -101,7 +105,12 @@ def test_report_is_self_contained(runs: list[Path], tmp_path: Path) -> None:
     assert len(data["rows"]) == N_ITEMS
     assert all(v.startswith("data:image/") for v in data["thumbs"].values())
     assert len(data["thumbs"]) == N_ITEMS  # item 0 has two images, item 1 none
-    assert data["flags"][:6] == "003330"  # bbbb: 2, 3 wrong, 4 an error (all differ)
+    assert data["flags"][:6] == "007770"  # bbbb: 2, 3 wrong, 4 an error: differ, flips
+    want = compare_runs([load_run(r) for r in runs])["pairs"]  # the header's, unchanged
+    assert [(p["other"], p["n"], p["delta"], p["p"], p["r2w"], p["w2r"]) for p in data["pairs"]] \
+        == [(p["other"], p["n_paired"], p["delta"], p["mcnemar_p"], p["right_to_wrong"],
+             p["wrong_to_right"]) for p in want]
+    assert [p["r2w"] for p in data["pairs"]] == [3, 0] and data["pairs"][1]["n"] == 50
     row2 = data["rows"][2]["o"]
     assert [o["ok"] for o in row2] == [True, False, True]
     assert data["rows"][60]["o"][2] is None  # run cccc stopped at 50 items
@@ -172,7 +181,8 @@ ZEBRA = [1234, 2950]  # a word only these outputs have (chunks 12 and 29)
 
 def make_big_runs(tmp_path: Path) -> list[Path]:
     """Two runs of BIG items sharing 40 images (320x200; image 0 a noisy photo, the rest
-    flat); run bbbb is wrong on WRONG (item 2 at length) and says "zebra" on ZEBRA."""
+    flat); run bbbb is wrong on WRONG (item 2 at length), says "zebra" on ZEBRA and has
+    three samples of item 0 (sampling.n > 1: right, wrong, right)."""
     sdir = tmp_path / "prompts" / "big"
     (sdir / "images").mkdir(parents=True)
     Image.effect_noise((320, 200), 60).convert("RGB").save(sdir / "images" / "0.jpg")
@@ -187,8 +197,10 @@ def make_big_runs(tmp_path: Path) -> list[Path]:
     wrong = {i: "no idea " * (700 if i == 2 else 1) for i in WRONG}
     zebra = {i: f"I think it is {i}, said the zebra." for i in ZEBRA}
     prompts = {"name": "big", "root": str(tmp_path / "prompts")}
+    samples = [{"text": t, "finish_reason": "stop"} for t in ("It is 0.", "7", "0, surely")]
     runs = [make_run(out, "aaaa", sf, prompts, 0.0, "tiny", {}, n=BIG),
-            make_run(out, "bbbb", sf, prompts, 0.7, "tiny", wrong | zebra, n=BIG)]
+            make_run(out, "bbbb", sf, prompts, 0.7, "tiny", wrong | zebra | {0: "It is 0."},
+                     n=BIG, extra={0: {"outputs": samples}})]
     for d in runs:
         score_run(d)
     return runs
@@ -212,11 +224,11 @@ def test_big_report_is_a_folder_of_chunks_with_cached_thumbnails(
     assert [p.name for p in (folder / "f").iterdir()] == ["0.js"]  # item 2's long output
     thumbs = sorted((folder / "t").iterdir())
     assert len(thumbs) == 40 and sum(p.suffix == ".webp" for p in thumbs) == 1  # each once
-    assert page.stat().st_size < 10_000 + 2 * BIG  # the rows are in the chunks, not here
+    assert page.stat().st_size < 20_000 + 2 * BIG  # the rows (~150 kB) are in the chunks
     data = json.loads(re.search(r'type="application/json">(.*?)</script>',
                                 page.read_text(), re.S).group(1))
-    assert [i for i, f in enumerate(data["flags"]) if int(f) & 1] == WRONG
-    assert [i for i, f in enumerate(data["flags"]) if int(f) & 2] == sorted(WRONG + ZEBRA)
+    flagged = [[i for i, f in enumerate(data["flags"]) if int(f) & bit] for bit in (1, 2, 4)]
+    assert flagged == [WRONG, sorted([0, *WRONG, *ZEBRA]), WRONG]  # wrong, differ, flips
 
     assert len(list(cache.iterdir())) == 40
 
@@ -256,6 +268,21 @@ def test_big_report_in_chromium(big: list[Path], tmp_path: Path) -> None:
         assert b.js("document.getElementById('lbimg').src").endswith("/prompts/big/images/0.jpg")
         b.js("document.getElementById('lb').click()")
 
+        # issue 22: compare.py's numbers in the header, every sample of an item
+        got = compare_runs([load_run(r) for r in big])
+        want, sampled = got["pairs"][0], got["runs"][1]["samples"]
+        lo, hi = (f"{'−' if x < 0 else '+'}{abs(100 * x):.1f}" for x in want["ci95"])
+        assert b.js("document.querySelector('#runs .pair').textContent") == (
+            f"Δ −1.0 pts [{lo}, {hi}] · McNemar p < 0.001 · flips: {len(WRONG)} right→wrong, "
+            f"0 wrong→right ({BIG} paired)")
+        assert f"n 3 · pass@1 {100 * sampled['pass@1']:.1f}%" in \
+            b.js("document.getElementById('runs').textContent")
+        cell = "document.querySelector('tr[data-id=q0] td:last-child')"
+        b.js(f"{cell}.querySelector('a.more').click()")
+        assert b.wait(f"{cell}.querySelectorAll('ol.samples li').length") == 3
+        assert b.js(f"[...{cell}.querySelectorAll('ol.samples .mark')].map((m) => m.className)"
+                    ) == ["mark ok", "mark bad", "mark ok"]
+
         b.js("document.getElementById('next').click()")
         b.wait(f"{body}.page === '2'")
         assert b.js(ids) == [f"q{i}" for i in range(100, 200)]
@@ -275,8 +302,12 @@ def test_big_report_in_chromium(big: list[Path], tmp_path: Path) -> None:
         b.js(f"{more}.click()")
         assert b.wait(f"{out} > {CUT + 1} && {out}") == 5600 + 1  # then all of it
         toggle("wrong")
+        toggle("flips")
+        b.wait(f"{body}.matches === '{len(WRONG)}'")  # item 0's first sample: right in both
+        assert b.js(ids) == [f"q{i}" for i in WRONG]
+        toggle("flips")
         toggle("differ")
-        b.wait(f"{body}.matches === '{len(WRONG) + len(ZEBRA)}'")
+        b.wait(f"{body}.matches === '{1 + len(WRONG) + len(ZEBRA)}'")
         toggle("differ")
         b.js("(() => { const q = document.getElementById('q'); q.value = 'ZEBRA';"
              "q.dispatchEvent(new Event('input')); })()")

@@ -25,6 +25,7 @@ from urllib.parse import quote
 
 from runner.files import atomic_write
 from runner.record import Record, counts
+from runner.results.compare import compare_runs, item_samples
 from runner.results.page import TEMPLATE
 from runner.results.runs import Run, config_diff, flatten, load_run
 from runner.results.score import set_file_of
@@ -34,7 +35,7 @@ CHUNK = 2000  # rows per chunk file; a report of at most this many items is one 
 PAGE = 100  # rows per page
 CUT = 2000  # characters of an output in the table; the rest loads on click
 _FILE = re.compile(r"""^file:[ \t]*["']?([^"'#\n]+)""", re.M)  # a set's data file
-WRONG, DIFFER = 1, 2  # bits of an item's flag character: the page's switches
+WRONG, DIFFER, FLIP = 1, 2, 4  # bits of an item's flag character: the page's switches
 
 
 def image_base(set_file: Path | None) -> Path | None:
@@ -109,6 +110,19 @@ def _data_url(file: Path) -> str:
     return f"data:{mime};base64,{base64.b64encode(file.read_bytes()).decode()}"
 
 
+def _comparison(runs: list[Run], info: list[dict[str, Any]]
+                ) -> tuple[list[dict[str, Any]], set[str]]:
+    """compare.py's numbers for the header (each run's interval and samples metrics into
+    `info`; the base against each other run) and the ids of the items that flipped."""
+    got = compare_runs(runs)
+    for i, st in zip(info, got["runs"], strict=True):
+        i |= {"n": st["n"], "ci95": st["ci95"], "samples": st.get("samples")}
+    pairs = [{"other": p["other"], "n": p["n_paired"], "delta": p["delta"], "ci95": p["ci95"],
+              "p": p["mcnemar_p"], "r2w": p["right_to_wrong"], "w2r": p["wrong_to_right"]}
+             for p in got["pairs"]]
+    return pairs, {i for p in got["pairs"] for ids in p["flips"].values() for i in ids}
+
+
 class Report:
     """Rows, flags and images of runs compared item by item, ready to write."""
 
@@ -120,6 +134,7 @@ class Report:
         keys = config_diff([r.config for r in runs])
         self.info = [_run_info(r, keys, s) for r, s in zip(runs, scorers, strict=True)]
         self.keys = keys
+        self.pairs, flipped = _comparison(runs, self.info)
         ids: dict[str, None] = {}  # every run's items, first run's order first
         for r in runs:
             ids |= dict.fromkeys(r.items)
@@ -127,7 +142,8 @@ class Report:
         self.originals: dict[str, Path] = {}  # short name -> original file
         wanted: dict[str, Path] = {}  # cache key -> original file
         self.rows: list[dict[str, Any]] = []
-        self.full: dict[str, str] = {}  # "<row>.<run>" -> an output cut in the table
+        # "<row>.<run>": an output cut in the table; "<row>.<run>.s": its samples (n > 1)
+        self.full: dict[str, Any] = {}
         flags = []
         for n, i in enumerate(ids):
             recs = [r.items.get(i) for r in runs]
@@ -150,11 +166,14 @@ class Report:
             for j, (o, rec) in enumerate(zip(marks, recs, strict=True)):
                 if o and "full" in o:
                     self.full[f"{n}.{j}"] = str(rec.get("output") or rec.get("error") or "")
+                if o and "more" in o:
+                    self.full[f"{n}.{j}.s"] = [[x["text"], x["correct"]]
+                                               for x in item_samples(runs[j], i)]
             self.rows.append({"id": i, "p": first.get("prompt", ""), "x": x,
                               "tags": first.get("tags") or [], "im": ims, "o": marks})
             wrong = any(o and o.get("ok") is False for o in marks)
             differ = len(runs) > 1 and len({_text(rec) for rec in recs}) > 1
-            flags.append(chr(48 + WRONG * wrong + DIFFER * differ))
+            flags.append(chr(48 + WRONG * wrong + DIFFER * differ + FLIP * (i in flipped)))
         self.flags = "".join(flags)
         got = thumbnails(cache or run_dirs[0].parent / ".cache" / "thumbs", wanted)
         self.thumbs = {self.names[k]: p for k, p in got.items() if p is not None}
@@ -166,7 +185,7 @@ class Report:
 
     def head(self, chunk: int) -> dict[str, Any]:
         return {"runs": self.info, "keys": self.keys, "n": len(self.rows), "chunk": chunk,
-                "page": PAGE, "flags": self.flags, "cutAt": CUT}
+                "page": PAGE, "flags": self.flags, "cutAt": CUT, "pairs": self.pairs}
 
 
 def _page(title: str, data: dict[str, Any]) -> str:

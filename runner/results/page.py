@@ -5,7 +5,7 @@ The data (`D`, from html.py) has the run header and one flag character per item;
 in `D.rows` (one-file report) or in chunk scripts `c/<k>.js` calling R(k, rows). Filtering
 walks the flags of every item (the switches) and, for a text filter, every chunk (loaded
 once); a page then loads only the chunks its rows are in. The URL hash keeps the state:
-#page=3&q=cat&wrong=1&differ=1.
+#page=3&q=cat&wrong=1&differ=1&flips=1.
 """
 
 TEMPLATE = """<!doctype html>
@@ -38,6 +38,7 @@ table{border-collapse:collapse}
 td.okc{background:#f0faf3}td.badc{background:#fdf2f2}
 .why,.cut{font-size:11px;color:#777}
 a.more{font-size:11px;cursor:pointer;color:#06c}
+ol.samples{margin:4px 0;padding-left:1.6em;font-size:12px;white-space:pre-wrap}
 img.th{max-width:160px;max-height:160px;display:block;margin-bottom:4px;cursor:zoom-in;
  border:1px solid #ddd}
 .miss{font-size:11px;color:#c0262d}
@@ -55,6 +56,7 @@ img.th{max-width:160px;max-height:160px;display:block;margin-bottom:4px;cursor:z
 <input id="q" type="search" placeholder="filter: id, prompt, output…">
 <label><input id="wrong" type="checkbox"> only items some run got wrong</label>
 <label><input id="differ" type="checkbox"> only items where runs differ</label>
+<label id="flipsl" hidden><input id="flips" type="checkbox"> only flips</label>
 <span id="busy"></span></div>
 <table id="items"><thead></thead><tbody></tbody></table>
 <div id="lb" hidden><img id="lbimg" alt=""><div id="lbcap"></div></div>
@@ -64,7 +66,7 @@ img.th{max-width:160px;max-height:160px;display:block;margin-bottom:4px;cursor:z
 const t0 = performance.now();
 const D = JSON.parse(document.getElementById("data").textContent);
 const $ = (id) => document.getElementById(id);
-const SWITCHES = {wrong: 1, differ: 2};
+const SWITCHES = {wrong: 1, differ: 2, flips: 4};
 function el(tag, attrs, ...kids) {
   const e = document.createElement(tag);
   for (const [k, v] of Object.entries(attrs || {})) {
@@ -74,6 +76,9 @@ function el(tag, attrs, ...kids) {
   return e;
 }
 const pct = (x) => (x == null ? "—" : (100 * x).toFixed(1) + "%");
+const pts = (x) => (x < 0 ? "−" : "+") + Math.abs(100 * x).toFixed(1);
+const mark = (ok) => (ok == null ? el("span", {class: "mark na", text: "–"})
+  : el("span", {class: "mark " + (ok ? "ok" : "bad"), text: ok ? "✓" : "✗"}));
 
 // ---- data: chunks of rows, loaded once each ----
 const C = D.rows ? [D.rows] : [], P = {}, FULL = D.full || {};
@@ -96,8 +101,8 @@ async function rowsAt(idx) {
   await Promise.all([...new Set(idx.map((i) => Math.floor(i / D.chunk)))].map(chunk));
   return idx.map((i) => C[Math.floor(i / D.chunk)][i % D.chunk]);
 }
-function fullText(i, j) {
-  const key = `${i}.${j}`;
+function fullText(i, j, what = "") {  // what: "" the output, ".s" its samples
+  const key = `${i}.${j}${what}`;
   if (key in FULL || D.rows) return Promise.resolve(FULL[key]);
   return script(`f/${Math.floor(i / D.chunk)}.js`).then(() => FULL[key]);
 }
@@ -110,6 +115,17 @@ function header() {
   row("run", (r) => el("b", {text: r.label}));
   row("model", (r) => r.model);
   row("accuracy", (r) => el("span", {class: "acc", text: pct(r.accuracy)}));
+  row("95% interval", (r) => (r.ci95 ? `${pct(r.ci95[0])} – ${pct(r.ci95[1])} (Wilson, ` +
+                              `${r.n} scored)` : "—"));
+  if (R.some((r) => r.samples)) {
+    row("samples", (r) => (r.samples ? `n ${r.samples.n} · pass@1 ${pct(r.samples["pass@1"])}` +
+      ` · pass@n ${pct(r.samples["pass@n"])} · majority ${pct(r.samples.majority)}` +
+      ` · agreement ${pct(r.samples.agreement)}` : "—"));
+  }
+  if (D.pairs.length) {
+    $("flipsl").hidden = false;
+    row(`vs ${R[0].label} (paired)`, (r, i) => (i === 0 ? "base" : pair(D.pairs[i - 1])));
+  }
   row("items", (r) => `${r.items} items · ${r.scored ?? "—"} scored · ${r.errors} errors`);
   row("scorer", (r) => r.scorer || "—");
   row("generated tok/s", (r) => (r.tps == null ? "—" : String(r.tps)));
@@ -126,10 +142,17 @@ function header() {
                ...R.map((r) => el("th", {class: "run", text: r.label})));
   document.querySelector("#items thead").append(h);
 }
+function pair(p) {  // other against the base, from compare.py
+  if (p.delta == null) return "no items scored in both";
+  const sig = p.p == null ? "no McNemar p (partial scores): see the interval"
+    : `McNemar p ${p.p < 0.001 ? "< 0.001" : p.p.toFixed(3)}`;
+  return el("span", {class: "pair", text: `Δ ${pts(p.delta)} pts [${pts(p.ci95[0])}, ` +
+    `${pts(p.ci95[1])}] · ${sig} · flips: ${p.r2w} right→wrong, ${p.w2r} wrong→right ` +
+    `(${p.n} paired)`});
+}
 function cell(o, i, j) {
   if (!o) return el("td", {class: "na", text: "not in this run"});
-  const m = o.ok == null ? el("span", {class: "mark na", text: "–"})
-    : el("span", {class: "mark " + (o.ok ? "ok" : "bad"), text: o.ok ? "✓" : "✗"});
+  const m = mark(o.ok);
   const out = el("div", {class: "out"}, m, o.t ?? "");
   const td = el("td", {class: o.ok == null ? "" : (o.ok ? "okc" : "badc")}, out);
   if (o.full) {
@@ -139,7 +162,15 @@ function cell(o, i, j) {
   }
   if (o.why) td.append(el("div", {class: "why", text: o.sc ? `${o.sc}: ${o.why}` : o.why}));
   if (o.cut) td.append(el("div", {class: "cut", text: "(cut at max_tokens)"}));
-  if (o.more) td.append(el("div", {class: "cut", text: `(+${o.more} more samples)`}));
+  if (o.more) {  // sampling.n > 1: the first sample is shown, every one on demand
+    const a = el("a", {class: "more", text: `show all ${o.more + 1} samples`});
+    a.onclick = async () => {
+      const s = await fullText(i, j, ".s");
+      td.append(el("ol", {class: "samples"}, ...s.map(([t, ok]) => el("li", {}, mark(ok), t))));
+      a.remove();
+    };
+    td.append(el("div", {}, a));
+  }
   return td;
 }
 function img([name, path, href]) {
