@@ -315,3 +315,18 @@ def test_big_report_in_chromium(big: list[Path], tmp_path: Path) -> None:
         assert b.js(ids) == [f"q{i}" for i in ZEBRA]  # a text search over every chunk
         assert b.js(f"{body}.chunksLoaded") == "30"
         assert b.js("location.hash") == "#q=ZEBRA"
+
+
+def test_full_images_linked_or_inlined(runs: list[Path], tmp_path: Path) -> None:
+    """A one-file report links each original relative to itself, or inlines it."""
+    def data(page: Path) -> dict:
+        return json.loads(re.search(r'type="application/json">(.*?)</script>',
+                                    page.read_text(), re.S).group(1))
+
+    out = tmp_path / "r" / "report.html"
+    name, path, href = data(build_report(runs, out))["rows"][0]["im"][0]
+    assert path == "images/im0_0.png" and (out.parent / href).resolve() == \
+        (tmp_path / "prompts" / "fake" / path).resolve()
+    d = data(build_report(runs, out, full_images=True))
+    name, path, href = d["rows"][0]["im"][0]
+    assert href is None and d["orig"][name].startswith("data:image/png;base64,")
