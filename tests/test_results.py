@@ -356,3 +356,6 @@ def test_report_runs_and_sweeps(store, tmp_path):
     assert out.read_text().splitlines() == [h["a"], h["b"]]
 
     assert "Name the runs" in user_error(report(root, "--out", str(out)))
+    assert "--chunk takes a positive" in user_error(report(root, h["a"], "--chunk", "0"))
+    assert "Cannot write the report to" in user_error(
+        report(root, h["a"], "--out", str(tmp_path), fake=False))  # a folder: one sentence

@@ -290,7 +290,10 @@ def cmd_report(a: argparse.Namespace) -> None:
 
     if a.chunk < 1:
         raise UserError(f"--chunk takes a positive number of rows, not {a.chunk}.")
-    done = html.build_report(dirs, Path(a.out), chunk=a.chunk, full_images=a.full_images)
+    try:
+        done = html.build_report(dirs, Path(a.out), chunk=a.chunk, full_images=a.full_images)
+    except OSError as e:  # a read-only folder, a full disk, --out naming a folder
+        raise UserError(f"Cannot write the report to {a.out}: {e.strerror or e}.") from None
     out.print(f"Wrote {done} ({len(dirs)} run{'s' * (len(dirs) != 1)}).")
 
 
