@@ -97,14 +97,22 @@ def _run_info(run: Run, keys: list[str], scorers: set[str]) -> dict[str, Any]:
             "diff": [json.dumps(flat[k], default=str) if k in flat else "—" for k in keys]}
 
 
-def _hrefs(files: dict[str, Path], base: Path) -> dict[str, str]:
-    """Relative URLs from the report's folder to files (they work from file://)."""
-    base = base.resolve()
-    return {n: quote(Path(os.path.relpath(f.resolve(), base)).as_posix())
-            for n, f in files.items()}
+def _hrefs(files: dict[str, str], base: Path) -> dict[str, str]:
+    """Relative URLs from the report's folder to files (they work from file://). Plain
+    string paths: pathlib's resolve() per image was most of a 100k-item rebuild."""
+    b = str(base.resolve())
+    rel: dict[str, str] = {}  # per folder: images share a few folders
+    out = {}
+    for n, f in files.items():
+        d, name = os.path.split(f)
+        if d not in rel:
+            rel[d] = quote(os.path.relpath(d, b)) + "/"
+        out[n] = rel[d] + quote(name)
+    return out
 
 
-def _data_url(file: Path) -> str:
+def _data_url(file: str | Path) -> str:
+    file = Path(file)
     mime = {".webp": "image/webp"}.get(file.suffix) or mimetypes.guess_type(file.name)[0] \
         or "application/octet-stream"
     return f"data:{mime};base64,{base64.b64encode(file.read_bytes()).decode()}"
@@ -130,6 +138,7 @@ class Report:
         self.runs = [load_run(d) for d in run_dirs]
         runs = self.runs
         roots = {r.path: image_base(set_file_of(r.path)) for r in runs}
+        roots = {k: str(v.resolve()) if v else None for k, v in roots.items()}  # str: fast
         scorers = [{s.get("scorer") or "?" for s in r.scores.values()} for r in runs]
         keys = config_diff([r.config for r in runs])
         self.info = [_run_info(r, keys, s) for r, s in zip(runs, scorers, strict=True)]
@@ -139,8 +148,8 @@ class Report:
         for r in runs:
             ids |= dict.fromkeys(r.items)
         self.names: dict[str, str] = {}  # cache key -> short name in the report, in order
-        self.originals: dict[str, Path] = {}  # short name -> original file
-        wanted: dict[str, Path] = {}  # cache key -> original file
+        self.originals: dict[str, str] = {}  # short name -> original file
+        wanted: dict[str, str] = {}  # cache key -> original file
         self.rows: list[dict[str, Any]] = []
         # "<row>.<run>": an output cut in the table; "<row>.<run>.s": its samples (n > 1)
         self.full: dict[str, Any] = {}
@@ -152,8 +161,9 @@ class Report:
             ims = []
             for im in first.get("images") or []:
                 key = cache_key(str(im.get("sha256") or im["path"]))
-                f = root / im["path"] if root else None
-                if f is not None and f.is_file():
+                # not stat'ed: a cached thumbnail is enough, an unreadable file makes none
+                f = os.path.join(root, im["path"]) if root else None
+                if f is not None:
                     wanted[key] = f
                     name = self.names.setdefault(key, f"{len(self.names):x}")
                     self.originals.setdefault(name, f)
@@ -213,7 +223,7 @@ def write_single(rep: Report, out: Path, full_images: bool) -> Path:
     return out
 
 
-def _link(src: Path, dest: Path) -> None:
+def _link(src: str | Path, dest: str | Path) -> None:
     """A hard link (no bytes copied) where the filesystem allows one, else a copy."""
     try:
         os.link(src, dest)
@@ -230,13 +240,14 @@ def write_folder(rep: Report, folder: Path, chunk: int, full_images: bool) -> Pa
         (tmp / d).mkdir(parents=True)
     try:
         names = {}  # thumbnail -> its file in t/
+        tdir = str(tmp / "t")
         for n, p in rep.thumbs.items():
-            names[n] = n + p.suffix
-            _link(p, tmp / "t" / names[n])
+            names[n] = n + os.path.splitext(p)[1]
+            _link(p, os.path.join(tdir, names[n]))
             if full_images:
                 f = rep.originals[n]
-                _link(f, tmp / "i" / f"{n}{f.suffix}")
-        href = {n: f"i/{n}{quote(f.suffix)}" for n, f in rep.originals.items()} \
+                _link(f, tmp / "i" / f"{n}{os.path.splitext(f)[1]}")
+        href = {n: f"i/{n}{quote(os.path.splitext(f)[1])}" for n, f in rep.originals.items()} \
             if full_images else _hrefs(rep.originals, folder)
         for r in rep.rows:  # [file in t/, path, link to the original]
             r["im"] = [[None, p, None] if n is None else [names[n], p, href[n]]
