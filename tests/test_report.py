@@ -131,6 +131,7 @@ def test_report_renders_in_chromium(runs: list[Path], tmp_path: Path) -> None:
     dom = chromium(out.as_uri(), "--dump-dom", cwd=tmp_path)
     body = re.search(r"<body([^>]*)>", dom).group(1)
     assert 'data-rows="130"' in body and 'data-pages="2"' in body and 'data-page="1"' in body
+    assert 'data-chunks-loaded="1"' in body  # one file: its rows are its one chunk
     rows = re.findall(r'<tr data-id="(q\d+)"', dom)
     assert rows == [f"q{i}" for i in range(100)]  # page 1: 100 rows
     head = re.search(r"<thead>(.*?)</thead>", dom, re.S).group(1)

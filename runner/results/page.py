@@ -257,6 +257,7 @@ for (const id of ["q", ...Object.keys(SWITCHES)]) $(id).addEventListener("input"
 
 async function start() {
   header();
+  loaded();
   const h = new URLSearchParams(location.hash.slice(1));
   $("q").value = h.get("q") || "";
   for (const id of Object.keys(SWITCHES)) $(id).checked = h.get(id) === "1";
