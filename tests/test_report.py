@@ -331,3 +331,19 @@ def test_full_images_linked_or_inlined(runs: list[Path], tmp_path: Path) -> None
     d = data(build_report(runs, out, full_images=True))
     name, path, href = d["rows"][0]["im"][0]
     assert href is None and d["orig"][name].startswith("data:image/png;base64,")
+
+
+def test_read_only_store_keeps_its_thumbnails_elsewhere(
+        runs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store the user cannot write to still gets a report; the thumbnails go to the
+    user's own cache in the temp folder."""
+    import runner.results.thumbs as th
+
+    monkeypatch.setattr(th.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    monkeypatch.setattr(th.os, "access", lambda p, mode: False)
+    d = json.loads(re.search(r'type="application/json">(.*?)</script>', build_report(
+        runs, tmp_path / "r.html").read_text(), re.S).group(1))
+    assert len(d["thumbs"]) == N_ITEMS
+    assert len(list((tmp_path / "tmp").glob("pixtral-runner-thumbs-*/*"))) == N_ITEMS
+    assert not (runs[0].parent / ".cache" / "thumbs").exists() or \
+        not list((runs[0].parent / ".cache" / "thumbs").iterdir())

@@ -288,10 +288,11 @@ def cmd_report(a: argparse.Namespace) -> None:
         raise UserError("Name the runs to report: run hashes, --sweep DIR, or both.")
     from runner.results import html
 
-    if a.chunk < 1:
+    if a.chunk is not None and a.chunk < 1:
         raise UserError(f"--chunk takes a positive number of rows, not {a.chunk}.")
     try:
-        done = html.build_report(dirs, Path(a.out), chunk=a.chunk, full_images=a.full_images)
+        done = html.build_report(dirs, Path(a.out), chunk=a.chunk or html.CHUNK,
+                                 full_images=a.full_images)
     except OSError as e:  # a read-only folder, a full disk, --out naming a folder
         raise UserError(f"Cannot write the report to {a.out}: {e.strerror or e}.") from None
     out.print(f"Wrote {done} ({len(dirs)} run{'s' * (len(dirs) != 1)}).")
@@ -439,8 +440,9 @@ def parser() -> argparse.ArgumentParser:
                    help="the file; a bigger report is the folder of that name without .html")
     s.add_argument("--full-images", action="store_true",
                    help="put the original images in the report (default: relative links)")
-    s.add_argument("--chunk", type=int, default=2000,
-                   help="rows per chunk file; at most this many items make one file (2000)")
+    s.add_argument("--chunk", type=int, default=None,
+                   help="rows per chunk file; at most this many items make one file "
+                   "(default 2000)")
     s = cmd("compare", cmd_compare, "Compare runs item by item against the first (the "
             "base): accuracy with its 95% Wilson interval; per pair the items scored in both, "
             "the delta, its 95% paired bootstrap interval (10,000 resamples, seed 0), the exact "

@@ -40,8 +40,8 @@ WRONG, DIFFER, FLIP = 1, 2, 4  # bits of an item's flag character: the page's sw
 
 def image_base(set_file: Path | None) -> Path | None:
     """Where a set's image paths resolve (as the planner's Spec.base: the folder of the file
-    holding the items), None if the set is gone. Read without parsing the set: a 100k-item
-    YAML takes a minute to parse, a top-level `file:` line a regex."""
+    holding the items), None if the set is gone. Read without parsing the set (a 3,000-item
+    YAML took 2.5 s to parse here; a top-level `file:` line is one regex)."""
     if set_file is None:
         return None
     if set_file.suffix != ".jsonl":

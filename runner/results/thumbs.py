@@ -7,6 +7,7 @@ import hashlib
 import io
 import os
 import re
+import tempfile
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -76,10 +77,19 @@ def thumbnails(cache: Path, wanted: Mapping[str, str | Path]) -> dict[str, str |
     process pool when there are many: decoding dominates a cold build)."""
     have = _listing(cache)
     out: dict[str, str | None] = {k: have.get(k) for k in wanted}
-    todo = [(cache, f, k) for k, f in wanted.items() if out[k] is None]
-    if not todo:
+    if all(out.values()):
         return out
-    cache.mkdir(parents=True, exist_ok=True)
+    try:
+        cache.mkdir(parents=True, exist_ok=True)
+        writable = os.access(cache, os.W_OK)
+    except OSError:
+        writable = False
+    if not writable:  # a read-only store (someone else's runs): a cache of the user's own
+        cache = Path(tempfile.gettempdir()) / f"pixtral-runner-thumbs-{os.getuid()}"
+        cache.mkdir(parents=True, exist_ok=True)
+        have = _listing(cache)
+        out = {k: p or have.get(k) for k, p in out.items()}
+    todo = [(cache, f, k) for k, f in wanted.items() if out[k] is None]
     workers = min(os.cpu_count() or 1, 8)
     if len(todo) < 200 or workers == 1:
         made = [_make(j) for j in todo]
