@@ -291,8 +291,8 @@ def cmd_report(a: argparse.Namespace) -> None:
     if a.chunk is not None and a.chunk < 1:
         raise UserError(f"--chunk takes a positive number of rows, not {a.chunk}.")
     try:
-        done = html.build_report(dirs, Path(a.out), chunk=a.chunk or html.CHUNK,
-                                 full_images=a.full_images)
+        chunk = {"chunk": a.chunk} if a.chunk else {}  # else html.py's default
+        done = html.build_report(dirs, Path(a.out), full_images=a.full_images, **chunk)
     except OSError as e:  # a read-only folder, a full disk, --out naming a folder
         raise UserError(f"Cannot write the report to {a.out}: {e.strerror or e}.") from None
     out.print(f"Wrote {done} ({len(dirs)} run{'s' * (len(dirs) != 1)}).")
