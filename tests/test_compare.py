@@ -233,9 +233,11 @@ def test_compare_never_imports_vllm_or_torch(tmp_path):
             "assert not {'vllm', 'torch'} & set(sys.modules), 'heavy import'")
     p = subprocess.run([sys.executable, "-c", code, "--root", str(tmp_path), "compare",
                         dirs[0].name, dirs[1].name], cwd=ROOT, text=True, capture_output=True,
-                       timeout=120, env={**os.environ, "COLUMNS": "250"})
+                       timeout=120, env={**os.environ, "COLUMNS": "80"})
     assert p.returncode == 0, p.stderr
     assert "McNemar p" in p.stdout
+    lines = p.stdout.splitlines()
+    assert all(len(x) <= 80 for x in lines) and sum(dirs[1].name in x for x in lines) == 4
 
 
 # ---- sampling.n > 1 ------------------------------------------------------------------------

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
+from rich import box
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
@@ -325,33 +326,44 @@ def _ci(ci: list[float] | None, signed: bool = False) -> str:
     return "—" if not ci else f"[{_num(ci[0], signed)}, {_num(ci[1], signed)}]"
 
 
+def _table(title: str, *cols: str) -> Table:
+    """A compact table (fits 80 columns): hashes and intervals never wrap."""
+    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
+              collapse_padding=True)
+    for c in cols:
+        t.add_column(c, no_wrap=c != "differs", overflow="fold",
+                     justify="left" if c in ("run", "other", "differs") else "right")
+    return t
+
+
 def compare_tables(runs: list[Run], result: dict[str, Any], limit: int) -> list[Any]:
-    """`compare`'s text view: the runs (with the config values that differ), the pairs, and
-    the ids of each pair's flips (at most `limit` per direction; 0: all)."""
+    """`compare`'s text view: the runs (with the config values that differ), their samples
+    (sampling.n > 1), the pairs, and the ids of each pair's flips (at most `limit` per
+    direction; 0: all)."""
     from runner.results.runs import config_diff, flatten
 
     keys = config_diff([r.config for r in runs])
-    t = Table("run", "n", "accuracy", "95% CI (Wilson)", title="runs (the first is the base)",
-              title_justify="left")
-    if keys:
-        t.add_column("differs")
-    multi = any("samples" in s for s in result["runs"])
-    if multi:
-        t.add_column("pass@1 / pass@n / majority / agreement")
+    t = _table("runs (the first is the base)", "run", "n", "accuracy", "95% CI (Wilson)",
+               *(["differs"] if keys else []))
     for run, s in zip(runs, result["runs"], strict=True):
         flat = flatten(run.config)
-        cells = [s["run"], str(s["n"]), _num(s["accuracy"]), _ci(s["ci95"])]
-        if keys:
-            cells.append(" ".join(f"{k}={fmt(flat.get(k, ABSENT))}" for k in keys))
-        if multi:
-            m = s.get("samples")
-            cells.append("—" if not m else " / ".join(_num(m[k]) for k in (
-                "pass@1", "pass@n", "majority", "agreement")) + f" (n={m['n']})")
-        t.add_row(*map(Text, cells))
-    p = Table("other", "paired", "delta", "95% CI (bootstrap)", "McNemar p", "right→wrong",
-              "wrong→right", title="pairs: other minus base, on the items scored in both",
-              title_justify="left")
-    flips = []
+        t.add_row(*map(Text, [s["run"], str(s["n"]), _num(s["accuracy"]), _ci(s["ci95"]),
+                              *([" ".join(f"{k}={fmt(flat.get(k, ABSENT))}" for k in keys)]
+                                if keys else [])]))
+    out: list[Any] = [t]
+    if any("samples" in s for s in result["runs"]):
+        m = _table("samples (sampling.n > 1)", "run", "n", "pass@1", "pass@n", "majority",
+                   "agreement")
+        for s in result["runs"]:
+            x = s.get("samples") or {}
+            m.add_row(s["run"], str(x.get("n", 1)), *(_num(x.get(k)) for k in (
+                "pass@1", "pass@n", "majority", "agreement")))
+        out.append(m)
+    p = _table("pairs: other minus base, on the items scored in both", "other", "paired",
+               "delta", "95% CI (bootstrap)", "McNemar p", "r→w", "w→r")
+    p.caption = "r→w: right in the base, wrong in the other; w→r: the reverse"
+    p.caption_justify = "left"
+    out.append(p)
     for q in result["pairs"]:
         p.add_row(*map(Text, (q["other"], str(q["n_paired"]), _num(q["delta"], True),
                               _ci(q["ci95"], True),
@@ -362,9 +374,9 @@ def compare_tables(runs: list[Run], result: dict[str, Any], limit: int) -> list[
                 shown = ids if limit <= 0 else ids[:limit]
                 more = (f" … {len(ids) - len(shown)} more (--n 0: all)"
                         if len(shown) < len(ids) else "")
-                flips.append(Text(f"{q['other']} {way.replace('_to_', '→')} ({len(ids)}): "
-                                  + " ".join(shown) + more))
-    return [t, p, *flips]
+                out.append(Text(f"{q['other']} {way.replace('_to_', '→')} ({len(ids)}): "
+                                + " ".join(shown) + more))
+    return out
 
 
 def _expected(x: object) -> str:
