@@ -108,7 +108,8 @@ def main() -> None:
     ap.add_argument("--chat", type=int, default=2000)
     ap.add_argument("--cache", default="10000,100000")
     a = ap.parse_args()
-    out: dict = {"scale": {}, "cache_hit_s": {}}
+    out: dict = {"scale": {}, "cache_hit_s": {}, "load_before": os.getloadavg()}
+    print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "data") as tmp:
         t = Path(tmp)
         for n in [int(x) for x in a.sizes.split(",") if x]:
@@ -158,6 +159,8 @@ def main() -> None:
             out["cache_hit_s"][n] = best
             print(f"cache hit, {n} images: {best:.2f} s (best of 3; the first run took "
                   f"{first['wall_s']:.1f} s)", flush=True)
+    out["load_after"] = os.getloadavg()
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     print(json.dumps(out))
 
 
