@@ -1,9 +1,9 @@
 """The error budget, `prompts.max_error_rate` (docs/errors.md): a run whose items fail too
 often stops instead of spending the GPU hours.
 
-- Plan time: the errors known before the engine starts (the plan's item errors and the
-  error records kept from earlier invocations) over the planned items. Over the budget,
-  nothing is written and the engine never starts.
+- Plan time: the errors known before any item is sent to the engine (the plan's item errors
+  and the error records kept from earlier invocations) over the planned items. Over the
+  budget, nothing is written, and an engine starting beside the plan is stopped.
 - Run time: the items the engine finished in this invocation (an output or an error; the
   plan's own errors were judged before it started), once MIN_DONE of them are done. Over the
   budget, the run stops: status `failed`, exit 3, what finished stays stored.
@@ -43,8 +43,9 @@ def _what(errors: list[tuple[str, str]], of: int, where: str) -> str:
 
 def check_plan(rate: float | None, items: list[Item], stored: Mapping[str, Record],
                todo: list[Item]) -> None:
-    """Stop before the engine starts when the errors known now (the error records kept in
-    `stored` and the item errors of `todo`) are over the budget, among the planned `items`."""
+    """Stop before any item is sent to the engine when the errors known now (the error
+    records kept in `stored` and the item errors of `todo`) are over the budget, among the
+    planned `items`."""
     if rate is None or not items:
         return
     keys = {it.key for it in items}
@@ -53,9 +54,9 @@ def check_plan(rate: float | None, items: list[Item], stored: Mapping[str, Recor
     errs += [(it.id, it.error_kind or "other") for it in todo if it.error]
     if len(errs) / len(items) <= rate:
         return
-    raise OverBudget(f"{KEY}={rate:g} is exceeded before the engine starts: "
-                     f"{_what(errs, len(items), 'planned')}; nothing was run: fix those items "
-                     f"or raise {KEY}.")
+    raise OverBudget(f"{KEY}={rate:g} is exceeded at plan time: "
+                     f"{_what(errs, len(items), 'planned')}; no item was sent to the engine: "
+                     f"fix those items or raise {KEY}.")
 
 
 class Budget:

@@ -49,13 +49,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[STARTS] = Path(f.name)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for it in items:  # with xdist's loadgroup: one worker runs them all, on one session engine
-        if it.get_closest_marker("engine"):
-            it.add_marker(pytest.mark.xdist_group("engine"))
-
-
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if (f := config.stash.get(STARTS, None)) is not None:
         n = len(f.read_text().splitlines()) if f.exists() else 0
@@ -174,6 +167,6 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
 def tiny_weights() -> Path:
     """The bundled tiny Pixtral in data/, built if missing: exact token plans read its
     tokenizer, and a fresh clone's fast lane runs before any engine test has built it."""
-    from runner.fixtures import tiny
+    from runner.bundled import tiny
 
     return tiny.build(ROOT / "data" / "pixtral-tiny")

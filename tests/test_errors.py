@@ -172,20 +172,25 @@ def test_every_kind_from_one_run_is_stored_and_counted_everywhere(tmp_path: Path
 
 # --- the error budget -------------------------------------------------------------------
 
-def test_plan_time_errors_over_the_budget_stop_before_the_engine_starts(tmp_path: Path):
+def test_plan_time_errors_over_the_budget_stop_the_run_before_any_item_runs(tmp_path: Path):
     items = [{"id": f"bad{i}", "text": "Describe.", "images": ["images/zero.png"]}
              for i in range(3)]
     items += [{"id": f"ok{i}", "text": f"Item {i}."} for i in range(6)]
     items.append({"id": "long", "text": "word " * 5000})
     prompts, store = write_set(tmp_path / "p", items), tmp_path / "s"
-    p = runner(*args(prompts, store, "prompts.max_error_rate=0.3"), env=fake_env())
+    trace = tmp_path / "trace"
+    p = runner(*args(prompts, store, "prompts.max_error_rate=0.3"),
+               env=fake_env(trace=str(trace)))
     assert p.returncode == 3, p.stderr[-3000:]
     err = " ".join(p.stderr.split())
-    assert ("error: prompts.max_error_rate=0.3 is exceeded before the engine starts: 4 of 10 "
-            "items planned are errors (40.0%: image 3 · too_long 1; e.g. ids bad0, bad1, bad2); "
-            "nothing was run: fix those items or raise prompts.max_error_rate.") in err
-    assert "Traceback" not in err and "Starting vLLM engine" not in err
-    assert not store.exists()  # nothing written, not even the store
+    assert ("error: prompts.max_error_rate=0.3 is exceeded at plan time: 4 of 10 items planned "
+            "are errors (40.0%: image 3 · too_long 1; e.g. ids bad0, bad1, bad2); no item was "
+            "sent to the engine: fix those items or raise prompts.max_error_rate.") in err
+    assert "Traceback" not in err
+    # the engine may have started beside the plan: it received nothing, and no run was written
+    got = trace.read_text().splitlines() if trace.exists() else []
+    assert not [ln for ln in got if ln.startswith("in ")]
+    assert not (store.exists() and run_dirs_of(store))
     p = runner(*args(prompts, store, "prompts.max_error_rate=0.4"), env=fake_env())
     assert p.returncode == 0, p.stderr[-3000:]  # 40 % is within a 40 % budget
     p = runner(*args(prompts, store, "prompts.max_error_rate=2"), env=fake_env())
