@@ -107,7 +107,10 @@ def main() -> None:
     ap.add_argument("--all-at-once", type=int, default=8000)
     ap.add_argument("--chat", type=int, default=2000)
     ap.add_argument("--cache", default="10000,100000")
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. "
+                    "+engine.extra.mm_processor_cache_gb=0")
     a = ap.parse_args()
+    TINY.extend(a.extra)
     out: dict = {"scale": {}, "cache_hit_s": {}, "load_before": os.getloadavg()}
     print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "data") as tmp:
