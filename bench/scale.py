@@ -149,7 +149,7 @@ def main() -> None:
                                   f"prompts.name={f}"], cwd=ROOT, capture_output=True,
                                  text=True, check=True)
             raw_wall = time.perf_counter() - t0
-            r = json.loads(raw.stdout.strip().splitlines()[-1])
+            r = json.loads([x for x in raw.stdout.splitlines() if x.startswith("{")][-1])
             mine = run([*TINY, f"prompts.name={f}"], t / "c")  # right after: the same load
             out["chat"] = {"n": n, "runner": mine, "raw_wall_s": raw_wall, "raw": r}
             print(f"llm.chat(all) on {n} images: wall {raw_wall:.1f} s (start "
