@@ -178,7 +178,7 @@ def test_sampling_vllm_refuses_is_an_item_error_of_kind_sampling(real, tmp_path:
 #
 # The JSON route on CPU with random weights: the engine's
 # structured_outputs_config={backend: xgrammar, disable_any_whitespace: true} (conftest ROUTE, an
-# argument of the shared engine) and a bounded schema (README, "Extraction with a schema").
+# argument of the shared engine) and a bounded schema (docs/structured-outputs.md).
 
 SCHEMA = json.loads((ROOT / "prompts" / "receipts" / "schema.json").read_text())
 
