@@ -47,3 +47,10 @@ class EngineFailed(Exception):
     def __init__(self, reason: str, restarts: int):
         super().__init__(reason)
         self.reason, self.restarts = reason, restarts
+
+
+class ServerGone(UserError):
+    """The vLLM server a run sends its requests to stopped answering; stored items are kept.
+    Not restarted (the runner does not own that server): the user starts it again and reruns."""
+
+    exit_code = 3

@@ -17,7 +17,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import run_sampling_of
 from runner.console import console
-from runner.engine.api import Engine, Finished, Refused
+from runner.engine.api import Engine, Failed, Finished, Refused
 from runner.errors import EngineDied, EngineFailed, Interrupted, RunFailed, StartFailed, UserError
 from runner.images import pixel_limit
 from runner.plan import Item, Plan, check_errors, load_plan
@@ -166,7 +166,13 @@ class Job:
         assert isinstance(env, dict)
         s = self.summary
         kw = engine_kwargs(self.cfg, self.media_root())
-        with starting(self.cfg.model.name, reused=SLOT.has(kw, env)):
+        what = None
+        if self.cfg.engine.url:  # a vLLM server instead of an engine (runner/engine/server.py)
+            from runner.engine.server import SPEC, spec_of
+
+            kw, env = kw | {SPEC: spec_of(self.cfg)}, {}
+            what = f"Connecting to the vLLM server for {self.cfg.model.name}"
+        with starting(self.cfg.model.name, reused=SLOT.has(kw, env), what=what):
             self.engine, s.engine_start_s, s.engine_reused = SLOT.get(kw, env)
         self._watchdog()
         self.quant = self.engine.describe()
@@ -205,6 +211,9 @@ class Job:
                   "watchdog": self.engine.watchdog if self.engine is not None else None,
                   "platform": {"system": platform.platform(), "machine": platform.machine(),
                                "node": platform.node()}}
+            m.pop("server", None)  # the server this invocation sent its requests to, if any
+            if server := getattr(self.engine, "server", None):
+                m["server"] = server
 
         self.rd.update_manifest(begin)
         self.writer = self.rd.writer(cfg.store.fsync_every, cfg.store.fsync_seconds)
@@ -294,6 +303,8 @@ class Job:
             for ev in engine.events(cfg.engine.stall_timeout_s):
                 if isinstance(ev, Finished):
                     on_output(ev)
+                elif isinstance(ev, Failed):  # a server refused it or timed it out
+                    on_error(ev.key, ev.reason)
                 else:
                     on_tokens(ev.generated)
             self.summary.max_step_s = max(self.summary.max_step_s, engine.max_gap_s)
