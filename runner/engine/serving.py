@@ -14,6 +14,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -97,15 +99,16 @@ def serve(cfg: DictConfig) -> int:
     ensure_weights(cfg.model)
     check_quantization(cfg.model.quantization, Path(cfg.model.path))
     check_cpu_kernels(Path(cfg.model.path))
-    import_vllm()
     kw = engine_kwargs(cfg, media_root(cfg))
-    check_engine_args(kw)
-    added = batch_defaults(kw) | {"generation_config": "vllm"}
     host, port = address(cfg.engine.url)
     url = f"http://{host}:{port}"
     d = serve_dir(root)
     d.mkdir(parents=True, exist_ok=True)
     args_file, log_path = d / "engine_args.yaml", d / "server.log"
+    with _output_to(log_path):  # vLLM's (and torch's) import chatter: the log, not the console
+        import_vllm()
+        check_engine_args(kw)
+        added = batch_defaults(kw) | {"generation_config": "vllm"}
     args_file.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, v in (kw | added).items()
                                          if v is not None}))
     cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--config",
@@ -124,7 +127,8 @@ def serve(cfg: DictConfig) -> int:
                                 stderr=subprocess.STDOUT, start_new_session=True,
                                 env={**os.environ, **{k: str(v) for k, v in env.items()}},
                                 preexec_fn=_die_with_parent)
-    prev = signal.signal(signal.SIGTERM, _interrupt)
+    # Both set explicitly: a shell's background job starts with SIGINT ignored.
+    prev = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         try:
             _wait_ready(proc, url, log_path, kw["model"])
@@ -151,9 +155,30 @@ def serve(cfg: DictConfig) -> int:
                       f"its log is {log_path}.")
         return 1
     finally:
-        signal.signal(signal.SIGTERM, prev)
+        for sig, handler in prev.items():
+            signal.signal(sig, handler)
         if (st := read_state(root)) and st.get("pid") == proc.pid:
             state_path(root).unlink(missing_ok=True)
+
+
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """fds 1 and 2 appended to `path` for the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
 
 
 def _interrupt(signum: int, frame: Any) -> None:
