@@ -202,3 +202,14 @@ def test_a_server_that_dies_stops_the_run_and_a_rerun_resumes(standin, tmp_path:
     assert sorted(ids) == [f"t{i:02d}" for i in range(8)]  # each exactly once
     m = manifest(store)
     assert m["status"] == "complete" and m["computed"] == 5
+
+
+def test_several_samples_per_item_through_a_server(standin, tmp_path: Path):
+    url, _ = standin()
+    prompts, store = text_set(tmp_path / "p", 3), tmp_path / "store"
+    r = runner(*TINY, f"engine.url={url}", "engine.trust_server=true", f"store.root={store}",
+               f"prompts.root={prompts}", "prompts.name=texts", "sampling.n=2")
+    assert r.returncode == 0, r.stdout + r.stderr
+    for x in records(store):
+        assert len(x["outputs"]) == 2 and x["completion_tokens"] == 6  # 3 token ids each
+        assert x["outputs"][0]["text"] != x["outputs"][1]["text"]
