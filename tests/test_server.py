@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, make_cfg, run_dirs_of, runner
+from conftest import ROOT, TINY, make_cfg, output, run_dirs_of, runner, spawn, wait_for
 from runner.engine.args import engine_kwargs
 from runner.engine.server_state import write_state
 
@@ -213,3 +214,19 @@ def test_several_samples_per_item_through_a_server(standin, tmp_path: Path):
     for x in records(store):
         assert len(x["outputs"]) == 2 and x["completion_tokens"] == 6  # 3 token ids each
         assert x["outputs"][0]["text"] != x["outputs"][1]["text"]
+
+
+def test_ctrl_c_during_a_server_run_keeps_what_finished(standin, tmp_path: Path):
+    url, _ = standin(hang=HANG)
+    prompts, store = text_set(tmp_path / "p", 8, {3: HANG}), tmp_path / "store"
+    args = [*TINY, "engine.trust_server=true", f"store.root={store}", f"prompts.root={prompts}",
+            "prompts.name=texts", "engine.max_num_seqs=1"]
+    p = spawn(*args, f"engine.url={url}")
+    wait_for(p, lambda: len(records(store)) == 3, "3 stored items")  # item 3 never answers
+    os.killpg(p.pid, signal.SIGINT)
+    assert p.wait(120) == 130, output(p)
+    assert len(records(store)) == 3 and manifest(store)["status"] == "interrupted"
+    url2, _ = standin()
+    r = runner(*args, f"engine.url={url2}")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert sorted(x["id"] for x in records(store)) == [f"t{i:02d}" for i in range(8)]
