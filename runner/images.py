@@ -1,10 +1,12 @@
 """Stage 2, plan: safe image handling for prompt sets: resolve, guard, hash once, normalize once.
 
-vLLM reads `file://` images itself (restricted to the set's root), so anything it would read
-differently from what we plan (EXIF rotation, CMYK, 16-bit, palette/alpha, animation, exotic
-formats, oversized images) is converted once into `<root>/.cache/images/` and referenced from
-there: the root still covers it, and the token plan sees exactly the pixels the model sees.
-Plain RGB/greyscale PNG and JPEG go by path, untouched. No pixels are kept in memory.
+vLLM reads `file://` images itself (restricted to its allowed_local_media_path), so anything
+it would read differently from what we plan (EXIF rotation, CMYK, 16-bit, palette/alpha,
+animation, exotic formats, oversized images) is converted once into the store's cache
+(`<store>/.cache/images/`), never into the prompt set's folder (which may be read-only): the
+token plan sees exactly the pixels the model sees. Plain RGB/greyscale PNG and JPEG go by path,
+untouched. No pixels are kept in memory. A stat cache (runner/statcache.py) spares a rerun
+from reading files that did not change.
 """
 
 from __future__ import annotations
@@ -12,9 +14,12 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
+import io
 import os
 import shutil
+import tempfile
 import threading
+import time
 import urllib.request
 import warnings
 from collections.abc import Iterator
@@ -22,7 +27,7 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 from urllib.parse import urlparse
 from urllib.request import url2pathname
 
@@ -32,8 +37,8 @@ from PIL import ImageOps, UnidentifiedImageError
 
 from runner.errors import UserError
 from runner.files import atomic_write
+from runner.statcache import Probe, StatCache
 
-CACHE = ".cache"  # inside the set's root, so allowed_local_media_path still covers it
 NORM_VERSION = 1  # bump when the conversion changes: keys of converted images change with it
 MAX_DOWNLOAD = 64 << 20  # bytes; a remote image larger than this is an item error
 PLAIN_FORMATS = ("PNG", "JPEG")
@@ -44,7 +49,7 @@ ORIENTATION = 0x0112
 @dataclass(frozen=True)
 class Image:
     path: str  # as written in the set
-    file: Path  # what vLLM reads: the original, or its normalized copy under .cache/
+    file: Path  # what vLLM reads: the original, or its normalized copy in the store's cache
     sha256: str  # of the original bytes
     width: int = 0  # as the model sees it (after normalization)
     height: int = 0
@@ -99,7 +104,7 @@ def _cache_write(dest: Path, data: bytes | PILImage.Image) -> None:
         atomic_write(dest, save, sync=False)
     except OSError as e:  # the whole set is affected: a set problem, not an item problem
         raise UserError(f"Cannot write the image cache {dest.parent} ({e.strerror}); make the "
-                        "set's folder writable.") from None
+                        "store (store.root) writable.") from None
 
 
 @contextmanager
@@ -142,16 +147,24 @@ class Images:
     """Resolves each image reference once per plan (path, file:// URL, data: URL, http(s)).
     Use it inside `pixel_limit(opts.max_image_pixels)`."""
 
-    def __init__(self, root: Path, opts: ImageOptions):
+    def __init__(self, root: Path, opts: ImageOptions, cache: Path | None = None):
+        """`cache`: the store's cache folder (converted images, data: payloads, downloads, the
+        stat cache); None: a temporary folder of this process, and no stat cache."""
         self.root = root
         self.opts = opts
-        self.cache = root / CACHE
+        self.cache = (cache or Path(tempfile.mkdtemp(prefix="pixtral-runner-"))).resolve()
         if any(c in str(root) for c in UNSAFE):
             raise UserError(f"The set's folder {root} has one of {UNSAFE!r} in its path, which "
                             "image URLs cannot carry; move or rename it.")
         self._seen: dict[str, Image | Exception] = {}
         self._norm_tag = f"v{NORM_VERSION}" + (f",max={opts.max_image_size}"
                                                if opts.max_image_size else "")
+        self.stat = StatCache(self.cache / "stat.sqlite", self._norm_tag) if cache else None
+
+    def close(self) -> None:
+        """Keep what this plan learned in the stat cache."""
+        if self.stat is not None:
+            self.stat.save()
 
     def _key(self, ref: str, base: Path) -> str:
         if ref.startswith(("data:", "http://", "https://")):
@@ -256,19 +269,38 @@ class Images:
             os.replace(tmp, out)
         except OSError as e:
             raise UserError(f"Cannot write the image cache {out.parent} ({e.strerror}); make "
-                            "the set's folder writable.") from None
+                            "the store (store.root) writable.") from None
         return out
 
     def _probe(self, ref: str, f: Path) -> Image:
         try:
+            st = f.stat()  # before hashing: a change while we read shows up next time
+            if self.stat is not None and (hit := self.stat.get(f, st)) is not None:
+                return self._cached(ref, f, hit)
+            seen = time.time_ns()
             sha = _sha256(f)
         except OSError as e:
             raise ImageError(f"image '{ref}' cannot be read ({e.strerror})") from None
         try:
-            return self._open(ref, f, sha)
+            im = self._open(ref, f, sha)
         except ImageError as e:
             e.sha256 = sha
+            if self.stat is not None:
+                self.stat.put(f, st, seen, Probe(sha, "", 0, 0, "", str(e), ref))
             raise
+        if self.stat is not None:
+            self.stat.put(f, st, seen, Probe(sha, str(im.file), im.width, im.height, im.norm,
+                                             "", ref))
+        return im
+
+    def _cached(self, ref: str, f: Path, hit: Probe) -> Image:
+        if hit.error:
+            e = ImageError(hit.error.replace(f"'{hit.ref}'", f"'{ref}'"))
+            e.sha256 = hit.sha256
+            raise e
+        if hit.file != str(f) and not Path(hit.file).exists():  # a converted copy was removed
+            return self._open(ref, f, hit.sha256)
+        return Image(ref, Path(hit.file), hit.sha256, hit.width, hit.height, hit.norm)
 
     def _open(self, ref: str, f: Path, sha: str) -> Image:
         if f.stat().st_size == 0:
@@ -339,3 +371,22 @@ class Images:
             raise ImageError(f"image '{ref}' could not be converted ({e})") from None
         _cache_write(out, rgb)
         return Image(ref, out, sha, nw, nh, self._norm_tag)
+
+
+def inline_outside(messages: list[dict[str, Any]], allowed: Path) -> list[dict[str, Any]]:
+    """The messages, with each file:// image outside `allowed` (vLLM's
+    allowed_local_media_path: the store's cache is outside it) sent as a data: URL of the same
+    bytes. Called as each request is queued, so only the in-flight ones hold the bytes."""
+    def part(p: dict[str, Any]) -> dict[str, Any]:
+        url = p["image_url"]["url"] if p.get("type") == "image_url" else ""
+        if not url.startswith("file://") or Path(url[7:]).is_relative_to(allowed):
+            return p
+        data = Path(url[7:]).read_bytes()
+        kind = "png" if data[:4] == b"\x89PNG" else "jpeg" if data[:2] == b"\xff\xd8" else (
+            (PILImage.open(io.BytesIO(data)).format or "png").lower())
+        return {**p, "image_url": {"url": f"data:image/{kind};base64,"
+                                          f"{base64.b64encode(data).decode()}"}}
+
+    return [m if isinstance(m["content"], str) else {**m, "content": [part(p) for p in
+                                                                       m["content"]]}
+            for m in messages]

@@ -2,7 +2,8 @@
 
 No model is loaded here. Formats are read by `runner.sources` (as a stream), images checked,
 hashed once and normalized if needed by `runner.images`; vLLM reads them itself through
-`allowed_local_media_path` (the set's root). Problems with the whole set raise UserError;
+`allowed_local_media_path` (prompts.root or the set's root; converted copies in the store's
+cache are sent as data: URLs). Problems with the whole set raise UserError;
 problems with one item (a bad image, too many images) set `Item.error` and the run goes on.
 """
 
@@ -57,14 +58,21 @@ class Item:
 class Plan:
     name: str
     file: Path
-    root: Path  # images must stay inside it (normalized copies live in <root>/.cache/)
+    root: Path  # images must stay inside it (normalized copies live in the store's cache)
     items: list[Item]
     format: str = "items"
     ignored: dict[str, int] = field(default_factory=dict)  # batch body field -> requests
+    images: Images | None = field(default=None, repr=False)
 
     @property
     def errors(self) -> list[Item]:
         return [it for it in self.items if it.error]
+
+    def remember(self) -> None:
+        """Keep what planning learned about the images (the stat cache). The job calls it once
+        the run goes ahead: a user error, or a dry run, writes nothing."""
+        if self.images is not None:
+            self.images.close()
 
 
 def find_set(name: str, root: str | Path) -> Path:
@@ -160,12 +168,13 @@ def _progress() -> Any:
 
 def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
              limit: int | None = None, *, images: ImageOptions | None = None,
-             max_images: int | None = None) -> Plan:
-    """Plan a set: items in file order, the first `limit` only; images checked and hashed."""
+             max_images: int | None = None, cache: Path | None = None) -> Plan:
+    """Plan a set: items in file order, the first `limit` only; images checked and hashed.
+    `cache`: the store's cache folder (runner/images.py), None for a temporary one."""
     f = find_set(name, root)
     info, specs = read_set(f)
     opts = images or ImageOptions()
-    img = Images(info.root, opts)
+    img = Images(info.root, opts, cache)
     system = system or info.system
     items: list[Item] = []
     seen: dict[str, str] = {}
@@ -184,7 +193,7 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
             progress.advance(task)
     if not items:
         raise UserError(f"{f}: no items.")
-    return Plan(info.name, info.file, info.root, items, info.format, ignored)
+    return Plan(info.name, info.file, info.root, items, info.format, ignored, img)
 
 
 def load_plan(cfg: Any) -> Plan:
@@ -194,7 +203,8 @@ def load_plan(cfg: Any) -> Plan:
     opts = ImageOptions(bool(p.get("allow_remote", False)),
                         int(p.get("max_image_pixels") or ImageOptions.max_image_pixels),
                         p.get("max_image_size"))
-    plan = load_set(p.name, p.root, p.system, p.limit, images=opts, max_images=lim.get("image"))
+    plan = load_set(p.name, p.root, p.system, p.limit, images=opts, max_images=lim.get("image"),
+                    cache=Path(cfg.store.root) / ".cache")
     check_errors(plan.items, p.get("on_item_error", "skip"))
     return plan
 

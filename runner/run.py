@@ -8,6 +8,7 @@ import platform
 import signal
 import sys
 import time
+from collections import deque
 from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
@@ -19,7 +20,7 @@ from runner.config import run_sampling_of
 from runner.console import console
 from runner.engine.api import Engine, Failed, Finished, Refused
 from runner.errors import EngineDied, EngineFailed, Interrupted, RunFailed, StartFailed, UserError
-from runner.images import pixel_limit
+from runner.images import inline_outside, pixel_limit
 from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_cpu_kernels, check_quantization
 from runner.record import counts, error_record, now, ok_record
@@ -104,6 +105,7 @@ class Job:
             # Engine output (and the tokenizer's chatter) from here on goes to engine.log.
             with engine_log(self.cfg.store.root, self.rd.hash, self.cfg.log.engine):
                 self.check(todo)
+                self.plan.remember()
                 with self.rd.lock(self.cfg.store.wait, self._waiting):
                     todo = self.pending()  # another process may have finished it meanwhile
                     if todo:
@@ -112,6 +114,7 @@ class Job:
                         finally:
                             self.record()
                         return self.summary
+        self.plan.remember()
         self._ended("cached")
         self.record()
         return self.summary
@@ -291,23 +294,39 @@ class Job:
         cfg, by_key = self.cfg, {it.key: it for it in items}
 
         def run_group(keys: list[str]) -> None:
+            """Queue at most max_in_flight requests; queue the next as each one finishes."""
             engine = self.engine
             assert engine is not None
-            for n, k in enumerate(keys):
-                try:
-                    engine.submit(k, by_key[k].messages, self.effective(by_key[k]))
-                except Refused as e:  # e.g. an image or sampling vLLM refuses
-                    on_error(k, str(e))
-                except EngineDied as d:
-                    raise EngineDied(d.reason, d.unfinished + keys[n + 1:]) from None
-            for ev in engine.events(cfg.engine.stall_timeout_s):
-                if isinstance(ev, Finished):
-                    on_output(ev)
-                elif isinstance(ev, Failed):  # a server refused it or timed it out
-                    on_error(ev.key, ev.reason)
-                else:
-                    on_tokens(ev.generated)
-            self.summary.max_step_s = max(self.summary.max_step_s, engine.max_gap_s)
+            limit = cfg.engine.max_in_flight or 2 * engine.window
+            media = self.media_root()
+            todo = deque(keys)
+
+            def fill() -> None:
+                while todo and engine.in_flight() < limit:
+                    k = todo.popleft()
+                    try:
+                        engine.submit(k, inline_outside(by_key[k].messages, media),
+                                      self.effective(by_key[k]))
+                    except Refused as e:  # e.g. an image or sampling vLLM refuses
+                        on_error(k, str(e))
+
+            try:
+                fill()
+                while engine.in_flight():
+                    for ev in engine.events(cfg.engine.stall_timeout_s):
+                        if isinstance(ev, Finished):
+                            on_output(ev)
+                            fill()
+                        elif isinstance(ev, Failed):  # a server refused it or timed it out
+                            on_error(ev.key, ev.reason)
+                            fill()
+                        else:
+                            on_tokens(ev.generated)
+                    fill()
+            except EngineDied as d:  # not finished: what was in flight, then what was not sent
+                raise EngineDied(d.reason, d.unfinished + list(todo)) from None
+            finally:
+                self.summary.max_step_s = max(self.summary.max_step_s, engine.max_gap_s)
 
         def restart(r: Restart) -> None:
             what = "looking for the item that kills it" if r.mode == "bisect" else \

@@ -49,6 +49,7 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[STARTS] = Path(f.name)
 
 
+@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for it in items:  # with xdist's loadgroup: one worker runs them all, on one session engine
         if it.get_closest_marker("engine"):

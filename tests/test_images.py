@@ -18,11 +18,17 @@ from runner.images import ImageOptions
 from runner.plan import Plan, check_errors, load_set
 
 
+def cache_of(d: Path) -> Path:
+    """The store's cache beside the set (never inside it)."""
+    return d.parent / "store" / ".cache"
+
+
 def plan_of(d: Path, files: dict[str, Path], **opts: object) -> Plan:
     """One item per file (id = key), each with that image."""
     items = [{"id": k, "text": "What is this?", "images": [str(f.relative_to(d))]}
              for k, f in files.items()]
-    return load_set(str(h.write_set(d, items)), images=ImageOptions(**opts))  # type: ignore[arg-type]
+    return load_set(str(h.write_set(d, items)), images=ImageOptions(**opts),  # type: ignore[arg-type]
+                    cache=cache_of(d))
 
 
 @pytest.fixture
@@ -71,12 +77,12 @@ def test_plain_png_and_jpeg_go_by_path_untouched(d: Path):
         (im,) = it.images
         assert im.file == d / "img" / name and im.norm == ""
         assert it.messages[0]["content"][1]["image_url"]["url"] == "file://" + str(im.file)
-    assert not (d / ".cache").exists()
+    assert not (d / ".cache").exists() and not (cache_of(d) / "images").exists()
 
 
 def _normalized(p: Plan, d: Path) -> PILImage.Image:
     (im,) = p.items[0].images
-    assert im.norm and im.file.parent == d / ".cache" / "images"  # inside the set's root
+    assert im.norm and im.file.parent == cache_of(d) / "images"  # the store's, not the set's
     assert p.items[0].messages[0]["content"][1]["image_url"]["url"] == "file://" + str(im.file)
     out = PILImage.open(im.file)
     assert out.format == "PNG" and out.mode == "RGB" and out.size == (im.width, im.height)
@@ -137,11 +143,11 @@ def test_each_image_is_hashed_and_converted_once(d: Path, monkeypatch):
     f = h.cmyk_jpeg(d / "img" / "a.jpg")
     items = [{"id": str(i), "text": "x", "images": ["img/a.jpg", "./img/a.jpg", "img/../img/a.jpg"]}
              for i in range(5)]
-    p = load_set(str(h.write_set(d, items)))
+    p = load_set(str(h.write_set(d, items)), cache=cache_of(d))
     assert calls == [f] and len({im.file for it in p.items for im in it.images}) == 1
     cached = p.items[0].images[0].file
     mtime = cached.stat().st_mtime_ns
-    load_set(str(d / "set.yaml"))  # a second plan reuses the converted copy
+    load_set(str(d / "set.yaml"), cache=cache_of(d))  # a second plan reuses the converted copy
     assert cached.stat().st_mtime_ns == mtime
 
 
@@ -163,7 +169,7 @@ def test_unicode_file_names(d: Path):
     assert p.items[0].messages[0]["content"][1]["image_url"]["url"] == f"file://{f}"
     odd = h.png(d / "img" / "100% #1?.png")  # what a URL cannot carry: a same-bytes alias
     (im,) = plan_of(d, {"odd": odd}).items[0].images
-    assert im.file.parent == d / ".cache" / "images" and im.file.read_bytes() == odd.read_bytes()
+    assert im.file.parent == cache_of(d) / "images" and im.file.read_bytes() == odd.read_bytes()
     assert im.path == "img/100% #1?.png"
 
 
@@ -181,9 +187,9 @@ def test_data_urls_are_stored_once_by_content(d: Path):
     url = "data:image/png;base64," + base64.b64encode(raw).decode()
     f = h.write_set(d, [{"id": "a", "text": "x", "images": [url]},
                         {"id": "b", "text": "x", "images": ["data:image/png;base64,@@@"]}])
-    a, b = load_set(str(f)).items
+    a, b = load_set(str(f), cache=cache_of(d)).items
     (im,) = a.images
-    assert im.file.parent == d / ".cache" / "data" and im.file.read_bytes() == raw
+    assert im.file.parent == cache_of(d) / "data" and im.file.read_bytes() == raw
     assert len(im.path) < 80 and im.path.startswith("data:image/png;sha256=")
     assert b.error and "not valid base64" in b.error
 
@@ -206,9 +212,10 @@ def test_remote_images_only_when_allowed(d: Path, tmp_path: Path):
                             {"id": "b", "text": "x", "images": [f"{base}/missing.png"]}])
         with pytest.raises(UserError, match="allow_remote=true"):
             load_set(str(f))
-        a, b = load_set(str(f), images=ImageOptions(allow_remote=True)).items
+        a, b = load_set(str(f), images=ImageOptions(allow_remote=True),
+                        cache=cache_of(d)).items
         assert a.error is None and a.images[0].width == 20
-        assert a.images[0].file.is_relative_to(d / ".cache" / "remote")
+        assert a.images[0].file.is_relative_to(cache_of(d) / "remote")
         assert b.error and "could not fetch" in b.error
     finally:
         srv.shutdown()

@@ -92,14 +92,14 @@ def test_a_set_file_can_declare_a_jsonl_file(d: Path):
 
 
 def test_openai_batch_files_run_as_is(d: Path):
-    p = load_set(str(d / "batch.jsonl"))
+    p = load_set(str(d / "batch.jsonl"), cache=d.parent / "cache")
     assert p.format == "batch" and [it.id for it in p.items] == ["req-1", "req-2", "req-3", "req-4"]
     r1, r2, r3, r4 = p.items
     assert r1.images[0].file == d / "images" / "bar_chart.png"
     assert r1.metadata == {"body": {"model": "pixtral", "max_tokens": 64}}
     # part order is kept: the image comes first in req-2
     assert [c["type"] for c in r2.messages[0]["content"]] == ["image_url", "text"]
-    assert r3.images[0].file.parent == d / ".cache" / "data"  # data: URL, stored by content
+    assert r3.images[0].file.parent == d.parent / "cache" / "data"  # by content, in the cache
     assert r4.messages == [{"role": "system", "content": "You read tables."},
                            {"role": "user", "content": "Say hello."}]
 
@@ -212,4 +212,6 @@ def test_on_item_error_fail_stops_before_the_engine(tmp_path: Path):
     p = runner(*TINY, f"prompts.name={f}", "prompts.on_item_error=fail",
                f"store.root={tmp_path / 'store'}")
     assert p.returncode == 2 and "Item 'zero'" in p.stderr and "empty file" in p.stderr
-    assert not (tmp_path / "store").exists() or not any((tmp_path / "store").iterdir())
+    # no run folder, lock or log; only the converted images' copies in the store's cache
+    assert [x.name for x in (tmp_path / "store").iterdir()] == [".cache"]
+    assert [x.name for x in (tmp_path / "store" / ".cache").iterdir()] == ["images"]

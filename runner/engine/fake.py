@@ -14,6 +14,7 @@ comes from RUNNER_FAKE_ENGINE, a JSON object:
   deaths       the faults above apply to the first `deaths` engine processes only
                (counted in the folder `state`); default: every process
   fail_start   the start fails with this message (as vLLM's root cause line)
+  trace        a file: one line per request received ("in <key>") and result sent ("out <key>")
   watchdog_off the engine reports its watchdog off for this reason
 Outputs are deterministic: words drawn from a hash of the prompt, the seed, the temperature
 and the sample's index; `max_tokens`, `ignore_eos`, `n` and a `choice` constraint are honored.
@@ -209,9 +210,14 @@ def main() -> None:
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
     eof = threading.Event()  # the runner shut the engine down
 
+    trace = open(o["trace"], "a", buffering=1) if o.get("trace") else None  # noqa: SIM115
+
     def read() -> None:
         for line in sys.stdin:
-            inbox.put(json.loads(line))
+            msg = json.loads(line)
+            if trace:
+                trace.write(f"in {msg['key']}\n")
+            inbox.put(msg)
         inbox.put(None)
         eof.set()
 
@@ -258,6 +264,8 @@ def main() -> None:
         _send({"tokens": [prompt, sum(len(r.samples) for r in active)]})
         for r in [r for r in active if r.finished()]:
             active.remove(r)
+            if trace:
+                trace.write(f"out {r.key}\n")
             _send(r.result())
             results += 1
             if faulty and results == o.get("die_after"):

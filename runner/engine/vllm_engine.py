@@ -60,7 +60,8 @@ def count_start() -> None:
     """The test suite counts real engine starts (its last line) from this file."""
     if path := os.environ.get("RUNNER_ENGINE_STARTS_LOG"):
         with open(path, "a") as f:
-            f.write(f"{os.getpid()} {time.time():.0f}\n")
+            test = os.environ.get("PYTEST_CURRENT_TEST", "")  # which test started it
+            f.write(f"{os.getpid()} {time.time():.0f} {test}\n")
 
 
 class VllmEngine:

@@ -1,0 +1,68 @@
+"""The bounded in-flight window (engine.max_in_flight), on the fake engine: the engine never
+holds more requests than the window, later requests are queued as outputs finish, and results
+are stored while later requests are not even queued yet."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+from conftest import TINY, fake_env, run_dirs_of, runner, spawn, wait_for
+
+N = 40
+
+
+def make_set(root: Path) -> Path:
+    d = root / "many"
+    d.mkdir(parents=True)
+    items = [{"id": f"w{i:02d}", "text": f"Item {i}: say something."} for i in range(N)]
+    (d / "set.yaml").write_text(json.dumps({"items": items}))
+    return root
+
+
+def in_flight_peaks(trace: Path) -> tuple[int, int, int]:
+    """(most requests the engine held at once, requests received, results sent)."""
+    held = peak = got = sent = 0
+    for line in trace.read_text().splitlines():
+        kind = line.split()[0]
+        held += 1 if kind == "in" else -1
+        got, sent = got + (kind == "in"), sent + (kind == "out")
+        peak = max(peak, held)
+    return peak, got, sent
+
+
+def test_the_window_is_never_exceeded(tmp_path: Path):
+    prompts, store, trace = make_set(tmp_path / "p"), tmp_path / "s", tmp_path / "trace"
+    p = runner(*TINY, "prompts.name=many", f"prompts.root={prompts}", f"store.root={store}",
+               "engine.max_num_seqs=2", "engine.max_in_flight=4", "sampling.max_tokens=8",
+               env=fake_env(trace=str(trace)))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert in_flight_peaks(trace) == (4, N, N)
+    (run,) = run_dirs_of(store)
+    assert len((run / "results.jsonl").read_text().splitlines()) == N
+
+
+def test_the_default_window_is_twice_max_num_seqs(tmp_path: Path):
+    prompts, store, trace = make_set(tmp_path / "p"), tmp_path / "s", tmp_path / "trace"
+    p = runner(*TINY, "prompts.name=many", f"prompts.root={prompts}", f"store.root={store}",
+               "engine.max_num_seqs=3", "sampling.max_tokens=8", env=fake_env(trace=str(trace)))
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert in_flight_peaks(trace) == (6, N, N)
+
+
+def test_results_are_stored_while_later_requests_are_not_queued(tmp_path: Path):
+    """The engine holds after 3 results (a gate the test never opens): by then 3 results are
+    stored and the engine has been sent at most 3 + the window requests, of 40."""
+    prompts, store, trace = make_set(tmp_path / "p"), tmp_path / "s", tmp_path / "trace"
+    p = spawn(*TINY, "prompts.name=many", f"prompts.root={prompts}", f"store.root={store}",
+              "engine.max_num_seqs=2", "engine.max_in_flight=4", "sampling.max_tokens=8",
+              env=fake_env(trace=str(trace), gate_after=3, gate=str(tmp_path / "never")))
+    results = lambda: [x for f in store.glob("*/results.jsonl")  # noqa: E731
+                       for x in f.read_text().splitlines()]
+    wait_for(p, lambda: len(results()) == 3, "3 stored results")
+    peak, got, sent = in_flight_peaks(trace)
+    assert sent == 3 and got <= 3 + 4 and peak <= 4
+    os.killpg(p.pid, signal.SIGKILL)  # the runner and its engine
+    p.wait()
