@@ -51,7 +51,7 @@ class EngineSlot:
         """A live engine for these arguments: `get` will reuse it (not a server client whose
         server stopped answering: it connects again)."""
         return self.engine is not None and self._key(kw, env) == self.key and not (
-            self.engine.kind == "server" and self.engine.why_dead())
+            getattr(self.engine, "kind", None) == "server" and self.engine.why_dead())
 
     def get(self, kw: dict[str, Any], env: Mapping[str, Any]) -> tuple[Engine, float, bool]:
         """(engine, seconds it took to start, whether it was reused)."""
