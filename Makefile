@@ -13,13 +13,14 @@ install: $(VENV)/.installed
 demo: install
 	$(PY) -m runner model=pixtral_tiny engine=cpu
 
-# The full lane: two workers; every real-engine test goes to one of them (xdist group
-# "engine"), so they share one session engine. The last line counts real vLLM engine starts.
+# The full lane: two workers, whole files to each (the tests on the session's real engine are
+# all in tests/test_real_engine.py, so they share one start). The last line counts real vLLM
+# engine starts.
 test: install
 	bash scripts/setup-browser.sh  # Debian's chromium, for the report's browser test
 	$(VENV)/bin/ruff check .
 	rm -f .engine-starts
-	RUNNER_ENGINE_STARTS_LOG=$(CURDIR)/.engine-starts $(PY) -m pytest -q -x -n 2 --dist loadgroup tests
+	RUNNER_ENGINE_STARTS_LOG=$(CURDIR)/.engine-starts $(PY) -m pytest -q -x -n 2 --dist loadfile tests
 	@echo "real vLLM engine starts: $$(cat .engine-starts 2>/dev/null | wc -l)"
 
 # The fast lane: everything that starts no engine.

@@ -157,20 +157,27 @@ def _prefetched(specs: Iterator[Spec], img: Images, batch: int = 64) -> Iterator
         yield from chunk
 
 
-def _progress() -> Any:
+def _progress(show: bool = True) -> Any:
     from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
     from runner.console import console
 
     return Progress(SpinnerColumn(), TextColumn("{task.description}: {task.completed} items"),
-                    TimeElapsedColumn(), console=console, transient=True)
+                    TimeElapsedColumn(), console=console, transient=True, disable=not show)
+
+
+def set_root(name: str, root: str | Path = "prompts") -> Path:
+    """The folder a set's images must stay in, without planning it."""
+    return read_set(find_set(name, root))[0].root
 
 
 def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
              limit: int | None = None, *, images: ImageOptions | None = None,
-             max_images: int | None = None, cache: Path | None = None) -> Plan:
+             max_images: int | None = None, cache: Path | None = None,
+             show: bool = True) -> Plan:
     """Plan a set: items in file order, the first `limit` only; images checked and hashed.
-    `cache`: the store's cache folder (runner/images.py), None for a temporary one."""
+    `cache`: the store's cache folder (runner/images.py), None for a temporary one; `show`:
+    a progress line (off while the engine's start is on screen)."""
     f = find_set(name, root)
     info, specs = read_set(f)
     opts = images or ImageOptions()
@@ -180,7 +187,7 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     seen: dict[str, str] = {}
     ignored: dict[str, int] = {}
     # image preparation (checking, hashing, converting), under the configured bomb guard
-    with pixel_limit(opts.max_image_pixels), _progress() as progress:
+    with pixel_limit(opts.max_image_pixels), _progress(show) as progress:
         task = progress.add_task(f"preparing {f.name}", total=None)
         for s in _prefetched(take(specs, limit), img):  # a stream: items stay, pixels do not
             if s.id in seen:
@@ -196,7 +203,7 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     return Plan(info.name, info.file, info.root, items, info.format, ignored, img)
 
 
-def load_plan(cfg: Any) -> Plan:
+def load_plan(cfg: Any, show: bool = True) -> Plan:
     """The plan for a run config: `prompts.*` options and the model's image limit applied."""
     p, m = cfg.prompts, cfg.model
     lim = m.get("limit_mm_per_prompt") or {}
@@ -204,7 +211,7 @@ def load_plan(cfg: Any) -> Plan:
                         int(p.get("max_image_pixels") or ImageOptions.max_image_pixels),
                         p.get("max_image_size"))
     plan = load_set(p.name, p.root, p.system, p.limit, images=opts, max_images=lim.get("image"),
-                    cache=Path(cfg.store.root) / ".cache")
+                    cache=Path(cfg.store.root) / ".cache", show=show)
     check_errors(plan.items, p.get("on_item_error", "skip"))
     return plan
 

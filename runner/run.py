@@ -7,6 +7,7 @@ import os
 import platform
 import signal
 import sys
+import threading
 import time
 from collections import deque
 from collections.abc import Callable
@@ -21,7 +22,7 @@ from runner.console import console
 from runner.engine.api import Engine, Failed, Finished, Refused
 from runner.errors import EngineDied, EngineFailed, Interrupted, RunFailed, StartFailed, UserError
 from runner.images import inline_outside, pixel_limit
-from runner.plan import Item, Plan, check_errors, load_plan
+from runner.plan import Item, Plan, check_errors, load_plan, set_root
 from runner.quant import check_cpu_kernels, check_quantization
 from runner.record import counts, error_record, now, ok_record
 from runner.report import Generation, Summary, plan_line, show, show_tail, starting
@@ -93,27 +94,47 @@ class Job:
         self.prompt_tokens: dict[str, int] = {}  # the token plan, by item key
 
     def run(self) -> Summary:
-        todo = self.prepare()
-        if self.cfg.dry_run:
+        cfg = self.cfg
+        if cfg.dry_run:
             from runner.tokens import plan_tokens, show_plan
 
-            show_plan(self.cfg, self.plan, plan_tokens(self.cfg, self.plan), stored=self.stored)
+            self.prepare()
+            show_plan(cfg, self.plan, plan_tokens(cfg, self.plan), stored=self.stored)
             return self._ended("planned")
-        if todo:
-            from runner.logs import engine_log
+        from runner.logs import engine_log
 
-            # Engine output (and the tokenizer's chatter) from here on goes to engine.log.
-            with engine_log(self.cfg.store.root, self.rd.hash, self.cfg.log.engine):
-                self.check(todo)
-                self.plan.remember()
-                with self.rd.lock(self.cfg.store.wait, self._waiting):
-                    todo = self.pending()  # another process may have finished it meanwhile
-                    if todo:
-                        try:
-                            self.generate(todo)
-                        finally:
-                            self.record()
-                        return self.summary
+        self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
+        self.set_root = set_root(cfg.prompts.name, cfg.prompts.root)
+        if self.rd.manifest().get("status") != "complete" and not self.engine_live():
+            # Work is likely: the engine starts while the set is planned. Engine output (and
+            # the tokenizer's chatter) from here on goes to engine.log.
+            with engine_log(cfg.store.root, self.rd.hash, cfg.log.engine):
+                todo = self.prepare_beside_start()
+                if todo:
+                    return self.compute(todo)
+        else:
+            todo = self.prepare()
+            if todo:
+                with engine_log(cfg.store.root, self.rd.hash, cfg.log.engine):
+                    self.check_model()
+                    self.check(todo)
+                    return self.compute(todo)
+        self.plan.remember()
+        self._ended("cached")
+        self.record()
+        return self.summary
+
+    def compute(self, todo: list[Item]) -> Summary:
+        """Under the run's lock: what is still missing, generated and stored."""
+        self.plan.remember()
+        with self.rd.lock(self.cfg.store.wait, self._waiting):
+            todo = self.pending()  # another process may have finished it meanwhile
+            if todo:
+                try:
+                    self.generate(todo)
+                finally:
+                    self.record()
+                return self.summary
         self.plan.remember()
         self._ended("cached")
         self.record()
@@ -121,12 +142,13 @@ class Job:
 
     # --- prepare: plan, run folder, what is left to do (nothing written yet) --------------
 
-    def prepare(self) -> list[Item]:
+    def prepare(self, show: bool = True) -> list[Item]:
         cfg = self.cfg
-        self.plan = load_plan(cfg)
+        self.plan = load_plan(cfg, show)
         if cfg.shard.count > 1:
             self.plan.items = [it for it in self.plan.items if in_shard(it.key, cfg.shard)]
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
+        self.set_root = self.plan.root
         self.sampling = run_sampling_of(cfg)
         if self.plan.ignored:
             fields = ", ".join(f"{k} ({n} requests)" for k, n in sorted(self.plan.ignored.items()))
@@ -136,6 +158,42 @@ class Job:
                                "planned", planned=len(self.plan.items))
         return self.pending()
 
+    def prepare_beside_start(self) -> list[Item]:
+        """Plan the set in a thread while the engine starts here. A planning error stops the
+        engine start at once (its processes are killed) and is raised as itself."""
+        from runner.engine import SLOT
+
+        self.check_model()  # the weights, before anything loads
+        box: dict[str, Any] = {}
+        started = threading.Event()
+
+        def plan() -> None:
+            try:
+                todo = self.prepare(show=False)
+                self.check(todo)
+                box["todo"] = todo
+            except BaseException as e:  # noqa: BLE001 - re-raised in the main thread
+                box["error"] = e
+                SLOT.abort_start(started)
+
+        t = threading.Thread(target=plan, name="runner-plan", daemon=True)
+        t.start()
+        try:
+            start = self.start_engine()
+        except Exception:
+            started.set()
+            t.join()
+            if "error" in box:
+                raise box["error"] from None
+            raise
+        started.set()
+        t.join()
+        if "error" in box:
+            SLOT.shutdown()
+            raise box["error"]
+        self.summary.engine_start_s, self.summary.engine_reused = start
+        return box["todo"]
+
     def pending(self) -> list[Item]:
         self.stored = self.rd.read_results()
         todo = [it for it in self.plan.items if it.key not in self.stored]
@@ -143,7 +201,8 @@ class Job:
         return todo
 
     def check(self, todo: list[Item]) -> None:
-        """Everything that can fail before anything is written or the engine starts."""
+        """The token plan (prompts over max_model_len become item errors), the plan line and
+        prompts.on_item_error: what can fail before anything is written."""
         from runner.tokens import plan_tokens, totals
 
         toks = plan_tokens(self.cfg, self.plan, todo)  # prompts over max_model_len: item errors
@@ -152,6 +211,9 @@ class Job:
         plan_line(len(self.plan.items), self.summary.cached, tot["images"],
                   tot["prompt_tokens"], tot["errors"])
         check_errors(todo, self.cfg.prompts.on_item_error)
+
+    def check_model(self) -> None:
+        """The weights are there, and vLLM can run them here."""
         ensure_weights(self.cfg.model)
         check_quantization(self.cfg.model.quantization, Path(self.cfg.model.path))
         check_cpu_kernels(Path(self.cfg.model.path))
@@ -161,31 +223,44 @@ class Job:
 
     # --- generate: engine start, run folder, the generation loop ---------------------------
 
-    def start_engine(self) -> None:
-        """Start (or reuse) the engine for this config, with engine.env set for its life."""
-        from runner.engine import SLOT, engine_kwargs
+    def start_engine(self) -> tuple[float, bool]:
+        """Start (or reuse) the engine for this config, with engine.env set for its life:
+        (seconds it took, whether it was reused)."""
+        from runner.engine import SLOT
+
+        kw, env = self.engine_args()
+        what = f"Connecting to the vLLM server for {self.cfg.model.name}" \
+            if self.cfg.engine.url else None
+        with starting(self.cfg.model.name, reused=SLOT.has(kw, env), what=what):
+            self.engine, start_s, reused = SLOT.get(kw, env)
+        self._watchdog()
+        self.quant = self.engine.describe()
+        return start_s, reused
+
+    def engine_args(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from runner.engine import engine_kwargs
 
         env = OmegaConf.to_container(self.cfg.engine.env, resolve=True)
         assert isinstance(env, dict)
-        s = self.summary
         kw = engine_kwargs(self.cfg, self.media_root())
-        what = None
         if self.cfg.engine.url:  # a vLLM server instead of an engine (runner/engine/server.py)
             from runner.engine.server import SPEC, spec_of
 
-            kw, env = kw | {SPEC: spec_of(self.cfg)}, {}
-            what = f"Connecting to the vLLM server for {self.cfg.model.name}"
-        with starting(self.cfg.model.name, reused=SLOT.has(kw, env), what=what):
-            self.engine, s.engine_start_s, s.engine_reused = SLOT.get(kw, env)
-        self._watchdog()
-        self.quant = self.engine.describe()
+            return kw | {SPEC: spec_of(self.cfg)}, {}
+        return kw, env
+
+    def engine_live(self) -> bool:
+        """An engine for this config is live in this process (a sweep's earlier point)."""
+        from runner.engine import SLOT
+
+        return SLOT.has(*self.engine_args())
 
     def media_root(self) -> Path:
         """Where vLLM may read local images (its allowed_local_media_path): prompts.root when
         the set lies under it, so a sweep over the sets there keeps one engine; else the set's
         own root. The plan already refused images outside the set's root."""
         root = Path(self.cfg.prompts.root).resolve()
-        return root if self.plan.root.resolve().is_relative_to(root) else self.plan.root
+        return root if self.set_root.resolve().is_relative_to(root) else self.set_root
 
     def _watchdog(self) -> None:
         """Never off silently: a console line, a line in engine.log (this process's stderr
@@ -225,8 +300,8 @@ class Job:
         """Store planned item errors, feed the engine every other item, store each output as
         it finishes. Ctrl-C or SIGTERM keep what finished and raise Interrupted."""
         runnable = [it for it in todo if not it.error]
-        if runnable:
-            self.start_engine()
+        if runnable and self.engine is None:  # else it started beside the plan
+            self.summary.engine_start_s, self.summary.engine_reused = self.start_engine()
         self.open_run()
         assert self.writer is not None
         writer, s = self.writer, self.summary

@@ -49,13 +49,6 @@ def pytest_configure(config: pytest.Config) -> None:
         config.stash[STARTS] = Path(f.name)
 
 
-@pytest.hookimpl(tryfirst=True)  # before xdist's own, which reads the groups
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    for it in items:  # with xdist's loadgroup: one worker runs them all, on one session engine
-        if it.get_closest_marker("engine"):
-            it.add_marker(pytest.mark.xdist_group("engine"))
-
-
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
     if (f := config.stash.get(STARTS, None)) is not None:
         n = len(f.read_text().splitlines()) if f.exists() else 0

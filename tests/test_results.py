@@ -322,7 +322,7 @@ from pathlib import Path
 fake = {fake!r}
 if fake:
     m = types.ModuleType("runner.results.html")
-    def build_report(run_dirs: list, out: Path) -> Path:
+    def build_report(run_dirs: list, out: Path, **options) -> Path:
         out.write_text("\\n".join(p.name for p in run_dirs))
         return out
     m.build_report = build_report
@@ -356,3 +356,6 @@ def test_report_runs_and_sweeps(store, tmp_path):
     assert out.read_text().splitlines() == [h["a"], h["b"]]
 
     assert "Name the runs" in user_error(report(root, "--out", str(out)))
+    assert "--chunk takes a positive" in user_error(report(root, h["a"], "--chunk", "0"))
+    assert "Cannot write the report to" in user_error(
+        report(root, h["a"], "--out", str(tmp_path), fake=False))  # a folder: one sentence

@@ -11,7 +11,7 @@ import hostile as h
 import pytest
 from hostile import hostile_set
 
-from conftest import ROOT, TINY, make_cfg, runner
+from conftest import FAKE, ROOT, TINY, make_cfg, runner
 from runner.errors import UserError
 from runner.plan import load_plan, load_set
 from runner.tokens import Counter, plan_tokens, show_plan
@@ -207,10 +207,11 @@ def test_dry_run_prints_the_token_plan_and_writes_nothing(tmp_path: Path,
     assert not any(x for x in tmp_path.iterdir() if not x.name.startswith("."))
 
 
-def test_on_item_error_fail_stops_before_the_engine(tmp_path: Path):
+def test_on_item_error_fail_stops_the_run_before_anything_is_stored(tmp_path: Path):
+    """(The engine, started beside the plan, is stopped at once: test_overlap.py.)"""
     f = hostile_set(tmp_path / "h")
     p = runner(*TINY, f"prompts.name={f}", "prompts.on_item_error=fail",
-               f"store.root={tmp_path / 'store'}")
+               f"store.root={tmp_path / 'store'}", env=FAKE)
     assert p.returncode == 2 and "Item 'zero'" in p.stderr and "empty file" in p.stderr
     # no run folder, lock or log; only the converted images' copies in the store's cache
     assert [x.name for x in (tmp_path / "store").iterdir()] == [".cache"]

@@ -1,6 +1,6 @@
 """Structured outputs and per-request sampling without an engine: the checks before the engine
 starts, the hash and item keys, OpenAI batch bodies, the json scorer, schema_valid, the CSV
-export, the MMMU converter's constraint. (Through the engine: test_structured_engine.py.)"""
+export, the MMMU converter's constraint. (Through the engine: test_real_engine.py.)"""
 
 from __future__ import annotations
 

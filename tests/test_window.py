@@ -27,6 +27,8 @@ def in_flight_peaks(trace: Path) -> tuple[int, int, int]:
     held = peak = got = sent = 0
     for line in trace.read_text().splitlines():
         kind = line.split()[0]
+        if kind == "start":
+            continue
         held += 1 if kind == "in" else -1
         got, sent = got + (kind == "in"), sent + (kind == "out")
         peak = max(peak, held)

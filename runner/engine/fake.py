@@ -14,7 +14,9 @@ comes from RUNNER_FAKE_ENGINE, a JSON object:
   deaths       the faults above apply to the first `deaths` engine processes only
                (counted in the folder `state`); default: every process
   fail_start   the start fails with this message (as vLLM's root cause line)
-  trace        a file: one line per request received ("in <key>") and result sent ("out <key>")
+  trace        a file: "start <pid>", then a line per request received ("in <key>") and
+               result sent ("out <key>")
+  hold_start   the start does not finish until this file exists
   watchdog_off the engine reports its watchdog off for this reason
 Outputs are deterministic: words drawn from a hash of the prompt, the seed, the temperature
 and the sample's index; `max_tokens`, `ignore_eos`, `n` and a `choice` constraint are honored.
@@ -207,10 +209,13 @@ def main() -> None:
         print(f"ValueError: {o['fail_start']}", file=sys.stderr, flush=True)
         sys.exit(1)
     faulty = _faulty(o)
+    trace = open(o["trace"], "a", buffering=1) if o.get("trace") else None  # noqa: SIM115
+    if trace:
+        trace.write(f"start {os.getpid()}\n")
+    while o.get("hold_start") and not Path(o["hold_start"]).exists():  # a start that hangs
+        time.sleep(0.02)
     inbox: queue.Queue[dict[str, Any] | None] = queue.Queue()
     eof = threading.Event()  # the runner shut the engine down
-
-    trace = open(o["trace"], "a", buffering=1) if o.get("trace") else None  # noqa: SIM115
 
     def read() -> None:
         for line in sys.stdin:

@@ -6,9 +6,12 @@ from __future__ import annotations
 
 import atexit
 import os
+import signal
+import threading
 import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
+from pathlib import Path
 from typing import Any
 
 from runner.engine.api import Engine
@@ -85,6 +88,22 @@ class EngineSlot:
 
         log = current()
         return "\n".join(tail(log.path, 400)) if log is not None and log.capture else ""
+
+    @staticmethod
+    def abort_start(started: threading.Event) -> None:
+        """Stop an engine start running in another thread at once: kill this process's child
+        processes (vLLM's engine core, or the fake engine) as they appear, until that start
+        has returned (with an error, for it lost its engine)."""
+        me = str(os.getpid())
+        while not started.is_set():
+            for d in Path("/proc").iterdir():
+                try:
+                    ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[1]
+                    if d.name.isdigit() and ppid == me:
+                        os.kill(int(d.name), signal.SIGKILL)
+                except (OSError, IndexError):
+                    pass
+            started.wait(0.1)
 
     def restart(self) -> tuple[Engine, float, bool]:
         """A new engine with the last arguments, after shutting down (and freeing) the old."""

@@ -289,7 +289,13 @@ def cmd_report(a: argparse.Namespace) -> None:
         raise UserError("Name the runs to report: run hashes, --sweep DIR, or both.")
     from runner.results import html
 
-    done = html.build_report(dirs, Path(a.out))
+    if a.chunk is not None and a.chunk < 1:
+        raise UserError(f"--chunk takes a positive number of rows, not {a.chunk}.")
+    try:
+        chunk = {"chunk": a.chunk} if a.chunk else {}  # else html.py's default
+        done = html.build_report(dirs, Path(a.out), full_images=a.full_images, **chunk)
+    except OSError as e:  # a read-only folder, a full disk, --out naming a folder
+        raise UserError(f"Cannot write the report to {a.out}: {e.strerror or e}.") from None
     out.print(f"Wrote {done} ({len(dirs)} run{'s' * (len(dirs) != 1)}).")
 
 
@@ -438,10 +444,17 @@ def parser() -> argparse.ArgumentParser:
     s = cmd("rm", cmd_rm, "Delete a run folder, its index row and its lock file.")
     s.add_argument("hash")
     s.add_argument("--yes", action="store_true", help="do not ask")
-    s = cmd("report", cmd_report, "A self-contained HTML page comparing runs.")
+    s = cmd("report", cmd_report, "An HTML report comparing runs item by item: one file, or "
+            "a folder (index.html + chunks) past --chunk items.")
     s.add_argument("hashes", nargs="*", metavar="HASH")
     s.add_argument("--sweep", metavar="DIR", help="a multirun folder with runs.json")
-    s.add_argument("--out", default="report.html")
+    s.add_argument("--out", default="report.html",
+                   help="the file; a bigger report is the folder of that name without .html")
+    s.add_argument("--full-images", action="store_true",
+                   help="put the original images in the report (default: relative links)")
+    s.add_argument("--chunk", type=int, default=None,
+                   help="rows per chunk file; at most this many items make one file "
+                   "(default 2000)")
     s = cmd("compare", cmd_compare, "Compare runs item by item against the first (the "
             "base): accuracy with its 95% Wilson interval; per pair the items scored in both, "
             "the delta, its 95% paired bootstrap interval (10,000 resamples, seed 0), the exact "

@@ -1,65 +1,75 @@
-"""One self-contained HTML page comparing runs item by item (README, "Scoring and reports").
+"""The HTML report's data: runs compared item by item (README, "Scoring and reports";
+docs/report.md). The page itself (CSS + JS) is in `page.py`.
 
-Images are embedded once per distinct image (keyed by sha256) as small JPEG/PNG thumbnails in
-data: URLs; rows travel as JSON and a few lines of plain JS render them 100 per page, so a
-2,000-item set opens as fast as a 100-item one. No CDN, no server, no fetches.
+A report of at most `chunk` items is one self-contained file: rows and thumbnails (data: URLs)
+inline. A bigger one is a folder that works from file:// with no server: `index.html` holds
+the run header and one flag character per item (so the switches filter every item at once),
+`c/<k>.js` the rows in chunks loaded as the pages need them (all of them for a text search),
+`f/<k>.js` the full text of outputs cut in the table, `t/` one thumbnail per distinct image
+(hard links into the store's thumbnail cache when it can).
 """
 
 from __future__ import annotations
 
 import base64
 import html
-import io
 import json
+import mimetypes
+import os
+import re
+import shutil
 import sys
 from pathlib import Path
 from typing import Any
-
-from PIL import Image, UnidentifiedImageError
+from urllib.parse import quote
 
 from runner.files import atomic_write
 from runner.record import Record, counts
+from runner.results.compare import compare_runs, item_samples
+from runner.results.page import TEMPLATE
 from runner.results.runs import Run, config_diff, flatten, load_run
-from runner.results.score import read_set_meta, set_file_of
+from runner.results.score import set_file_of
+from runner.results.thumbs import cache_key, thumbnails
 
-THUMB = 160  # px, longest side
+CHUNK = 2000  # rows per chunk file; a report of at most this many items is one file
 PAGE = 100  # rows per page
+CUT = 2000  # characters of an output in the table; the rest loads on click
+_FILE = re.compile(r"""^file:[ \t]*["']?([^"'#\n]+)""", re.M)  # a set's data file
+WRONG, DIFFER, FLIP = 1, 2, 4  # bits of an item's flag character: the page's switches
 
 
-def set_root(run: Run) -> Path | None:
-    """Where the run's set resolves its image paths (None if the set is gone)."""
-    return read_set_meta(set_file_of(run.path)).root
-
-
-def thumbnail(file: Path) -> str | None:
-    """A data: URL of a small thumbnail, or None if unreadable. PNG for few-colour images
-    (charts, screenshots, line art: sharp and small), JPEG for photos."""
-    try:
-        with Image.open(file) as im:
-            im.draft("RGB", (THUMB * 2, THUMB * 2))  # JPEG: decode at reduced scale (fast)
-            im.thumbnail((THUMB, THUMB))
-            alpha = im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info
-            im = im.convert("RGBA" if alpha else "RGB")
-    except (OSError, UnidentifiedImageError):
+def image_base(set_file: Path | None) -> Path | None:
+    """Where a set's image paths resolve (as the planner's Spec.base: the folder of the file
+    holding the items), None if the set is gone. Read without parsing the set (a 3,000-item
+    YAML took 2.5 s to parse here; a top-level `file:` line is one regex)."""
+    if set_file is None:
         return None
-    buf = io.BytesIO()
-    if alpha or im.getcolors(256) is not None:
-        im.save(buf, "PNG")
-        fmt = "png"
-    else:
-        im.save(buf, "JPEG", quality=75)
-        fmt = "jpeg"
-    return f"data:image/{fmt};base64,{base64.b64encode(buf.getvalue()).decode()}"
+    if set_file.suffix != ".jsonl":
+        try:
+            m = _FILE.search(set_file.read_text(encoding="utf-8", errors="replace"))
+        except OSError:
+            return None
+        if m:
+            return (set_file.parent / m.group(1).strip()).parent
+    return set_file.parent
 
 
-def _mark(run: Run, rec: Record | None) -> dict[str, Any] | None:
+def _mark(run: Run, rec: Record | None, scorers: set[str]) -> dict[str, Any] | None:
+    """One run's cell, its output cut at CUT characters (`full` says how long it is)."""
     if rec is None:
         return None
     s = run.scores.get(rec["key"])
-    o: dict[str, Any] = {"t": rec.get("output") if rec.get("status") == "ok"
-                         else f"error: {rec.get('error', '')}", "st": rec.get("status")}
+    ok = rec.get("status") == "ok"
+    t = str(rec.get("output") or "") if ok else f"error: {rec.get('error', '')}"
+    o: dict[str, Any] = {"t": t[:CUT]}
+    if len(t) > CUT:
+        o["full"] = len(t)
+    if not ok:
+        o["err"] = 1
     if s is not None:
-        o |= {"ok": bool(s["correct"]), "why": s.get("reason", ""), "sc": s.get("scorer")}
+        o |= {"ok": bool(s["correct"]), "why": s.get("reason", "")}
+        if len(scorers) > 1:  # one scorer for the whole run is named in the header
+            o["sc"] = s.get("scorer")
     if rec.get("finish_reason") == "length":
         o["cut"] = 1
     if len(rec.get("outputs") or []) > 1:  # sampling.n > 1: the first is shown and scored
@@ -67,7 +77,13 @@ def _mark(run: Run, rec: Record | None) -> dict[str, Any] | None:
     return o
 
 
-def _run_info(run: Run, keys: list[str]) -> dict[str, Any]:
+def _text(rec: Record | None) -> str | None:
+    if rec is None:
+        return None
+    return str(rec.get("output") or "") if rec.get("status") == "ok" else "\0error"
+
+
+def _run_info(run: Run, keys: list[str], scorers: set[str]) -> dict[str, Any]:
     flat = flatten(run.config)
     m = run.metrics
     tps = m.get("completion_tokens_per_s") or \
@@ -76,197 +92,198 @@ def _run_info(run: Run, keys: list[str]) -> dict[str, Any]:
             "status": run.manifest.get("status", "?"), "items": len(run.items),
             "accuracy": m.get("accuracy"), "scored": m.get("scored"),
             "errors": m.get("errors", counts(run.items.values()).errors), "tps": tps,
+            "scorer": ", ".join(sorted(scorers)),
             "by_tag": {t: v.get("accuracy") for t, v in (m.get("by_tag") or {}).items()},
             "diff": [json.dumps(flat[k], default=str) if k in flat else "—" for k in keys]}
 
 
-def build_report(run_dirs: list[Path], out: Path) -> Path:
-    runs = [load_run(d) for d in run_dirs]
-    roots = {r.path: set_root(r) for r in runs}
-    keys = config_diff([r.config for r in runs])
-    ids: dict[str, None] = {}  # every run's items, first run's order first
-    for r in runs:
-        ids |= dict.fromkeys(r.items)
-    images: dict[str, str | None] = {}
-    rows = []
-    for i in ids:
-        recs = [r.items.get(i) for r in runs]
-        first = next(x for x in recs if x is not None)
-        shas = []
-        for im in first.get("images") or []:
-            sha = im.get("sha256") or im["path"]
-            if sha not in images:
-                run = next(r for r, x in zip(runs, recs, strict=True) if x is first)
-                root = roots[run.path]
-                f = root / im["path"] if root else None
-                images[sha] = thumbnail(f) if f else None
-            shas.append([sha, im["path"]])
-        x = first.get("expected")  # an object (the json scorer's) shown as JSON
-        x = json.dumps(x, ensure_ascii=False) if isinstance(x, (dict, list)) else x
-        rows.append({"id": i, "p": first.get("prompt", ""), "x": x,
-                     "tags": first.get("tags") or [], "im": shas,
-                     "o": [_mark(r, x) for r, x in zip(runs, recs, strict=True)]})
-    data = {"runs": [_run_info(r, keys) for r in runs], "keys": keys, "rows": rows,
-            "images": images, "page": PAGE}
-    blob = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
-    blob = blob.replace("<", "\\u003c")  # nothing in the data can close the <script>
-    title = html.escape("pixtral-runner report: " + ", ".join(r.hash for r in runs))
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, TEMPLATE.replace("__TITLE__", title).replace("__DATA__", blob))
+def _hrefs(files: dict[str, str], base: Path) -> dict[str, str]:
+    """Relative URLs from the report's folder to files (they work from file://). Plain
+    string paths: pathlib's resolve() per image was most of a 100k-item rebuild."""
+    b = str(base.resolve())
+    rel: dict[str, str] = {}  # per folder: images share a few folders
+    out = {}
+    for n, f in files.items():
+        d, name = os.path.split(f)
+        if d not in rel:
+            rel[d] = quote(os.path.relpath(d, b)) + "/"
+        out[n] = rel[d] + quote(name)
     return out
 
 
-# The page: CSS + plain JS; every string from the runs goes through textContent (no HTML).
-TEMPLATE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<title>__TITLE__</title>
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:0;color:#1d1d1f;background:#f6f6f8}
-header{padding:12px 16px;background:#fff;border-bottom:1px solid #ddd}
-h1{font-size:18px;margin:0 0 8px}
-table{border-collapse:collapse}
-#runs td,#runs th{padding:3px 10px;border-bottom:1px solid #eee;text-align:left;
- vertical-align:top;font-variant-numeric:tabular-nums}
-#runs th{color:#555;font-weight:600}
-.acc{font-size:20px;font-weight:700}
-.tags{color:#666;font-size:12px}
-#runs th.cfg{padding-top:10px;color:#888;font-weight:400;font-style:italic}
-#bar{position:sticky;top:0;z-index:2;background:#fff;padding:8px 16px;border-bottom:1px solid #ddd;
- display:flex;gap:12px;align-items:center;flex-wrap:wrap}
-#bar input[type=search]{width:18em}
-#items{width:100%;table-layout:fixed;background:#fff}
-#items th{position:sticky;top:45px;background:#fafafa;z-index:1;text-align:left;padding:6px;
- border-bottom:2px solid #ccc}
-#items td{padding:6px;border-bottom:1px solid #e5e5e5;vertical-align:top;overflow-wrap:anywhere}
-.c-n{width:3em}.c-im{width:176px}.c-x{width:9em}
-.id{font-weight:600;font-size:12px;color:#555}
-.out{white-space:pre-wrap;max-height:11em;overflow:auto;font-size:13px}
-.mark{font-weight:700;margin-right:4px}.ok{color:#0a7d32}.bad{color:#c0262d}.na{color:#999}
-td.okc{background:#f0faf3}td.badc{background:#fdf2f2}
-.why,.cut{font-size:11px;color:#777}
-img.th{max-width:160px;max-height:160px;display:block;margin-bottom:4px;cursor:zoom-in;
- border:1px solid #ddd}
-img.th.big{max-width:none;max-height:none;width:480px}
-.miss{font-size:11px;color:#c0262d}
-</style></head>
-<body>
-<header><h1>__TITLE__</h1><table id="runs"></table></header>
-<div id="bar"><span id="count"></span>
-<button id="prev">&larr; prev</button><span id="pageinfo"></span>
-<button id="next">next &rarr;</button>
-<input id="q" type="search" placeholder="filter: id, prompt, output…">
-<label><input id="wrong" type="checkbox"> only items some run got wrong</label>
-<label><input id="differ" type="checkbox"> only items where runs differ</label></div>
-<table id="items"><thead></thead><tbody></tbody></table>
-<script id="data" type="application/json">__DATA__</script>
-<script>
-"use strict";
-const t0 = performance.now();
-const D = JSON.parse(document.getElementById("data").textContent);
-const $ = (id) => document.getElementById(id);
-function el(tag, attrs, ...kids) {
-  const e = document.createElement(tag);
-  for (const [k, v] of Object.entries(attrs || {})) {
-    if (k === "text") e.textContent = v; else e.setAttribute(k, v);
-  }
-  for (const k of kids) if (k != null) e.append(k);
-  return e;
-}
-const pct = (x) => (x == null ? "—" : (100 * x).toFixed(1) + "%");
-function header() {
-  const T = $("runs"), R = D.runs;
-  const row = (name, f) => T.append(el("tr", {}, el("th", {text: name}),
-                                       ...R.map((r, i) => el("td", {}, f(r, i)))));
-  row("run", (r) => el("b", {text: r.label}));
-  row("model", (r) => r.model);
-  row("accuracy", (r) => el("span", {class: "acc", text: pct(r.accuracy)}));
-  row("items", (r) => `${r.items} items · ${r.scored ?? "—"} scored · ${r.errors} errors`);
-  row("generated tok/s", (r) => (r.tps == null ? "—" : String(r.tps)));
-  row("by tag", (r) => el("span", {class: "tags", text: Object.entries(r.by_tag)
-                           .map(([t, a]) => `${t} ${pct(a)}`).join(" · ") || "—"}));
-  if (D.keys.length) {
-    T.append(el("tr", {}, el("th", {colspan: String(R.length + 1), class: "cfg",
-                                    text: "config: the keys that differ between runs"})));
-  }
-  D.keys.forEach((k, j) => row(k, (r) => el("code", {text: r.diff[j]})));
-  const h = el("tr", {}, el("th", {class: "c-n", text: "#"}),
-               el("th", {class: "c-im", text: "images"}),
-               el("th", {text: "prompt"}), el("th", {class: "c-x", text: "expected"}),
-               ...R.map((r) => el("th", {class: "run", text: r.label})));
-  document.querySelector("#items thead").append(h);
-}
-function cell(o) {
-  if (!o) return el("td", {class: "na", text: "not in this run"});
-  const m = o.ok == null ? el("span", {class: "mark na", text: "–"})
-    : el("span", {class: "mark " + (o.ok ? "ok" : "bad"), text: o.ok ? "✓" : "✗"});
-  const td = el("td", {class: o.ok == null ? "" : (o.ok ? "okc" : "badc")},
-                el("div", {class: "out"}, m, o.t ?? ""));
-  if (o.why) td.append(el("div", {class: "why", text: `${o.sc}: ${o.why}`}));
-  if (o.cut) td.append(el("div", {class: "cut", text: "(cut at max_tokens)"}));
-  if (o.more) td.append(el("div", {class: "cut", text: `(+${o.more} more samples)`}));
-  return td;
-}
-function img(sha, path) {
-  const src = D.images[sha];
-  if (!src) return el("div", {class: "miss", text: "missing: " + path});
-  const i = el("img", {class: "th", alt: path, title: path});
-  i.onload = () => { i.dataset.loaded = "1"; i.dataset.w = String(i.naturalWidth); };
-  i.onerror = () => { i.dataset.loaded = "0"; };
-  i.onclick = () => i.classList.toggle("big");
-  i.src = src;
-  return i;
-}
-let rows = D.rows, page = 0;
-function filter() {
-  const q = $("q").value.toLowerCase(), w = $("wrong").checked, d = $("differ").checked;
-  rows = D.rows.filter((r) => {
-    if (w && !r.o.some((o) => o && o.ok === false)) return false;
-    if (d && new Set(r.o.map((o) => (o ? o.t : null))).size < 2) return false;
-    if (!q) return true;
-    return [r.id, r.p, r.x ?? "", ...r.o.map((o) => (o ? o.t : ""))].some(
-      (s) => String(s).toLowerCase().includes(q));
-  });
-}
-function render() {
-  const pages = Math.max(1, Math.ceil(rows.length / D.page));
-  page = Math.min(Math.max(page, 0), pages - 1);
-  const body = el("tbody");
-  rows.slice(page * D.page, (page + 1) * D.page).forEach((r, k) => {
-    body.append(el("tr", {"data-id": r.id},
-      el("td", {text: String(page * D.page + k + 1)}),
-      el("td", {}, ...r.im.map(([s, p]) => img(s, p))),
-      el("td", {}, el("div", {class: "id",
-                              text: r.id + (r.tags.length ? " · " + r.tags.join(", ") : "")}),
-         el("div", {text: r.p})),
-      el("td", {text: r.x ?? "—"}),
-      ...r.o.map(cell)));
-  });
-  document.querySelector("#items tbody").replaceWith(body);
-  $("count").textContent = `${rows.length} of ${D.rows.length} items`;
-  $("pageinfo").textContent = `page ${page + 1} / ${pages}`;
-  $("prev").disabled = page === 0; $("next").disabled = page >= pages - 1;
-  Object.assign(document.body.dataset, {rows: String(D.rows.length), page: String(page + 1),
-                                        pages: String(pages)});
-}
-function go(p) { page = p; history.replaceState(null, "", "#page=" + (page + 1)); render(); }
-$("prev").onclick = () => go(page - 1);
-$("next").onclick = () => go(page + 1);
-for (const id of ["q", "wrong", "differ"]) {
-  $(id).addEventListener("input", () => { filter(); go(0); });
-}
-header();
-page = (parseInt((location.hash.match(/page=(\\d+)/) || [])[1] || "1", 10) || 1) - 1;
-render();
-document.body.dataset.renderMs = (performance.now() - t0).toFixed(1);  // parse + first page
-addEventListener("load", () => {  // thumbnails decoded too
-  const nav = performance.getEntriesByType("navigation")[0];
-  Object.assign(document.body.dataset, {loadMs: performance.now().toFixed(1),
-                                        domMs: nav ? nav.domInteractive.toFixed(1) : ""});
-});
-</script></body></html>
-"""
+def _data_url(file: str | Path) -> str:
+    file = Path(file)
+    mime = {".webp": "image/webp"}.get(file.suffix) or mimetypes.guess_type(file.name)[0] \
+        or "application/octet-stream"
+    return f"data:{mime};base64,{base64.b64encode(file.read_bytes()).decode()}"
+
+
+def _comparison(runs: list[Run], info: list[dict[str, Any]]
+                ) -> tuple[list[dict[str, Any]], set[str]]:
+    """compare.py's numbers for the header (each run's interval and samples metrics into
+    `info`; the base against each other run) and the ids of the items that flipped."""
+    got = compare_runs(runs)
+    for i, st in zip(info, got["runs"], strict=True):
+        i |= {"n": st["n"], "ci95": st["ci95"], "samples": st.get("samples")}
+    pairs = [{"other": p["other"], "n": p["n_paired"], "delta": p["delta"], "ci95": p["ci95"],
+              "p": p["mcnemar_p"], "r2w": p["right_to_wrong"], "w2r": p["wrong_to_right"]}
+             for p in got["pairs"]]
+    return pairs, {i for p in got["pairs"] for ids in p["flips"].values() for i in ids}
+
+
+class Report:
+    """Rows, flags and images of runs compared item by item, ready to write."""
+
+    def __init__(self, run_dirs: list[Path], cache: Path | None = None):
+        self.runs = [load_run(d) for d in run_dirs]
+        runs = self.runs
+        roots = {r.path: image_base(set_file_of(r.path)) for r in runs}
+        roots = {k: str(v.resolve()) if v else None for k, v in roots.items()}  # str: fast
+        scorers = [{s.get("scorer") or "?" for s in r.scores.values()} for r in runs]
+        keys = config_diff([r.config for r in runs])
+        self.info = [_run_info(r, keys, s) for r, s in zip(runs, scorers, strict=True)]
+        self.keys = keys
+        self.pairs, flipped = _comparison(runs, self.info)
+        ids: dict[str, None] = {}  # every run's items, first run's order first
+        for r in runs:
+            ids |= dict.fromkeys(r.items)
+        self.names: dict[str, str] = {}  # cache key -> short name in the report, in order
+        self.originals: dict[str, str] = {}  # short name -> original file
+        wanted: dict[str, str] = {}  # cache key -> original file
+        self.rows: list[dict[str, Any]] = []
+        # "<row>.<run>": an output cut in the table; "<row>.<run>.s": its samples (n > 1)
+        self.full: dict[str, Any] = {}
+        flags = []
+        for n, i in enumerate(ids):
+            recs = [r.items.get(i) for r in runs]
+            k, first = next((k, x) for k, x in enumerate(recs) if x is not None)
+            root = roots[runs[k].path]
+            ims = []
+            for im in first.get("images") or []:
+                key = cache_key(str(im.get("sha256") or im["path"]))
+                # not stat'ed: a cached thumbnail is enough, an unreadable file makes none
+                f = os.path.join(root, im["path"]) if root else None
+                if f is not None:
+                    wanted[key] = f
+                    name = self.names.setdefault(key, f"{len(self.names):x}")
+                    self.originals.setdefault(name, f)
+                    ims.append([name, im["path"]])
+                else:
+                    ims.append([None, im["path"]])
+            x = first.get("expected")  # an object (the json scorer's) shown as JSON
+            x = json.dumps(x, ensure_ascii=False) if isinstance(x, (dict, list)) else x
+            marks = [_mark(r, rec, s) for r, rec, s in zip(runs, recs, scorers, strict=True)]
+            for j, (o, rec) in enumerate(zip(marks, recs, strict=True)):
+                if o and "full" in o:
+                    self.full[f"{n}.{j}"] = str(rec.get("output") or rec.get("error") or "")
+                if o and "more" in o:
+                    self.full[f"{n}.{j}.s"] = [[x["text"], x["correct"]]
+                                               for x in item_samples(runs[j], i)]
+            self.rows.append({"id": i, "p": first.get("prompt", ""), "x": x,
+                              "tags": first.get("tags") or [], "im": ims, "o": marks})
+            wrong = any(o and o.get("ok") is False for o in marks)
+            differ = len(runs) > 1 and len({_text(rec) for rec in recs}) > 1
+            flags.append(chr(48 + WRONG * wrong + DIFFER * differ + FLIP * (i in flipped)))
+        self.flags = "".join(flags)
+        got = thumbnails(cache or run_dirs[0].parent / ".cache" / "thumbs", wanted)
+        self.thumbs = {self.names[k]: p for k, p in got.items() if p is not None}
+        for r in self.rows:  # an unreadable original has no thumbnail: listed as missing
+            r["im"] = [[n if n in self.thumbs else None, p] for n, p in r["im"]]
+
+    def title(self) -> str:
+        return html.escape("pixtral-runner report: " + ", ".join(r.hash for r in self.runs))
+
+    def head(self, chunk: int) -> dict[str, Any]:
+        return {"runs": self.info, "keys": self.keys, "n": len(self.rows), "chunk": chunk,
+                "page": PAGE, "flags": self.flags, "cutAt": CUT, "pairs": self.pairs}
+
+
+def _page(title: str, data: dict[str, Any]) -> str:
+    blob = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+    blob = blob.replace("<", "\\u003c")  # nothing in the data can close the <script>
+    return TEMPLATE.replace("__TITLE__", title).replace("__DATA__", blob)
+
+
+def _js(call: str, k: int, data: Any) -> str:
+    return f"{call}({k},{json.dumps(data, ensure_ascii=False, separators=(',', ':'))});\n"
+
+
+def write_single(rep: Report, out: Path, full_images: bool) -> Path:
+    """One self-contained file: everything inline, each thumbnail once as a data: URL."""
+    base = out.parent
+    href = {} if full_images else _hrefs(rep.originals, base)
+    for r in rep.rows:  # [name in D.thumbs, path, relative link to the original or null]
+        r["im"] = [[n, p, href.get(n)] for n, p in r["im"]]
+    data = rep.head(max(1, len(rep.rows))) | {
+        "rows": rep.rows, "full": rep.full,
+        "thumbs": {n: _data_url(p) for n, p in rep.thumbs.items()},
+        "orig": {n: _data_url(rep.originals[n]) for n in rep.thumbs} if full_images else {}}
+    base.mkdir(parents=True, exist_ok=True)
+    atomic_write(out, _page(rep.title(), data))
+    return out
+
+
+def _link(src: str | Path, dest: str | Path) -> None:
+    """A hard link (no bytes copied) where the filesystem allows one, else a copy."""
+    try:
+        os.link(src, dest)
+    except OSError:
+        shutil.copyfile(src, dest)
+
+
+def write_folder(rep: Report, folder: Path, chunk: int, full_images: bool) -> Path:
+    """index.html + c/, f/, t/ (and i/ with --full-images), built beside and swapped in."""
+    folder = folder.resolve()
+    tmp = folder.with_name(f".{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(tmp, ignore_errors=True)
+    for d in ["c", "f", "t"] + ["i"] * full_images:
+        (tmp / d).mkdir(parents=True)
+    try:
+        names = {}  # thumbnail -> its file in t/
+        tdir = str(tmp / "t")
+        for n, p in rep.thumbs.items():
+            names[n] = n + os.path.splitext(p)[1]
+            _link(p, os.path.join(tdir, names[n]))
+            if full_images:
+                f = rep.originals[n]
+                _link(f, tmp / "i" / f"{n}{os.path.splitext(f)[1]}")
+        href = {n: f"i/{n}{quote(os.path.splitext(f)[1])}" for n, f in rep.originals.items()} \
+            if full_images else _hrefs(rep.originals, folder)
+        for r in rep.rows:  # [file in t/, path, link to the original]
+            r["im"] = [[None, p, None] if n is None else [names[n], p, href[n]]
+                       for n, p in r["im"]]
+        for k in range(0, len(rep.rows), chunk):
+            atomic_write(tmp / "c" / f"{k // chunk}.js",
+                         _js("R", k // chunk, rep.rows[k:k + chunk]), sync=False)
+        by_chunk: dict[int, dict[str, str]] = {}
+        for key, t in rep.full.items():
+            by_chunk.setdefault(int(key.split(".")[0]) // chunk, {})[key] = t
+        for k, full in by_chunk.items():
+            atomic_write(tmp / "f" / f"{k}.js", _js("F", k, full), sync=False)
+        data = rep.head(chunk) | {"chunks": -(-len(rep.rows) // chunk)}
+        atomic_write(tmp / "index.html", _page(rep.title(), data), sync=False)
+        old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
+        if folder.exists():
+            folder.rename(old)
+        tmp.rename(folder)
+        shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return folder / "index.html"
+
+
+def build_report(run_dirs: list[Path], out: Path, *, chunk: int = CHUNK,
+                 full_images: bool = False, cache: Path | None = None) -> Path:
+    """Write the report of `run_dirs` and return the page to open: `out` itself for a
+    report of at most `chunk` items, else `<out without .html>/index.html`. Thumbnails are
+    cached in `cache` (default: the store's `.cache/thumbs/`)."""
+    out = Path(out)
+    rep = Report([Path(d) for d in run_dirs], cache)
+    if len(rep.rows) <= chunk:
+        return write_single(rep, out, full_images)
+    return write_folder(rep, out.with_suffix("") if out.suffix == ".html" else out, chunk,
+                        full_images)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -274,3 +291,4 @@ def main(argv: list[str] | None = None) -> int:
     from runner.results.cli import main as cli
 
     return cli(["report", *(sys.argv[1:] if argv is None else argv)])
+
