@@ -15,8 +15,10 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from omegaconf import OmegaConf
 
 from conftest import REAL, ROOT, make_cfg, runner, wait_for
+from runner.engine.args import engine_kwargs
 from runner.engine.server_state import alive, read_state, state_path
 
 pytestmark = pytest.mark.engine
@@ -79,9 +81,12 @@ def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_tim
     assert m["server"]["started_by"] == "runner.serve" and m["server"]["in_flight"] == 1
     assert m["server"]["trust_server"] is False
 
-    real.run()  # the session engine is up
+    # The session engine, as a job with these arguments gets it (started here if no test has
+    # yet; a run of the sample config would make test_real_engine's run a cache hit).
     cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
-    llm, params = real.slot.engine.llm, make_params(run_sampling_of(cfg))
+    env = OmegaConf.to_container(cfg.engine.env, resolve=True)
+    engine, _, _ = real.slot.get(engine_kwargs(cfg, real.prompts.resolve()), env)
+    llm, params = engine.llm, make_params(run_sampling_of(cfg))
     plan = load_plan(cfg)
     assert set(rs) == {it.id for it in plan.items}
     for it in plan.items:
