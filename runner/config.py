@@ -18,7 +18,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from runner.sampling import run_sampling
+from runner.sampling import SamplingConfig, run_sampling
 
 RUNTIME = {"hash": False}  # a runtime knob: does not change results
 OURS = {"vllm": False}  # ours, not a vLLM engine argument (changes results)
@@ -89,30 +89,6 @@ RUNTIME_ENGINE_ARGS = frozenset({
     "worker_cls", "mm_processor_cache_gb", "async_scheduling", "compilation_config",
     "kv_cache_dtype_skip_layers", "safetensors_load_strategy",
 })
-
-
-@dataclass
-class SamplingConfig:
-    """vLLM SamplingParams; defaults are vLLM's own. Every field is hashed (structured_outputs
-    when set, with a `json` schema file's content instead of its path)."""
-
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    max_tokens: int | None = 16
-    min_tokens: int = 0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    ignore_eos: bool = False
-    # vLLM's StructuredOutputsParams: one of json (a schema, inline or a .json file), regex,
-    # choice, grammar, json_object; plus its options (runner/sampling.py checks them).
-    # Empty: unconstrained.
-    structured_outputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

@@ -157,6 +157,7 @@ class Images:
             raise UserError(f"The set's folder {root} has one of {UNSAFE!r} in its path, which "
                             "image URLs cannot carry; move or rename it.")
         self._seen: dict[str, Image | Exception] = {}
+        self._dirs: dict[str, str] = {}  # folder -> its resolved path
         self._norm_tag = f"v{NORM_VERSION}" + (f",max={opts.max_image_size}"
                                                if opts.max_image_size else "")
         self.stat = StatCache(self.cache / "stat.sqlite", self._norm_tag) if cache else None
@@ -170,7 +171,8 @@ class Images:
         if ref.startswith(("data:", "http://", "https://")):
             return ref
         rel = url2pathname(urlparse(ref).path) if ref.startswith("file://") else ref
-        return os.path.normpath(base / rel)  # one entry per file, however it is written
+        # one entry per file, however it is written (strings: a 100k-image rerun stats, no more)
+        return os.path.normpath(os.path.join(base, rel))
 
     def _get(self, ref: str, base: Path, where: str) -> Image | Exception:
         try:
@@ -184,13 +186,25 @@ class Images:
         todo: dict[str, tuple[str, Path, str]] = {}
         for ref, base, where in refs:
             if isinstance(ref, str) and ref and (k := self._key(ref, base)) not in self._seen:
-                todo.setdefault(k, (ref, base, where))
+                if self._known(k):  # the stat cache knows it: no read, no thread
+                    self._seen[k] = self._get(ref, base, where)
+                else:
+                    todo.setdefault(k, (ref, base, where))
         if len(todo) < 2:
             return
         with ThreadPoolExecutor(min(8, os.cpu_count() or 1)) as pool:
             for k, hit in zip(todo, pool.map(lambda a: self._get(*a), todo.values()),
                               strict=True):
                 self._seen[k] = hit
+
+    def _known(self, key: str) -> bool:
+        """A local file the stat cache has an entry for, unchanged."""
+        if self.stat is None or key.startswith(("data:", "http://", "https://")):
+            return False
+        try:
+            return self.stat.get(key, os.stat(key)) is not None
+        except OSError:
+            return False
 
     def __call__(self, ref: str, base: Path, where: str) -> Image:
         """`base`: the folder relative paths resolve against. Raises UserError for set problems
@@ -216,14 +230,23 @@ class Images:
                 raise UserError(f"{where}: image URL '{ref[:80]}' is remote; set "
                                 "prompts.allow_remote=true to fetch http(s) images.")
             return self._probe(ref, self._download(ref))
-        rel = url2pathname(urlparse(ref).path) if ref.startswith("file://") else ref
-        f = (base / rel).resolve()
+        f = self._real(self._key(ref, base))
         if not f.is_relative_to(self.root):
             raise UserError(f"{where}: image '{ref}' is outside the set's folder {self.root}; "
                             "keep images inside it.")
         if not f.is_file():
             raise UserError(f"{where}: image '{ref}' not found (looked at {f}).")
         return self._probe(ref, f)
+
+    def _real(self, path: str) -> Path:
+        """The file with every symlink resolved (as Path.resolve), its folder's resolved once
+        per plan: only a symlinked file needs a resolve of its own."""
+        head, name = os.path.split(path)
+        real = self._dirs.get(head)
+        if real is None:
+            real = self._dirs[head] = os.path.realpath(head)
+        f = os.path.join(real, name)
+        return Path(os.path.realpath(f) if os.path.islink(f) else f)
 
     def _from_data(self, url: str) -> Path:
         head, _, payload = url.partition(",")

@@ -26,8 +26,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import BinaryIO
 
+from runner.console import console
 from runner.errors import EngineFailed, Interrupted, RunFailed, StartFailed, UserError
-from runner.report import console
 
 TAIL = 20  # lines shown when a run fails
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner import bundled
 from runner.config import run_sampling_of
 from runner.console import console
 from runner.engine.api import Engine, Failed, Finished, Refused
@@ -47,10 +48,8 @@ def versions() -> dict[str, str | None]:
 def ensure_weights(m: DictConfig) -> None:
     """Build the bundled tiny model on first use; otherwise say exactly what is missing."""
     p = Path(m.path)
-    if m.build in ("tiny", "tiny_hf"):  # bundled models: built on first use
-        from runner.fixtures import tiny, tiny_hf
-
-        (tiny if m.build == "tiny" else tiny_hf).build(p)
+    if m.build in bundled.KINDS:  # built on first use
+        bundled.build(m.build, p)
         return
     need = "params.json" if m.config_format == "mistral" else "config.json"
     if not (p / need).is_file():

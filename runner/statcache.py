@@ -39,34 +39,33 @@ def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
 class StatCache:
     def __init__(self, db: Path, options: str):
         self.db, self.options = db, options
-        self._rows: dict[str, tuple[tuple[int, int, int, int], int, Probe]] | None = None
+        self._rows: dict[str, tuple] | None = None  # path -> its row, as SQLite gave it
         self._new: list[tuple] = []
         self._lock = threading.Lock()
 
-    def _load(self) -> dict[str, tuple[tuple[int, int, int, int], int, Probe]]:
+    def _load(self) -> dict[str, tuple]:
         if self._rows is None:
-            rows: dict[str, tuple[tuple[int, int, int, int], int, Probe]] = {}
+            rows: dict[str, tuple] = {}
             if self.db.exists():
                 try:
                     with sqlite3.connect(self.db, timeout=30) as con:
-                        for r in con.execute(
-                                "SELECT path, size, mtime_ns, ctime_ns, ino, seen_ns, sha256, "
-                                "file, width, height, norm, error, ref FROM probe "
-                                "WHERE options = ?", (self.options,)):
-                            rows[r[0]] = (tuple(r[1:5]), r[5], Probe(*r[6:]))
+                        rows = {r[0]: r for r in con.execute(
+                            "SELECT path, size, mtime_ns, ctime_ns, ino, seen_ns, sha256, "
+                            "file, width, height, norm, error, ref FROM probe "
+                            "WHERE options = ?", (self.options,))}
                 except sqlite3.DatabaseError:  # a damaged cache is a cold cache
                     rows = {}
             self._rows = rows
         return self._rows
 
-    def get(self, f: Path, st: os.stat_result) -> Probe | None:
+    def get(self, f: Path | str, st: os.stat_result) -> Probe | None:
         with self._lock:
-            hit = self._load().get(str(f))
-        if hit is None or hit[0] != _stat_key(st):
+            r = self._load().get(str(f))
+        if r is None or r[1:5] != _stat_key(st):
             return None
-        if st.st_mtime_ns >= hit[1] - RACY_NS:  # racy: modified around the time it was hashed
+        if st.st_mtime_ns >= r[5] - RACY_NS:  # racy: modified around the time it was hashed
             return None
-        return hit[2]
+        return Probe(*r[6:])
 
     def put(self, f: Path, st: os.stat_result, seen_ns: int, probe: Probe) -> None:
         with self._lock:

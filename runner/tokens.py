@@ -11,6 +11,7 @@ bundled Pixtral tokenizer for text, labelled "estimate".
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -43,9 +44,17 @@ class _Size:
 
 @lru_cache(maxsize=4)
 def _tokenizer(path: str) -> Any:
+    """mistral-common's tokenizer; its INFO lines on loading ("Adding special tokens ...")
+    silenced for the load only: the plan's console shows the runner's lines alone."""
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
-    return MistralTokenizer.from_file(path)
+    log = logging.getLogger("mistral_common")
+    before = log.level
+    log.setLevel(logging.WARNING)
+    try:
+        return MistralTokenizer.from_file(path)
+    finally:
+        log.setLevel(before)
 
 
 def mistral_common_file(name: str = BUNDLED) -> Path:

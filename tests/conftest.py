@@ -167,6 +167,6 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
 def tiny_weights() -> Path:
     """The bundled tiny Pixtral in data/, built if missing: exact token plans read its
     tokenizer, and a fresh clone's fast lane runs before any engine test has built it."""
-    from runner.fixtures import tiny
+    from runner.bundled import tiny
 
     return tiny.build(ROOT / "data" / "pixtral-tiny")

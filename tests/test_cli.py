@@ -59,3 +59,6 @@ def test_dry_run_plans_without_engine(tmp_path: Path):
                         f"store.root={tmp_path}"], cwd=ROOT, text=True, capture_output=True)
     assert p.returncode == 0 and "planned" in p.stderr and "5 planned" in p.stderr
     assert not imported_vllm(p.stderr) and not any(tmp_path.iterdir())
+    # the runner's lines only: no third-party chatter (mistral-common's tokenizer loading)
+    shown = [x for x in (p.stdout + p.stderr).splitlines() if not x.startswith("import time:")]
+    assert not [x for x in shown if "special tokens" in x or "vocabulary" in x], shown

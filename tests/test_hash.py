@@ -45,3 +45,19 @@ def test_hashed_config_is_what_the_readme_says():
     assert set(c["engine"]) == {"dtype", "seed", "extra"}
     assert "tensor_parallel_size" not in c["model"] and "path" in c["model"]
     assert set(c["prompts"]) == {"name", "system"}
+
+
+def test_the_sample_runs_hash_is_pinned():
+    """Typed structured outputs (all fields unset) left every existing hash as it was."""
+    assert run_hash(make_cfg("model=pixtral_tiny", "engine=cpu")) == "84892ccf5a8fd8fa"
+
+
+def test_structured_outputs_are_typed_fields():
+    from hydra.errors import ConfigCompositionException
+
+    a = make_cfg("sampling.structured_outputs.choice=[A,B,C,D]")  # no `+` needed
+    b = make_cfg("+sampling.structured_outputs={choice:[A,B,C,D]}")
+    assert list(a.sampling.structured_outputs.choice) == ["A", "B", "C", "D"]
+    assert run_hash(a) == run_hash(b) != run_hash(make_cfg())
+    with pytest.raises(ConfigCompositionException, match="choise"):
+        make_cfg("sampling.structured_outputs.choise=[A,B]")

@@ -12,7 +12,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_cfg, runner
-from runner import quant, tiny_hf
+from runner import quant
+from runner.bundled import tiny_hf
 from runner.engine import engine_kwargs
 from runner.errors import UserError
 

@@ -15,10 +15,10 @@ from browser import Browser
 from PIL import Image
 
 import fakes
-from runner.html_report import CUT, build_report, config_diff
 from runner.results.compare import compare_runs
+from runner.results.html import CUT, build_report, config_diff
 from runner.results.runs import load_run
-from runner.score import score_run
+from runner.results.score import score_run
 
 N_ITEMS = 130  # more than a page (100): the second page is checked too
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

@@ -17,7 +17,7 @@ import pytest
 
 import fakes
 from conftest import ROOT, make_cfg
-from runner import index
+from runner.results import index
 from runner.store import RunDir, run_hash
 
 TINY = ("model=pixtral_tiny", "engine=cpu")
@@ -182,7 +182,7 @@ def test_upsert_and_rebuild_api(store):
 UPSERTS = """
 import sys
 from pathlib import Path
-from runner import index
+from runner.results import index
 root = Path(sys.argv[1])
 for i in range(15):
     for h in sys.argv[2:]:

@@ -18,7 +18,7 @@ from PIL import Image
 import fakes
 from runner.errors import UserError
 from runner.mmmu import convert
-from runner.score import check_spec, parse_choice, score_output, score_run
+from runner.results.score import check_spec, parse_choice, score_output, score_run
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTS = ["London", "Paris", "Berlin", "Madrid"]
@@ -155,8 +155,8 @@ def test_cli_rescores_by_hash_without_vllm(tmp_path: Path) -> None:
     write_run(tmp_path / "outputs" / "0123456789abcdef",
               [{"id": "a", "output": "Berlin", "expected": "berlin", "tags": ["t"]}])
     code = ("import sys, runpy; sys.argv = ['x', '0123', '--root', 'outputs'];"
-            "import runner.score as s; rc = s.main(sys.argv[1:]);"
-            "import runner.html_report, runner.mmmu;"
+            "import runner.results.cli as c; rc = c.main(['score', *sys.argv[1:]]);"
+            "import runner.results.html, runner.mmmu;"
             "assert not {'vllm', 'torch'} & set(sys.modules), 'engine imported'; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)

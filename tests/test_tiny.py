@@ -3,7 +3,7 @@
 from pathlib import Path
 
 from conftest import ROOT
-from runner import samples, tiny
+from runner.bundled import samples, tiny
 from runner.tokens import mistral_common_file
 
 

@@ -113,9 +113,12 @@ class EngineSlot:
     def shutdown(self) -> None:
         if self.engine is None:
             return
+        from runner.logs import redirected
+
         engine, self.engine, self.key = self.engine, None, None
         try:
-            engine.shutdown()
+            with redirected():  # the engine's shutdown lines go to the engine log too
+                engine.shutdown()
         finally:
             self._scope.close()
 

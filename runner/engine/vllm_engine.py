@@ -167,11 +167,8 @@ class VllmEngine:
         """Stop the engine the way vLLM's client expects: the client detaches its finalizer
         (so its monitor thread does not report the core's exit as unexpected), sends SIGTERM,
         and waits for the core to tear down its workers and unlink its shared memory."""
-        from runner.logs import redirected
-
         self.dog.stop()
-        with redirected():  # vLLM's shutdown lines go to the engine log too
-            self.engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT)
+        self.engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT)
         self.llm = self.engine = None
         gc.collect()
         import torch

@@ -18,7 +18,6 @@ import mimetypes
 import os
 import re
 import shutil
-import sys
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -285,10 +284,4 @@ def build_report(run_dirs: list[Path], out: Path, *, chunk: int = CHUNK,
     return write_folder(rep, out.with_suffix("") if out.suffix == ".html" else out, chunk,
                         full_images)
 
-
-def main(argv: list[str] | None = None) -> int:
-    """`python -m runner.html_report ...` = `python -m runner.results report ...`."""
-    from runner.results.cli import main as cli
-
-    return cli(["report", *(sys.argv[1:] if argv is None else argv)])
 

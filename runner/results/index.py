@@ -218,6 +218,9 @@ def upsert(store_root: Path, run_dir: Path) -> None:
     try:
         con = open_index(Path(store_root))
         try:
+            known = con.execute("SELECT sig FROM runs WHERE hash = ?", (Path(run_dir).name,))
+            if (r := known.fetchone()) and r[0] == signature(Path(run_dir)):
+                return  # unchanged since indexed (a cache hit): nothing to read
             row = read_row(Path(run_dir))
             _write(con, [row] if row else [], drop=() if row else (Path(run_dir).name,))
         finally:

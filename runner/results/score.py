@@ -416,13 +416,6 @@ def _metrics(records: list[Record], latest: list[tuple[dict, list[str]]],
             .get("completion_tokens_per_s")}
 
 
-def main(argv: list[str] | None = None) -> int:
-    """`python -m runner.score ...` = `python -m runner.results score ...`."""
-    from runner.results.cli import main as cli
-
-    return cli(["score", *(sys.argv[1:] if argv is None else argv)])
-
-
 # --- constrained runs: does each output satisfy its structured_outputs? --------------------
 
 
