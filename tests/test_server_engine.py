@@ -101,7 +101,7 @@ def test_a_constraint_reaches_the_server(served):
                "+sampling.structured_outputs.choice=[yes,no]", "sampling.max_tokens=4")
     assert r.returncode == 0, r.stdout + r.stderr
     runs = [p.parent for p in served.store.glob("*/manifest.json")
-            if json.loads(p.read_text())["sampling"]["structured_outputs"]]
+            if (json.loads(p.read_text())["sampling"]["structured_outputs"] or {}).get("choice")]
     (d,) = runs
     outs = [json.loads(x)["output"] for x in (d / "results.jsonl").read_text().splitlines()]
     assert len(outs) == 5 and set(outs) <= {"yes", "no"}, outs
