@@ -107,7 +107,10 @@ def main() -> None:
     ap.add_argument("--all-at-once", type=int, default=8000)
     ap.add_argument("--chat", type=int, default=2000)
     ap.add_argument("--cache", default="10000,100000")
+    ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. "
+                    "+engine.extra.mm_processor_cache_gb=0")
     a = ap.parse_args()
+    TINY.extend(a.extra)
     out: dict = {"scale": {}, "cache_hit_s": {}, "load_before": os.getloadavg()}
     print(f"load average before: {os.getloadavg()[0]:.1f}", flush=True)
     with tempfile.TemporaryDirectory(dir=ROOT / "data") as tmp:
@@ -146,7 +149,7 @@ def main() -> None:
                                   f"prompts.name={f}"], cwd=ROOT, capture_output=True,
                                  text=True, check=True)
             raw_wall = time.perf_counter() - t0
-            r = json.loads(raw.stdout.strip().splitlines()[-1])
+            r = json.loads([x for x in raw.stdout.splitlines() if x.startswith("{")][-1])
             mine = run([*TINY, f"prompts.name={f}"], t / "c")  # right after: the same load
             out["chat"] = {"n": n, "runner": mine, "raw_wall_s": raw_wall, "raw": r}
             print(f"llm.chat(all) on {n} images: wall {raw_wall:.1f} s (start "

@@ -63,7 +63,7 @@ class EngineConfig:
     # Environment for vLLM (VLLM_CPU_KVCACHE_SPACE, VLLM_CPU_OMP_THREADS_BIND, ...), set for
     # the engine's life.
     env: dict[str, str] = field(default_factory=dict, metadata=RUNTIME_OURS)
-    # The runner's fault handling (runner/supervise.py, README "When the engine dies").
+    # The runner's fault handling (runner/supervise.py, docs/faults.md).
     max_restarts: int = field(default=2, metadata=RUNTIME_OURS)  # restarts per invocation
     # No engine step returned for this long: the engine is treated as dead. null: off.
     stall_timeout_s: float | None = field(default=300.0, metadata=RUNTIME_OURS)
@@ -164,7 +164,7 @@ def _container(cfg: DictConfig) -> dict[str, Any]:
 
 
 def hashed_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved fields that change results (README, "The run hash")."""
+    """The resolved fields that change results (docs/runs.md, "The run hash")."""
     c = _container(cfg)
     out = {g: {k: c[g][k] for k in _marked(cls, "hash")} for g, cls in HASHED_GROUPS.items()}
     out["engine"]["extra"] = {k: v for k, v in out["engine"]["extra"].items()

@@ -1,4 +1,4 @@
-"""MMMU-format export -> a prompt set folder (README, "MMMU-format exports").
+"""MMMU-format export -> a prompt set folder (docs/results.md, "MMMU-format exports").
 
 Records (JSONL lines, a JSON list, or a folder of those) carry id, question, options (a list or
 its string repr), answer, image_1..image_7 (a file path, base64, a data: URL, or

@@ -148,7 +148,7 @@ def test_hostile_set_end_to_end(real):
 #
 # The JSON route on CPU with random weights: the engine's
 # structured_outputs_config={backend: xgrammar, disable_any_whitespace: true} (conftest ROUTE, an
-# argument of the shared engine) and a bounded schema (README, "Extraction with a schema").
+# argument of the shared engine) and a bounded schema (docs/structured-outputs.md).
 
 SCHEMA = json.loads((ROOT / "prompts" / "receipts" / "schema.json").read_text())
 

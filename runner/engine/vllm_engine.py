@@ -80,6 +80,7 @@ class VllmEngine:
         self.dog = Watchdog(self.engine.engine_core)
         self.watchdog = "on" if self.dog.off is None else f"off: {self.dog.off}"
         self._ids: dict[str, str] = {}  # vLLM's external request id -> key, in submit order
+        self._unsent: list[str] = []  # submitted to a dead engine: unfinished at its death
         self._params: dict[str, Any] = {}  # SamplingParams by sampling (JSON)
 
     @property
@@ -87,10 +88,10 @@ class VllmEngine:
         return self.dog.max_gap_s
 
     def in_flight(self) -> int:
-        return len(self._ids)
+        return len(self._ids) + len(self._unsent)
 
     def _died(self, e: BaseException, also: tuple[str, ...] = ()) -> EngineDied:
-        return EngineDied(self.dog.explain(e), [*self._ids.values(), *also])
+        return EngineDied(self.dog.explain(e), [*self._ids.values(), *self._unsent, *also])
 
     def submit(self, key: str, messages: list[dict[str, Any]],
                sampling: dict[str, Any]) -> None:
@@ -104,8 +105,9 @@ class VllmEngine:
             raise Refused(f"sampling: {type(e).__name__}: {e}") from None
         try:
             (rid,) = self.llm.enqueue_chat([messages], self._params[k], use_tqdm=False)
-        except EngineDeadError as e:
-            raise self._died(e, (key,)) from None
+        except EngineDeadError:  # events() hands out what finished first, then the death
+            self._unsent.append(key)
+            return
         except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for bad input
             if self.dog.reason:
                 raise self._died(e, (key,)) from None
@@ -119,7 +121,9 @@ class VllmEngine:
         polled = time.monotonic()
         self.dog.stepping(True)
         try:
-            while self.engine.has_unfinished_requests():
+            while self.engine.has_unfinished_requests() or self._unsent:
+                if not self.engine.has_unfinished_requests():
+                    raise self._died(RuntimeError("the engine core is dead"))
                 try:
                     outs = self.engine.step()
                 except Exception as e:  # noqa: BLE001 - EngineDeadError, or our watchdog's

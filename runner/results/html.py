@@ -1,4 +1,4 @@
-"""The HTML report's data: runs compared item by item (README, "Scoring and reports";
+"""The HTML report's data: runs compared item by item (docs/results.md, "Scoring and reports";
 docs/report.md). The page itself (CSS + JS) is in `page.py`.
 
 A report of at most `chunk` items is one self-contained file: rows and thumbnails (data: URLs)

@@ -1,7 +1,7 @@
 """Scoring stored results: scorers, per-run scores.jsonl and metrics.json.
 
 Runs on results.jsonl alone (no vLLM, no torch), so changing a scorer never regenerates.
-A scorer is a string (README, "Scoring and reports"):
+A scorer is a string (docs/results.md, "Scoring and reports"):
   exact | contains | regex | regex:<pattern> | numeric | numeric:<tol> | numeric:<tol>% | choice
   | json (the output parsed as JSON, compared with an expected object field by field)
 chosen per item (the record's or the set item's `scorer`), per set (top-level `scorer:` in the
