@@ -67,6 +67,14 @@ class EngineConfig:
     max_restarts: int = field(default=2, metadata=RUNTIME_OURS)  # restarts per invocation
     # No engine step returned for this long: the engine is treated as dead. null: off.
     stall_timeout_s: float | None = field(default=300.0, metadata=RUNTIME_OURS)
+    # A vLLM OpenAI-compatible server instead of an engine in this process (docs/server.md):
+    # http://HOST:PORT, or `serve` for the one `python -m runner.serve` runs on this store.
+    url: str | None = field(default=None, metadata=RUNTIME_OURS)
+    # Use a server whose engine arguments cannot be read (not started by runner.serve);
+    # the manifest records it.
+    trust_server: bool = field(default=False, metadata=RUNTIME_OURS)
+    # A server request with no answer for this long is an item error (kind `timeout`).
+    request_timeout_s: float | None = field(default=600.0, metadata=RUNTIME_OURS)
     # Requests queued in the engine at once; more are queued as outputs finish, so memory
     # stays flat and results are stored from the first one on. null: 2 x max_num_seqs (as
     # `vllm run-batch` bounds it).

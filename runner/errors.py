@@ -55,3 +55,10 @@ class OverBudget(UserError):
     error, with its own exit code."""
 
     exit_code = 3
+
+
+class ServerGone(UserError):
+    """The vLLM server a run sends its requests to stopped answering; stored items are kept.
+    Not restarted (the runner does not own that server): the user starts it again and reruns."""
+
+    exit_code = 3

@@ -23,6 +23,7 @@ KINDS: dict[str, str] = {
     "sampling": "vLLM refused the item's sampling (its set's or its own `sampling:`)",
     "engine_death": "the engine died whenever this item ran, alone (a poison item)",
     "stall": "the engine stopped making progress whenever this item ran, alone",
+    "timeout": "a vLLM server gave no answer within engine.request_timeout_s (engine=server)",
     "other": "a record stored before error kinds whose reason matches none of the above",
 }
 # The reason a stalled engine gives (runner/engine/watchdog.py and fake.py): "no progress for

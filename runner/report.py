@@ -89,9 +89,9 @@ class _Phase(ProgressColumn):
 
 
 @contextmanager
-def starting(model: str, reused: bool = False) -> Iterator[None]:
+def starting(model: str, reused: bool = False, what: str | None = None) -> Iterator[None]:
     """The engine start: a spinner with the elapsed time and vLLM's current phase."""
-    what = f"Starting vLLM engine for {model}"
+    what = what or f"Starting vLLM engine for {model}"
     t = time.perf_counter()
     if reused:
         yield

@@ -22,7 +22,7 @@ from runner import bundled
 from runner.budget import Budget, check_plan, rate_of
 from runner.config import run_sampling_of
 from runner.console import console
-from runner.engine.api import Engine, Finished, Refused
+from runner.engine.api import Engine, Failed, Finished, Refused
 from runner.errors import (
     EngineDied,
     EngineFailed,
@@ -33,7 +33,7 @@ from runner.errors import (
     UserError,
 )
 from runner.images import inline_outside, pixel_limit
-from runner.kinds import death_kind, parse_kinds
+from runner.kinds import classify, death_kind, parse_kinds
 from runner.plan import Item, Plan, check_errors, load_plan, set_root
 from runner.quant import check_cpu_kernels, check_quantization
 from runner.record import Record, counts, error_record, now, ok_record
@@ -248,7 +248,9 @@ class Job:
         from runner.engine import SLOT
 
         kw, env = self.engine_args()
-        with starting(self.cfg.model.name, reused=SLOT.has(kw, env)):
+        what = f"Connecting to the vLLM server for {self.cfg.model.name}" \
+            if self.cfg.engine.url else None
+        with starting(self.cfg.model.name, reused=SLOT.has(kw, env), what=what):
             self.engine, start_s, reused = SLOT.get(kw, env)
         self._watchdog()
         self.quant = self.engine.describe()
@@ -259,7 +261,12 @@ class Job:
 
         env = OmegaConf.to_container(self.cfg.engine.env, resolve=True)
         assert isinstance(env, dict)
-        return engine_kwargs(self.cfg, self.media_root()), env
+        kw = engine_kwargs(self.cfg, self.media_root())
+        if self.cfg.engine.url:  # a vLLM server instead of an engine (runner/engine/server.py)
+            from runner.engine.server import SPEC, spec_of
+
+            return kw | {SPEC: spec_of(self.cfg)}, {}
+        return kw, env
 
     def engine_live(self) -> bool:
         """An engine for this config is live in this process (a sweep's earlier point)."""
@@ -301,6 +308,9 @@ class Job:
                   "watchdog": self.engine.watchdog if self.engine is not None else None,
                   "platform": {"system": platform.platform(), "machine": platform.machine(),
                                "node": platform.node()}}
+            m.pop("server", None)  # the server this invocation sent its requests to, if any
+            if server := getattr(self.engine, "server", None):
+                m["server"] = server
 
         self.rd.update_manifest(begin)
         if self.retired:
@@ -410,6 +420,10 @@ class Job:
                     for ev in engine.events(cfg.engine.stall_timeout_s):
                         if isinstance(ev, Finished):
                             on_output(ev)
+                            fill()
+                        elif isinstance(ev, Failed):  # a server refused it or timed it out
+                            on_error(ev.key, ev.reason, classify(ev.reason, ev.kind)
+                                     if ev.kind == "request" else ev.kind)
                             fill()
                         else:
                             on_tokens(ev.generated)

@@ -1,6 +1,6 @@
 """The engine boundary's interface: what the job sends (one request at a time) and what comes
-back (a stream of events). Implemented by the real vLLM engine (`vllm_engine.py`) and by the
-test double (`fake.py`); nothing here imports vLLM.
+back (a stream of events). Implemented by the real vLLM engine (`vllm_engine.py`), by a client
+of a vLLM server (`server.py`) and by the test double (`fake.py`); nothing here imports vLLM.
 """
 
 from __future__ import annotations
@@ -36,7 +36,18 @@ class Tokens:
     generated: int
 
 
-Event = Finished | Tokens
+@dataclass(frozen=True)
+class Failed:
+    """A request that ended without output after it was submitted (a server's answer: it
+    refused the request, or gave none within engine.request_timeout_s): an item error.
+    `kind`: "request" (refused), "image" or "timeout" (runner/kinds.py)."""
+
+    key: str
+    reason: str
+    kind: str
+
+
+Event = Finished | Tokens | Failed
 
 
 class Refused(Exception):
@@ -54,7 +65,7 @@ class Engine(Protocol):
     is in flight, yielding each finished request at once; a death or stall raises
     runner.errors.EngineDied with the keys not finished, in submit order."""
 
-    kind: str  # "vllm" or "fake"
+    kind: str  # "vllm", "fake" or "server"
     window: int  # requests it runs at once (vLLM's max_num_seqs, resolved)
     watchdog: str  # "on", or "off: <why>" when a dying engine could hang the run
     max_gap_s: float  # the longest wait for a step so far (sizes engine.stall_timeout_s)

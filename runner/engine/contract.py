@@ -105,6 +105,25 @@ INTERNALS: dict[str, Callable[[], bool]] = {
     "log texts of the start phases": logs(
         "Resolved architecture", "Initializing a V1 LLM engine", "Starting to load model",
         "Loading safetensors", "KV cache size", "init engine (profile"),
+    # serving.py / server.py: vLLM's OpenAI-compatible server, as runner.serve starts it
+    "vllm.entrypoints.openai.api_server (run as a module)":
+        has("vllm.entrypoints.openai.api_server:run_server"),
+    "EngineArgs.get_batch_defaults(world_size) keyed by UsageContext.LLM_CLASS":
+        lambda: takes("vllm.engine.arg_utils:EngineArgs.get_batch_defaults", "world_size")()
+        and has("vllm.usage.usage_lib:UsageContext.LLM_CLASS")(),
+    "api_server options --config (YAML), --served-model-name, --generation-config":
+        lambda: all(t in _vllm_source() for t in ('"--config"', "served_model_name",
+                                                   "generation_config")),
+    "ChatCompletionRequest fields the client sends":
+        lambda: {"messages", "model", "n", "temperature", "top_p", "top_k", "min_p",
+                 "max_tokens", "min_tokens", "seed", "stop", "repetition_penalty",
+                 "presence_penalty", "frequency_penalty", "ignore_eos", "structured_outputs",
+                 "return_token_ids"} <= set(obj(
+                     "vllm.entrypoints.openai.chat_completion.protocol:ChatCompletionRequest"
+                 ).model_fields),
+    "ModelCard.max_model_len (/v1/models)":
+        lambda: "max_model_len" in obj(
+            "vllm.entrypoints.serve.engine.protocol:ModelCard").model_fields,
     # tokens.py: exact image token counts, as mistral-common counts them
     "mistral_common ImageEncoder._image_to_num_tokens(img)":
         takes("mistral_common.tokens.tokenizers.image:ImageEncoder._image_to_num_tokens",

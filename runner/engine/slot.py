@@ -20,7 +20,14 @@ from runner.errors import StartFailed, UserError
 
 
 def start_engine(kw: dict[str, Any]) -> Engine:
-    """The real vLLM engine; the fake one when RUNNER_ENGINE=fake (tests only)."""
+    """The real vLLM engine; a client of a vLLM server when the job asks for one (engine.url);
+    the fake one when RUNNER_ENGINE=fake (tests only)."""
+    from runner.engine.server import SPEC
+
+    if SPEC in kw:
+        from runner.engine.server import ServerEngine
+
+        return ServerEngine(kw)
     if os.environ.get("RUNNER_ENGINE") == "fake":
         from runner.engine.fake import FakeEngine
 
@@ -44,8 +51,10 @@ class EngineSlot:
         return repr(sorted(kw.items())) + repr(sorted(env.items()))
 
     def has(self, kw: dict[str, Any], env: Mapping[str, Any]) -> bool:
-        """A live engine for these arguments: `get` will reuse it."""
-        return self.engine is not None and self._key(kw, env) == self.key
+        """A live engine for these arguments: `get` will reuse it (not a server client whose
+        server stopped answering: it connects again)."""
+        return self.engine is not None and self._key(kw, env) == self.key and not (
+            getattr(self.engine, "kind", None) == "server" and self.engine.why_dead())
 
     def get(self, kw: dict[str, Any], env: Mapping[str, Any]) -> tuple[Engine, float, bool]:
         """(engine, seconds it took to start, whether it was reused)."""

@@ -1,0 +1,96 @@
+"""A stand-in for vLLM's OpenAI-compatible server, for the runner's own handling of a server
+(its checks, timeouts, a server that dies): a real process that starts in a fraction of a
+second. `python tests/standin_server.py PORTFILE` listens on a free loopback port and writes
+it to PORTFILE once it answers. The environment variable STANDIN (JSON) sets:
+`name`, `root`, `max_model_len` (its /v1/models card), `die_after` (exit at the request after
+that many answers), `hang` (never answer a request whose text holds this marker), `refuse`
+(HTTP 400 for a request whose text holds this marker).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+CFG = json.loads(os.environ.get("STANDIN", "{}"))
+answered = 0
+lock = threading.Lock()
+never = threading.Event()
+
+
+def text_of(messages: list[dict]) -> str:
+    out = []
+    for m in messages:
+        c = m.get("content")
+        out += [c] if isinstance(c, str) else [p.get("text", "") for p in c or []
+                                               if p.get("type") == "text"]
+    return " ".join(out)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+    def _send(self, status: int, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        if self.path == "/health":
+            self._send(200, {})
+        elif self.path == "/v1/models":
+            self._send(200, {"object": "list", "data": [
+                {"id": CFG.get("name", "standin"), "root": CFG.get("root", "standin"),
+                 "max_model_len": CFG.get("max_model_len")}]})
+        else:
+            self._send(404, {"error": {"message": "not found"}})
+
+    def do_POST(self) -> None:
+        global answered
+        req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        text = text_of(req["messages"])
+        with lock:
+            if CFG.get("die_after") is not None and answered >= CFG["die_after"]:
+                os._exit(1)
+        if CFG.get("hang") and CFG["hang"] in text:
+            never.wait()
+        if CFG.get("refuse") and CFG["refuse"] in text:
+            self._send(400, {"error": {"message": f"refused: {CFG['refuse']}", "code": 400}})
+            return
+        n = int(req.get("n") or 1)
+        images = sum(1 for m in req["messages"] if isinstance(m.get("content"), list)
+                     for p in m["content"] if p.get("type") == "image_url")
+        choices = [{"index": i, "finish_reason": "length", "message": {
+            "role": "assistant",
+            "content": f"answer {hashlib.sha256(f'{text}/{i}'.encode()).hexdigest()[:8]} "
+                       f"images={images}"}, **({"token_ids": [1, 2, 3]} if n > 1 else {})}
+            for i in range(n)]
+        with lock:
+            answered += 1
+        self._send(200, {"id": "x", "object": "chat.completion", "choices": choices,
+                         "usage": {"prompt_tokens": len(text.split()),
+                                   "completion_tokens": 3 * n}})
+
+
+def main() -> None:
+    srv = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    srv.daemon_threads = True
+    tmp = Path(sys.argv[1] + ".tmp")
+    tmp.write_text(str(srv.server_address[1]))
+    tmp.rename(sys.argv[1])  # listening already: the port file is the signal
+    srv.serve_forever()
+
+
+if __name__ == "__main__":
+    main()

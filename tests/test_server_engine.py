@@ -1,0 +1,118 @@
+"""Runs through a real vLLM server: ONE `python -m runner.serve` (vLLM's api_server, one real
+engine start) for this module, with the session engine's arguments (conftest.REAL). The
+runner's own handling of a server (timeouts, deaths, checks) is in test_server.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+from omegaconf import OmegaConf
+
+from conftest import REAL, ROOT, make_cfg, runner, wait_for
+from runner.engine.args import engine_kwargs
+from runner.engine.server_state import alive, read_state, state_path
+
+pytestmark = pytest.mark.engine
+
+
+@pytest.fixture(scope="module")
+def served(real, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
+    """`python -m runner.serve` on a fresh store; stopped at the end by Ctrl-C (SIGINT to its
+    process group, as a terminal sends it), which must leave nothing behind."""
+    store = tmp_path_factory.mktemp("served") / "store"
+    args = [*REAL, f"store.root={store}", f"prompts.root={real.prompts}"]
+    log = tempfile.TemporaryFile("w+")
+    p = subprocess.Popen([sys.executable, "-m", "runner.serve", *args], cwd=ROOT, text=True,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    p.log = log  # type: ignore[attr-defined]
+    try:
+        wait_for(p, lambda: state_path(store).exists(), "the server's state file", 1200)
+        state = read_state(store)
+        assert state is not None
+        yield SimpleNamespace(store=store, args=args, state=state, proc=p)
+    finally:
+        os.killpg(p.pid, signal.SIGINT)
+        code = p.wait(300)
+        log.seek(0)
+        out = log.read()
+    assert code == 0, out[-3000:]
+    assert "The server is stopped." in out and "Traceback" not in out, out[-3000:]
+    assert not state_path(store).exists()  # the state file goes with the server
+    assert not alive(state["pid"])  # vLLM's api_server (and its engine core, its child)
+
+
+def records(store: Path) -> dict[str, dict]:
+    return {r["id"]: r for f in store.glob("*/results.jsonl")
+            for r in map(json.loads, f.read_text().splitlines())}
+
+
+def test_the_server_state_names_its_engine_args(served, real):
+    st = served.state
+    assert st["url"].startswith("http://127.0.0.1:")
+    assert st["engine_args"]["model"] == str((ROOT / "data" / "pixtral-tiny").resolve())
+    assert st["engine_args"]["limit_mm_per_prompt"] == {"image": 2}
+    assert st["added"]["generation_config"] == "vllm"
+    log = Path(st["log"]).read_text()
+    assert "(EngineCore" in log  # vLLM's output goes to the server log, not the console
+
+
+def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_time(served,
+                                                                                   real):
+    """Same engine arguments, one request at a time on both sides: the server's outputs are
+    the in-process engine's, token for token."""
+    from runner.config import run_sampling_of
+    from runner.engine.vllm_engine import make_params
+    from runner.plan import load_plan
+
+    r = runner(*served.args, "engine.url=serve", "engine.max_num_seqs=1")
+    assert r.returncode == 0, r.stdout + r.stderr
+    rs = records(served.store)
+    (d,) = {p.parent for p in served.store.glob("*/results.jsonl")}
+    m = json.loads((d / "manifest.json").read_text())
+    assert m["server"]["started_by"] == "runner.serve" and m["server"]["in_flight"] == 1
+    assert m["server"]["trust_server"] is False
+
+    # The session engine, as a job with these arguments gets it (started here if no test has
+    # yet; a run of the sample config would make test_real_engine's run a cache hit).
+    cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
+    env = OmegaConf.to_container(cfg.engine.env, resolve=True)
+    engine, _, _ = real.slot.get(engine_kwargs(cfg, real.prompts.resolve()), env)
+    llm, params = engine.llm, make_params(run_sampling_of(cfg))
+    plan = load_plan(cfg)
+    assert set(rs) == {it.id for it in plan.items}
+    for it in plan.items:
+        (o,) = llm.chat([it.messages], params, use_tqdm=False)
+        c, x = o.outputs[0], rs[it.id]
+        assert (x["output"], x["finish_reason"], x["completion_tokens"], x["prompt_tokens"]) \
+            == (c.text, c.finish_reason, len(c.token_ids), len(o.prompt_token_ids)), it.id
+
+
+def test_a_constraint_reaches_the_server(served):
+    r = runner(*served.args, "engine.url=serve",
+               "+sampling.structured_outputs.choice=[yes,no]", "sampling.max_tokens=4")
+    assert r.returncode == 0, r.stdout + r.stderr
+    runs = [p.parent for p in served.store.glob("*/manifest.json")
+            if (json.loads(p.read_text())["sampling"]["structured_outputs"] or {}).get("choice")]
+    (d,) = runs
+    outs = [json.loads(x)["output"] for x in (d / "results.jsonl").read_text().splitlines()]
+    assert len(outs) == 5 and set(outs) <= {"yes", "no"}, outs
+
+
+@pytest.mark.parametrize(("override", "names"), [
+    ("engine.dtype=float32", 'dtype="auto" (this config: "float32")'),
+    ("model.max_model_len=2048", "max_model_len=4096, this config model.max_model_len=2048"),
+])
+def test_a_config_the_server_does_not_match_is_refused(served, override: str, names: str):
+    r = runner(*served.args, "engine.url=serve", override)
+    said = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2, said
+    assert names in said and "Traceback" not in said, said
