@@ -180,6 +180,7 @@ def test_a_timeout_and_a_refusal_are_item_errors(standin, tmp_path: Path):
     assert recs["t01"]["status"] == "error" and "engine.request_timeout_s=1" in recs["t01"]["error"]
     assert recs["t04"]["status"] == "error" and "refused" in recs["t04"]["error"]
     assert recs["t04"]["error"].startswith("the server refused the request (HTTP 400)")
+    assert (recs["t01"]["error_kind"], recs["t04"]["error_kind"]) == ("timeout", "request")
     assert all(recs[k]["status"] == "ok" for k in ("t00", "t02", "t03", "t05"))
 
 
