@@ -280,7 +280,8 @@ def test_quantized_twin_runs_the_sample_set(twin_run: Path | None):
         return
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "complete" and m["model"] == "pixtral-large-tiny-w4a16"
-    assert m["counts"] == {"planned": 5, "stored": 5, "computed": 5, "errors": 0}
+    assert m["counts"] == {"planned": 5, "stored": 5, "computed": 5, "errors": 0,
+                           "errors_by_kind": {}}
     rs = results(d)
     assert set(rs) == IDS
     for r in rs.values():
