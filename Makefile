@@ -27,7 +27,7 @@ test: install
 test-fast: install
 	bash scripts/setup-browser.sh
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -x -n 2 -m "not engine" tests
+	$(PY) -m pytest -q -x -n 2 -m "not engine and not process" tests
 
 bench: install
 	$(PY) bench/bench.py

@@ -27,6 +27,8 @@ import pytest
 from conftest import FAKE, ROOT, TINY, fake_env, runner
 from runner.sweep import _points, table
 
+pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
+
 MAX_LINES = 25  # the whole screen of a computed run
 
 

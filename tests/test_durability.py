@@ -13,6 +13,8 @@ import pytest
 
 from conftest import ROOT, TINY, fake_env, output, spawn, wait_for
 
+pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
+
 N = 48
 MAX_TOKENS = 64
 ARGS = [*TINY, "prompts.name=long", "engine.max_num_seqs=4", f"sampling.max_tokens={MAX_TOKENS}",

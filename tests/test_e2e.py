@@ -13,6 +13,8 @@ import pytest
 from conftest import FAKE, ROOT, TINY, runner
 from test_cli import imported_vllm
 
+pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
+
 
 def run_dirs(store: Path) -> list[Path]:
     return sorted(p for p in store.iterdir() if p.is_dir() and not p.name.startswith("."))

@@ -34,6 +34,8 @@ from runner.files import atomic_write
 from runner.record import read_records
 from runner.store import RunDir
 
+pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
+
 POISON, HANG = "XQZPOISONQZX", "XQZHANGQZX"
 IMAGE = sorted((ROOT / "prompts/sample/images").iterdir())[0]
 

@@ -28,6 +28,8 @@ from conftest import (
 from runner.engine.args import explain_start_failure
 from runner.tokens import mistral_common_file
 
+pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
+
 PLUGINS = ROOT / "tests" / "plugins"
 POISON, GATE = "XQZPOISONQZX", "XQZGATEQZX"
 

@@ -10,7 +10,11 @@ import os
 import threading
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY, fake_env, output, run_dirs_of, runner, spawn, wait_for
+
+pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
 
 
 def stream_set(root: Path, n: int) -> Path:

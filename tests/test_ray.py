@@ -19,6 +19,8 @@ import yaml
 from conftest import FAKE, TINY, fake_env, make_cfg, output, runner, spawn, wait_for
 from runner.plan import load_plan
 
+pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
+
 SHARDS = ["shard.count=2", "shard.index=0,1"]
 
 

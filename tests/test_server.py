@@ -20,6 +20,8 @@ from conftest import ROOT, TINY, make_cfg, output, run_dirs_of, runner, spawn, w
 from runner.engine.args import engine_kwargs
 from runner.engine.server_state import write_state
 
+pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
+
 MODEL = str((ROOT / "data" / "pixtral-tiny").resolve())
 HANG, REFUSE = "XQZHANGQZX", "XQZREFUSEQZX"
 

@@ -9,7 +9,11 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
+
 from conftest import TINY, fake_env, run_dirs_of, runner, spawn, wait_for
+
+pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
 
 N = 40
 
