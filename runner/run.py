@@ -131,6 +131,10 @@ class Job:
                     self.check_model()
                     self.check(todo)
                     return self.compute(todo)
+        return self.cached()
+
+    def cached(self) -> Summary:
+        """Nothing left to compute: the stored run's summary, its scores and the index."""
         self.plan.remember()
         self._ended("cached")
         self.record()
@@ -147,10 +151,7 @@ class Job:
                 finally:
                     self.record()
                 return self.summary
-        self.plan.remember()
-        self._ended("cached")
-        self.record()
-        return self.summary
+        return self.cached()
 
     # --- prepare: plan, run folder, what is left to do (nothing written yet) --------------
 
