@@ -33,11 +33,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
 
+    from runner.bundled import ensure_weights
     from runner.config import register
     from runner.engine import engine_kwargs, environ
     from runner.engine.vllm_engine import import_vllm, make_params
     from runner.plan import load_set
-    from runner.run import ensure_weights
     from runner.sampling import merge
 
     register()

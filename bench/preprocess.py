@@ -29,11 +29,11 @@ def main() -> None:
     sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
 
-    from runner.config import register, run_sampling_of
+    from runner.bundled import ensure_weights
+    from runner.config import register, sampling_of
     from runner.engine import engine_kwargs, environ
     from runner.engine.api import Finished
     from runner.engine.vllm_engine import VllmEngine
-    from runner.run import ensure_weights
 
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
@@ -58,7 +58,7 @@ def main() -> None:
         with environ(dict(cfg.engine.env)):
             eng = VllmEngine(engine_kwargs(cfg, d))
             try:
-                sampling = run_sampling_of(cfg)
+                sampling = sampling_of(cfg)
                 msgs = [[{"role": "user", "content": [
                     {"type": "text", "text": "Describe this photo."},
                     {"type": "image_url", "image_url": {"url": f"file://{f}"}}]}] for f in files]

@@ -20,11 +20,11 @@ if __name__ == "__main__":
     from hydra import compose, initialize_config_dir
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
-    from runner.config import register, run_sampling_of
+    from runner.bundled import ensure_weights
+    from runner.config import register, sampling_of
     from runner.engine import engine_kwargs, environ
     from runner.engine.vllm_engine import import_vllm, make_params
     from runner.plan import load_set
-    from runner.run import ensure_weights
 
     temps = sys.argv[2].split(",") if sys.argv[1] == "--sweep" else None
     if temps:
@@ -40,13 +40,13 @@ if __name__ == "__main__":
         t = time.perf_counter()
         llm = vllm.LLM(**engine_kwargs(cfg, plan.root))
     start = time.perf_counter() - t
-    sp = make_params(run_sampling_of(cfg))
+    sp = make_params(sampling_of(cfg))
     if temps:
         msgs = [it.messages for it in plan.items]
         sps = []
         for tv in temps:
             cfg.sampling.temperature = float(tv)
-            sps.append(make_params(run_sampling_of(cfg)))
+            sps.append(make_params(sampling_of(cfg)))
         llm.chat(msgs[:2], sps[0], use_tqdm=False)  # warm-up: both modes start warm
         t = time.perf_counter()
         for one in sps:

@@ -18,7 +18,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from runner.sampling import SamplingConfig, run_sampling
+from runner.sampling import SamplingConfig, checked_sampling
 
 RUNTIME = {"hash": False}  # a runtime knob: does not change results
 OURS = {"vllm": False}  # ours, not a vLLM engine argument (changes results)
@@ -174,13 +174,13 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
     out = {g: {k: c[g][k] for k in _marked(cls, "hash")} for g, cls in HASHED_GROUPS.items()}
     out["engine"]["extra"] = {k: v for k, v in out["engine"]["extra"].items()
                               if k not in RUNTIME_ENGINE_ARGS}
-    out["sampling"] = run_sampling(out["sampling"])  # empty structured_outputs left out
+    out["sampling"] = checked_sampling(out["sampling"])  # empty structured_outputs left out
     return out
 
 
-def run_sampling_of(cfg: DictConfig) -> dict[str, Any]:
-    """The run's `sampling`, resolved and checked (runner/sampling.py: run_sampling)."""
-    return run_sampling(_container(cfg.sampling))
+def sampling_of(cfg: DictConfig) -> dict[str, Any]:
+    """The run's `sampling`, resolved and checked (runner/sampling.py: checked_sampling)."""
+    return checked_sampling(_container(cfg.sampling))
 
 
 def engine_args(cfg: DictConfig) -> dict[str, Any]:

@@ -62,3 +62,13 @@ class ServerGone(UserError):
     Not restarted (the runner does not own that server): the user starts it again and reruns."""
 
     exit_code = 3
+
+
+# The errors that end a job with one sentence (no traceback); in a sweep, the next job runs.
+STOPS = (UserError, RunFailed, EngineFailed, StartFailed)
+
+
+def exit_code(e: BaseException) -> int:
+    """The process's exit code for an error that ends it (a Ctrl-C outside generation too)."""
+    return Interrupted.exit_code if isinstance(e, KeyboardInterrupt) else \
+        getattr(e, "exit_code", 1)

@@ -23,7 +23,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 from runner.console import console
-from runner.report import Summary
+from runner.summary import Summary
 
 
 def node_devices() -> list[str]:

@@ -226,3 +226,10 @@ def check_errors(items: Iterable[Item], policy: str = "skip") -> None:
             if it.error:
                 raise UserError(f"Item '{it.id}': {it.error} (prompts.on_item_error=fail; "
                                 "set it to skip to store such items as errors and go on).")
+
+
+def in_shard(key: str, shard: Any) -> bool:
+    """Deterministic split by item key: stable when items are added or reordered."""
+    if not 0 <= shard.index < shard.count:
+        raise UserError(f"shard.index={shard.index} must be in [0, shard.count={shard.count}).")
+    return int(key[:12], 16) % shard.count == shard.index

@@ -10,6 +10,9 @@ import json
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig
+
+from runner.bundled import ensure_weights
 from runner.errors import UserError
 from runner.files import read_json
 
@@ -157,3 +160,10 @@ def main() -> None:
 
 if __name__ == "__main__":
     main()
+
+
+def check_model(m: DictConfig) -> None:
+    """The weights are there (a bundled model is built), and vLLM can run them here."""
+    ensure_weights(m)
+    check_quantization(m.quantization, Path(m.path))
+    check_cpu_kernels(Path(m.path))

@@ -170,7 +170,7 @@ def merge(*layers: dict[str, Any] | None) -> dict[str, Any]:
     return out
 
 
-def run_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
+def checked_sampling(sampling: dict[str, Any]) -> dict[str, Any]:
     """The run's `sampling` config with its `structured_outputs` checked and a `json` file read
     (relative to the current directory); an empty one left out (as before it existed)."""
     out = dict(sampling)

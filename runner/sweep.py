@@ -20,8 +20,8 @@ from rich.table import Table
 
 from runner.console import console
 from runner.files import atomic_write, read_json
-from runner.report import Summary
 from runner.results.stats import half_width
+from runner.summary import Summary
 
 
 def point(s: Summary) -> dict[str, Any]:
@@ -134,3 +134,9 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> Table:
                   str(r.get("items", "-")), str(r.get("tokens_per_s", "-")),
                   _accuracy(r.get("metrics"), mark), r["hash"] or "-")
     return t
+
+
+def in_multirun() -> bool:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().mode == RunMode.MULTIRUN

@@ -64,7 +64,7 @@ def mistral_common_file(name: str = BUNDLED) -> Path:
     return Path(mistral_common.__file__).parent / "data" / name
 
 
-class Counter:
+class TokenCounter:
     """Counts tokens for one model; built once per plan."""
 
     def __init__(self, model: Any):
@@ -142,7 +142,7 @@ def _image_parts(it: Item) -> int:
 def plan_tokens(cfg: Any, plan: Plan, items: Iterable[Item] | None = None) -> list[ItemTokens]:
     """Token counts for `items` (default: the whole plan). Marks items whose prompt does not
     fit `model.max_model_len` (with room for one output token) as item errors."""
-    counter = Counter(cfg.model)
+    counter = TokenCounter(cfg.model)
     max_len = cfg.model.get("max_model_len")
     out = []
     for it in plan.items if items is None else items:

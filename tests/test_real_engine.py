@@ -63,7 +63,7 @@ def test_run_writes_config_manifest_and_results(sample, real):
 def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real):
     """The same engine, the same five requests queued at once: vLLM's own `LLM.chat` gives
     what the runner stored, token for token."""
-    from runner.config import run_sampling_of
+    from runner.config import sampling_of
     from runner.engine.vllm_engine import make_params
     from runner.plan import load_plan
 
@@ -71,7 +71,7 @@ def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real
     cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
     plan = load_plan(cfg)
     llm = real.slot.engine.llm
-    outs = llm.chat([it.messages for it in plan.items], make_params(run_sampling_of(cfg)),
+    outs = llm.chat([it.messages for it in plan.items], make_params(sampling_of(cfg)),
                     use_tqdm=False)
     rs = results(d)
     for it, o in zip(plan.items, outs, strict=True):

@@ -69,7 +69,7 @@ def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_tim
                                                                                    real):
     """Same engine arguments, one request at a time on both sides: the server's outputs are
     the in-process engine's, token for token."""
-    from runner.config import run_sampling_of
+    from runner.config import sampling_of
     from runner.engine.vllm_engine import make_params
     from runner.plan import load_plan
 
@@ -86,7 +86,7 @@ def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_tim
     cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
     env = OmegaConf.to_container(cfg.engine.env, resolve=True)
     engine, _, _ = real.slot.get(engine_kwargs(cfg, real.prompts.resolve()), env)
-    llm, params = engine.llm, make_params(run_sampling_of(cfg))
+    llm, params = engine.llm, make_params(sampling_of(cfg))
     plan = load_plan(cfg)
     assert set(rs) == {it.id for it in plan.items}
     for it in plan.items:

@@ -14,7 +14,7 @@ from hostile import hostile_set
 from conftest import FAKE, ROOT, TINY, make_cfg, runner
 from runner.errors import UserError
 from runner.plan import load_plan, load_set
-from runner.tokens import Counter, plan_tokens, show_plan
+from runner.tokens import TokenCounter, plan_tokens, show_plan
 
 EX = ROOT / "prompts" / "examples"
 
@@ -178,7 +178,7 @@ def test_token_plan_equals_a_full_mistral_common_encode(tmp_path: Path):
         system="Be brief.")
     cfg = make_cfg(*TINY, f"prompts.name={f}", "model.limit_mm_per_prompt.image=9")
     plan = load_plan(cfg)
-    counter = Counter(cfg.model)
+    counter = TokenCounter(cfg.model)
     for it, t in zip(plan.items, plan_tokens(cfg, plan), strict=True):
         chunks = [TextChunk(text=it.text)] + [ImageURLChunk(image_url=im.file.as_uri())
                                               for im in it.images]

@@ -6,6 +6,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from omegaconf import DictConfig
+
+from runner.errors import UserError
+
 KINDS = ("tiny", "tiny_hf")
 
 
@@ -14,3 +18,18 @@ def build(kind: str, path: Path) -> Path:
     from runner.bundled import tiny, tiny_hf
 
     return (tiny if kind == "tiny" else tiny_hf).build(path)
+
+
+def ensure_weights(m: DictConfig) -> None:
+    """Build a bundled tiny model on first use; for any other, say exactly what is missing."""
+    p = Path(m.path)
+    if m.build in KINDS:
+        build(m.build, p)
+        return
+    need = "params.json" if m.config_format == "mistral" else "config.json"
+    if not (p / need).is_file():
+        where = f"no {need} in {p}" if p.is_dir() else f"{p} does not exist"
+        get = (f"download it with `hf download {m.hf_repo} --local-dir {p}` or "
+               if m.hf_repo else "")
+        raise UserError(f"Model weights for '{m.name}' not found ({where}): {get}"
+                        f"set model.path=/path/to/{p.name}.")

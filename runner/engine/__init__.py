@@ -8,8 +8,8 @@ double in its own process. vLLM is imported only when an engine starts: `--help`
 """
 
 from runner.engine.api import Engine, Event, Finished, Refused, Sample, Tokens
-from runner.engine.args import engine_kwargs, environ
+from runner.engine.args import engine_kwargs, engine_spec, environ, media_root
 from runner.engine.slot import SLOT, EngineSlot
 
 __all__ = ["SLOT", "Engine", "EngineSlot", "Event", "Finished", "Refused", "Sample", "Tokens",
-           "engine_kwargs", "environ"]
+           "engine_kwargs", "engine_spec", "environ", "media_root"]

@@ -32,6 +32,26 @@ def engine_kwargs(cfg: DictConfig, media_root: Path) -> dict[str, Any]:
     return kw | extra
 
 
+def media_root(cfg: DictConfig, set_root: Path) -> Path:
+    """Where vLLM may read local images (its allowed_local_media_path): prompts.root when
+    the set lies under it, so a sweep over the sets there keeps one engine; else the set's
+    own root. The plan already refused images outside the set's root."""
+    root = Path(cfg.prompts.root).resolve()
+    return root if set_root.resolve().is_relative_to(root) else set_root
+
+
+def engine_spec(cfg: DictConfig, set_root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """What identifies this config's engine: its arguments and its `engine.env`."""
+    kw = engine_kwargs(cfg, media_root(cfg, set_root))
+    if cfg.engine.url:  # a vLLM server instead of an engine (runner/engine/server.py)
+        from runner.engine.server import SPEC, spec_of
+
+        return kw | {SPEC: spec_of(cfg)}, {}
+    env = OmegaConf.to_container(cfg.engine.env, resolve=True)
+    assert isinstance(env, dict)
+    return kw, env
+
+
 def check_engine_args(kw: dict[str, Any]) -> None:
     """Every key must be a vLLM EngineArgs field: a typo is one error, before anything loads."""
     from vllm.engine.arg_utils import EngineArgs

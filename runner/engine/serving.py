@@ -87,8 +87,7 @@ def media_root(cfg: DictConfig) -> Path:
 
 def serve(cfg: DictConfig) -> int:
     """Start the server, keep it up until Ctrl-C/SIGTERM, stop it; the exit code."""
-    from runner.quant import check_cpu_kernels, check_quantization
-    from runner.run import ensure_weights
+    from runner.quant import check_model
 
     root = cfg.store.root
     old = read_state(root)
@@ -96,9 +95,7 @@ def serve(cfg: DictConfig) -> int:
         raise UserError(f"A server already runs on store {root} ({old.get('url')}, pid "
                         f"{old.get('pid')}): use it (engine=server), or stop it (Ctrl-C in its "
                         f"terminal, or kill {old.get('runner_pid')}) first.")
-    ensure_weights(cfg.model)
-    check_quantization(cfg.model.quantization, Path(cfg.model.path))
-    check_cpu_kernels(Path(cfg.model.path))
+    check_model(cfg.model)
     kw = engine_kwargs(cfg, media_root(cfg))
     host, port = address(cfg.engine.url)
     url = f"http://{host}:{port}"

@@ -12,11 +12,14 @@ import time
 from collections.abc import Callable, Mapping
 from contextlib import ExitStack
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from runner.engine.api import Engine
 from runner.engine.args import environ, explain_start_failure
 from runner.errors import StartFailed, UserError
+
+T = TypeVar("T")
+W = TypeVar("W")
 
 
 def start_engine(kw: dict[str, Any]) -> Engine:
@@ -104,6 +107,37 @@ class EngineSlot:
                 except (OSError, IndexError):
                     pass
             started.wait(0.1)
+
+    def beside(self, start: Callable[[], T], work: Callable[[], W]) -> tuple[T, W]:
+        """`work()` (the plan) in a thread while `start()` (an engine start) runs here. An
+        error in the work stops the start at once (its processes killed) or shuts down what
+        started, and is raised as itself."""
+        box: dict[str, Any] = {}
+        started = threading.Event()
+
+        def run() -> None:
+            try:
+                box["out"] = work()
+            except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
+                box["error"] = e
+                self.abort_start(started)
+
+        t = threading.Thread(target=run, name="runner-plan", daemon=True)
+        t.start()
+        try:
+            out = start()
+        except Exception:
+            started.set()
+            t.join()
+            if "error" in box:
+                raise box["error"] from None
+            raise
+        started.set()
+        t.join()
+        if "error" in box:
+            self.shutdown()
+            raise box["error"]
+        return out, box["out"]
 
     def restart(self) -> tuple[Engine, float, bool]:
         """A new engine with the last arguments, after shutting down (and freeing) the old."""

@@ -29,10 +29,10 @@ from runner.errors import UserError
 from runner.files import LockBusy, atomic_write, locked, read_json
 from runner.kinds import kinds_text
 from runner.record import counts
-from runner.report import headline
 from runner.results import index
 from runner.results.export import export_text, openai_split
 from runner.results.runs import ABSENT, Run, dict_diff, load_run, resolve
+from runner.results.stats import headline
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 STATUSES = ("running", "complete", "interrupted", "failed")

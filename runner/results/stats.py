@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from fractions import Fraction
+from typing import Any
 
 Z95 = 1.959963984540054  # the standard normal's 97.5 % quantile
 RESAMPLES = 10_000  # paired bootstrap resamples (stated in `compare --help`)
@@ -87,3 +88,14 @@ def majority(answers: Sequence[str]) -> tuple[int, float]:
     top = max(tally.values())
     first = next(i for i, a in enumerate(answers) if tally[a] == top)
     return (first, top / len(answers))
+
+
+def headline(m: dict[str, Any] | None) -> str:
+    """A run's headline metric (metrics.json): its accuracy ± the half-width of its 95 %
+    Wilson interval, and over how many items."""
+    acc = (m or {}).get("accuracy")
+    if acc is None or not m:
+        return ""
+    if not m.get("scored"):
+        return f"accuracy={acc:.3g}"
+    return f"accuracy={acc:.3g}±{half_width(acc, m['scored']):.3f} of {m['scored']}"

@@ -1,5 +1,5 @@
-"""Stage 5, report: what a person reads (rich): the plan line, the engine start, generation
-progress, the summary; and the typed summary a job returns (the sweep callback reads it).
+"""The console display: what a person reads (rich): the plan line, the engine start,
+generation progress, the summary table.
 A live display on a terminal; with no TTY (CI, a pipe, SLURM logs), or while the engine's
 logs share the console (log.engine=console), plain lines, a progress line every PLAIN_EVERY
 seconds at most."""
@@ -9,10 +9,11 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     Progress,
@@ -25,41 +26,11 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.console import console
+from runner.errors import Interrupted, RunFailed
 from runner.kinds import by_kind_order, kinds_text
-from runner.results.stats import half_width
+from runner.summary import Summary
 
 PLAIN_EVERY = 10.0
-
-
-@dataclass
-class Summary:
-    hash: str | None  # None: the job failed before its config was hashed
-    folder: str | None
-    model: str
-    prompts: str
-    status: str  # complete / cached / interrupted / failed / planned
-    planned: int = 0
-    cached: int = 0
-    computed: int = 0
-    errors: int = 0
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    engine_start_s: float = 0.0
-    engine_reused: bool = False
-    generate_s: float = 0.0
-    total_s: float = 0.0
-    max_step_s: float = 0.0  # the longest wait for an engine step (sizes stall_timeout_s)
-    restarts: int = 0  # engine restarts after deaths (not counting the poison search)
-    error_kinds: dict[str, int] = field(default_factory=dict)  # this invocation's, by kind
-    error: str | None = None  # a user error that failed this job (in a sweep)
-
-    @property
-    def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.generate_s if self.generate_s else 0.0
-
-    @property
-    def items_per_s(self) -> float:
-        return self.computed / self.generate_s if self.generate_s else 0.0
 
 
 def _live() -> bool:
@@ -201,17 +172,6 @@ def show(s: Summary) -> None:
     console.print(t)
 
 
-def headline(m: dict[str, Any] | None) -> str:
-    """A run's headline metric (metrics.json): its accuracy ± the half-width of its 95 %
-    Wilson interval, and over how many items."""
-    acc = (m or {}).get("accuracy")
-    if acc is None or not m:
-        return ""
-    if not m.get("scored"):
-        return f"accuracy={acc:.3g}"
-    return f"accuracy={acc:.3g}±{half_width(acc, m['scored']):.3f} of {m['scored']}"
-
-
 def show_tail(log: Any, lines: list[str]) -> None:
     """The last lines of a failed run's engine log, and where the whole log is."""
     if lines:
@@ -220,3 +180,23 @@ def show_tail(log: Any, lines: list[str]) -> None:
             console.print(ln, markup=False, highlight=False, overflow="ellipsis", no_wrap=True,
                           style="dim")
     console.print(f"engine log: {log}", soft_wrap=True)  # one line: a path to copy
+
+
+def show_error(e: BaseException) -> None:
+    """An error that ends a job, as one line (and a failed run's log tail)."""
+    if isinstance(e, Interrupted):
+        console.print(f"[yellow]{e}")
+    elif isinstance(e, KeyboardInterrupt):  # outside generation: nothing to keep
+        console.print("[yellow]Interrupted.")
+    else:
+        console.print(f"[bold red]error:[/] {escape(str(e))}")  # plain text: [a,b] stays
+        if isinstance(e, RunFailed):
+            show_tail(e.log, e.tail)
+
+
+def warn_ignored(file: Path, ignored: dict[str, int]) -> None:
+    """Request body fields of a batch file that the runner cannot honor, counted."""
+    if ignored:
+        fields = ", ".join(f"{k} ({n} requests)" for k, n in sorted(ignored.items()))
+        console.print(f"[yellow]warning: {file.name}: body fields not honored "
+                      f"(the runner has no equivalent): {fields}.")

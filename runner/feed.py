@@ -1,0 +1,126 @@
+"""The engine side of a job: start (or reuse) the engine for a config, feed it the items
+through the bounded window (runner/window.py), restart it when it dies and isolate an item
+that kills it (runner/supervise.py)."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig
+
+from runner import manifest
+from runner.console import console
+from runner.display import starting
+from runner.engine.api import Engine
+from runner.errors import EngineFailed, OverBudget
+from runner.images import inline_outside
+from runner.kinds import death_kind
+from runner.plan import Item
+from runner.sink import Sink
+from runner.store import RunDir
+from runner.summary import Summary
+
+
+class Feed:
+    def __init__(self, cfg: DictConfig, set_root: Path):
+        self.cfg, self.set_root = cfg, set_root
+        self.engine: Engine | None = None  # None until started, and after a fatal death
+        self.quant: dict[str, Any] | None = None  # what the engine runs (its quantization)
+
+    def spec(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        from runner.engine import engine_spec
+
+        return engine_spec(self.cfg, self.set_root)
+
+    def live(self) -> bool:
+        """An engine for this config is live in this process (a sweep's earlier point)."""
+        from runner.engine import SLOT
+
+        return SLOT.has(*self.spec())
+
+    def start(self) -> tuple[float, bool]:
+        """Start (or reuse) the engine, with engine.env set for its life: (seconds it took,
+        whether it was reused)."""
+        from runner.engine import SLOT
+
+        kw, env = self.spec()
+        what = f"Connecting to the vLLM server for {self.cfg.model.name}" \
+            if self.cfg.engine.url else None
+        with starting(self.cfg.model.name, reused=SLOT.has(kw, env), what=what):
+            self.engine, start_s, reused = SLOT.get(kw, env)
+        self._watchdog()
+        self.quant = self.engine.describe()
+        return start_s, reused
+
+    def _watchdog(self) -> None:
+        """Never off silently: a console line, a line in engine.log (this process's stderr
+        goes there) and the manifest's `watchdog` say so."""
+        assert self.engine is not None
+        if self.engine.watchdog != "on":
+            console.print(f"[yellow]warning: the engine watchdog is {self.engine.watchdog}; "
+                          "an engine that dies or stalls can hang this run.")
+            print(f"runner: engine watchdog {self.engine.watchdog}", file=sys.stderr, flush=True)
+
+    def run(self, items: list[Item], sampling: Callable[[Item], dict[str, Any]], sink: Sink,
+            rd: RunDir, s: Summary) -> None:
+        """Every item through the live engine, each outcome into `sink`; deaths restart it
+        (recorded in the manifest) up to engine.max_restarts."""
+        from runner.engine import SLOT, media_root
+        from runner.supervise import Restart, Supervisor
+        from runner.window import run_window
+
+        cfg, by_key = self.cfg, {it.key: it for it in items}
+        media = media_root(cfg, self.set_root)
+
+        def request(k: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+            return inline_outside(by_key[k].messages, media), sampling(by_key[k])
+
+        def run_group(keys: list[str]) -> None:
+            assert self.engine is not None
+            try:
+                run_window(self.engine, keys, request, sink,
+                           cfg.engine.max_in_flight or 2 * self.engine.window,
+                           cfg.engine.stall_timeout_s)
+            finally:
+                s.max_step_s = max(s.max_step_s, self.engine.max_gap_s)
+
+        def restart(r: Restart) -> None:
+            what = "looking for the item that kills it" if r.mode == "bisect" else \
+                f"restart {s.restarts + 1} of {cfg.engine.max_restarts}"
+            console.print(f"[yellow]The engine died ({r.reason}) with {r.in_flight} items in "
+                          f"flight; {what}…")
+            self.engine, start_s, _ = SLOT.restart()
+            self._watchdog()
+            s.restarts += r.mode == "restart"
+            manifest.restarted(rd, r.to_dict() | {"start_s": round(start_s, 3)})
+
+        def poison(key: str, reason: str) -> None:
+            console.print(f"[red]Item {by_key[key].id} kills the engine on its own; "
+                          "stored as an error.")
+            sink.error(key, f"the engine died while generating this item: {reason}",
+                       death_kind(reason))
+
+        assert self.engine is not None
+        sup = Supervisor(run_group, restart, poison, self.engine.window, cfg.engine.max_restarts)
+        try:
+            sup.generate([it.key for it in items])
+        except EngineFailed as e:
+            raise EngineFailed(f"The engine died {e.restarts + 1} times (last: {e.reason}) and "
+                               f"engine.max_restarts={cfg.engine.max_restarts} is used up; what "
+                               "finished is stored, so rerun the same command to resume.",
+                               e.restarts) from None
+        except OverBudget:  # requests are in flight: a reused engine must start empty
+            self.stop()
+            raise
+        finally:
+            if sup.death is not None:  # the last thing it ran killed it: free what is left
+                self.stop()
+
+    def stop(self) -> None:
+        from runner.engine import SLOT
+
+        SLOT.shutdown()
+        self.engine = None

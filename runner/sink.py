@@ -1,0 +1,42 @@
+"""Where generation's outcomes go: each one a record in the run's results, counted in the
+summary, the progress display and (for the engine's outcomes) the error budget."""
+
+from __future__ import annotations
+
+from runner.budget import Budget
+from runner.display import Generation
+from runner.engine.api import Finished
+from runner.plan import Item
+from runner.record import error_record, ok_record
+from runner.store import ResultWriter
+from runner.summary import Summary
+
+
+class Sink:
+    def __init__(self, writer: ResultWriter, items: list[Item], summary: Summary,
+                 progress: Generation, budget: Budget):
+        self.writer, self.s, self.progress, self.budget = writer, summary, progress, budget
+        self.by_key = {it.key: it for it in items}
+
+    def output(self, out: Finished) -> None:
+        r = ok_record(self.by_key[out.key], out)
+        self.writer.write(r)
+        self.s.computed += 1
+        self.s.prompt_tokens += r["prompt_tokens"]
+        self.s.completion_tokens += r["completion_tokens"]
+        self.progress.item(out.key, r["completion_tokens"])
+        self.budget.done(r["id"], None)
+
+    def planned_error(self, key: str, reason: str, kind: str) -> None:
+        """An item error found by the plan: stored, never sent, not the engine's outcome."""
+        self.writer.write(error_record(self.by_key[key], reason, kind))
+        self.s.errors += 1
+        self.s.error_kinds[kind] = self.s.error_kinds.get(kind, 0) + 1
+        self.progress.item(key)
+
+    def error(self, key: str, reason: str, kind: str) -> None:
+        self.planned_error(key, reason, kind)
+        self.budget.done(self.by_key[key].id, kind)
+
+    def tokens(self, generated: int) -> None:
+        self.progress.tokens(generated)

@@ -1,0 +1,36 @@
+"""The typed summary a job returns: the console shows it, a sweep collects it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Summary:
+    hash: str | None  # None: the job failed before its config was hashed
+    folder: str | None
+    model: str
+    prompts: str
+    status: str  # complete / cached / interrupted / failed / planned
+    planned: int = 0
+    cached: int = 0
+    computed: int = 0
+    errors: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    engine_start_s: float = 0.0
+    engine_reused: bool = False
+    generate_s: float = 0.0
+    total_s: float = 0.0
+    max_step_s: float = 0.0  # the longest wait for an engine step (sizes stall_timeout_s)
+    restarts: int = 0  # engine restarts after deaths (not counting the poison search)
+    error_kinds: dict[str, int] = field(default_factory=dict)  # this invocation's, by kind
+    error: str | None = None  # a user error that failed this job (in a sweep)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.completion_tokens / self.generate_s if self.generate_s else 0.0
+
+    @property
+    def items_per_s(self) -> float:
+        return self.computed / self.generate_s if self.generate_s else 0.0

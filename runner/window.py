@@ -1,0 +1,52 @@
+"""The bounded in-flight window, as `vllm run-batch` bounds it: at most `limit` requests are
+queued in the engine, the next one as each finishes. So results are stored from the first
+finished item on, and memory stays flat at any size of set."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from runner.engine.api import Engine, Failed, Finished, Refused
+from runner.errors import EngineDied
+from runner.kinds import classify
+
+
+class Sink(Protocol):
+    def output(self, out: Finished) -> None: ...
+    def error(self, key: str, reason: str, kind: str) -> None: ...
+    def tokens(self, generated: int) -> None: ...
+
+
+def run_window(engine: Engine, keys: list[str],
+               request: Callable[[str], tuple[list[dict[str, Any]], dict[str, Any]]],
+               sink: Sink, limit: int, stall_timeout_s: float) -> None:
+    """Every key's request through `engine`: `request(key)` gives its messages and sampling.
+    A death raises EngineDied with what was in flight, then what was never sent."""
+    todo = deque(keys)
+
+    def fill() -> None:
+        while todo and engine.in_flight() < limit:
+            k = todo.popleft()
+            try:
+                engine.submit(k, *request(k))
+            except Refused as e:  # e.g. an image or sampling vLLM refuses
+                sink.error(k, str(e), e.kind)
+
+    try:
+        fill()
+        while engine.in_flight():
+            for ev in engine.events(stall_timeout_s):
+                if isinstance(ev, Finished):
+                    sink.output(ev)
+                    fill()
+                elif isinstance(ev, Failed):  # a server refused it or timed it out
+                    sink.error(ev.key, ev.reason,
+                               classify(ev.reason, ev.kind) if ev.kind == "request" else ev.kind)
+                    fill()
+                else:
+                    sink.tokens(ev.generated)
+            fill()
+    except EngineDied as d:
+        raise EngineDied(d.reason, d.unfinished + list(todo)) from None
