@@ -12,6 +12,7 @@ console keeps writing to a duplicate of the real terminal.
 from __future__ import annotations
 
 import os
+import re
 import select
 import shlex
 import signal
@@ -58,10 +59,8 @@ class _Pump:
     def _write(self, data: bytes) -> None:
         if self.sink is not None:
             self.sink.write(data)
-        from runner.engine.vllm_engine import START_PHASES
-
         for line in data.decode(errors="replace").splitlines():
-            for rx, name in START_PHASES:
+            for rx, name in _phases:
                 if rx.search(line):
                     self.phase = name
 
@@ -87,6 +86,12 @@ class _Pump:
 
 
 _pump: _Pump | None = None
+_phases: list[tuple[re.Pattern[str], str]] = []  # the starting engine's (runner/engine)
+
+
+def watch_phases(phases: list[tuple[re.Pattern[str], str]]) -> None:
+    """The log lines that name an engine start's phases: the engine boundary knows them."""
+    _phases[:] = phases
 
 
 def _flush() -> None:

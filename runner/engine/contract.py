@@ -49,7 +49,7 @@ def _vllm_source() -> str:
 
 
 def logs(*texts: str) -> Callable[[], bool]:
-    """vLLM's source still writes these log texts (what runner/logs.py matches)."""
+    """vLLM's source still writes these log texts (what START_PHASES matches)."""
     return lambda: all(t in _vllm_source() for t in texts)
 
 
@@ -101,7 +101,7 @@ INTERNALS: dict[str, Callable[[], bool]] = {
     "Worker.get_model() (CPU and GPU workers)":
         lambda: has("vllm.v1.worker.cpu_model_runner:CPUModelRunner.get_model")() and has(
             "vllm.v1.worker.gpu_model_runner:GPUModelRunner.get_model")(),
-    # logs.py: the start phases shown beside the spinner
+    # vllm_engine.py START_PHASES: the start phases shown beside the spinner
     "log texts of the start phases": logs(
         "Resolved architecture", "Initializing a V1 LLM engine", "Starting to load model",
         "Loading safetensors", "KV cache size", "init engine (profile"),

@@ -18,6 +18,7 @@ from runner.engine.api import Event, Finished, Refused, Sample, Tokens
 from runner.engine.args import check_engine_args
 from runner.engine.watchdog import Watchdog
 from runner.errors import EngineDied, UserError
+from runner.logs import watch_phases
 
 # Seconds the engine core may take to tear down its workers after SIGTERM. vLLM's default
 # (5 s) is shorter than a loaded CPU needs: past it vLLM force-kills the core mid-teardown.
@@ -71,6 +72,7 @@ class VllmEngine:
         vllm = import_vllm()
         check_engine_args(kw)
         count_start()
+        watch_phases(START_PHASES)
         # The probe lets describe() name the linear kernel in use; stats on (vLLM's default
         # is off for LLM) for the progress counters.
         self.llm = vllm.LLM(**({"worker_extension_cls": PROBE, "disable_log_stats": False}
