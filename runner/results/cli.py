@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich import box
 from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
@@ -27,12 +26,11 @@ from rich.text import Text
 
 from runner.errors import UserError
 from runner.files import LockBusy, atomic_write, locked, read_json
-from runner.kinds import kinds_text
-from runner.record import counts
 from runner.results import index
 from runner.results.export import export_text, openai_split
-from runner.results.runs import ABSENT, Run, dict_diff, load_run, resolve
+from runner.results.runs import Run, dict_diff, load_run, resolve
 from runner.results.stats import headline
+from runner.results.tables import compare_tables, expected_text, fmt, item_text, stats_table
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 STATUSES = ("running", "complete", "interrupted", "failed")
@@ -40,28 +38,6 @@ STATUSES = ("running", "complete", "interrupted", "failed")
 out = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ
               else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
-
-
-def fmt(v: Any) -> str:
-    if v is ABSENT:
-        return "—"
-    return v if isinstance(v, str) else json.dumps(v, ensure_ascii=False)
-
-
-def item_text(r: dict[str, Any] | None, limit: int) -> Text:
-    if r is None:
-        return Text("—", style="dim")
-    if r.get("status") == "error":
-        return Text(f"error: {r.get('error')}", style="red")
-    s = str(r.get("output", ""))
-    return Text(s if limit <= 0 or len(s) <= limit else s[:limit] + "…")
-
-
-def kv_table(title: str) -> Table:
-    t = Table(title=title, title_justify="left", show_header=False)
-    t.add_column(style="bold", no_wrap=True)
-    t.add_column()
-    return t
 
 
 # ---- ls ---------------------------------------------------------------------------------
@@ -141,33 +117,6 @@ def defaults_for(run: Run) -> dict[str, Any]:
     return c
 
 
-def stats_table(run: Run) -> Table:
-    m = run.manifest
-    t = kv_table(f"run {run.hash} · {run.model} · {m.get('prompts', '?')}")
-    last, tok = m.get("counts") or {}, m.get("tokens") or {}
-    c = counts(run.items.values())
-    rows = [("status", m.get("status", "no manifest")), ("folder", str(run.path)),
-            ("created", m.get("created")), ("finished", m.get("finished")),
-            ("items", f"{c.stored} stored ({c.errors} errors"
-                      + (f": {kinds_text(c.by_kind)}" if c.by_kind else "")
-                      + f") of {last.get('planned', '?')} planned; last invocation computed "
-                      f"{last.get('computed', '?')}"),
-            ("tokens", f"{c.prompt_tokens} prompt · {c.completion_tokens} "
-                       f"generated (last invocation: {tok.get('prompt', '?')} · "
-                       f"{tok.get('completion', '?')})"),
-            ("timings", " · ".join(f"{k} {v}" for k, v in (m.get("timings") or {}).items())),
-            ("throughput", " · ".join(f"{k} {v}" for k, v in (m.get("throughput") or {}).items())),
-            ("overrides", " ".join(run.overrides)),
-            ("metrics", json.dumps(run.metrics) if run.metrics else None),
-            ("error", m.get("error")),
-            ("versions", " · ".join(v if " " in v else f"{k} {v}"
-                                    for k, v in (m.get("versions") or {}).items() if v))]
-    for k, v in rows:
-        if v:
-            t.add_row(k, Text(str(v)))
-    return t
-
-
 def cmd_show(a: argparse.Namespace) -> None:
     run = load_run(resolve(a.root, a.hash))
     out.print(stats_table(run))
@@ -191,7 +140,7 @@ def cmd_show(a: argparse.Namespace) -> None:
         t.add_row(Text(str(r.get("id"))), Text(str(r.get("status"))),
                   Text(str(r.get("finish_reason") or "")),
                   Text(f"{r.get('prompt_tokens') or 0}+{r.get('completion_tokens') or 0}"),
-                  item_text(r, a.width), Text(_expected(r.get("expected"))))
+                  item_text(r, a.width), Text(expected_text(r.get("expected"))))
     out.print(t)
 
 
@@ -331,72 +280,6 @@ def cmd_compare(a: argparse.Namespace) -> None:
         return
     for t in compare_tables(runs, result, a.n):
         out.print(t)
-
-
-def _num(x: float | None, signed: bool = False) -> str:
-    return "—" if x is None else f"{x:+.3f}" if signed else f"{x:.3f}"
-
-
-def _ci(ci: list[float] | None, signed: bool = False) -> str:
-    return "—" if not ci else f"[{_num(ci[0], signed)}, {_num(ci[1], signed)}]"
-
-
-def _table(title: str, *cols: str) -> Table:
-    """A compact table (fits 80 columns): hashes and intervals never wrap."""
-    t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False,
-              collapse_padding=True)
-    for c in cols:
-        t.add_column(c, no_wrap=c != "differs", overflow="fold",
-                     justify="left" if c in ("run", "other", "differs") else "right")
-    return t
-
-
-def compare_tables(runs: list[Run], result: dict[str, Any], limit: int) -> list[Any]:
-    """`compare`'s text view: the runs (with the config values that differ), their samples
-    (sampling.n > 1), the pairs, and the ids of each pair's flips (at most `limit` per
-    direction; 0: all)."""
-    from runner.results.runs import config_diff, flatten
-
-    keys = config_diff([r.config for r in runs])
-    t = _table("runs (the first is the base)", "run", "n", "accuracy", "95% CI (Wilson)",
-               *(["differs"] if keys else []))
-    for run, s in zip(runs, result["runs"], strict=True):
-        flat = flatten(run.config)
-        t.add_row(*map(Text, [s["run"], str(s["n"]), _num(s["accuracy"]), _ci(s["ci95"]),
-                              *([" ".join(f"{k}={fmt(flat.get(k, ABSENT))}" for k in keys)]
-                                if keys else [])]))
-    out: list[Any] = [t]
-    if any("samples" in s for s in result["runs"]):
-        m = _table("samples (sampling.n > 1)", "run", "n", "pass@1", "pass@n", "majority",
-                   "agreement")
-        for s in result["runs"]:
-            x = s.get("samples") or {}
-            m.add_row(s["run"], str(x.get("n", 1)), *(_num(x.get(k)) for k in (
-                "pass@1", "pass@n", "majority", "agreement")))
-        out.append(m)
-    p = _table("pairs: other minus base, on the items scored in both", "other", "paired",
-               "delta", "95% CI (bootstrap)", "McNemar p", "r→w", "w→r")
-    p.caption = "r→w: right in the base, wrong in the other; w→r: the reverse"
-    p.caption_justify = "left"
-    out.append(p)
-    for q in result["pairs"]:
-        p.add_row(*map(Text, (q["other"], str(q["n_paired"]), _num(q["delta"], True),
-                              _ci(q["ci95"], True),
-                              "—" if q["mcnemar_p"] is None else f"{q['mcnemar_p']:.3g}",
-                              str(q["right_to_wrong"]), str(q["wrong_to_right"]))))
-        for way, ids in q["flips"].items():
-            if ids:
-                shown = ids if limit <= 0 else ids[:limit]
-                more = (f" … {len(ids) - len(shown)} more (--n 0: all)"
-                        if len(shown) < len(ids) else "")
-                out.append(Text(f"{q['other']} {way.replace('_to_', '→')} ({len(ids)}): "
-                                + " ".join(shown) + more))
-    return out
-
-
-def _expected(x: object) -> str:
-    """An expected answer as text; an object (the json scorer's) as JSON."""
-    return json.dumps(x, ensure_ascii=False) if isinstance(x, (dict, list)) else str(x or "")
 
 
 def cmd_score(a: argparse.Namespace) -> None:
