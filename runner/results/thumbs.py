@@ -93,9 +93,11 @@ def _make(job: tuple[Path, str | Path, str]) -> str | None:
     return str(dest)
 
 
-def thumbnails(cache: Path, wanted: Mapping[str, str | Path]) -> dict[str, str | None]:
+def thumbnails(cache: Path, wanted: Mapping[str, str | Path],
+               workers: int | None = None) -> dict[str, str | None]:
     """The cached thumbnail of each {key: original file}, making the missing ones (in a
-    process pool when there are many: decoding dominates a cold build)."""
+    pool of `workers` processes, default one per core up to 8, when there are many:
+    decoding and encoding are a cold build's time)."""
     have = _listing(cache)
     out: dict[str, str | None] = {k: have.get(k) for k in wanted}
     if all(out.values()):
@@ -111,7 +113,7 @@ def thumbnails(cache: Path, wanted: Mapping[str, str | Path]) -> dict[str, str |
         have = _listing(cache)
         out = {k: p or have.get(k) for k, p in out.items()}
     todo = [(cache, f, k) for k, f in wanted.items() if out[k] is None]
-    workers = min(os.cpu_count() or 1, 8)
+    workers = workers or min(os.cpu_count() or 1, 8)
     if len(todo) < 200 or workers == 1:
         made = [_make(j) for j in todo]
     else:
@@ -120,3 +122,13 @@ def thumbnails(cache: Path, wanted: Mapping[str, str | Path]) -> dict[str, str |
     for (_, _, k), p in zip(todo, made, strict=True):
         out[k] = p
     return out
+
+
+def ensure(images: Mapping[str, str | Path], cache: Path, workers: int = 1) -> int:
+    """Make the missing thumbnails of {image sha256: its file} in `cache` (a store's
+    `.cache/thumbs/`, the report's default), so that building the report finds them all
+    made: for the runner, which has every image at hand anyway. One directory read when
+    none is missing; `workers=1` makes them in the calling thread (Pillow releases the GIL
+    while it decodes and encodes). The number of images that have a thumbnail."""
+    got = thumbnails(cache, {cache_key(s): f for s, f in images.items()}, workers)
+    return sum(p is not None for p in got.values())
