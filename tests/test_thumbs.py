@@ -105,3 +105,12 @@ def test_a_thumbnail_of_an_older_encoding_is_made_again(tmp_path: Path) -> None:
     (cache / f"{sha}.webp").write_bytes(b"old")  # version 1's name
     got = th.thumbnails(cache, {sha: f})[sha]
     assert got == str(cache / f"{sha}-v{th.VERSION}.webp") and Path(got).stat().st_size > 3
+
+
+def test_a_rotated_photo_is_drawn_upright(tmp_path: Path) -> None:
+    exif = Image.Exif()
+    exif[0x0112] = 6  # EXIF orientation: turn 90 degrees to show
+    Image.new("RGB", (320, 100), (200, 30, 30)).save(tmp_path / "r.jpg", exif=exif)
+    data, _ = th.render(tmp_path / "r.jpg") or (b"", "")
+    with Image.open(io.BytesIO(data)) as im:
+        assert im.size == (50, 160)
