@@ -136,7 +136,7 @@ def ensure(images: Mapping[str, str | Path], cache: Path, workers: int = 1) -> i
     """Make the missing thumbnails of {image sha256: its file} in `cache` (a store's
     `.cache/thumbs/`, the report's default), so that building the report finds them all
     made: for the runner, which has every image at hand anyway. One directory read when
-    none is missing; `workers=1` makes them in the calling thread (Pillow releases the GIL
-    while it decodes and encodes). The number of images that have a thumbnail."""
+    none is missing (100k cached: 1.3 to 1.6 s); `workers=1` makes them in the calling
+    thread. The number of images that have a thumbnail."""
     got = thumbnails(cache, {cache_key(s): f for s, f in images.items()}, workers)
     return sum(p is not None for p in got.values())
