@@ -22,7 +22,7 @@ QUALITY = 55  # WebP, for a thumbnail that fits BUDGET at it (charts, plain phot
 # as base64 (4/3 of it) beside a ~550 B row, that keeps an image item under 3 KB.
 BUDGET = 1800
 MIN_QUALITY = 10  # past this a thumbnail stays over BUDGET rather than turn to mush
-METHOD = 2  # libwebp effort for a re-encode; its default 4: ~7% fewer bytes, twice the time
+METHOD = 2  # libwebp effort for a re-encode; its default 4: ~7% fewer bytes, 1.4-2x the time
 VERSION = 2  # in the cache's file names: bump when the encoding changes (old ones are ignored)
 _TAG = f"-v{VERSION}"
 EXTS = (".png", ".webp")
