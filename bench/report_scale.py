@@ -5,11 +5,12 @@
 For each size, a fake store on disk (no engine): a JSONL set of distinct 256x192 photo-like
 JPEGs (issue 26's measurement) and a run answering each with ~60 words, scored; and a
 text-only set and run of the same size. Then, per report: the build with an empty thumbnail
-cache (cold) and again with it (warm, the rebuild), the report's bytes per item (every file
-of the report folder, thumbnails included), and in Chromium: the time from navigation to the
-first page's rows and thumbnails drawn (in a running browser, and from starting Chromium),
-the "only items some run got wrong" switch over every item, and a text search (which loads
-every chunk).
+cache (cold) and again with it (warm, the rebuild), each with its CPU time (this process
+and its pool: what the build costs, whatever else the machine runs), one thumbnail's time
+(in one process), the report's bytes per item (every file of the report folder, thumbnails
+included), and in Chromium: the time from navigation to the first page's rows and
+thumbnails drawn (in a running browser, and from starting Chromium), the "only items some
+run got wrong" switch over every item, and a text search (which loads every chunk).
 `--dir` keeps the fake stores there, so a rerun skips making them (and the cache stays warm).
 """
 
@@ -18,6 +19,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import resource
 import shutil
 import sys
 import tempfile
@@ -33,6 +35,7 @@ from browser import Browser  # noqa: E402
 
 from runner.results.html import build_report  # noqa: E402
 from runner.results.score import score_run  # noqa: E402
+from runner.results.thumbs import render  # noqa: E402
 
 WORDS = "the a chart shows revenue quarter table city receipt total of in is and with".split()
 W, H = 256, 192
@@ -85,6 +88,24 @@ def make_store(base: Path, n: int, images: bool) -> Path:
     print(f"  fake store: {n} items{' with images' * images} in "
           f"{time.perf_counter() - t0:.0f} s", flush=True)
     return run
+
+
+def per_thumbnail(images: Path, k: int = 300) -> str:
+    """One thumbnail's time in one process (best of two passes over k images) and bytes."""
+    files = sorted(images.iterdir())[:k]
+    best, size = float("inf"), 0
+    for _ in range(2):
+        t0 = time.perf_counter()
+        size = sum(len((render(f) or (b"", ""))[0]) for f in files)
+        best = min(best, time.perf_counter() - t0)
+    return f"{best / len(files) * 1e3:.2f} ms and {size / len(files):.0f} B per thumbnail"
+
+
+def cpu_s() -> float:
+    """CPU seconds of this process and its ended children (the build's thumbnail pool):
+    what the build costs whatever else the machine is running."""
+    me, kids = (resource.getrusage(w) for w in (resource.RUSAGE_SELF, resource.RUSAGE_CHILDREN))
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def report_bytes(page: Path) -> int:
@@ -141,18 +162,23 @@ def main() -> None:
                 d = base / f"{kind}-{n}"
                 run = make_store(d, n, kind == "image")
                 cache = d / "outputs" / ".cache" / "thumbs"
-                times = []
+                times, cpu = [], []
                 for label in ("warm",) if a.warm_only else ("cold", "warm"):
                     if label == "cold":
                         shutil.rmtree(cache, ignore_errors=True)
-                    t0 = time.perf_counter()
+                    t0, c0 = time.perf_counter(), cpu_s()
                     page = build_report([run], d / "report.html")
                     times.append(time.perf_counter() - t0)
-                cold = "not measured" if a.warm_only else f"{times[0]:.1f} s"
+                    cpu.append(cpu_s() - c0)
+                cold = "not measured" if a.warm_only else f"{times[0]:.1f} s ({cpu[0]:.1f} CPU s)"
+                if kind == "image":
+                    print(f"  {per_thumbnail(d / 'prompts' / 'images')} (one process)",
+                          flush=True)
                 size = report_bytes(page)
                 r = in_browser(b, page)
                 r["cold_s"] = cold_start(base / "profile-cold", page)
-                print(f"{n} {kind} items: build {cold} cold, {times[-1]:.1f} s warm; "
+                print(f"{n} {kind} items: build {cold} cold, "
+                      f"{times[-1]:.1f} s ({cpu[-1]:.1f} CPU s) warm; "
                       f"{size / 1e6:.1f} MB, {size / n:.0f} B/item; first page drawn "
                       f"{r['first_paint_s']:.2f} s after navigation "
                       f"({r['first_paint_in_page_s']:.2f} s in-page; {r['cold_s']:.2f} s from "
