@@ -20,7 +20,7 @@ from typing import Any
 from runner.errors import UserError
 from runner.files import gc_paused
 from runner.images import Image, ImageError, ImageOptions, Images, pixel_limit
-from runner.plancache import Inputs, PlanCache, recording
+from runner.plancache import Entry, Inputs, PlanCache, recording
 from runner.sampling import merge
 from runner.sources import Spec, read_set, take
 
@@ -208,13 +208,27 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     pc = PlanCache(cache, f, {"system": system, "limit": limit, "images": astuple(opts),
                               "max_images": max_images}) if cache else None
     if pc is not None and (hit := pc.load()) is not None:
-        return hit
+        return _cached(hit)
     with recording(Inputs()) as inputs, gc_paused():  # every file read is stat'ed first
         plan = _plan(f, system, limit, opts, max_images, cache, show)
     if pc is not None:
-        pc.keep(plan, inputs)
+        pc.keep({"name": plan.name, "file": plan.file, "root": plan.root,
+                 "format": plan.format, "ignored": plan.ignored}, plan.items, inputs)
         plan.cache = pc
     return plan
+
+
+def _cached(e: Entry) -> Plan:
+    """A plan from the plan cache: stub items (id, key, error), the rest filled on first use."""
+    items = []
+    with gc_paused():
+        for i, (iid, key) in enumerate(zip(e.ids, e.keys, strict=True)):
+            it = object.__new__(Item)
+            it.__dict__.update(id=iid, key=key, error=None, error_kind=None, _fill=e.fill)
+            if i in e.errors:
+                it.error, it.error_kind = e.errors[i]
+            items.append(it)
+    return Plan(items=items, **e.plan)
 
 
 def _plan(f: Path, system: str | None, limit: int | None, opts: ImageOptions,

@@ -27,13 +27,10 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from runner.files import atomic_write, gc_paused
 from runner.statcache import RACY_NS, stat_key
-
-if TYPE_CHECKING:
-    from runner.plan import Item, Plan
 
 Stat = tuple[int, int, int, int] | None  # statcache.stat_key, None: not there
 # The modules whose code makes the plan: a new version of any of them plans anew.
@@ -110,37 +107,25 @@ class PlanCache:
                                    "version": self.VERSION, **options}, sort_keys=True)
         name = hashlib.sha256(self.options.encode()).hexdigest()[:32]
         self.file = cache / "plans" / f"{name}.pickle"
-        self._fresh: tuple[Plan, list[Item], Inputs] | None = None
+        self._fresh: tuple[dict[str, Any], list[Any], Inputs] | None = None
 
-    def load(self) -> Plan | None:
+    def load(self) -> Entry | None:
         """The cached plan if every input is as it was, else None."""
-        from runner.plan import Item, Plan
-
         try:
             with open(self.file, "rb") as fh, gc_paused():
                 head = pickle.load(fh)
                 if head.get("options") != self.options or not _unchanged(head["stats"]):
                     return None
                 body = fh.read()  # the items in full, for whoever needs more than keys
+            return Entry(head["plan"], head["ids"], head["keys"], head["errors"], Filler(body))
         except (OSError, EOFError, pickle.UnpicklingError, AttributeError, KeyError,
                 TypeError, ValueError):  # missing or damaged: a cold cache
             return None
-        fill = _Filler(body)
-        errors = head["errors"]
-        items = []
-        with gc_paused():
-            for i, (iid, key) in enumerate(zip(head["ids"], head["keys"], strict=True)):
-                it = object.__new__(Item)  # a stub: the rest comes from `fill` when asked for
-                it.__dict__.update(id=iid, key=key, error=None, error_kind=None, _fill=fill)
-                if i in errors:
-                    it.error, it.error_kind = errors[i]
-                items.append(it)
-        return Plan(head["name"], Path(head["file"]), Path(head["root"]), items,
-                    head["format"], head["ignored"])
 
-    def keep(self, plan: Plan, inputs: Inputs) -> None:
-        """What `save` will write: the plan as planned (a shard filter replaces its list)."""
-        self._fresh = (plan, list(plan.items), inputs)
+    def keep(self, plan: dict[str, Any], items: list[Any], inputs: Inputs) -> None:
+        """What `save` will write: the plan's fields but its items, and its items as planned
+        (a shard filter replaces the plan's list later)."""
+        self._fresh = (plan, list(items), inputs)
 
     def save(self) -> None:
         """Keep the fresh plan for the next run, unless it is racy (best effort: a cache)."""
@@ -148,14 +133,12 @@ class PlanCache:
         if fresh is None:
             return
         plan, items, inputs = fresh
-        for it in items:  # the store's copies (converted, data:, downloads) it points to
-            for im in it.images:
-                inputs.note(im.file)
         if inputs.racy():
             return
-        head = {"options": self.options, "stats": list(inputs.stats.items()),
-                "name": plan.name, "file": str(plan.file), "root": str(plan.root),
-                "format": plan.format, "ignored": plan.ignored,
+        for it in items:  # the store's copies it points to (converted, data:, downloads):
+            for im in it.images:  # written once each, under a name of their content
+                inputs.note(im.file)
+        head = {"options": self.options, "stats": list(inputs.stats.items()), "plan": plan,
                 "ids": [it.id for it in items], "keys": [it.key for it in items],
                 "errors": {i: (it.error, it.error_kind) for i, it in enumerate(items)
                            if it.error}}
@@ -168,6 +151,18 @@ class PlanCache:
             pass
 
 
+@dataclass
+class Entry:
+    """A cached plan: its fields but its items, and per item its id, key and error (by
+    index); `fill` gives an item the rest of its fields."""
+
+    plan: dict[str, Any]
+    ids: list[str]
+    keys: list[str]
+    errors: dict[int, tuple[str, str | None]]
+    fill: Filler
+
+
 def _unchanged(stats: list[tuple[str, Stat]]) -> bool:
     for path, was in stats:
         if stat_of(path) != was:
@@ -175,16 +170,16 @@ def _unchanged(stats: list[tuple[str, Stat]]) -> bool:
     return True
 
 
-class _Filler:
-    """Fills a stub item of a cached plan from the pickled items (unpickled once). It holds
-    no stub: a plan dropped unfilled is freed by reference counting (no cycle)."""
+class Filler:
+    """Gives a stub item of a cached plan its other fields, from the pickled items (unpickled
+    once). It holds no stub: a plan dropped unfilled is freed by reference counting."""
 
     def __init__(self, body: bytes):
         self.body: bytes | None = body
-        self.full: dict[str, Item] = {}
+        self.full: dict[str, Any] = {}  # by key
         self.lock = threading.Lock()
 
-    def __call__(self, stub: Item) -> None:
+    def __call__(self, stub: Any) -> None:
         with self.lock:
             if self.body is not None:
                 with gc_paused():
