@@ -91,9 +91,9 @@ class Plan:
         return [it for it in self.items if it.error]
 
     def remember(self) -> None:
-        """Keep what planning learned about the images (the stat cache) and the plan (the plan
-        cache). The job calls it once
-        the run goes ahead: a user error, or a dry run, writes nothing."""
+        """Keep what planning learned: the images (the stat cache) and the plan (the plan
+        cache). The job calls it once the run goes ahead: a user error, or a dry run, writes
+        nothing."""
         if self.images is not None:
             self.images.close()
         if self.cache is not None:

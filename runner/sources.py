@@ -24,7 +24,7 @@ import yaml
 from PIL import Image as PILImage
 
 from runner.errors import UserError
-from runner.plancache import note_read
+from runner.plancache import current, note_read
 from runner.sampling import check_override, from_batch_body
 
 FORMATS = ("items", "images", "jsonl", "batch")
@@ -228,8 +228,9 @@ def _image_files(spec: str, f: Path) -> tuple[Path, list[Path]]:
         top = f.parent.joinpath(*parts[:lit])
         if not top.is_dir():
             raise UserError(f"{f}: 'images: {spec}': the folder {top} does not exist.")
-        for d in _folders(top):  # every folder the glob may list: the plan cache checks them
-            note_read(d)
+        if current() is not None:  # the plan cache checks every folder the glob may list
+            for d in _folders(top):
+                note_read(d)
         files = [Path(x) for x in glob.glob(str(p), recursive=True)]
     elif p.is_dir():
         note_read(p)  # its listing: a file added or removed changes the folder's stat
