@@ -14,10 +14,13 @@ from pathlib import Path
 import hostile as h
 import pytest
 
+from conftest import TINY, make_cfg
 from runner import plan as plan_mod
 from runner import plancache
 from runner.images import ImageOptions
 from runner.plan import load_set
+from runner.record import read_records
+from runner.run import Job
 
 
 @pytest.fixture
@@ -205,3 +208,26 @@ def test_a_damaged_entry_is_a_cold_cache(tmp_path: Path, planned: list[Path]):
     (entry,) = (cache / "plans").iterdir()
     entry.write_bytes(entry.read_bytes()[:100])
     assert [it.key for it in plan(s, cache).items] == keys and planned == [s, s]
+
+
+def test_a_run_resumes_from_a_cached_plan(tmp_path: Path, planned: list[Path],
+                                          monkeypatch: pytest.MonkeyPatch):
+    """The job on a cached plan: a finished run is a cache hit, and a run with an item left
+    fills that item's stub (messages, images) and generates it, with the key it had."""
+    monkeypatch.setenv("RUNNER_ENGINE", "fake")
+    s, _ = two_image_set(tmp_path / "set")
+    cfg = make_cfg(*TINY, f"prompts.name={s}", f"store.root={tmp_path / 'store'}",
+                   "sampling.max_tokens=2", "model.limit_mm_per_prompt.image=1")
+    first = Job(cfg, []).run()
+    run = Path(first.folder)
+    before = read_records(run)
+    assert first.status == "complete" and len(before) == 3
+    assert Job(cfg, []).run().status == "cached" and planned == [s]
+    lines = (run / "results.jsonl").read_text().splitlines(keepends=True)
+    left = json.loads(lines[-1])["key"]
+    (run / "results.jsonl").write_text("".join(lines[:-1]))  # as if killed before the last
+    again = Job(cfg, []).run()
+    assert planned == [s] and again.computed + again.errors == 1
+    after = read_records(run)
+    assert after.keys() == before.keys() and after[left] == {**before[left],
+                                                             "time": after[left]["time"]}
