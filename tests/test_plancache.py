@@ -231,3 +231,21 @@ def test_a_run_resumes_from_a_cached_plan(tmp_path: Path, planned: list[Path],
     after = read_records(run)
     assert after.keys() == before.keys() and after[left] == {**before[left],
                                                              "time": after[left]["time"]}
+
+
+def test_a_new_image_in_a_new_subfolder_of_a_glob_is_planned(tmp_path: Path,
+                                                              planned: list[Path]):
+    d = tmp_path / "set"
+    (d / "img" / "a").mkdir(parents=True)
+    h.png(d / "img" / "a" / "x.png")
+    s = d / "set.yaml"
+    s.write_text("format: images\nimages: img/**/*.png\ntemplates:\n  - {id: t, text: x}\n")
+    cache = tmp_path / "cache"
+    assert [it.id for it in plan(s, cache).items] == ["a/x"]
+    assert [it.id for it in plan(s, cache).items] == ["a/x"] and planned == [s]
+    (d / "img" / "a" / "b").mkdir()
+    h.png(d / "img" / "a" / "b" / "y.png")  # only the new folder's parent changed at first
+    assert [it.id for it in plan(s, cache).items] == ["a/b/y", "a/x"] and planned == [s, s]
+    h.png(d / "img" / "a" / "b" / "z.png")  # a folder the last plan listed
+    assert [it.id for it in plan(s, cache).items] == ["a/b/y", "a/b/z", "a/x"]
+    assert planned == [s, s, s]
