@@ -11,7 +11,8 @@ appeared or went away) means the set is planned again; the image stat cache
 within RACY_NS of the plan's start may change again within one timestamp tick: such a plan is
 not kept. The items' ids, keys and errors are read at once; the rest of each item (messages,
 images, ...) only when something asks for it (`Item.__getattr__`): a finished run asks for
-nothing more.
+nothing more. Entries are pickles (Items as they are, fast to load): whoever can write the
+store's `.cache/` can run code in the runner, so a store is to be trusted like the code.
 """
 
 from __future__ import annotations
@@ -118,8 +119,7 @@ class PlanCache:
                     return None
                 body = fh.read()  # the items in full, for whoever needs more than keys
             return Entry(head["plan"], head["ids"], head["keys"], head["errors"], Filler(body))
-        except (OSError, EOFError, pickle.UnpicklingError, AttributeError, KeyError,
-                TypeError, ValueError):  # missing or damaged: a cold cache
+        except Exception:  # noqa: BLE001 - missing or damaged (any way): a cold cache
             return None
 
     def keep(self, plan: dict[str, Any], items: list[Any], inputs: Inputs) -> None:
@@ -185,5 +185,5 @@ class Filler:
                 with gc_paused():
                     self.full = {it.key: it for it in pickle.loads(self.body)}
                 self.body = None
-            stub.__dict__.update(self.full[stub.key].__dict__)
+            stub.__dict__.update(self.full.pop(stub.key).__dict__)  # each stub once
             stub.__dict__.pop("_fill", None)
