@@ -13,7 +13,9 @@ On the tiny Pixtral on CPU, distinct 256x192 JPEGs, sampling.max_tokens=1:
   3. --chat N: the runner against raw vLLM (`LLM.chat` on all items at once,
      bench/raw_vllm.py) on the same N images: wall ratio;
   4. --cache N,...: a cache-hit rerun of a finished run of N distinct 64x48 PNGs (the first run
-     on the fake engine, RUNNER_ENGINE=fake: a cache hit never touches the engine), best of 3.
+     on the fake engine, RUNNER_ENGINE=fake: a cache hit never touches the engine), best of 3;
+  5. --first N: a first run of N images against max(plan, engine start) + generation + 2 s,
+     the plan timed on its own first (a fresh process and cache, as the run plans it).
 """
 
 from __future__ import annotations
@@ -97,8 +99,35 @@ def run(args: list[str], store: Path, env: dict | None = None) -> dict:
         raise SystemExit(f"runner failed ({p.returncode}): {err[-2000:]}")
     ms = [json.loads(f.read_text()) for f in store.glob("*/manifest.json")]
     start = ms[0]["timings"]["engine_start_s"] if ms else 0.0
+    t = ms[0]["timings"] if ms else {}
     return {"wall_s": wall, "peak_rss_gb": peak / 1e9, "first_result_s": first,
-            "engine_start_s": start, "generate_s": ms[0]["timings"]["generate_s"] if ms else 0}
+            "engine_start_s": start, "generate_s": t.get("generate_s", 0),
+            "job_s": t.get("total_s", 0)}  # the job's own time: no interpreter start or exit
+
+
+PLAN = """import sys, time
+from pathlib import Path
+from runner.plan import load_set
+t = time.perf_counter()
+load_set(sys.argv[1], cache=Path(sys.argv[2]), show=False)
+print(time.perf_counter() - t)"""
+
+
+def first_run(t: Path, n: int) -> dict:
+    """Plan time alone (cold caches), then the first run on a fresh store."""
+    f = make_set(t / f"f{n}", n, (256, 192), "jpg")
+    plan = float(subprocess.run([PY, "-c", PLAN, str(f), str(t / f"plan{n}")], cwd=ROOT,
+                                capture_output=True, text=True, check=True).stdout)
+    r = run([*TINY, f"prompts.name={f}"], t / f"first{n}")
+    bound = max(plan, r["engine_start_s"]) + r["generate_s"] + 2
+    print(f"first run, {n} images: plan {plan:.1f} s (alone), engine start "
+          f"{r['engine_start_s']:.1f} s, generation {r['generate_s']:.1f} s, wall "
+          f"{r['wall_s']:.1f} s (the job itself {r['job_s']:.1f} s; the rest is the "
+          f"interpreter's start and the engine's shutdown at exit); max(plan, start) + "
+          f"generation + 2 = {bound:.1f} s "
+          f"({'met' if r['wall_s'] <= bound else 'NOT met'}); load average "
+          f"{os.getloadavg()[0]:.1f}", flush=True)
+    return {"n": n, "plan_s": plan, "bound_s": bound, **r}
 
 
 def main() -> None:
@@ -107,8 +136,9 @@ def main() -> None:
     ap.add_argument("--all-at-once", type=int, default=8000)
     ap.add_argument("--chat", type=int, default=2000)
     ap.add_argument("--cache", default="10000,100000")
+    ap.add_argument("--first", type=int, default=10000)
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. "
-                    "+engine.extra.mm_processor_cache_gb=0")
+                    "engine.extra.mm_processor_cache_gb=4 (vLLM's default; engine=cpu sets 0)")
     a = ap.parse_args()
     TINY.extend(a.extra)
     out: dict = {"scale": {}, "cache_hit_s": {}, "load_before": os.getloadavg()}
@@ -166,6 +196,8 @@ def main() -> None:
             out["cache_hit_s"][n] = best
             print(f"cache hit, {n} images: {best:.2f} s (best of 3; the first run took "
                   f"{first['wall_s']:.1f} s)", flush=True)
+        if a.first:
+            out["first"] = first_run(t, a.first)
     out["load_after"] = os.getloadavg()
     print(f"load average after: {os.getloadavg()[0]:.1f}")
     print(json.dumps(out))

@@ -37,6 +37,7 @@ from PIL import ImageOps, UnidentifiedImageError
 
 from runner.errors import UserError
 from runner.files import atomic_write
+from runner.plancache import current as plan_inputs
 from runner.statcache import Probe, StatCache
 
 NORM_VERSION = 1  # bump when the conversion changes: keys of converted images change with it
@@ -161,6 +162,7 @@ class Images:
         self._norm_tag = f"v{NORM_VERSION}" + (f",max={opts.max_image_size}"
                                                if opts.max_image_size else "")
         self.stat = StatCache(self.cache / "stat.sqlite", self._norm_tag) if cache else None
+        self.inputs = plan_inputs()  # the plan cache's record of what was read
 
     def close(self) -> None:
         """Keep what this plan learned in the stat cache."""
@@ -175,6 +177,8 @@ class Images:
         return os.path.normpath(os.path.join(base, rel))
 
     def _get(self, ref: str, base: Path, where: str) -> Image | Exception:
+        if self.inputs is not None and not ref.startswith(("data:", "http://", "https://")):
+            self.inputs.note(self._key(ref, base))  # stat'ed before it is read
         try:
             return self._resolve(ref, base, where)
         except (ImageError, UserError) as e:

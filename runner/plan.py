@@ -13,12 +13,14 @@ import hashlib
 import itertools
 import json
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
+from runner.files import gc_paused
 from runner.images import Image, ImageError, ImageOptions, Images, pixel_limit
+from runner.plancache import Entry, Inputs, PlanCache, recording
 from runner.sampling import merge
 from runner.sources import Spec, read_set, take
 
@@ -43,6 +45,20 @@ class Item:
     sampling: dict[str, Any] = field(default_factory=dict)
     error_kind: str | None = None  # the error's kind (runner/kinds.py), with `error`
 
+    def __getattr__(self, name: str) -> Any:
+        """Only for an item of a cached plan (runner/plancache.py), which holds its id, key and
+        error: its other fields are read the first time one is asked for."""
+        fill = self.__dict__.get("_fill")
+        if fill is None or name not in _FIELDS:
+            raise AttributeError(name)
+        fill(self)
+        return object.__getattribute__(self, name)
+
+    def __getstate__(self) -> dict[str, Any]:
+        if (fill := self.__dict__.get("_fill")) is not None:
+            fill(self)
+        return self.__dict__
+
     @property
     def text(self) -> str:
         """The last user turn's text, for display."""
@@ -55,6 +71,9 @@ class Item:
         return ""
 
 
+_FIELDS = frozenset(f.name for f in fields(Item))
+
+
 @dataclass
 class Plan:
     name: str
@@ -64,16 +83,21 @@ class Plan:
     format: str = "items"
     ignored: dict[str, int] = field(default_factory=dict)  # batch body field -> requests
     images: Images | None = field(default=None, repr=False)
+    # A fresh plan's entry in the plan cache (saved by `remember`); None for a cached plan.
+    cache: PlanCache | None = field(default=None, repr=False)
 
     @property
     def errors(self) -> list[Item]:
         return [it for it in self.items if it.error]
 
     def remember(self) -> None:
-        """Keep what planning learned about the images (the stat cache). The job calls it once
-        the run goes ahead: a user error, or a dry run, writes nothing."""
+        """Keep what planning learned: the images (the stat cache) and the plan (the plan
+        cache). The job calls it once the run goes ahead: a user error, or a dry run, writes
+        nothing."""
         if self.images is not None:
             self.images.close()
+        if self.cache is not None:
+            self.cache.save()
 
 
 def find_set(name: str, root: str | Path) -> Path:
@@ -180,8 +204,36 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     `cache`: the store's cache folder (runner/images.py), None for a temporary one; `show`:
     a progress line (off while the engine's start is on screen)."""
     f = find_set(name, root)
-    info, specs = read_set(f)
     opts = images or ImageOptions()
+    pc = PlanCache(cache, f, {"system": system, "limit": limit, "images": astuple(opts),
+                              "max_images": max_images}) if cache else None
+    if pc is not None and (hit := pc.load()) is not None:
+        return _cached(hit)
+    with recording(Inputs()) as inputs, gc_paused():  # every file read is stat'ed first
+        plan = _plan(f, system, limit, opts, max_images, cache, show)
+    if pc is not None:
+        pc.keep({"name": plan.name, "file": plan.file, "root": plan.root,
+                 "format": plan.format, "ignored": plan.ignored}, plan.items, inputs)
+        plan.cache = pc
+    return plan
+
+
+def _cached(e: Entry) -> Plan:
+    """A plan from the plan cache: stub items (id, key, error), the rest filled on first use."""
+    items = []
+    with gc_paused():
+        for i, (iid, key) in enumerate(zip(e.ids, e.keys, strict=True)):
+            it = object.__new__(Item)
+            it.__dict__.update(id=iid, key=key, error=None, error_kind=None, _fill=e.fill)
+            if i in e.errors:
+                it.error, it.error_kind = e.errors[i]
+            items.append(it)
+    return Plan(items=items, **e.plan)
+
+
+def _plan(f: Path, system: str | None, limit: int | None, opts: ImageOptions,
+          max_images: int | None, cache: Path | None, show: bool) -> Plan:
+    info, specs = read_set(f)
     img = Images(info.root, opts, cache)
     system = system or info.system
     items: list[Item] = []

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
+from runner.plancache import note_read
 
 
 @dataclass
@@ -81,6 +82,7 @@ def load_schema(v: Any, what: str, base: Path) -> dict[str, Any]:
             raise UserError(f"{what}: not valid JSON ({e}).") from None
     elif isinstance(v, str):
         f = base / v
+        note_read(f)  # the plan cache checks it
         try:
             schema = json.loads(f.read_text(encoding="utf-8"))
         except OSError as e:

@@ -24,6 +24,7 @@ import yaml
 from PIL import Image as PILImage
 
 from runner.errors import UserError
+from runner.plancache import current, note_read
 from runner.sampling import check_override, from_batch_body
 
 FORMATS = ("items", "images", "jsonl", "batch")
@@ -205,6 +206,17 @@ def is_batch(f: Path) -> bool:
     raise UserError(f"{f}: no items (the file is empty).")
 
 
+def _folders(top: Path) -> Iterator[str]:
+    """`top` and every folder under it, symlinked ones too (glob follows them), each once."""
+    seen: set[str] = set()
+    for d, subs, _ in os.walk(top, followlinks=True):
+        if (real := os.path.realpath(d)) in seen:
+            subs[:] = []
+            continue
+        seen.add(real)
+        yield d
+
+
 def _image_files(spec: str, f: Path) -> tuple[Path, list[Path]]:
     """A folder (every image in it, sorted) or a glob, relative to the set file; with the
     folder that ids are relative to (the glob's literal part)."""
@@ -216,8 +228,12 @@ def _image_files(spec: str, f: Path) -> tuple[Path, list[Path]]:
         top = f.parent.joinpath(*parts[:lit])
         if not top.is_dir():
             raise UserError(f"{f}: 'images: {spec}': the folder {top} does not exist.")
+        if current() is not None:  # the plan cache checks every folder the glob may list
+            for d in _folders(top):
+                note_read(d)
         files = [Path(x) for x in glob.glob(str(p), recursive=True)]
     elif p.is_dir():
+        note_read(p)  # its listing: a file added or removed changes the folder's stat
         top, files = p, list(p.iterdir())
     else:
         raise UserError(f"{f}: 'images: {spec}': the folder {p} does not exist "
@@ -251,6 +267,7 @@ def _templates(doc: dict, f: Path) -> Iterator[Spec]:
 
 def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
     """The set's description and a lazy stream of its items."""
+    note_read(f)
     if f.suffix == ".jsonl":
         fmt = "batch" if is_batch(f) else "jsonl"
         return SetInfo(f.stem, f, f.parent.resolve(), fmt), _jsonl(f, fmt == "batch")
@@ -285,6 +302,7 @@ def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
     if not doc.get("file") or not data.is_file():
         raise UserError(f"{f}: format '{fmt}' needs 'file:', a JSONL file next to it "
                         f"({data} not found).")
+    note_read(data)
     batch = fmt == "batch" or is_batch(data)
     info.format = "batch" if batch else "jsonl"
     return info, _jsonl(data, batch)

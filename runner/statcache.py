@@ -32,7 +32,7 @@ class Probe:
     ref: str
 
 
-def _stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
+def stat_key(st: os.stat_result) -> tuple[int, int, int, int]:
     return st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino
 
 
@@ -61,7 +61,7 @@ class StatCache:
     def get(self, f: Path | str, st: os.stat_result) -> Probe | None:
         with self._lock:
             r = self._load().get(str(f))
-        if r is None or r[1:5] != _stat_key(st):
+        if r is None or r[1:5] != stat_key(st):
             return None
         if st.st_mtime_ns >= r[5] - RACY_NS:  # racy: modified around the time it was hashed
             return None
@@ -69,7 +69,7 @@ class StatCache:
 
     def put(self, f: Path, st: os.stat_result, seen_ns: int, probe: Probe) -> None:
         with self._lock:
-            self._new.append((str(f), self.options, *_stat_key(st), seen_ns, probe.sha256,
+            self._new.append((str(f), self.options, *stat_key(st), seen_ns, probe.sha256,
                               probe.file, probe.width, probe.height, probe.norm, probe.error,
                               probe.ref))
 

@@ -77,3 +77,20 @@ def test_second_writer_is_refused_then_a_killed_holder_never_blocks(tmp_path: Pa
         assert held == []
     holder = (tmp_path / ".locks/abc.lock").read_text()
     assert holder == f"pid {os.getpid()} on {socket.gethostname()}"
+
+
+def test_read_jsonl_reads_whole_lines_in_one_call_and_skips_bad_ones(tmp_path: Path):
+    """The one-call parse gives what a line-by-line parse gives: U+2028 inside a string is
+    not a line break, a blank or unparseable line is skipped, a torn last line is ignored, and
+    lines that only parse together (`[1` then `2]`) are two bad lines."""
+    from runner.files import read_jsonl
+
+    f = tmp_path / "r.jsonl"
+    good = [{"k": "a\u2028b"}, {"k": 2}]
+    f.write_text("\n".join(json.dumps(x, ensure_ascii=False) for x in good) + "\n\n")
+    assert read_jsonl(f) == good
+    f.write_text(json.dumps(good[0]) + "\n[1\n2]\n{\"torn\": \n" + json.dumps(good[1]) +
+                 "\n{\"cut")
+    assert read_jsonl(f) == good
+    f.write_bytes(b'{"k": 1}\n{"k": "\xff"}\n{"k": 3}\n')  # bad UTF-8 on one line
+    assert read_jsonl(f) == [{"k": 1}, {"k": 3}]
