@@ -18,17 +18,28 @@ from runner.engine.api import Engine
 from runner.errors import EngineFailed, OverBudget
 from runner.images import inline_outside
 from runner.kinds import death_kind
-from runner.plan import Item
+from runner.plan import Item, set_root
 from runner.sink import Sink
 from runner.store import RunDir
 from runner.summary import Summary
 
 
 class Feed:
-    def __init__(self, cfg: DictConfig, set_root: Path):
-        self.cfg, self.set_root = cfg, set_root
+    def __init__(self, cfg: DictConfig, set_root: Path | None = None):
+        self.cfg, self._root = cfg, set_root
         self.engine: Engine | None = None  # None until started, and after a fatal death
         self.quant: dict[str, Any] | None = None  # what the engine runs (its quantization)
+
+    @property
+    def set_root(self) -> Path:
+        """The set's folder (its images stay under it): the plan's, else read from the set
+        without planning it (a run that may need an engine before its plan is done)."""
+        if self._root is None:
+            self._root = set_root(self.cfg.prompts.name, self.cfg.prompts.root)
+        return self._root
+
+    def knows_root(self, root: Path) -> None:
+        self._root = self._root or root
 
     def spec(self) -> tuple[dict[str, Any], dict[str, Any]]:
         from runner.engine import engine_spec

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import sys
 import time
+from threading import Thread
 from typing import Any
 
 from omegaconf import DictConfig
@@ -18,7 +19,7 @@ from runner.errors import STOPS, Interrupted, exit_code
 from runner.feed import Feed
 from runner.images import pixel_limit
 from runner.kinds import parse_kinds
-from runner.plan import Item, Plan, check_errors, in_shard, load_plan, set_root
+from runner.plan import Item, Plan, check_errors, in_shard, load_plan
 from runner.quant import check_model
 from runner.record import Record, counts
 from runner.retry import retire, retryable
@@ -46,6 +47,7 @@ class Job:
         self.writer: ResultWriter | None = None
         self.prompt_tokens: dict[str, int] = {}  # the token plan, by item key
         self.retired: dict[str, Record] = {}  # error records to retry (runner/retry.py)
+        self.thumbs: Thread | None = None  # making the report's thumbnails meanwhile
 
     def run(self) -> Summary:
         cfg = self.cfg
@@ -58,7 +60,7 @@ class Job:
         from runner.logs import engine_log
 
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
-        self.feed = Feed(cfg, set_root(cfg.prompts.name, cfg.prompts.root))
+        self.feed = Feed(cfg)
         if self.rd.manifest().get("status") != "complete" and not self.feed.live():
             # Work is likely: the engine starts while the set is planned. Engine output (and
             # the tokenizer's chatter) from here on goes to engine.log.
@@ -72,6 +74,7 @@ class Job:
                 with engine_log(cfg.store.root, self.rd.hash, cfg.log.engine):
                     check_model(cfg.model)
                     self.check(todo)
+                    self.thumbnails()
                     return self.compute(todo)
         return self.cached()
 
@@ -90,6 +93,8 @@ class Job:
             if todo:
                 try:
                     self.generate(todo)
+                    if self.thumbs is not None:  # a complete run has its report's thumbnails
+                        self.thumbs.join()
                 finally:
                     self.score_and_index()
                 return self.summary
@@ -104,7 +109,8 @@ class Job:
             self.plan.items = [it for it in self.plan.items if in_shard(it.key, cfg.shard)]
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
         if self.feed is None:  # else made before the plan, and maybe starting beside it
-            self.feed = Feed(cfg, self.plan.root)
+            self.feed = Feed(cfg)
+        self.feed.knows_root(self.plan.root)
         self.sampling = sampling_of(cfg)
         self.error_rate = rate_of(cfg.prompts.get("max_error_rate"))
         self.retry_kinds = parse_kinds(cfg.get("retry_errors"), "retry_errors")
@@ -123,6 +129,8 @@ class Job:
         def plan() -> list[Item]:
             todo = self.prepare(show=False)
             self.check(todo)
+            if todo:
+                self.thumbnails()
             return todo
 
         start, todo = SLOT.beside(self.feed.start, plan)
@@ -151,6 +159,14 @@ class Job:
                   tot["prompt_tokens"], tot["errors"])
         check_errors(todo, self.cfg.prompts.on_item_error)
         check_plan(self.error_rate, self.plan.items, self.stored, todo)
+
+    def thumbnails(self) -> None:
+        """The report's thumbnails, made while the engine starts and generates."""
+        if self.cfg.store.thumbnails:
+            from runner.results.thumbs import ensure_beside
+
+            self.thumbs = ensure_beside({im.sha256: im.file for it in self.plan.items
+                                         for im in it.images if im.sha256}, self.cfg.store.root)
 
     def _waiting(self, holder: str) -> None:
         console.print(f"[yellow]Run {self.rd.hash} is being written by {holder}; waiting…")

@@ -16,6 +16,7 @@ import jsonschema
 import pytest
 
 from conftest import REAL, ROOT, make_cfg
+from runner.results.thumbs import cache_key
 from test_cli import imported_vllm
 
 pytestmark = pytest.mark.engine
@@ -105,6 +106,11 @@ def test_every_set_format_runs_on_the_same_engine_and_a_report_compares_them(sam
             <= (x.get("sampling") or {}).get("max_tokens", 8) for x in recs.values())
         assert (d / "metrics.json").exists()
         runs.append(d)
+    # a complete run made its report's thumbnails: the report decodes no image
+    shas = {im["sha256"] for d in runs for x in results(d).values()
+            for im in x.get("images") or []}
+    thumbs = real.store / ".cache" / "thumbs"
+    assert shas and all(any(thumbs.glob(cache_key(sha) + "-*")) for sha in shas), shas
     out = tmp_path / "report.html"
     p = subprocess.run([sys.executable, "-m", "runner.results", "--root", str(real.store),
                         "report", *[d.name for d in runs], "--out", str(out)],

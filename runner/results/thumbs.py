@@ -8,6 +8,7 @@ import io
 import os
 import re
 import tempfile
+import threading
 from collections.abc import Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
@@ -140,3 +141,12 @@ def ensure(images: Mapping[str, str | Path], cache: Path, workers: int = 1) -> i
     thread. The number of images that have a thumbnail."""
     got = thumbnails(cache, {cache_key(s): f for s, f in images.items()}, workers)
     return sum(p is not None for p in got.values())
+
+
+def ensure_beside(images: Mapping[str, str | Path], store: str | Path) -> threading.Thread:
+    """`ensure` in a daemon thread, for a run about to generate: Pillow mostly leaves the
+    GIL, and what is not made when the process ends, the report makes."""
+    t = threading.Thread(target=ensure, name="runner-thumbs", daemon=True,
+                         args=(images, Path(store) / ".cache" / "thumbs"))
+    t.start()
+    return t
