@@ -47,7 +47,6 @@ class Job:
         self.writer: ResultWriter | None = None
         self.prompt_tokens: dict[str, int] = {}  # the token plan, by item key
         self.retired: dict[str, Record] = {}  # error records to retry (runner/retry.py)
-        self.thumbs: Thread | None = None  # making the report's thumbnails meanwhile
 
     def run(self) -> Summary:
         cfg = self.cfg
@@ -74,7 +73,6 @@ class Job:
                 with engine_log(cfg.store.root, self.rd.hash, cfg.log.engine):
                     check_model(cfg.model)
                     self.check(todo)
-                    self.thumbnails()
                     return self.compute(todo)
         return self.cached()
 
@@ -88,13 +86,15 @@ class Job:
     def compute(self, todo: list[Item]) -> Summary:
         """Under the run's lock: what is still missing, generated and stored."""
         self.plan.remember()
-        with self.rd.lock(self.cfg.store.wait, self._waiting):
+        with self.rd.lock(self.cfg.store.wait, lambda holder: console.print(
+                f"[yellow]Run {self.rd.hash} is being written by {holder}; waiting…")):
             todo = self.pending()  # another process may have finished it meanwhile
             if todo:
+                thumbs = self.thumbnails()
                 try:
                     self.generate(todo)
-                    if self.thumbs is not None:  # a complete run has its report's thumbnails
-                        self.thumbs.join()
+                    if thumbs is not None:  # a complete run has its report's thumbnails
+                        thumbs.join()
                 finally:
                     self.score_and_index()
                 return self.summary
@@ -129,8 +129,6 @@ class Job:
         def plan() -> list[Item]:
             todo = self.prepare(show=False)
             self.check(todo)
-            if todo:
-                self.thumbnails()
             return todo
 
         start, todo = SLOT.beside(self.feed.start, plan)
@@ -160,16 +158,14 @@ class Job:
         check_errors(todo, self.cfg.prompts.on_item_error)
         check_plan(self.error_rate, self.plan.items, self.stored, todo)
 
-    def thumbnails(self) -> None:
-        """The report's thumbnails, made while the engine starts and generates."""
-        if self.cfg.store.thumbnails:
-            from runner.results.thumbs import ensure_beside
+    def thumbnails(self) -> Thread | None:
+        """The report's thumbnails, made in a thread while the engine generates."""
+        if not self.cfg.store.thumbnails:
+            return None
+        from runner.results.thumbs import ensure_beside
 
-            self.thumbs = ensure_beside({im.sha256: im.file for it in self.plan.items
-                                         for im in it.images if im.sha256}, self.cfg.store.root)
-
-    def _waiting(self, holder: str) -> None:
-        console.print(f"[yellow]Run {self.rd.hash} is being written by {holder}; waiting…")
+        return ensure_beside({im.sha256: im.file for it in self.plan.items for im in it.images
+                              if im.sha256}, self.cfg.store.root)
 
     # --- generate: the engine (runner/feed.py), the run folder, each outcome stored -----
 
