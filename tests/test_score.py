@@ -18,7 +18,8 @@ from PIL import Image
 import fakes
 from runner.errors import UserError
 from runner.mmmu import convert
-from runner.results.score import check_spec, parse_choice, score_output, score_run
+from runner.results.score import score_run
+from runner.results.scorers import check_spec, parse_choice, score_output
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTS = ["London", "Paris", "Berlin", "Madrid"]

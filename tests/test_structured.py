@@ -20,7 +20,8 @@ from runner.errors import UserError
 from runner.plan import load_set
 from runner.results.export import export_text
 from runner.results.runs import load_run
-from runner.results.score import score_output, score_run
+from runner.results.score import score_run
+from runner.results.scorers import score_output
 from runner.sampling import from_batch_body
 from runner.store import run_hash
 
