@@ -9,6 +9,7 @@ import json
 import os
 import pickle
 import stat
+from collections.abc import Iterator
 from pathlib import Path
 
 import hostile as h
@@ -207,11 +208,22 @@ def test_a_damaged_entry_is_a_cold_cache(tmp_path: Path, planned: list[Path]):
     assert [it.key for it in plan(s, cache).items] == keys and planned == [s, s]
 
 
-def test_a_run_resumes_from_a_cached_plan(tmp_path: Path, planned: list[Path],
-                                          monkeypatch: pytest.MonkeyPatch):
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The fake engine for jobs run in this process, shut down after the test."""
+    from runner.engine import SLOT
+
+    monkeypatch.setenv("RUNNER_ENGINE", "fake")
+    try:
+        yield
+    finally:
+        SLOT.shutdown()
+
+
+@pytest.mark.process
+def test_a_run_resumes_from_a_cached_plan(tmp_path: Path, planned: list[Path], fake_engine):
     """The job on a cached plan: a finished run is a cache hit, and a run with an item left
     fills that item's stub (messages, images) and generates it, with the key it had."""
-    monkeypatch.setenv("RUNNER_ENGINE", "fake")
     s, _ = two_image_set(tmp_path / "set")
     cfg = make_cfg(*TINY, f"prompts.name={s}", f"store.root={tmp_path / 'store'}",
                    "sampling.max_tokens=2", "model.limit_mm_per_prompt.image=1")
