@@ -1,4 +1,7 @@
-"""`python -m runner [overrides]`: the Hydra entry point (see README)."""
+"""`python -m runner [overrides]`: the Hydra entry point (see README). One job per config;
+an error a user can cause is one sentence and an exit code, and in a sweep the next job runs."""
+
+import sys
 
 import hydra
 from omegaconf import DictConfig
@@ -10,9 +13,23 @@ register()
 
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> object:
-    from runner.run import main as run_main
+    from hydra.core.hydra_config import HydraConfig
 
-    return run_main(cfg)
+    from runner.display import show, show_error
+    from runner.errors import STOPS, Interrupted, exit_code
+    from runner.run import Job
+    from runner.summary import Summary
+    from runner.sweep import in_multirun
+
+    try:
+        s = Job(cfg, list(HydraConfig.get().overrides.task)).run()
+    except (Interrupted, KeyboardInterrupt, *STOPS) as e:
+        show_error(e)
+        if isinstance(e, STOPS) and in_multirun():
+            return Summary(None, None, cfg.model.name, cfg.prompts.name, "failed", error=str(e))
+        sys.exit(exit_code(e))
+    show(s)
+    return s
 
 
 if __name__ == "__main__":

@@ -266,6 +266,8 @@ def load_plan(cfg: Any, show: bool = True) -> Plan:
     plan = load_set(p.name, p.root, p.system, p.limit, images=opts, max_images=lim.get("image"),
                     cache=Path(cfg.store.root) / ".cache", show=show)
     check_errors(plan.items, p.get("on_item_error", "skip"))
+    if cfg.shard.count > 1:  # this shard's items (the plan cache keeps the whole set's)
+        plan.items = [it for it in plan.items if in_shard(it.key, cfg.shard)]
     return plan
 
 

@@ -3,9 +3,7 @@ Everything else is config."""
 
 from __future__ import annotations
 
-import sys
 import time
-from threading import Thread
 from typing import Any
 
 from omegaconf import DictConfig
@@ -14,21 +12,21 @@ from runner import manifest
 from runner.budget import Budget, check_plan, rate_of
 from runner.config import sampling_of
 from runner.console import console
-from runner.display import Generation, plan_line, show, show_error, warn_ignored
-from runner.errors import STOPS, Interrupted, exit_code
+from runner.display import Generation, plan_line, show, warn_ignored
+from runner.errors import Interrupted
 from runner.feed import Feed
 from runner.images import pixel_limit
 from runner.kinds import parse_kinds
-from runner.plan import Item, Plan, check_errors, in_shard, load_plan
+from runner.plan import Item, Plan, check_errors, load_plan
 from runner.quant import check_model
 from runner.record import Record, counts
+from runner.results.thumbs import ensure_beside
 from runner.retry import retire, retryable
 from runner.sampling import bound, merge
 from runner.signals import Interrupts
 from runner.sink import Sink
 from runner.store import ResultWriter, RunDir, run_hash
 from runner.summary import Summary
-from runner.sweep import in_multirun
 
 
 class Job:
@@ -89,8 +87,9 @@ class Job:
         with self.rd.lock(self.cfg.store.wait, lambda holder: console.print(
                 f"[yellow]Run {self.rd.hash} is being written by {holder}; waiting…")):
             todo = self.pending()  # another process may have finished it meanwhile
-            if todo:
-                thumbs = self.thumbnails()
+            if todo:  # the report's thumbnails, made in a thread while the engine generates
+                thumbs = ensure_beside(self.plan.items, self.cfg.store.root) \
+                    if self.cfg.store.thumbnails else None
                 try:
                     self.generate(todo)
                     if thumbs is not None:  # a complete run has its report's thumbnails
@@ -105,8 +104,6 @@ class Job:
     def prepare(self, show: bool = True) -> list[Item]:
         cfg = self.cfg
         self.plan = load_plan(cfg, show)
-        if cfg.shard.count > 1:
-            self.plan.items = [it for it in self.plan.items if in_shard(it.key, cfg.shard)]
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
         if self.feed is None:  # else made before the plan, and maybe starting beside it
             self.feed = Feed(cfg)
@@ -158,15 +155,6 @@ class Job:
         check_errors(todo, self.cfg.prompts.on_item_error)
         check_plan(self.error_rate, self.plan.items, self.stored, todo)
 
-    def thumbnails(self) -> Thread | None:
-        """The report's thumbnails, made in a thread while the engine generates."""
-        if not self.cfg.store.thumbnails:
-            return None
-        from runner.results.thumbs import ensure_beside
-
-        return ensure_beside({im.sha256: im.file for it in self.plan.items for im in it.images
-                              if im.sha256}, self.cfg.store.root)
-
     # --- generate: the engine (runner/feed.py), the run folder, each outcome stored -----
 
     def open_run(self) -> None:
@@ -201,9 +189,7 @@ class Job:
             try:
                 # vLLM decodes the images in this process: the plan's Pillow limit holds there
                 with progress, pixel_limit(self.cfg.prompts.max_image_pixels):
-                    for it in todo:  # planned item errors: stored, never sent to the engine
-                        if it.error:
-                            sink.planned_error(it.key, it.error, it.error_kind or "other")
+                    sink.planned_errors(todo)  # stored, never sent to the engine
                     if runnable:
                         self.feed.run(runnable, self.effective, sink, self.rd, self.summary)
                 status = "complete"
@@ -234,38 +220,21 @@ class Job:
 
         if self.writer is not None:
             self.writer.close()
-        self.summary.status = status
-        self.summary.total_s = time.perf_counter() - self.t0
+        self._ended(status)
         manifest.end(self.rd, self.summary, error, SLOT.starts,
                      counts(self.rd.read_results().values()))
 
     def score_and_index(self) -> None:
         """Score the stored results (cheap, no engine: a changed scorer never regenerates)
         and register the run in the index."""
-        if not self.rd.exists():
-            return
-        from runner.results import index, score
+        if self.rd.exists():
+            from runner.results import index, score
 
-        m = score.score_run(self.rd.path, self.plan.file)
-        index.upsert(self.rd.root, self.rd.path)
-        if m.get("scored"):
-            console.print(f"scored {m['scored']} items: accuracy {m.get('accuracy', 0):.3f}")
+            m = score.score_run(self.rd.path, self.plan.file)
+            index.upsert(self.rd.root, self.rd.path)
+            if m.get("scored"):
+                console.print(f"scored {m['scored']} items: accuracy {m.get('accuracy', 0):.3f}")
 
     def _ended(self, status: str) -> Summary:
         self.summary.status, self.summary.total_s = status, time.perf_counter() - self.t0
         return self.summary
-
-
-def main(cfg: DictConfig) -> Summary:
-    """Run one job. In a sweep, a job's user error is recorded and the sweep goes on."""
-    from hydra.core.hydra_config import HydraConfig
-
-    try:
-        s = Job(cfg, list(HydraConfig.get().overrides.task)).run()
-    except (Interrupted, KeyboardInterrupt, *STOPS) as e:
-        show_error(e)
-        if isinstance(e, STOPS) and in_multirun():
-            return Summary(None, None, cfg.model.name, cfg.prompts.name, "failed", error=str(e))
-        sys.exit(exit_code(e))
-    show(s)
-    return s

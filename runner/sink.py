@@ -27,15 +27,20 @@ class Sink:
         self.progress.item(out.key, r["completion_tokens"])
         self.budget.done(r["id"], None)
 
-    def planned_error(self, key: str, reason: str, kind: str) -> None:
-        """An item error found by the plan: stored, never sent, not the engine's outcome."""
+    def planned_errors(self, items: list[Item]) -> None:
+        """The item errors the plan found: stored, never sent, not the engine's outcomes."""
+        for it in items:
+            if it.error:
+                self._error(it.key, it.error, it.error_kind or "other")
+
+    def _error(self, key: str, reason: str, kind: str) -> None:
         self.writer.write(error_record(self.by_key[key], reason, kind))
         self.s.errors += 1
         self.s.error_kinds[kind] = self.s.error_kinds.get(kind, 0) + 1
         self.progress.item(key)
 
     def error(self, key: str, reason: str, kind: str) -> None:
-        self.planned_error(key, reason, kind)
+        self._error(key, reason, kind)
         self.budget.done(self.by_key[key].id, kind)
 
     def tokens(self, generated: int) -> None:

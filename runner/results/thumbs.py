@@ -9,9 +9,10 @@ import os
 import re
 import tempfile
 import threading
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
@@ -143,9 +144,11 @@ def ensure(images: Mapping[str, str | Path], cache: Path, workers: int = 1) -> i
     return sum(p is not None for p in got.values())
 
 
-def ensure_beside(images: Mapping[str, str | Path], store: str | Path) -> threading.Thread:
-    """`ensure` in a daemon thread, for a run about to generate: Pillow mostly leaves the
-    GIL, and what is not made when the process ends, the report makes."""
+def ensure_beside(items: Iterable[Any], store: str | Path) -> threading.Thread:
+    """`ensure` in a daemon thread for the images of a run's plan items, while its engine
+    generates: Pillow mostly leaves the GIL, and what is not made when the process ends, the
+    report makes."""
+    images = {im.sha256: im.file for it in items for im in it.images if im.sha256}
     t = threading.Thread(target=ensure, name="runner-thumbs", daemon=True,
                          args=(images, Path(store) / ".cache" / "thumbs"))
     t.start()
