@@ -6,17 +6,12 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 from runner.engine.api import Engine, Failed, Finished, Refused
 from runner.errors import EngineDied
 from runner.kinds import classify
-
-
-class Sink(Protocol):
-    def output(self, out: Finished) -> None: ...
-    def error(self, key: str, reason: str, kind: str) -> None: ...
-    def tokens(self, generated: int) -> None: ...
+from runner.sink import Sink
 
 
 def run_window(engine: Engine, keys: list[str],
