@@ -181,6 +181,8 @@ class Filler:
 
     def __call__(self, stub: Any) -> None:
         with self.lock:
+            if "_fill" not in stub.__dict__:  # filled meanwhile by another thread
+                return
             if self.body is not None:
                 with gc_paused():
                     self.full = {it.key: it for it in pickle.loads(self.body)}
