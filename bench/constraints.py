@@ -37,8 +37,8 @@ def main() -> None:
     from runner.config import register
     from runner.engine import engine_kwargs, environ
     from runner.engine.vllm_engine import import_vllm, make_params
-    from runner.plan import load_set
-    from runner.sampling import merge
+    from runner.plan.load import load_set
+    from runner.plan.sampling import merge
 
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

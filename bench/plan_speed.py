@@ -34,8 +34,8 @@ from hydra import compose, initialize_config_dir
 register()
 with initialize_config_dir(config_dir=sys.argv[1], version_base="1.3"):
     cfg = compose(config_name="config", overrides=sys.argv[2:])
-from runner.plan import load_plan
-from runner.tokens import plan_tokens, totals
+from runner.plan.load import load_plan
+from runner.plan.tokens import plan_tokens, totals
 t1 = time.perf_counter()
 plan = load_plan(cfg)
 t2 = time.perf_counter()

@@ -30,10 +30,11 @@ def main() -> None:
     from hydra import compose, initialize_config_dir
 
     from runner.bundled import ensure_weights
-    from runner.config import register, sampling_of
+    from runner.config import register
     from runner.engine import engine_kwargs, environ
     from runner.engine.api import Finished
     from runner.engine.vllm_engine import VllmEngine
+    from runner.plan.sampling import sampling_of
 
     register()
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):

@@ -21,10 +21,11 @@ if __name__ == "__main__":
 
     sys.path.insert(0, str(__import__("pathlib").Path(__file__).resolve().parent.parent))
     from runner.bundled import ensure_weights
-    from runner.config import register, sampling_of
+    from runner.config import register
     from runner.engine import engine_kwargs, environ
     from runner.engine.vllm_engine import import_vllm, make_params
-    from runner.plan import load_set
+    from runner.plan.load import load_set
+    from runner.plan.sampling import sampling_of
 
     temps = sys.argv[2].split(",") if sys.argv[1] == "--sweep" else None
     if temps:

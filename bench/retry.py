@@ -17,9 +17,9 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import fakes  # noqa: E402
-from runner import retry  # noqa: E402
-from runner.record import read_records  # noqa: E402
-from runner.store import RunDir  # noqa: E402
+from runner.job import retry  # noqa: E402
+from runner.store.record import read_records  # noqa: E402
+from runner.store.rundir import RunDir  # noqa: E402
 
 
 def main() -> None:

@@ -107,7 +107,7 @@ def run(args: list[str], store: Path, env: dict | None = None) -> dict:
 
 PLAN = """import sys, time
 from pathlib import Path
-from runner.plan import load_set
+from runner.plan.load import load_set
 t = time.perf_counter()
 load_set(sys.argv[1], cache=Path(sys.argv[2]), show=False)
 print(time.perf_counter() - t)"""

@@ -15,11 +15,11 @@ register()
 def main(cfg: DictConfig) -> object:
     from hydra.core.hydra_config import HydraConfig
 
-    from runner.display import show, show_error
+    from runner.console.display import show, show_error
+    from runner.console.summary import Summary
     from runner.errors import STOPS, Interrupted, exit_code
-    from runner.run import Job
-    from runner.summary import Summary
-    from runner.sweep import in_multirun
+    from runner.job.recipe import Job
+    from runner.launch.sweep import in_multirun
 
     try:
         s = Job(cfg, list(HydraConfig.get().overrides.task)).run()

@@ -18,11 +18,50 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
-from runner.sampling import SamplingConfig, checked_sampling
-
 RUNTIME = {"hash": False}  # a runtime knob: does not change results
 OURS = {"vllm": False}  # ours, not a vLLM engine argument (changes results)
 RUNTIME_OURS = RUNTIME | OURS  # ours, and does not change results
+
+
+@dataclass
+class StructuredOutputsConfig:
+    """vLLM's StructuredOutputsParams fields, typed: `sampling.structured_outputs.choice=[A,B]`
+    needs no `+`, and a misspelled field fails at composition, naming it. Unset (null) fields
+    are left out of the request and of the hash."""
+
+    json: Any = None  # a JSON schema: a mapping, a JSON string or a path to a .json file
+    regex: str | None = None
+    choice: list[str] | None = None
+    grammar: str | None = None
+    json_object: bool | None = None
+    structural_tag: str | None = None
+    disable_any_whitespace: bool | None = None
+    disable_additional_properties: bool | None = None
+    whitespace_pattern: str | None = None
+
+
+@dataclass
+class SamplingConfig:
+    """vLLM SamplingParams; defaults are vLLM's own. Every field is hashed (structured_outputs
+    when set, with a `json` schema file's content instead of its path)."""
+
+    n: int = 1
+    temperature: float = 1.0
+    top_p: float = 1.0
+    top_k: int = 0
+    min_p: float = 0.0
+    max_tokens: int | None = 16
+    min_tokens: int = 0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    repetition_penalty: float = 1.0
+    presence_penalty: float = 0.0
+    frequency_penalty: float = 0.0
+    ignore_eos: bool = False
+    # vLLM's StructuredOutputsParams: one of json (a schema, inline or a .json file), regex,
+    # choice, grammar, json_object, structural_tag; plus its options. All unset: unconstrained.
+    structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
+
 
 
 @dataclass
@@ -63,7 +102,7 @@ class EngineConfig:
     # Environment for vLLM (VLLM_CPU_KVCACHE_SPACE, VLLM_CPU_OMP_THREADS_BIND, ...), set for
     # the engine's life.
     env: dict[str, str] = field(default_factory=dict, metadata=RUNTIME_OURS)
-    # The runner's fault handling (runner/supervise.py, docs/faults.md).
+    # The runner's fault handling (runner/job/supervise.py, docs/faults.md).
     max_restarts: int = field(default=2, metadata=RUNTIME_OURS)  # restarts per invocation
     # No engine step returned for this long: the engine is treated as dead. null: off.
     stall_timeout_s: float | None = field(default=300.0, metadata=RUNTIME_OURS)
@@ -97,13 +136,13 @@ class PromptsConfig:
     root: str = field(default="prompts", metadata=RUNTIME)
     system: str | None = None  # system prompt for items that have none
     limit: int | None = field(default=None, metadata=RUNTIME)  # first N items only
-    # Image handling (runner/images.py). Not hashed: item keys cover the image bytes and the
+    # Image handling (runner/plan/images.py). Not hashed: item keys cover the image bytes and the
     # conversion settings, so a changed max_image_size recomputes exactly the items it changes.
     allow_remote: bool = field(default=False, metadata=RUNTIME)  # fetch http(s) images
     max_image_pixels: int = field(default=89_478_485, metadata=RUNTIME)  # bomb guard
     max_image_size: int | None = field(default=None, metadata=RUNTIME)  # longest side cap
     on_item_error: str = field(default="skip", metadata=RUNTIME)  # skip | fail
-    # The error budget (runner/budget.py): a fraction of the items, null for none.
+    # The error budget (runner/job/budget.py): a fraction of the items, null for none.
     max_error_rate: float | None = field(default=None, metadata=RUNTIME)
 
 
@@ -134,7 +173,7 @@ class LogTarget(str, Enum):
 
 @dataclass
 class LogConfig:
-    """Where the engine's output goes (runner/logs.py). Not part of the hash."""
+    """Where the engine's output goes (runner/console/logs.py). Not part of the hash."""
 
     engine: LogTarget = LogTarget.file
 
@@ -149,7 +188,7 @@ class RunConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dry_run: bool = False  # plan and report what would run; never starts the engine
-    # Retry the run's error records (runner/retry.py): true, or the kinds to retry
+    # Retry the run's error records (runner/job/retry.py): true, or the kinds to retry
     # (runner/kinds.py), e.g. [engine_death,stall]. Not hashed (top level).
     retry_errors: Any = False
 
@@ -159,36 +198,21 @@ HASHED_GROUPS = {"model": ModelConfig, "engine": EngineConfig, "sampling": Sampl
 ENGINE_GROUPS = {"model": ModelConfig, "engine": EngineConfig}
 
 
-def _marked(cls: type, mark: str) -> list[str]:
+def marked(cls: type, mark: str) -> list[str]:
     return [f.name for f in dataclasses.fields(cls) if f.metadata.get(mark, True)]
 
 
-def _container(cfg: DictConfig) -> dict[str, Any]:
+def container(cfg: DictConfig) -> dict[str, Any]:
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
     return c
 
 
-def hashed_config(cfg: DictConfig) -> dict[str, Any]:
-    """The resolved fields that change results (docs/runs.md, "The run hash")."""
-    c = _container(cfg)
-    out = {g: {k: c[g][k] for k in _marked(cls, "hash")} for g, cls in HASHED_GROUPS.items()}
-    out["engine"]["extra"] = {k: v for k, v in out["engine"]["extra"].items()
-                              if k not in RUNTIME_ENGINE_ARGS}
-    out["sampling"] = checked_sampling(out["sampling"])  # empty structured_outputs left out
-    return out
-
-
-def sampling_of(cfg: DictConfig) -> dict[str, Any]:
-    """The run's `sampling`, resolved and checked (runner/sampling.py: checked_sampling)."""
-    return checked_sampling(_container(cfg.sampling))
-
-
 def engine_args(cfg: DictConfig) -> dict[str, Any]:
     """The model and engine fields that are vLLM engine arguments, None (vLLM's default) left
     out; `model`, `allowed_local_media_path` and engine.extra are added by the engine."""
-    c = _container(cfg)
-    return {k: c[g][k] for g, cls in ENGINE_GROUPS.items() for k in _marked(cls, "vllm")
+    c = container(cfg)
+    return {k: c[g][k] for g, cls in ENGINE_GROUPS.items() for k in marked(cls, "vllm")
             if c[g][k] is not None}
 
 

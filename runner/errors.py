@@ -50,7 +50,7 @@ class EngineFailed(Exception):
 
 
 class OverBudget(UserError):
-    """Errors over prompts.max_error_rate (runner/budget.py): at plan time nothing is written;
+    """Errors over prompts.max_error_rate (runner/job/budget.py): at plan time nothing is written;
     at run time the run is failed and what finished stays stored. A sentence like any user
     error, with its own exit code."""
 

@@ -1,6 +1,6 @@
 """`python -m runner.serve [overrides]`: vLLM's OpenAI-compatible server, started from the
 same model/ and engine/ configs as a run (docs/server.md); `engine=server` sends a run's
-requests to it. The work is in runner/engine/serving.py."""
+requests to it. The work is in runner/engine/server.py."""
 
 import sys
 
@@ -15,7 +15,7 @@ register()
 @hydra.main(version_base="1.3", config_path="../conf", config_name="config")
 def main(cfg: DictConfig) -> None:
     from runner.console import console
-    from runner.engine.serving import serve
+    from runner.engine.server import serve
     from runner.errors import StartFailed, UserError
 
     try:

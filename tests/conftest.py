@@ -143,7 +143,7 @@ def real(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNamespace]:
 
     from runner.console import console
     from runner.engine import SLOT
-    from runner.run import Job
+    from runner.job.recipe import Job
 
     base = tmp_path_factory.mktemp("real")
     prompts, store = base / "prompts", base / "store"

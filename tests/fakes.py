@@ -10,7 +10,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.store import RunDir
+from runner.store.rundir import RunDir
 
 TIME = "2026-11-20T10:00:00+00:00"
 

@@ -20,11 +20,11 @@ from rich.console import Console
 
 from conftest import ROOT
 from fakes import record, write_run
+from runner.launch.sweep import table
 from runner.results import stats
 from runner.results.cli import main
 from runner.results.compare import compare_runs, item_samples, load_scored
 from runner.results.score import score_run
-from runner.sweep import table
 
 Z = 1.959963984540054
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE, ROOT, TINY, fake_env, runner
-from runner.sweep import _points, table
+from runner.launch.sweep import _points, table
 
 pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
 

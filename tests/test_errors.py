@@ -31,8 +31,8 @@ from conftest import (
 from runner import kinds
 from runner.errors import UserError
 from runner.files import atomic_write
-from runner.record import read_records
-from runner.store import RunDir
+from runner.store.record import read_records
+from runner.store.rundir import RunDir
 
 pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
 
@@ -299,7 +299,7 @@ def test_a_retry_killed_between_its_two_writes_is_completed_by_the_next(tmp_path
                                                                         monkeypatch):
     """The kill window between the history append and the results rewrite: the record is
     in both files; the next retry does not write its history line twice."""
-    from runner import retry
+    from runner.job import retry
 
     err = fakes.record("b", error="the engine died while generating this item: x",
                        error_kind="engine_death")
@@ -320,7 +320,7 @@ def test_a_retry_killed_between_its_two_writes_is_completed_by_the_next(tmp_path
 
 
 def test_a_shard_retries_only_the_records_in_its_own_file(tmp_path: Path):
-    from runner import retry
+    from runner.job import retry
 
     a = fakes.record("a", error="sampling: ValueError: x", error_kind="sampling")
     b = fakes.record("b", error="sampling: ValueError: y", error_kind="sampling")

@@ -25,8 +25,8 @@ from conftest import (
     spawn,
     wait_for,
 )
+from runner.bundled import mistral_common_file
 from runner.engine.args import explain_start_failure
-from runner.tokens import mistral_common_file
 
 pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
 

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import make_cfg
-from runner.store import hashed_config, run_hash
+from runner.store.rundir import hashed_config, run_hash
 
 
 def h(*o: str) -> str:

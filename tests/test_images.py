@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image as PILImage
 
-from runner import images as images_mod
 from runner.errors import UserError
-from runner.images import ImageOptions
-from runner.plan import Plan, check_errors, load_set
+from runner.plan import images as images_mod
+from runner.plan.images import ImageOptions
+from runner.plan.load import Plan, check_errors, load_set
 
 
 def cache_of(d: Path) -> Path:

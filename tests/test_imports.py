@@ -57,9 +57,53 @@ def circles(g: dict[str, set[str]]) -> list[list[str]]:
 
 def test_the_graph_is_read():
     g = graph()
-    assert "runner.engine" in g["runner.feed"] and "runner.feed" in g["runner.run"]
+    assert "runner.engine" in g["runner.job.feed"] and "runner.job.feed" in g["runner.job.recipe"]
     assert circles({"a": {"b"}, "b": {"a"}}) == [["a", "b", "a"]]
 
 
 def test_runner_has_no_import_circles():
     assert circles(graph()) == []
+
+
+# The stages, lowest first (docs/development.md, "Code map"). A module may import its own
+# layer or one below, never one above: data flows config -> plan -> engine -> store -> report.
+LAYERS = [
+    {"runner.errors", "runner.kinds", "runner.files", "runner.config", "runner.console"},
+    {"runner.bundled"},
+    {"runner.plan"},
+    {"runner.engine"},
+    {"runner.store"},
+    {"runner.results"},
+    {"runner.benchmarks"},
+    {"runner.job"},
+    {"runner.launch"},
+    {"runner", "runner.__main__", "runner.serve"},
+]
+
+
+def layer_of(m: str) -> int:
+    for n in (m, ".".join(m.split(".")[:2])):
+        for i, layer in enumerate(LAYERS):
+            if n in layer:
+                return i
+    raise AssertionError(f"{m} is in no layer of LAYERS: add its package there")
+
+
+def upward(g: dict[str, set[str]]) -> list[str]:
+    return sorted(f"{m} -> {n}" for m, ns in g.items() for n in ns if layer_of(n) > layer_of(m))
+
+
+def test_the_layer_rule_is_read():
+    assert layer_of("runner.plan.load") == 2 and layer_of("runner.job.recipe") == 7
+    assert upward({"runner.plan.load": {"runner.store.record"}}) == [
+        "runner.plan.load -> runner.store.record"]
+
+
+def test_no_import_runs_back_up_the_stages():
+    assert upward(graph()) == []
+
+
+def test_the_top_level_holds_entry_points_and_shared_basics_only():
+    top = sorted(f.name for f in PKG.glob("*.py"))
+    assert top == ["__init__.py", "__main__.py", "config.py", "errors.py", "files.py", "kinds.py",
+                   "serve.py"]

@@ -3,7 +3,7 @@
 import pytest
 
 from conftest import TINY, make_cfg
-from runner.launch import gpus_for, node_devices, slice_for, why
+from runner.launch.launchers import gpus_for, node_devices, slice_for, why
 
 
 def test_a_job_takes_its_own_slice_of_the_node_s_devices():

@@ -7,7 +7,7 @@ import pytest
 
 from conftest import ROOT
 from runner.errors import UserError
-from runner.plan import load_set
+from runner.plan.load import load_set
 
 
 def test_sample_set_builds_openai_style_requests():

@@ -1,4 +1,4 @@
-"""The plan cache (runner/plancache.py): a rerun of an unchanged set reuses the plan, exactly;
+"""The plan cache (runner/plan/cache.py): a rerun of an unchanged set reuses the plan, exactly;
 any change to what the plan read (the set, an image, a folder's listing, a schema, a copy in
 the store's cache) or to the plan's options plans it again; nothing goes into the set."""
 
@@ -16,12 +16,12 @@ import hostile as h
 import pytest
 
 from conftest import TINY, make_cfg
-from runner import plan as plan_mod
-from runner import plancache
-from runner.images import ImageOptions
-from runner.plan import load_set
-from runner.record import read_records
-from runner.run import Job
+from runner.job.recipe import Job
+from runner.plan import cache as plancache
+from runner.plan import load as plan_mod
+from runner.plan.images import ImageOptions
+from runner.plan.load import load_set
+from runner.store.record import read_records
 
 
 @pytest.fixture

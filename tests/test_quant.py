@@ -12,9 +12,8 @@ import pytest
 import yaml
 
 from conftest import ROOT, make_cfg, runner
-from runner import quant
 from runner.bundled import tiny_hf
-from runner.engine import engine_kwargs
+from runner.engine import engine_kwargs, quant
 from runner.errors import UserError
 
 TWIN = ["model=pixtral_large_w4a16_tiny", "engine=cpu"]

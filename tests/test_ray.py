@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from conftest import FAKE, TINY, fake_env, make_cfg, output, runner, spawn, wait_for
-from runner.plan import load_plan
+from runner.plan.load import load_plan
 
 pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
 

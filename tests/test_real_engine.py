@@ -64,9 +64,9 @@ def test_run_writes_config_manifest_and_results(sample, real):
 def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real):
     """The same engine, the same five requests queued at once: vLLM's own `LLM.chat` gives
     what the runner stored, token for token."""
-    from runner.config import sampling_of
     from runner.engine.vllm_engine import make_params
-    from runner.plan import load_plan
+    from runner.plan.load import load_plan
+    from runner.plan.sampling import sampling_of
 
     d, _, _ = sample
     cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
@@ -125,8 +125,8 @@ def test_hostile_set_end_to_end(real):
     plan's token counts equal vLLM's for every completed item (the sample items included)."""
     from test_sets import BAD
 
-    from runner.plan import load_plan
-    from runner.tokens import plan_tokens
+    from runner.plan.load import load_plan
+    from runner.plan.tokens import plan_tokens
 
     d, s, _ = real.run("prompts.name=hostile")
     assert s.engine_reused

@@ -18,7 +18,7 @@ import pytest
 import fakes
 from conftest import ROOT, make_cfg
 from runner.results import index
-from runner.store import RunDir, run_hash
+from runner.store.rundir import RunDir, run_hash
 
 TINY = ("model=pixtral_tiny", "engine=cpu")
 

@@ -11,8 +11,8 @@ from PIL import Image
 
 from runner.engine import EngineSlot
 from runner.errors import StartFailed
-from runner.images import ImageOptions
-from runner.plan import load_set
+from runner.plan.images import ImageOptions
+from runner.plan.load import load_set
 
 VAR, OTHER = "PIXTRAL_RUNNER_TEST_ENV", "PIXTRAL_RUNNER_TEST_OTHER"
 

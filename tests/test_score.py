@@ -16,8 +16,8 @@ import yaml
 from PIL import Image
 
 import fakes
+from runner.benchmarks.mmmu import convert
 from runner.errors import UserError
-from runner.mmmu import convert
 from runner.results.score import score_run
 from runner.results.scorers import check_spec, parse_choice, score_output
 
@@ -157,7 +157,7 @@ def test_cli_rescores_by_hash_without_vllm(tmp_path: Path) -> None:
               [{"id": "a", "output": "Berlin", "expected": "berlin", "tags": ["t"]}])
     code = ("import sys, runpy; sys.argv = ['x', '0123', '--root', 'outputs'];"
             "import runner.results.cli as c; rc = c.main(['score', *sys.argv[1:]]);"
-            "import runner.results.html, runner.mmmu;"
+            "import runner.results.html, runner.benchmarks.mmmu;"
             "assert not {'vllm', 'torch'} & set(sys.modules), 'engine imported'; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
@@ -227,7 +227,7 @@ def test_mmmu_converter_errors(tmp_path: Path) -> None:
 
 def test_converted_set_plans(tmp_path: Path) -> None:
     """The converted set (with `scorer` and `metadata` keys) loads with the planner."""
-    from runner.plan import load_set
+    from runner.plan.load import load_set
 
     (tmp_path / "e.jsonl").write_text(json.dumps(
         {"id": "q1", "question": "Which?", "options": ["a", "b"], "answer": "A",

@@ -69,9 +69,9 @@ def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_tim
                                                                                    real):
     """Same engine arguments, one request at a time on both sides: the server's outputs are
     the in-process engine's, token for token."""
-    from runner.config import sampling_of
     from runner.engine.vllm_engine import make_params
-    from runner.plan import load_plan
+    from runner.plan.load import load_plan
+    from runner.plan.sampling import sampling_of
 
     r = runner(*served.args, "engine.url=serve", "engine.max_num_seqs=1")
     assert r.returncode == 0, r.stdout + r.stderr

@@ -13,8 +13,8 @@ from hostile import hostile_set
 
 from conftest import FAKE, ROOT, TINY, make_cfg, runner
 from runner.errors import UserError
-from runner.plan import load_plan, load_set
-from runner.tokens import TokenCounter, plan_tokens, show_plan
+from runner.plan.load import load_plan, load_set
+from runner.plan.tokens import TokenCounter, plan_tokens, show_plan
 
 EX = ROOT / "prompts" / "examples"
 

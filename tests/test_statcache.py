@@ -1,4 +1,4 @@
-"""The image stat cache (runner/statcache.py) and the store's image cache: a file that did not
+"""The image stat cache (runner/plan/statcache.py) and the store's image cache: a file that did not
 change is not read again; any change, or a racy entry, is; nothing is written into the set."""
 
 from __future__ import annotations
@@ -14,9 +14,9 @@ import hostile as h
 import pytest
 
 from conftest import TINY, fake_env, run_dirs_of, runner
-from runner import images as images_mod
-from runner import statcache
-from runner.plan import load_set
+from runner.plan import images as images_mod
+from runner.plan import statcache
+from runner.plan.load import load_set
 
 
 @pytest.fixture

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner.errors import UserError
-from runner.store import RunDir
+from runner.store.rundir import RunDir
 
 
 def rec(i: int) -> dict:
@@ -54,7 +54,7 @@ def test_duplicate_keys_keep_the_first(tmp_path: Path):
 
 HOLD = """
 import sys
-from runner.store import RunDir
+from runner.store.rundir import RunDir
 with RunDir(sys.argv[1], "abc").lock(wait=False, on_wait=print):
     print("locked", flush=True)
     sys.stdin.read()  # hold the lock until killed

@@ -15,15 +15,14 @@ import yaml
 
 import fakes
 from conftest import ROOT, TINY, make_cfg
-from runner.config import hashed_config
 from runner.errors import UserError
-from runner.plan import load_set
+from runner.plan.load import load_set
+from runner.plan.sampling import from_batch_body
 from runner.results.export import export_text
 from runner.results.runs import load_run
 from runner.results.score import score_run
 from runner.results.scorers import score_output
-from runner.sampling import from_batch_body
-from runner.store import run_hash
+from runner.store.rundir import hashed_config, run_hash
 
 RECEIPTS = ROOT / "prompts" / "receipts"
 SCHEMA = json.loads((RECEIPTS / "schema.json").read_text())
@@ -247,7 +246,7 @@ def test_csv_export_flattens_json_outputs(tmp_path: Path):
 
 
 def test_mmmu_converter_constrains_choices(tmp_path: Path):
-    from runner.mmmu import convert
+    from runner.benchmarks.mmmu import convert
 
     exp = tmp_path / "export.jsonl"
     exp.write_text(json.dumps({"id": "validation_Art_1", "question": "Which?",

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from runner.errors import EngineDied, EngineFailed
-from runner.supervise import Restart, Supervisor
+from runner.job.supervise import Restart, Supervisor
 
 
 class FakeEngine:

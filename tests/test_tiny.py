@@ -3,8 +3,7 @@
 from pathlib import Path
 
 from conftest import ROOT
-from runner.bundled import samples, tiny
-from runner.tokens import mistral_common_file
+from runner.bundled import mistral_common_file, samples, tiny
 
 
 def test_tiny_model_is_byte_identical_every_time(tmp_path: Path):

@@ -1,5 +1,6 @@
 """The runner's Hydra launchers. Hydra only instantiates launchers that live under the
-`hydra_plugins` namespace package, so the classes are here; what they do is runner/launch.py.
+`hydra_plugins` namespace package, so the classes are here; what they do is
+runner/launch/launchers.py.
 
 - `hydra/launcher=ray`: each job of a multirun is a Ray task on the cluster at `address`.
 - `hydra/launcher=local`: submitit's local executor, each job with its own slice of this
@@ -34,7 +35,7 @@ class RayLauncher(Launcher):
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
-        from runner.launch import launch_ray
+        from runner.launch.launchers import launch_ray
 
         return launch_ray(self, job_overrides, initial_job_idx)
 
@@ -42,14 +43,14 @@ class RayLauncher(Launcher):
 class LocalLauncher(Submitit):
     def __init__(self, gpus_per_job: int | None = None, **params: Any) -> None:
         super().__init__(**params)
-        from runner.launch import node_devices
+        from runner.launch.launchers import node_devices
 
         self.gpus_per_job = gpus_per_job
         self.node_devices = node_devices()  # read here, in the process that submits
 
     def __call__(self, sweep_overrides: list[str], job_dir_key: str, job_num: int,
                  job_id: str, singleton_state: dict[type, Singleton]) -> JobReturn:
-        from runner.launch import set_devices
+        from runner.launch.launchers import set_devices
 
         set_devices(self, sweep_overrides, job_num, singleton_state)
         return super().__call__(sweep_overrides, job_dir_key, job_num, job_id, singleton_state)

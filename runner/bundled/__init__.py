@@ -11,6 +11,7 @@ from omegaconf import DictConfig
 from runner.errors import UserError
 
 KINDS = ("tiny", "tiny_hf")
+BUNDLED_TOKENIZER = "tekken_240911.json"  # Pixtral-12B-2409's, shipped by mistral-common
 
 
 def build(kind: str, path: Path) -> Path:
@@ -33,3 +34,10 @@ def ensure_weights(m: DictConfig) -> None:
                if m.hf_repo else "")
         raise UserError(f"Model weights for '{m.name}' not found ({where}): {get}"
                         f"set model.path=/path/to/{p.name}.")
+
+
+def mistral_common_file(name: str = BUNDLED_TOKENIZER) -> Path:
+    """A tokenizer file that mistral-common ships (default: Pixtral-12B-2409's tekken)."""
+    import mistral_common
+
+    return Path(mistral_common.__file__).parent / "data" / name

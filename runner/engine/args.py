@@ -43,8 +43,8 @@ def media_root(cfg: DictConfig, set_root: Path) -> Path:
 def engine_spec(cfg: DictConfig, set_root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """What identifies this config's engine: its arguments and its `engine.env`."""
     kw = engine_kwargs(cfg, media_root(cfg, set_root))
-    if cfg.engine.url:  # a vLLM server instead of an engine (runner/engine/server.py)
-        from runner.engine.server import SPEC, spec_of
+    if cfg.engine.url:  # a vLLM server instead of an engine (runner/engine/client.py)
+        from runner.engine.client import SPEC, spec_of
 
         return kw | {SPEC: spec_of(cfg)}, {}
     env = OmegaConf.to_container(cfg.engine.env, resolve=True)

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from runner.quant import parse_quant_config, read_checkpoint_quant
+from runner.engine.quant import parse_quant_config, read_checkpoint_quant
 
 
 class QuantProbe:

@@ -1,362 +1,208 @@
-"""A vLLM OpenAI-compatible server behind the Engine interface (api.py): each request is one
-POST /v1/chat/completions from one of `window` worker threads, so at most `window` requests
-are in flight; answers come back as the same events as from an in-process engine.
-
-Before anything is sent, `connect` checks that the server serves the configured model and,
-when `python -m runner.serve` started it, that the engine arguments that change outputs
-equal the config's (server_state.py); any other server only with engine.trust_server=true.
-Standard library only: no vLLM, no torch (a warm run imports neither).
+"""`python -m runner.serve`: vLLM's own OpenAI-compatible server (its `api_server` entry
+point, in a child process) started from the run's model/ and engine/ configs, on loopback,
+with its address and engine arguments in the store's state file (server_state.py) while it
+is up. Ctrl-C (or SIGTERM) stops it the way vLLM expects and removes the state file.
 """
 
 from __future__ import annotations
 
-import base64
-import http.client
-import json
-import mimetypes
-import queue
+import ctypes
+import os
+import signal
 import socket
-import threading
+import subprocess
+import sys
 import time
+import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass, field
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
 
-from runner.engine.api import Event, Failed, Finished, Sample
-from runner.engine.server_state import alive, differences, read_state, state_path
-from runner.errors import ServerGone, UserError
+import yaml
+from omegaconf import DictConfig, OmegaConf
 
-SPEC = "runner_server"  # the key of the client's settings in the engine kwargs (slot.py)
-DEFAULT_WINDOW = 64  # in flight when neither the config nor the state file says max_num_seqs
-CHECK_TIMEOUT_S = 10.0
-START = "python -m runner.serve"
+from runner.console import console
+from runner.engine.args import check_engine_args, engine_kwargs, explain_start_failure
+from runner.engine.server_state import alive, read_state, serve_dir, state_path, write_state
+from runner.engine.vllm_engine import count_start, import_vllm
+from runner.errors import StartFailed, UserError
 
-
-def spec_of(cfg: Any) -> dict[str, Any]:
-    """The client's settings from a config (they join the engine kwargs, so a sweep reuses the
-    client while they are equal)."""
-    e, m = cfg.engine, cfg.model
-    return {"url": e.url.rstrip("/"), "store": str(Path(cfg.store.root).resolve()),
-            "trust_server": bool(e.trust_server), "request_timeout_s": e.request_timeout_s,
-            "window": e.max_num_seqs, "name": m.name, "hf_repo": m.hf_repo}
+STOP_TIMEOUT_S = 120.0  # vLLM's engine core tears its workers down: slow on a loaded CPU
 
 
-@dataclass
-class Connection:
-    url: str
-    model_id: str  # what requests name as `model`
-    window: int
-    info: dict[str, Any] = field(default_factory=dict)  # the manifest's `server`
+def free_port(host: str) -> int:
+    with socket.socket() as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
 
 
-def _get_json(url: str, path: str) -> Any:
+def address(url: str | None) -> tuple[str, int]:
+    """engine.url names where to listen; otherwise loopback on a free port."""
+    if not url or url == "serve":
+        return "127.0.0.1", free_port("127.0.0.1")
     u = urlparse(url)
-    conn = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80,
-                                      timeout=CHECK_TIMEOUT_S)
-    try:
-        conn.request("GET", path)
-        r = conn.getresponse()
-        body = r.read()
-        if r.status != 200:
-            raise OSError(f"HTTP {r.status} from {path}")
-        return json.loads(body)
-    finally:
-        conn.close()
+    if u.scheme != "http" or not u.hostname or not u.port:
+        raise UserError(f"engine.url={url} is not http://HOST:PORT; runner.serve listens on "
+                        "plain HTTP (leave engine.url unset for a free loopback port).")
+    return u.hostname, u.port
 
 
-def connect(spec: dict[str, Any], args: dict[str, Any]) -> Connection:
-    """Find the server, check it serves this config's model with this config's output-changing
-    engine arguments; one sentence (UserError, exit 2) for anything that does not hold."""
-    url, store = spec["url"], spec["store"]
-    st = read_state(store)
-    if url == "serve":
-        if not st:
-            raise UserError(f"engine=server: no server runs on store {store} (no "
-                            f"{state_path(store)}): start one with `{START}` and this run's "
-                            "model/engine overrides, or set engine.url=http://HOST:PORT.")
-        url = st["url"]
-    if not url.startswith("http://"):
-        raise UserError(f"engine.url={url} is neither http://HOST:PORT nor `serve`; fix it.")
-    ours = st if st and st.get("url") == url else None
-    if ours and not alive(ours.get("pid")):
-        raise UserError(f"The server in {state_path(store)} ({url}, pid {ours.get('pid')}) is "
-                        f"not running any more: start it again with `{START}`.")
-    try:
-        cards = _get_json(url, "/v1/models").get("data") or []
-    except (OSError, http.client.HTTPException, ValueError, AttributeError) as e:
-        raise UserError(f"No vLLM server answers at engine.url={url} ({e}): start it (`{START}`"
-                        ") or fix engine.url.") from None
-    want = {args["model"], spec["name"], spec["hf_repo"]} - {None}
-    card = next((c for c in cards if c.get("id") in want or c.get("root") in want), None)
-    served = ", ".join(f"{c.get('id')} ({c.get('root')})" for c in cards) or "no model"
-    if card is None or (ours and card.get("root") != ours.get("model")):
-        raise UserError(f"The server at {url} serves {served}, not this config's "
-                        f"{spec['name']} ({args['model']}): point engine.url at a server for "
-                        f"it, or start one with `{START}` and this run's overrides.")
-    mml, smml = args.get("max_model_len"), card.get("max_model_len")
-    if mml is not None and smml is not None and int(mml) != int(smml):
-        raise UserError(f"The server at {url} runs max_model_len={smml}, this config "
-                        f"model.max_model_len={mml}: they must be equal (it changes outputs).")
-    if ours:
-        diffs = differences(args, ours.get("engine_args") or {})
-        if diffs:
-            raise UserError(f"The server at {url} was started with {'; '.join(diffs)}, which "
-                            f"change outputs: restart it (`{START}` with this run's "
-                            "model/engine overrides) or run with its values.")
-        checked = "engine arguments (runner.serve state file) and /v1/models"
-    elif not spec["trust_server"]:
-        raise UserError(f"The server at {url} was not started by `{START}` on store {store}, "
-                        "so its engine arguments (dtype, quantization, tokenizer mode) cannot "
-                        "be checked: set engine.trust_server=true to use it anyway (the "
-                        "manifest records it).")
-    else:
-        checked = "model and max_model_len only (/v1/models); engine.trust_server=true"
-    sargs = (ours or {}).get("engine_args") or {}
-    window = spec["window"] or sargs.get("max_num_seqs") or \
-        (ours or {}).get("added", {}).get("max_num_seqs") or DEFAULT_WINDOW
-    info = {"url": url, "model": card.get("id"), "root": card.get("root"),
-            "started_by": "runner.serve" if ours else "unknown",
-            "pid": (ours or {}).get("pid"), "trust_server": not ours,
-            "checked": checked, "in_flight": int(window)}
-    return Connection(url, str(card.get("id")), int(window), info)
+def batch_defaults(kw: dict[str, Any]) -> dict[str, Any]:
+    """vLLM's offline-LLM batch sizes when the config leaves them to vLLM: its server's own
+    defaults are smaller, and the same engine arguments should batch the same way."""
+    from vllm.engine.arg_utils import EngineArgs
+    from vllm.usage.usage_lib import UsageContext
 
-
-def inline_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """file:// images as data: URLs: the server may not see this machine's files (or only
-    under its allowed_local_media_path); the bytes are the same, so are the pixels."""
-    out = []
-    for m in messages:
-        c = m.get("content")
-        if isinstance(c, list):
-            m = {**m, "content": [_inline(p) for p in c]}
-        out.append(m)
+    world = int(kw.get("tensor_parallel_size", 1)) * int(kw.get("pipeline_parallel_size", 1))
+    tokens, seqs = EngineArgs.get_batch_defaults(world)
+    out: dict[str, Any] = {}
+    if kw.get("max_num_seqs") is None and UsageContext.LLM_CLASS in seqs:
+        out["max_num_seqs"] = seqs[UsageContext.LLM_CLASS]
+    if kw.get("max_num_batched_tokens") is None and UsageContext.LLM_CLASS in tokens:
+        out["max_num_batched_tokens"] = tokens[UsageContext.LLM_CLASS]
     return out
 
 
-def _inline(part: dict[str, Any]) -> dict[str, Any]:
-    url = part.get("image_url", {}).get("url", "") if part.get("type") == "image_url" else ""
-    if not url.startswith("file://"):
-        return part
-    path = url[len("file://"):]  # images.file_url: the path as written, not percent-encoded
-    mime = mimetypes.guess_type(path)[0] or "image/png"
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return {**part, "image_url": {**part["image_url"], "url": f"data:{mime};base64,{data}"}}
-
-
-def _error_message(body: bytes) -> str:
+def _die_with_parent() -> None:
+    """In the child: SIGTERM when runner.serve dies, even by SIGKILL (Linux's prctl)."""
     try:
-        d = json.loads(body)
-        e = d.get("error", d)
-        msg = e.get("message") if isinstance(e, dict) else str(e)
-    except (ValueError, AttributeError):
-        msg = body[:300].decode(errors="replace")
-    return " ".join(str(msg).split())[:300]
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
-class _Lost(Exception):
-    """The connection to the server failed (refused, reset, closed)."""
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as r:
+            return r.status == 200
+    except OSError:
+        return False
 
 
-class ServerEngine:
-    kind = "server"
-    watchdog = "on"  # a dead server refuses connections; a hung one times requests out
+def media_root(cfg: DictConfig) -> Path:
+    return Path(cfg.prompts.root).resolve()
 
-    def __init__(self, kw: dict[str, Any]):
-        self.spec = kw[SPEC]
-        self.args = {k: v for k, v in kw.items() if k != SPEC}
-        c = connect(self.spec, self.args)
-        self.url, self.model_id, self.window, self.server = c.url, c.model_id, c.window, c.info
-        u = urlparse(self.url)
-        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
-        self.timeout = self.spec["request_timeout_s"]
-        self.max_gap_s = 0.0
-        self._todo: queue.Queue[tuple[int, str, list, dict] | None] = queue.Queue()
-        self._out: queue.Queue[tuple[int, Any]] = queue.Queue()
-        self._pending: dict[str, None] = {}  # submitted, not yet yielded, in submit order
-        self._epoch = 0  # requests of an abandoned events() loop are dropped by their epoch
-        self._conns: set[http.client.HTTPConnection] = set()
-        self._lock = threading.Lock()
-        self._dead: str | None = None
-        self._threads = [threading.Thread(target=self._worker, daemon=True,
-                                          name=f"server-client-{i}")
-                         for i in range(self.window)]
-        for t in self._threads:
-            t.start()
 
-    # --- the Engine interface -----------------------------------------------------------
+def serve(cfg: DictConfig) -> int:
+    """Start the server, keep it up until Ctrl-C/SIGTERM, stop it; the exit code."""
+    from runner.engine.quant import check_model
 
-    def submit(self, key: str, messages: list[dict[str, Any]],
-               sampling: dict[str, Any]) -> None:
-        self._pending[key] = None
-        self._todo.put((self._epoch, key, messages, sampling))
-
-    def in_flight(self) -> int:
-        return len(self._pending)
-
-    def events(self, stall_timeout_s: float | None = None) -> Iterator[Event]:
-        last = time.monotonic()
+    root = cfg.store.root
+    old = read_state(root)
+    if old and alive(old.get("pid")):
+        raise UserError(f"A server already runs on store {root} ({old.get('url')}, pid "
+                        f"{old.get('pid')}): use it (engine=server), or stop it (Ctrl-C in its "
+                        f"terminal, or kill {old.get('runner_pid')}) first.")
+    check_model(cfg.model)
+    kw = engine_kwargs(cfg, media_root(cfg))
+    host, port = address(cfg.engine.url)
+    url = f"http://{host}:{port}"
+    d = serve_dir(root)
+    d.mkdir(parents=True, exist_ok=True)
+    args_file, log_path = d / "engine_args.yaml", d / "server.log"
+    with _output_to(log_path):  # vLLM's (and torch's) import chatter: the log, not the console
+        import_vllm()
+        check_engine_args(kw)
+        added = batch_defaults(kw) | {"generation_config": "vllm"}
+    args_file.write_text(yaml.safe_dump({k.replace("_", "-"): v for k, v in (kw | added).items()
+                                         if v is not None}))
+    cmd = [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--config",
+           str(args_file), "--host", host, "--port", str(port),
+           "--served-model-name", cfg.model.name]
+    env = OmegaConf.to_container(cfg.engine.env, resolve=True)
+    assert isinstance(env, dict)
+    console.print(f"Starting vLLM's server for {cfg.model.name} (log: {log_path})…")
+    t0 = time.perf_counter()
+    count_start()
+    with open(log_path, "ab") as log:
+        log.write(f"\n=== runner.serve {time.strftime('%Y-%m-%d %H:%M:%S')}: "
+                  f"{' '.join(cmd)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True,
+                                env={**os.environ, **{k: str(v) for k, v in env.items()}},
+                                preexec_fn=_die_with_parent)
+    # Both set explicitly: a shell's background job starts with SIGINT ignored.
+    prev = {sig: signal.signal(sig, _interrupt) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
         try:
-            while self._pending:
-                try:
-                    epoch, ev = self._out.get(timeout=0.2)
-                except queue.Empty:
-                    if stall_timeout_s and time.monotonic() - last > stall_timeout_s:
-                        self._gone(f"no answer for {stall_timeout_s:g} s, "
-                                   "engine.stall_timeout_s")
-                    continue
-                now = time.monotonic()
-                self.max_gap_s, last = max(self.max_gap_s, now - last), now
-                if epoch != self._epoch:
-                    continue
-                if isinstance(ev, str):
-                    self._gone(ev)
-                self._pending.pop(ev.key, None)
-                yield ev
-        except BaseException:
-            self._abandon()
-            raise
-
-    def _gone(self, reason: str) -> None:
-        self._dead = reason
-        n = len(self._pending)
-        raise ServerGone(f"The vLLM server at {self.url} stopped answering ({reason}) with {n} "
-                         "requests in flight; what finished is stored: start the server again "
-                         f"(`{START}`) and rerun the same command to resume.")
-
-    def why_dead(self) -> str | None:
-        return self._dead
-
-    def kill(self) -> None:
-        self._abandon()
-
-    def shutdown(self) -> None:
-        self._abandon()
-        for _ in self._threads:
-            self._todo.put(None)
-        for t in self._threads:
-            t.join(5)
-
-    def describe(self) -> dict[str, Any]:
-        """What the config asks for; the server's kernels are not visible from here."""
-        return {"method": self.args.get("quantization"), "kernel": None, "scheme": None,
-                "served_by": self.url}
-
-    # --- the workers ----------------------------------------------------------------------
-
-    def _abandon(self) -> None:
-        """Drop what is queued or in flight: closing a connection makes vLLM abort its
-        request."""
-        self._epoch += 1
-        self._pending.clear()
+            _wait_ready(proc, url, log_path, kw["model"])
+        except KeyboardInterrupt:
+            _stop(proc)
+            console.print("[yellow]Interrupted; the server is stopped.")
+            return 130
+        write_state(root, {"url": url, "pid": proc.pid, "runner_pid": os.getpid(),
+                           "model": kw["model"], "served_model_name": cfg.model.name,
+                           "engine_args": kw, "added": added, "env": env,
+                           "started": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                           "log": str(log_path)})
+        console.print(f"vLLM's server for {cfg.model.name} is ready in "
+                      f"{time.perf_counter() - t0:.1f}s at {url} (state: {state_path(root)}); "
+                      "run jobs with engine=server (same store.root); Ctrl-C stops it.",
+                      highlight=False)
         try:
-            while True:
-                self._todo.get_nowait()
-        except queue.Empty:
+            code = proc.wait()
+        except KeyboardInterrupt:
+            _stop(proc)
+            console.print("The server is stopped.")
+            return 0
+        console.print(f"[bold red]error:[/] vLLM's server exited by itself (code {code}); "
+                      f"its log is {log_path}.")
+        return 1
+    finally:
+        for sig, handler in prev.items():
+            signal.signal(sig, handler)
+        if (st := read_state(root)) and st.get("pid") == proc.pid:
+            state_path(root).unlink(missing_ok=True)
+
+
+@contextmanager
+def _output_to(path: Path) -> Iterator[None]:
+    """fds 1 and 2 appended to `path` for the block."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = [os.dup(1), os.dup(2)]
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for f in (*saved, fd):
+            os.close(f)
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def _wait_ready(proc: subprocess.Popen, url: str, log_path: Path, model: str) -> None:
+    """Until /health answers; a server that exits first is one sentence from its log."""
+    while not healthy(url, 1.0):
+        if proc.poll() is not None:
+            text = log_path.read_text(errors="replace")[-60_000:]
+            raise StartFailed(explain_start_failure(
+                RuntimeError("the server failed to start"), text, model))
+        time.sleep(0.2)  # polling the port: the signal is the server answering
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    """SIGTERM, as vLLM's server expects (it shuts its engine core down); SIGKILL to its whole
+    process group if it does not exit in time."""
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
             pass
-        with self._lock:
-            for c in list(self._conns):
-                if c.sock is not None:
-                    try:
-                        c.sock.shutdown(socket.SHUT_RDWR)
-                    except OSError:
-                        pass
-
-    def _worker(self) -> None:
-        conn: http.client.HTTPConnection | None = None
-        while (job := self._todo.get()) is not None:
-            epoch, key, messages, sampling = job
-            if epoch != self._epoch:
-                continue
-            try:
-                body = self._body(messages, sampling)
-            except OSError as e:
-                self._out.put((epoch, Failed(key, f"image unreadable: {e}", "image")))
-                continue
-            ev: Any
-            try:
-                conn, status, data = self._post(conn, body)
-                ev = self._answer(key, status, data, sampling)
-            except TimeoutError:
-                conn = self._close(conn)
-                ev = Failed(key, f"no answer from the server within engine.request_timeout_s="
-                                 f"{self.timeout:g} s", "timeout")
-            except _Lost as e:
-                conn = self._close(conn)
-                ev = str(e)  # the server is gone: events() raises ServerGone
-            except Exception as e:  # noqa: BLE001 - an answer we cannot read: this item's error
-                conn = self._close(conn)
-                ev = Failed(key, f"unreadable answer from the server: {type(e).__name__}: {e}",
-                            "request")
-            self._out.put((epoch, ev))
-        self._close(conn)
-
-    def _body(self, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> bytes:
-        s = {k: v for k, v in sampling.items() if v is not None}
-        if int(s.get("n") or 1) > 1:
-            s["return_token_ids"] = True  # each sample's token count
-        return json.dumps({"model": self.model_id, "messages": inline_images(messages), **s},
-                          ensure_ascii=False).encode()
-
-    def _connection(self) -> http.client.HTTPConnection:
-        c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
-        with self._lock:
-            self._conns.add(c)
-        return c
-
-    def _close(self, c: http.client.HTTPConnection | None) -> None:
-        if c is not None:
-            c.close()
-            with self._lock:
-                self._conns.discard(c)
-        return None
-
-    def _post(self, conn: http.client.HTTPConnection | None,
-              body: bytes) -> tuple[http.client.HTTPConnection, int, bytes]:
-        """One request; a kept-alive connection the server closed meanwhile is retried once on
-        a new one (the server had not read it). Fails with _Lost or TimeoutError."""
-        for fresh in (conn is None, True):
-            if fresh:
-                conn = self._close(conn) or self._connection()
-            assert conn is not None
-            try:
-                conn.request("POST", "/v1/chat/completions", body=body,
-                             headers={"Content-Type": "application/json"})
-                r = conn.getresponse()
-                return conn, r.status, r.read()
-            except TimeoutError:
-                raise
-            except (OSError, http.client.HTTPException) as e:
-                if fresh:
-                    raise _Lost(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) \
-                        from None
-        raise AssertionError("unreachable")
-
-    def _answer(self, key: str, status: int, data: bytes,
-                sampling: dict[str, Any]) -> Finished | Failed:
-        if status != 200:
-            if status >= 500 and not self._healthy():
-                raise _Lost(f"HTTP {status}, then /health failed")
-            return Failed(key, f"the server refused the request (HTTP {status}): "
-                               f"{_error_message(data)}", "request")
-        d = json.loads(data)
-        choices = sorted(d.get("choices") or [], key=lambda c: c.get("index", 0))
-        usage = d.get("usage") or {}
-        if len(choices) == 1:
-            counts = [int(usage.get("completion_tokens") or 0)]
-        else:
-            counts = [len(c.get("token_ids") or []) for c in choices]
-        return Finished(key, int(usage.get("prompt_tokens") or 0),
-                        [Sample(c.get("message", {}).get("content") or "", c.get("finish_reason"),
-                                n) for c, n in zip(choices, counts, strict=True)])
-
-    def _healthy(self) -> bool:
-        try:
-            c = http.client.HTTPConnection(self.host, self.port, timeout=CHECK_TIMEOUT_S)
-            c.request("GET", "/health")
-            ok = c.getresponse().status == 200
-            c.close()
-            return ok
-        except (OSError, http.client.HTTPException):
-            return False
+    try:
+        os.killpg(proc.pid, signal.SIGKILL)  # anything of it left (its engine core)
+    except ProcessLookupError:
+        pass
+    proc.wait()

@@ -25,10 +25,10 @@ W = TypeVar("W")
 def start_engine(kw: dict[str, Any]) -> Engine:
     """The real vLLM engine; a client of a vLLM server when the job asks for one (engine.url);
     the fake one when RUNNER_ENGINE=fake (tests only)."""
-    from runner.engine.server import SPEC
+    from runner.engine.client import SPEC
 
     if SPEC in kw:
-        from runner.engine.server import ServerEngine
+        from runner.engine.client import ServerEngine
 
         return ServerEngine(kw)
     if os.environ.get("RUNNER_ENGINE") == "fake":
@@ -87,7 +87,7 @@ class EngineSlot:
     def log_text() -> str:
         """The end of the engine's log so far: the root cause of a failed start is there
         (its engine core and workers are other processes)."""
-        from runner.logs import current, tail
+        from runner.console.logs import current, tail
 
         log = current()
         return "\n".join(tail(log.path, 400)) if log is not None and log.capture else ""
@@ -147,7 +147,7 @@ class EngineSlot:
     def shutdown(self) -> None:
         if self.engine is None:
             return
-        from runner.logs import redirected
+        from runner.console.logs import redirected
 
         engine, self.engine, self.key = self.engine, None, None
         try:

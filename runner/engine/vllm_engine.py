@@ -14,11 +14,11 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
+from runner.console.logs import watch_phases
 from runner.engine.api import Event, Finished, Refused, Sample, Tokens
 from runner.engine.args import check_engine_args
 from runner.engine.watchdog import Watchdog
 from runner.errors import EngineDied, UserError
-from runner.logs import watch_phases
 
 # Seconds the engine core may take to tear down its workers after SIGTERM. vLLM's default
 # (5 s) is shorter than a loaded CPU needs: past it vLLM force-kills the core mid-teardown.
@@ -26,7 +26,7 @@ SHUTDOWN_TIMEOUT = 120.0
 TOKENS_EVERY_S = 0.5  # how often the progress counters are read (a metrics snapshot each)
 PROBE = "runner.engine.probe.QuantProbe"
 
-# What vLLM's log says the engine is doing, shown beside the start spinner (runner/logs.py).
+# What vLLM's log says the engine is doing, shown beside the start spinner (runner/console/logs.py).
 START_PHASES = [(re.compile(p), name) for p, name in (
     (r"non-default args|Resolved architecture", "reading the model config"),
     (r"Initializing a V1 LLM engine", "starting the engine core"),
@@ -46,7 +46,7 @@ def import_vllm() -> Any:
 
 
 def make_params(sampling: dict[str, Any]) -> Any:
-    """vLLM SamplingParams from an effective sampling mapping (runner/sampling.py)."""
+    """vLLM SamplingParams from an effective sampling mapping (runner/plan/sampling.py)."""
     from vllm import SamplingParams
     from vllm.sampling_params import StructuredOutputsParams
 

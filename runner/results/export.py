@@ -11,8 +11,8 @@ from datetime import datetime
 from typing import Any
 
 from runner.kinds import kind_of
-from runner.record import Record
 from runner.results.runs import Run, flatten
+from runner.store.record import Record
 
 CSV_FIELDS = ("id", "status", "output", "finish_reason", "prompt_tokens", "completion_tokens",
               "expected", "error", "prompt", "images", "tags")

@@ -23,12 +23,12 @@ from typing import Any
 from urllib.parse import quote
 
 from runner.files import atomic_write
-from runner.record import Record, counts
 from runner.results.compare import compare_runs, item_samples
 from runner.results.page import TEMPLATE
 from runner.results.runs import Run, config_diff, flatten, load_run
 from runner.results.score import set_file_of
 from runner.results.thumbs import cache_key, thumbnails
+from runner.store.record import Record, counts
 
 CHUNK = 2000  # rows per chunk file; a report of at most this many items is one file
 PAGE = 100  # rows per page

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.files import locked, read_json, read_yaml
-from runner.record import counts, read_records, result_files
+from runner.store.record import counts, read_records, result_files
 
 INDEX_NAME = "index.sqlite"
 SCHEMA_VERSION = 1

@@ -9,7 +9,7 @@ from typing import Any
 
 from runner.errors import UserError
 from runner.files import read_json, read_jsonl, read_yaml
-from runner.record import Record, latest_by_id, read_records
+from runner.store.record import Record, latest_by_id, read_records
 
 ABSENT = object()  # a key missing on one side of a diff
 

@@ -19,9 +19,9 @@ from typing import Any
 import yaml
 
 from runner.files import atomic_write, read_json, read_yaml
-from runner.record import Record, counts, latest_by_id, read_records
 from runner.results.scorers import DEFAULT_SCORER, Score, normalize, score_output
 from runner.results.stats import majority, pass_at_k
+from runner.store.record import Record, counts, latest_by_id, read_records
 
 # --- a run ----------------------------------------------------------------------------------
 
@@ -34,7 +34,7 @@ def set_file_of(run_dir: Path) -> Path | None:
         return None
     name, root = str(p["name"]), str(p.get("root") or "prompts")
     try:
-        from runner.plan import find_set
+        from runner.plan.load import find_set
 
         return find_set(name, root)
     except Exception:  # noqa: BLE001 - an unknown set: score without it
@@ -55,7 +55,7 @@ def read_set_meta(set_file: Path | None) -> SetMeta:
         return SetMeta()
     f = Path(set_file)
     try:
-        from runner.sources import read_set
+        from runner.plan.sources import read_set
 
         info, specs = read_set(f)
         items = {s.id: {"scorer": s.scorer, "metadata": s.metadata} for s in specs}
@@ -222,7 +222,7 @@ def schema_metrics(records: Any, run_dir: Path) -> dict[str, Any]:
     """`schema_valid`: the share of constrained outputs that satisfy their constraint (the
     run's structured_outputs, or the record's own override), over `constrained` outputs."""
     from runner.errors import UserError
-    from runner.sampling import check_structured
+    from runner.plan.sampling import check_structured
 
     cfg = read_yaml(run_dir / "config.yaml", {}).get("sampling") or {}
     try:

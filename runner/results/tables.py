@@ -11,8 +11,8 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.kinds import kinds_text
-from runner.record import counts
 from runner.results.runs import ABSENT, Run
+from runner.store.record import counts
 
 
 def fmt(v: Any) -> str:

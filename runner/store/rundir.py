@@ -21,14 +21,25 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import hashed_config
+from runner.config import HASHED_GROUPS, RUNTIME_ENGINE_ARGS, container, marked
 from runner.errors import UserError
 from runner.files import LockBusy, atomic_write, cut_torn_tail, locked, read_json
-from runner.record import Record, read_records
+from runner.plan.sampling import checked_sampling
+from runner.store.record import Record, read_records
 
 __all__ = ["HASH_LEN", "ResultWriter", "RunDir", "hashed_config", "run_hash"]
 
 HASH_LEN = 16
+
+
+def hashed_config(cfg: DictConfig) -> dict[str, Any]:
+    """The resolved fields that change results (docs/runs.md, "The run hash")."""
+    c = container(cfg)
+    out = {g: {k: c[g][k] for k in marked(cls, "hash")} for g, cls in HASHED_GROUPS.items()}
+    out["engine"]["extra"] = {k: v for k, v in out["engine"]["extra"].items()
+                              if k not in RUNTIME_ENGINE_ARGS}
+    out["sampling"] = checked_sampling(out["sampling"])  # empty structured_outputs left out
+    return out
 
 
 def run_hash(cfg: DictConfig) -> str:
@@ -77,7 +88,7 @@ class RunDir:
         return self.manifest_path.exists()
 
     def read_results(self) -> dict[str, Record]:
-        """Stored records by item key, all shards merged (runner.record's rules)."""
+        """Stored records by item key, all shards merged (runner.store.record's rules)."""
         return read_records(self.path)
 
     def _repair(self) -> None:

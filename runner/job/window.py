@@ -10,8 +10,8 @@ from typing import Any
 
 from runner.engine.api import Engine, Failed, Finished, Refused
 from runner.errors import EngineDied
+from runner.job.sink import Sink
 from runner.kinds import classify
-from runner.sink import Sink
 
 
 def run_window(engine: Engine, keys: list[str],

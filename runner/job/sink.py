@@ -3,13 +3,13 @@ summary, the progress display and (for the engine's outcomes) the error budget."
 
 from __future__ import annotations
 
-from runner.budget import Budget
-from runner.display import Generation
+from runner.console.display import Generation
+from runner.console.summary import Summary
 from runner.engine.api import Finished
-from runner.plan import Item
-from runner.record import error_record, ok_record
-from runner.store import ResultWriter
-from runner.summary import Summary
+from runner.job.budget import Budget
+from runner.plan.load import Item
+from runner.store.record import error_record, ok_record
+from runner.store.rundir import ResultWriter
 
 
 class Sink:

@@ -28,8 +28,8 @@ from pathlib import Path
 from runner.console import console
 from runner.files import atomic_write, cut_torn_tail, read_jsonl
 from runner.kinds import by_kind, kind_of, kinds_text
-from runner.record import Record, result_files
-from runner.store import RunDir
+from runner.store.record import Record, result_files
+from runner.store.rundir import RunDir
 
 HISTORY = "errors.history.jsonl"
 

@@ -5,7 +5,7 @@ it would read differently from what we plan (EXIF rotation, CMYK, 16-bit, palett
 animation, exotic formats, oversized images) is converted once into the store's cache
 (`<store>/.cache/images/`), never into the prompt set's folder (which may be read-only): the
 token plan sees exactly the pixels the model sees. Plain RGB/greyscale PNG and JPEG go by path,
-untouched. No pixels are kept in memory. A stat cache (runner/statcache.py) spares a rerun
+untouched. No pixels are kept in memory. A stat cache (runner/plan/statcache.py) spares a rerun
 from reading files that did not change.
 """
 
@@ -37,8 +37,8 @@ from PIL import ImageOps, UnidentifiedImageError
 
 from runner.errors import UserError
 from runner.files import atomic_write
-from runner.plancache import current as plan_inputs
-from runner.statcache import Probe, StatCache
+from runner.plan.cache import current as plan_inputs
+from runner.plan.statcache import Probe, StatCache
 
 NORM_VERSION = 1  # bump when the conversion changes: keys of converted images change with it
 MAX_DOWNLOAD = 64 << 20  # bytes; a remote image larger than this is an item error

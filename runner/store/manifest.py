@@ -11,9 +11,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.record import Counts, now
-from runner.store import RunDir
-from runner.summary import Summary
+from runner.console.summary import Summary
+from runner.store.record import Counts, now
+from runner.store.rundir import RunDir
 
 
 def versions() -> dict[str, str | None]:

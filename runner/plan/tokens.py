@@ -18,13 +18,12 @@ from functools import lru_cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from runner.bundled import BUNDLED_TOKENIZER as BUNDLED
+from runner.bundled import mistral_common_file
 from runner.files import read_json
 
 if TYPE_CHECKING:
-    from runner.plan import Item, Plan
-
-BUNDLED = "tekken_240911.json"  # Pixtral-12B-2409's tokenizer, shipped with mistral-common
-
+    from runner.plan.load import Item, Plan
 
 @dataclass
 class ItemTokens:
@@ -55,13 +54,6 @@ def _tokenizer(path: str) -> Any:
         return MistralTokenizer.from_file(path)
     finally:
         log.setLevel(before)
-
-
-def mistral_common_file(name: str = BUNDLED) -> Path:
-    """A tokenizer file that mistral-common ships (default: Pixtral-12B-2409's tekken)."""
-    import mistral_common
-
-    return Path(mistral_common.__file__).parent / "data" / name
 
 
 class TokenCounter:

@@ -14,7 +14,7 @@ from runner.kinds import by_kind, kind_of, kinds_text
 
 if TYPE_CHECKING:
     from runner.engine.api import Finished
-    from runner.plan import Item
+    from runner.plan.load import Item
 
 
 class ImageRef(TypedDict):

@@ -19,9 +19,9 @@ from rich import box
 from rich.table import Table
 
 from runner.console import console
+from runner.console.summary import Summary
 from runner.files import atomic_write, read_json
 from runner.results.stats import half_width
-from runner.summary import Summary
 
 
 def point(s: Summary) -> dict[str, Any]:

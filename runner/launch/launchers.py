@@ -3,8 +3,8 @@
 Ray: each job of a multirun (a shard, a sweep point) is one Ray task holding its own engine,
 with `gpus_per_job` GPUs (Ray gives it those devices in CUDA_VISIBLE_DEVICES) and
 `cpus_per_job` CPUs. The task runs Hydra's `run_job` in the worker, as submitit does, so the
-job's callbacks (runner/sweep.py) run there and its JobReturn comes back to the sweep. A worker
-that dies fails its job only: the sweep table names it and says why.
+job's callbacks (runner/launch/sweep.py) run there and its JobReturn comes back to the sweep.
+A worker that dies fails its job only: the sweep table names it and says why.
 
 Local (submitit on this machine): jobs run side by side on one node, so job n takes the n-th
 slice of the node's GPUs; submitit itself would give each job the same ones."""
@@ -23,7 +23,7 @@ from hydra.types import HydraContext, TaskFunction
 from omegaconf import DictConfig, open_dict, read_write
 
 from runner.console import console
-from runner.summary import Summary
+from runner.console.summary import Summary
 
 
 def node_devices() -> list[str]:

@@ -18,8 +18,8 @@ from runner.errors import OverBudget, UserError
 from runner.kinds import by_kind, kind_of, kinds_text
 
 if TYPE_CHECKING:
-    from runner.plan import Item
-    from runner.record import Record
+    from runner.plan.load import Item
+    from runner.store.record import Record
 
 KEY = "prompts.max_error_rate"
 MIN_DONE = 50  # fewer items say too little about the rate

@@ -7,7 +7,7 @@ plan read with its stat, as git's index does: the set file, a JSONL it names, a 
 an image folder's listing (the folder's stat), each image (stat'ed before it was read) and
 each copy in the store's cache an item points to. Any input whose stat differs (or that
 appeared or went away) means the set is planned again; the image stat cache
-(runner/statcache.py) still spares that plan from reading unchanged images. An input modified
+(runner/plan/statcache.py) still spares that plan from reading unchanged images. An input modified
 within RACY_NS of the plan's start may change again within one timestamp tick: such a plan is
 not kept. The items' ids, keys and errors are read at once; the rest of each item (messages,
 images, ...) only when something asks for it (`Item.__getattr__`): a finished run asks for
@@ -31,11 +31,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.files import atomic_write, gc_paused
-from runner.statcache import RACY_NS, stat_key
+from runner.plan.statcache import RACY_NS, stat_key
 
 Stat = tuple[int, int, int, int] | None  # statcache.stat_key, None: not there
 # The modules whose code makes the plan: a new version of any of them plans anew.
-CODE = ("plan.py", "sources.py", "images.py", "sampling.py", "statcache.py", "plancache.py")
 
 
 def stat_of(path: str) -> Stat:
@@ -92,9 +91,8 @@ def _code_digest() -> str:
     import PIL
 
     h = hashlib.sha256(PIL.__version__.encode())
-    here = Path(__file__).parent
-    for name in CODE:
-        h.update((here / name).read_bytes())
+    for f in sorted(Path(__file__).parent.glob("*.py")):  # every module of the plan stage
+        h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
 

@@ -165,13 +165,14 @@ def convert(sources: list[Path], out: Path, name: str | None = None,
     if len(set(ids)) != len(ids):
         raise UserError("duplicate record ids in the export; ids must be unique.")
     doc = {"name": name or out.name, "scorer": "choice", "items": items}
-    atomic_write(set_file, "# Converted from an MMMU-format export by `python -m runner.mmmu`.\n"
+    atomic_write(set_file, "# Converted from an MMMU-format export by "
+                 "`python -m runner.benchmarks.mmmu`.\n"
                  + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000))
     return set_file
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m runner.mmmu",
+    ap = argparse.ArgumentParser(prog="python -m runner.benchmarks.mmmu",
                                  description="Convert an MMMU-format export into a prompt set.")
     ap.add_argument("sources", nargs="+", type=Path, help=".jsonl/.json files or folders")
     ap.add_argument("--out", type=Path, required=True, help="the set folder, e.g. prompts/mmmu")

@@ -13,53 +13,14 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
+from runner.config import SamplingConfig
 from runner.errors import UserError
-from runner.plancache import note_read
-
-
-@dataclass
-class StructuredOutputsConfig:
-    """vLLM's StructuredOutputsParams fields, typed: `sampling.structured_outputs.choice=[A,B]`
-    needs no `+`, and a misspelled field fails at composition, naming it. Unset (null) fields
-    are left out of the request and of the hash."""
-
-    json: Any = None  # a JSON schema: a mapping, a JSON string or a path to a .json file
-    regex: str | None = None
-    choice: list[str] | None = None
-    grammar: str | None = None
-    json_object: bool | None = None
-    structural_tag: str | None = None
-    disable_any_whitespace: bool | None = None
-    disable_additional_properties: bool | None = None
-    whitespace_pattern: str | None = None
-
-
-@dataclass
-class SamplingConfig:
-    """vLLM SamplingParams; defaults are vLLM's own. Every field is hashed (structured_outputs
-    when set, with a `json` schema file's content instead of its path)."""
-
-    n: int = 1
-    temperature: float = 1.0
-    top_p: float = 1.0
-    top_k: int = 0
-    min_p: float = 0.0
-    max_tokens: int | None = 16
-    min_tokens: int = 0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    repetition_penalty: float = 1.0
-    presence_penalty: float = 0.0
-    frequency_penalty: float = 0.0
-    ignore_eos: bool = False
-    # vLLM's StructuredOutputsParams: one of json (a schema, inline or a .json file), regex,
-    # choice, grammar, json_object, structural_tag; plus its options. All unset: unconstrained.
-    structured_outputs: StructuredOutputsConfig = field(default_factory=StructuredOutputsConfig)
-
+from runner.plan.cache import note_read
 
 # vLLM's StructuredOutputsParams: the constraints (exactly one per request) and its options.
 CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
@@ -229,3 +190,10 @@ def from_batch_body(body: dict[str, Any], where: str,
     if body.get("stream"):
         ignored.append("stream")
     return check_override(over, where, base), ignored
+
+
+def sampling_of(cfg: DictConfig) -> dict[str, Any]:
+    """The run's `sampling`, resolved and checked (checked_sampling)."""
+    c = OmegaConf.to_container(cfg.sampling, resolve=True)
+    assert isinstance(c, dict)
+    return checked_sampling(c)

@@ -1,7 +1,7 @@
 """Stage 2, plan: a prompt set on disk -> planned items (messages, images, content keys).
 
-No model is loaded here. Formats are read by `runner.sources` (as a stream), images checked,
-hashed once and normalized if needed by `runner.images`; vLLM reads them itself through
+No model is loaded here. Formats are read by `runner.plan.sources` (as a stream), images checked,
+hashed once and normalized if needed by `runner.plan.images`; vLLM reads them itself through
 `allowed_local_media_path` (prompts.root or the set's root; converted copies in the store's
 cache are sent as data: URLs). Problems with the whole set raise UserError;
 problems with one item (a bad image, too many images) set `Item.error` and the run goes on.
@@ -19,10 +19,10 @@ from typing import Any
 
 from runner.errors import UserError
 from runner.files import gc_paused
-from runner.images import Image, ImageError, ImageOptions, Images, pixel_limit
-from runner.plancache import Entry, Inputs, PlanCache, recording
-from runner.sampling import merge
-from runner.sources import Spec, read_set, take
+from runner.plan.cache import Entry, Inputs, PlanCache, recording
+from runner.plan.images import Image, ImageError, ImageOptions, Images, pixel_limit
+from runner.plan.sampling import merge
+from runner.plan.sources import Spec, read_set, take
 
 __all__ = ["Image", "Item", "Plan", "check_errors", "find_set", "item_key", "load_plan",
            "load_set"]
@@ -46,7 +46,7 @@ class Item:
     error_kind: str | None = None  # the error's kind (runner/kinds.py), with `error`
 
     def __getattr__(self, name: str) -> Any:
-        """Only for an item of a cached plan (runner/plancache.py), which holds its id, key and
+        """Only for an item of a cached plan (runner/plan/cache.py), which holds its id, key and
         error: its other fields are read the first time one is asked for."""
         fill = self.__dict__.get("_fill")
         if fill is None or name not in _FIELDS:
@@ -201,7 +201,7 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
              max_images: int | None = None, cache: Path | None = None,
              show: bool = True) -> Plan:
     """Plan a set: items in file order, the first `limit` only; images checked and hashed.
-    `cache`: the store's cache folder (runner/images.py), None for a temporary one; `show`:
+    `cache`: the store's cache folder (runner/plan/images.py), None for a temporary one; `show`:
     a progress line (off while the engine's start is on screen)."""
     f = find_set(name, root)
     opts = images or ImageOptions()

@@ -24,8 +24,8 @@ import yaml
 from PIL import Image as PILImage
 
 from runner.errors import UserError
-from runner.plancache import current, note_read
-from runner.sampling import check_override, from_batch_body
+from runner.plan.cache import current, note_read
+from runner.plan.sampling import check_override, from_batch_body
 
 FORMATS = ("items", "images", "jsonl", "batch")
 ITEM_KEYS = {"id", "text", "images", "system", "expected", "tags", "messages", "metadata",

@@ -26,22 +26,22 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.console import console
+from runner.console.summary import Summary
 from runner.errors import Interrupted, RunFailed
 from runner.kinds import by_kind_order, kinds_text
-from runner.summary import Summary
 
 PLAIN_EVERY = 10.0
 
 
 def _live() -> bool:
-    from runner.logs import current
+    from runner.console.logs import current
 
     log = current()
     return console.is_terminal and (log is None or log.capture)
 
 
 def _phase() -> str:
-    from runner.logs import current
+    from runner.console.logs import current
 
     log = current()
     return log.phase if log is not None else ""

@@ -8,25 +8,24 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runner import manifest
-from runner.budget import Budget, check_plan, rate_of
-from runner.config import sampling_of
 from runner.console import console
-from runner.display import Generation, plan_line, show, warn_ignored
+from runner.console.display import Generation, plan_line, show, warn_ignored
+from runner.console.summary import Summary
+from runner.engine.quant import check_model
 from runner.errors import Interrupted
-from runner.feed import Feed
-from runner.images import pixel_limit
+from runner.job.budget import Budget, check_plan, rate_of
+from runner.job.feed import Feed
+from runner.job.retry import retire, retryable
+from runner.job.signals import Interrupts
+from runner.job.sink import Sink
 from runner.kinds import parse_kinds
-from runner.plan import Item, Plan, check_errors, load_plan
-from runner.quant import check_model
-from runner.record import Record, counts
+from runner.plan.images import pixel_limit
+from runner.plan.load import Item, Plan, check_errors, load_plan
+from runner.plan.sampling import bound, merge, sampling_of
 from runner.results.thumbs import ensure_beside
-from runner.retry import retire, retryable
-from runner.sampling import bound, merge
-from runner.signals import Interrupts
-from runner.sink import Sink
-from runner.store import ResultWriter, RunDir, run_hash
-from runner.summary import Summary
+from runner.store import manifest
+from runner.store.record import Record, counts
+from runner.store.rundir import ResultWriter, RunDir, run_hash
 
 
 class Job:
@@ -41,20 +40,20 @@ class Job:
         self.summary: Summary
         self.stored: dict[str, Any] = {}  # records already in the run folder, by key
         self.feed: Feed | None = None  # the engine side (its engine: None until started)
-        self.sampling: dict[str, Any] = {}  # the run's sampling (runner/sampling.py)
+        self.sampling: dict[str, Any] = {}  # the run's sampling (runner/plan/sampling.py)
         self.writer: ResultWriter | None = None
         self.prompt_tokens: dict[str, int] = {}  # the token plan, by item key
-        self.retired: dict[str, Record] = {}  # error records to retry (runner/retry.py)
+        self.retired: dict[str, Record] = {}  # error records to retry (runner/job/retry.py)
 
     def run(self) -> Summary:
         cfg = self.cfg
         if cfg.dry_run:
-            from runner.tokens import plan_tokens, show_plan
+            from runner.plan.tokens import plan_tokens, show_plan
 
             self.prepare()
             show_plan(cfg, self.plan, plan_tokens(cfg, self.plan), stored=self.stored)
             return self._ended("planned")
-        from runner.logs import engine_log
+        from runner.console.logs import engine_log
 
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
         self.feed = Feed(cfg)
@@ -145,7 +144,7 @@ class Job:
     def check(self, todo: list[Item]) -> None:
         """The token plan (prompts over max_model_len become item errors), the plan line and
         prompts.on_item_error: what can fail before anything is written."""
-        from runner.tokens import plan_tokens, totals
+        from runner.plan.tokens import plan_tokens, totals
 
         toks = plan_tokens(self.cfg, self.plan, todo)
         self.prompt_tokens = {t.key: t.prompt_tokens for t in toks}
@@ -155,11 +154,11 @@ class Job:
         check_errors(todo, self.cfg.prompts.on_item_error)
         check_plan(self.error_rate, self.plan.items, self.stored, todo)
 
-    # --- generate: the engine (runner/feed.py), the run folder, each outcome stored -----
+    # --- generate: the engine (runner/job/feed.py), the run folder, each outcome stored -----
 
     def open_run(self) -> None:
         """Register the run folder once the engine is up (a failed start leaves none)."""
-        from runner.logs import attach
+        from runner.console.logs import attach
 
         self.rd.create(self.cfg, self.overrides)
         attach(self.rd.path)  # the engine's log so far moves into <run>/engine.log

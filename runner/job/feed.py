@@ -1,6 +1,6 @@
 """The engine side of a job: start (or reuse) the engine for a config, feed it the items
-through the bounded window (runner/window.py), restart it when it dies and isolate an item
-that kills it (runner/supervise.py)."""
+through the bounded window (runner/job/window.py), restart it when it dies and isolate an item
+that kills it (runner/job/supervise.py)."""
 
 from __future__ import annotations
 
@@ -11,17 +11,17 @@ from typing import Any
 
 from omegaconf import DictConfig
 
-from runner import manifest
 from runner.console import console
-from runner.display import starting
+from runner.console.display import starting
+from runner.console.summary import Summary
 from runner.engine.api import Engine
 from runner.errors import EngineFailed, OverBudget
-from runner.images import inline_outside
+from runner.job.sink import Sink
 from runner.kinds import death_kind
-from runner.plan import Item, set_root
-from runner.sink import Sink
-from runner.store import RunDir
-from runner.summary import Summary
+from runner.plan.images import inline_outside
+from runner.plan.load import Item, set_root
+from runner.store import manifest
+from runner.store.rundir import RunDir
 
 
 class Feed:
@@ -80,8 +80,8 @@ class Feed:
         """Every item through the live engine, each outcome into `sink`; deaths restart it
         (recorded in the manifest) up to engine.max_restarts."""
         from runner.engine import SLOT, media_root
-        from runner.supervise import Restart, Supervisor
-        from runner.window import run_window
+        from runner.job.supervise import Restart, Supervisor
+        from runner.job.window import run_window
 
         cfg, by_key = self.cfg, {it.key: it for it in items}
         media = media_root(cfg, self.set_root)
