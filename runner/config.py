@@ -220,6 +220,46 @@ def field_names(*groups: str) -> set[str]:
     return {f.name for g in groups for f in dataclasses.fields(HASHED_GROUPS[g])}
 
 
+@dataclass
+class JudgeConfig:
+    """An LLM judge (`python -m runner.results judge`, docs/judges.md): an OpenAI-compatible
+    chat endpoint rating each stored output against its reference. Not part of a run: judged
+    scores are read from stored runs. `hash: False` fields do not change the judgements, the
+    others make the judge configuration's id (another id, another score set)."""
+
+    name: str = MISSING  # a label for the score set (the id is the hash of the fields)
+    # `serve`: `python -m runner.serve` on the run's store; or http(s)://HOST[:PORT][/v1]
+    url: str = field(default="serve", metadata=RUNTIME)
+    model: str | None = None  # the served model to ask; null: the server's only model
+    # the environment variable holding the API key (sent as a Bearer token); the key itself
+    # is never in a config, a manifest, a log or the store
+    api_key_env: str | None = field(default=None, metadata=RUNTIME)
+    system: str = ""  # the system prompt, verbatim
+    # the conversation replayed: `start`, then per user turn `user` + its parts (images in
+    # place) + `reference`, then `answer`, then `end` ({reference}, {answer} substituted)
+    start: str = ""
+    user: str = ""
+    reference: str = ""
+    answer: str = ""
+    end: str = ""
+    rating_pattern: str = r"\[\[(\d+\.?\d*)\]\]"  # group 1 is the rating (re.search)
+    scale: list[float] = field(default_factory=lambda: [1.0, 10.0])  # outside it: no rating
+    max_tokens: int = 2048
+    temperature: float = 0.0
+    extra_body: dict[str, Any] = field(default_factory=dict)  # e.g. structured_outputs
+    reasks: int = 2  # asks again this many times when no rating parses; then unrated
+    in_flight: int = field(default=8, metadata=RUNTIME)
+    timeout_s: float = field(default=300.0, metadata=RUNTIME)
+    retries: int = field(default=3, metadata=RUNTIME)  # per request: errors, 429, refusals
+    backoff_s: float = field(default=1.0, metadata=RUNTIME)  # doubled at each retry
+
+
+@dataclass
+class JudgingConfig:
+    judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
 def register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="run_schema", node=RunConfig)
+    cs.store(name="judging_schema", node=JudgingConfig)

@@ -1,0 +1,347 @@
+"""An LLM judge over a stored run (`python -m runner.results judge RUN [overrides]`,
+docs/judges.md): each output, with its item's conversation, images and reference answer, goes
+to an OpenAI-compatible chat endpoint (`python -m runner.serve`, any vLLM server, or an API);
+the rating is parsed from the answer. Judgements are stored beside the run, one line per item
+per judge configuration, appended as results.jsonl is (kill -9 loses at most the lines being
+asked), and a line is never asked again: rescoring with the same judge costs no call.
+
+Standard library HTTP (urllib), no vLLM. The prompt is built as mistral-evals builds MM-MT-Bench's
+(eval/tasks/mm_mt_bench.py, MultimodalLLMJudge._get_judge_prompt), with the image in its place.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor, as_completed
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.errors import OverBudget, ServerGone, UserError
+from runner.files import LockBusy, atomic_write, cut_torn_tail, locked, read_yaml
+from runner.results.judged import folder, read_lines, request_hash, write_aggregates
+from runner.store.record import Record, latest_by_id, now, read_records
+
+HASHED = ("system", "start", "user", "reference", "answer", "end", "rating_pattern", "scale",
+          "max_tokens", "temperature", "extra_body", "reasks")  # + the model served
+CHECK_TIMEOUT_S = 10.0
+
+
+class Unreachable(Exception):
+    """The endpoint did not answer at all (refused, reset, unknown host): not an item's error."""
+
+
+class JudgeFailed(Exception):
+    """This request failed after its retries (refusal, rate limit, timeout, bad answer)."""
+
+
+# --- the prompt -------------------------------------------------------------------------------
+
+
+def _add(prompt: list[dict[str, Any]], part: str | dict[str, Any]) -> None:
+    """A text joins the last text part (as mistral-evals' _add_or_append_chunk merges them); an
+    image is its own part, in its place."""
+    if isinstance(part, dict) and part.get("type") == "image_url":
+        prompt.append(part)
+        return
+    text = part["text"] if isinstance(part, dict) else part
+    if prompt and prompt[-1]["type"] == "text":
+        prompt[-1]["text"] += text
+    else:
+        prompt.append({"type": "text", "text": text})
+
+
+def turns_of(messages: list[dict[str, Any]], expected: Any) -> list[tuple[Any, str]]:
+    """(user content, reference answer) per user turn: an earlier turn's reference is the
+    assistant message after it (the set's reference answer, as MM-MT-Bench's items carry it),
+    the last turn's is the item's `expected`."""
+    out: list[tuple[Any, str]] = []
+    for i, m in enumerate(messages):
+        if m.get("role") != "user":
+            continue
+        nxt = messages[i + 1] if i + 1 < len(messages) else None
+        ref = nxt.get("content") if nxt and nxt.get("role") == "assistant" else None
+        out.append((m.get("content"), ref))
+    if out:
+        out[-1] = (out[-1][0], expected if isinstance(expected, str) else json.dumps(expected))
+    return [(q, r if isinstance(r, str) else "") for q, r in out]
+
+
+def judge_prompt(j: Any, messages: list[dict[str, Any]], expected: Any, answer: str
+                 ) -> list[dict[str, Any]]:
+    """The judge's user content: `start`, each user turn (`user`, its parts, `reference`), the
+    assistant's `answer`, `end`."""
+    prompt: list[dict[str, Any]] = [{"type": "text", "text": j.start}]
+    for q, ref in turns_of(messages, expected):
+        _add(prompt, j.user)
+        for part in [q] if isinstance(q, str) else q or []:
+            _add(prompt, part)
+        _add(prompt, j.reference.replace("{reference}", ref))
+    _add(prompt, j.answer.replace("{answer}", answer))
+    _add(prompt, j.end)
+    return prompt
+
+
+def request_body(j: Any, model: str, prompt: list[dict[str, Any]]) -> dict[str, Any]:
+    extra = OmegaConf.to_container(j.extra_body, resolve=True) if isinstance(
+        j.extra_body, DictConfig) else dict(j.extra_body or {})
+    msgs = ([{"role": "system", "content": j.system}] if j.system else []) + [
+        {"role": "user", "content": prompt}]
+    return {"model": model, "messages": msgs, "max_tokens": j.max_tokens,
+            "temperature": j.temperature, **extra}
+
+
+def parse_rating(j: Any, text: str) -> float | None:
+    """The first match's group 1 as a number, inside the scale; None otherwise."""
+    m = re.search(j.rating_pattern, text or "")
+    if not m:
+        return None
+    try:
+        v = float(m.group(1))
+    except (ValueError, IndexError):
+        return None
+    lo, hi = j.scale
+    return v if lo <= v <= hi else None
+
+
+# --- the endpoint -----------------------------------------------------------------------------
+
+
+def endpoint_url(url: str, store: Path) -> str:
+    """`serve` -> the URL in the store's server state file; otherwise the URL as given."""
+    if url == "serve":
+        from runner.engine.server_state import read_state, state_path
+
+        st = read_state(str(store))
+        if not st:
+            raise UserError(f"judge.url=serve: no server runs on store {store} (no "
+                            f"{state_path(str(store))}): start one with `python -m runner.serve "
+                            f"store.root={store} model=...`, or set judge.url=http://HOST:PORT.")
+        url = st["url"]
+    if not url.startswith(("http://", "https://")):
+        raise UserError(f"judge.url must be `serve` or an http(s):// URL, not '{url}'.")
+    return url.rstrip("/")
+
+
+def _api(base: str, path: str) -> str:
+    return base + (path if base.endswith("/v1") else "/v1" + path)
+
+
+class Endpoint:
+    def __init__(self, j: Any, store: Path):
+        self.j = j
+        self.base = endpoint_url(str(j.url), store)
+        self.headers = {"Content-Type": "application/json"}
+        if j.api_key_env:
+            key = os.environ.get(str(j.api_key_env))
+            if not key:
+                raise UserError(f"judge.api_key_env names {j.api_key_env}, which is not set: "
+                                "export the API key in that variable.")
+            self.headers["Authorization"] = f"Bearer {key}"
+
+    def model(self) -> str:
+        """The model to ask, checked against /v1/models (an API may not list it: then as
+        configured). One sentence when nothing answers."""
+        try:
+            req = urllib.request.Request(_api(self.base, "/models"), headers=self.headers)
+            with urllib.request.urlopen(req, timeout=CHECK_TIMEOUT_S) as r:
+                ids = [m.get("id") for m in json.loads(r.read()).get("data") or []]
+        except urllib.error.HTTPError as e:
+            if self.j.model:
+                return str(self.j.model)
+            raise UserError(f"The judge at {self.base} answered HTTP {e.code} to /v1/models; "
+                            "set judge.model.") from None
+        except (OSError, ValueError) as e:
+            raise UserError(f"The judge at {self.base} does not answer ({_why(e)}): start it, "
+                            "or set judge.url to a server that runs.") from None
+        if self.j.model:
+            return str(self.j.model)
+        if len(ids) != 1:
+            raise UserError(f"The judge at {self.base} serves {len(ids)} models "
+                            f"({', '.join(map(str, ids[:5]))}); name one with judge.model.")
+        return str(ids[0])
+
+    def ask(self, body: dict[str, Any]) -> dict[str, Any]:
+        """One chat completion, retried `retries` times with doubling backoff on an HTTP error
+        (refusal, rate limit, server error), a timeout or an answer without text."""
+        data, wait, last = json.dumps(body).encode(), float(self.j.backoff_s), ""
+        for attempt in range(int(self.j.retries) + 1):
+            if attempt:
+                time.sleep(wait)
+                wait *= 2
+            req = urllib.request.Request(_api(self.base, "/chat/completions"), data=data,
+                                         headers=self.headers)
+            try:
+                with urllib.request.urlopen(req, timeout=float(self.j.timeout_s)) as r:
+                    out = json.loads(r.read())
+                choice = (out.get("choices") or [{}])[0]
+                if not isinstance((choice.get("message") or {}).get("content"), str):
+                    last = f"no text in the answer (finish_reason {choice.get('finish_reason')})"
+                    continue
+                return out
+            except urllib.error.HTTPError as e:
+                last = f"HTTP {e.code}: {_body(e)}"
+            except TimeoutError:
+                last = f"no answer within judge.timeout_s={self.j.timeout_s}"
+            except urllib.error.URLError as e:
+                if isinstance(e.reason, TimeoutError):
+                    last = f"no answer within judge.timeout_s={self.j.timeout_s}"
+                else:
+                    last = _why(e)
+                    if attempt == int(self.j.retries):
+                        raise Unreachable(last) from None
+            except (OSError, ValueError) as e:  # reset mid-answer, a body that is not JSON
+                last = _why(e)
+        raise JudgeFailed(f"{last} (after {int(self.j.retries) + 1} tries)")
+
+
+def _why(e: BaseException) -> str:
+    r = getattr(e, "reason", None) or e
+    return str(getattr(r, "strerror", None) or r)[:200]
+
+
+def _body(e: urllib.error.HTTPError) -> str:
+    try:
+        d = json.loads(e.read())
+        return str((d.get("error") or {}).get("message") or d)[:200]
+    except (OSError, ValueError, AttributeError):
+        return str(e.reason)[:200]
+
+
+# --- the store --------------------------------------------------------------------------------
+
+
+def judge_id(j: Any, model: str) -> str:
+    c = OmegaConf.to_container(j, resolve=True) if isinstance(j, DictConfig) else dict(j)
+    doc = {k: c[k] for k in HASHED} | {"model": model}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def judge_sets(run_dir: Path) -> list[dict[str, Any]]:
+    """The run's judge configurations (their .json), newest first."""
+    fs = sorted(folder(run_dir).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
+    return [d for d in (json.loads(f.read_text()) for f in fs) if isinstance(d, dict)]
+
+
+# --- judging a run ----------------------------------------------------------------------------
+
+
+def _conversations(run_dir: Path, records: list[Record]) -> dict[str, list[dict[str, Any]]]:
+    """Each record key's messages as the model got them, from the run's plan (its set)."""
+    from runner.plan.load import load_plan
+
+    cfg = OmegaConf.create(read_yaml(Path(run_dir) / "config.yaml", {}))
+    try:
+        plan = load_plan(cfg, show=False)
+    except UserError as e:
+        raise UserError(f"Cannot read the prompt set of run {Path(run_dir).name}: {e}") from None
+    by_key = {it.key: it.messages for it in plan.items}
+    missing = [r["id"] for r in records if r["key"] not in by_key]
+    if missing:
+        raise UserError(f"{len(missing)} judged items of run {Path(run_dir).name} are not in its "
+                        f"prompt set any more (first: {missing[0]}); restore the set it ran.")
+    return by_key
+
+
+def judge_run(run_dir: Path, j: Any, on_line: Any = None) -> dict[str, Any]:
+    """Judge every stored output with a reference answer that this judge has not judged yet
+    (at most `judge.in_flight` requests at a time), then return the aggregates (judged.py),
+    also written to judgements/<id>.metrics.json. `on_line(line)` sees each new line."""
+    run_dir = Path(run_dir)
+    cfg = read_yaml(run_dir / "config.yaml", {})
+    records = [r for r in latest_by_id(read_records(run_dir).values()).values()
+               if r.get("status") == "ok" and r.get("expected") is not None]
+    ep = Endpoint(j, run_dir.parent)
+    model = ep.model()
+    jid = judge_id(j, model)
+    out = folder(run_dir)
+    out.mkdir(exist_ok=True)
+    path = out / f"{jid}.jsonl"
+    try:
+        with locked(run_dir.parent / ".locks" / f"{run_dir.name}.judge-{jid}.lock", wait=False):
+            cut_torn_tail(path)  # a line torn by a kill: we are its only writer now
+            described = {"id": jid, "name": j.name, "model": model, "url": ep.base,
+                         **{k: OmegaConf.to_container(j, resolve=True)[k] for k in HASHED}}
+            atomic_write(out / f"{jid}.json", json.dumps(described, indent=2) + "\n")
+            done = {h for h, x in read_lines(run_dir, jid).items() if x["status"] != "error"}
+            todo = [r for r in records if request_hash(jid, r) not in done]
+            if todo:
+                _ask_all(run_dir, j, ep, model, jid, path, todo, len(records),
+                         cfg.get("prompts") or {}, on_line)
+    except LockBusy as e:
+        raise UserError(f"Run {run_dir.name} is being judged by this judge in {e.holder}; "
+                        "wait for it.") from None
+    return write_aggregates(run_dir, jid)
+
+
+def _ask_all(run_dir: Path, j: Any, ep: Endpoint, model: str, jid: str, path: Path,
+             todo: list[Record], total: int, prompts: dict[str, Any], on_line: Any) -> None:
+    from runner.engine.client import inline_images
+    from runner.store.rundir import ResultWriter
+
+    convs = _conversations(run_dir, todo)
+    rate = prompts.get("max_error_rate")
+    errors = 0  # this invocation's: a stored error line is being asked again
+    stop = threading.Event()
+
+    def one(r: Record) -> dict[str, Any]:
+        if stop.is_set():
+            return {}
+        prompt = judge_prompt(j, inline_images(convs[r["key"]]), r["expected"], r["output"])
+        body = request_body(j, model, prompt)
+        line = {"id": r["id"], "key": r["key"], "request": request_hash(jid, r), "judge": jid}
+        text, usage, asks = "", {}, 0
+        try:
+            for asks in range(1, int(j.reasks) + 2):  # bounded: never an endless loop
+                ans = ep.ask(body)
+                text = ans["choices"][0]["message"]["content"]
+                u = ans.get("usage") or {}
+                usage = {k: usage.get(k, 0) + (u.get(k) or 0)
+                         for k in ("prompt_tokens", "completion_tokens")}
+                rating = parse_rating(j, text)
+                if rating is not None:
+                    return line | {"status": "rated", "rating": rating, "judgement": text,
+                                   "asks": asks, **usage, "time": now()}
+            return line | {"status": "unrated", "rating": None, "judgement": text,
+                           "reason": f"no rating matching judge.rating_pattern within "
+                           f"judge.scale in {asks} answers", "asks": asks, **usage,
+                           "time": now()}
+        except JudgeFailed as e:
+            return line | {"status": "error", "rating": None, "judgement": text,
+                           "reason": str(e), "asks": asks, **usage, "time": now()}
+
+    w = ResultWriter(path)
+    pool = ThreadPoolExecutor(max(1, int(j.in_flight)))
+    try:
+        futs = [pool.submit(one, r) for r in todo]
+        for f in as_completed(futs):
+            try:
+                line = f.result()
+            except Unreachable as e:
+                stop.set()
+                raise ServerGone(f"The judge at {ep.base} stopped answering ({e}); the "
+                                 f"judgements stored in {path} are kept: start it again and "
+                                 "rerun.") from None
+            if not line:
+                continue
+            w.write(line)
+            if on_line:
+                on_line(line)
+            errors += line["status"] == "error"
+            if rate is not None and errors > float(rate) * total:
+                stop.set()
+                raise OverBudget(f"{errors} of {total} judged items are judge errors, over "
+                                 f"prompts.max_error_rate={rate} (last: {line['reason']}); "
+                                 f"the judgements stored in {path} are kept.")
+    finally:
+        stop.set()
+        pool.shutdown(wait=True, cancel_futures=True)
+        w.close()
