@@ -5,6 +5,10 @@ it to PORTFILE once it answers. The environment variable STANDIN (JSON) sets:
 `name`, `root`, `max_model_len` (its /v1/models card), `die_after` (exit at the request after
 that many answers), `hang` (never answer a request whose text holds this marker), `refuse`
 (HTTP 400 for a request whose text holds this marker).
+As a judge (tests/test_judge.py): `judge` (answer "... Rating: [[N]]", N from a hash of the
+request, 1..10), `unrated` (answer without a rating when the text holds this marker), `trace`
+(a file: one line `post` per chat request received), `gate_after` + `gate` (the chat requests
+after that many answers wait until the file `gate` exists).
 """
 
 from __future__ import annotations
@@ -60,6 +64,14 @@ class Handler(BaseHTTPRequestHandler):
         global answered
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = text_of(req["messages"])
+        if CFG.get("trace"):
+            with lock, open(CFG["trace"], "a") as f:
+                f.write("post\n")
+        if CFG.get("gate_after") is not None:
+            with lock:
+                held = answered >= CFG["gate_after"]
+            while held and not os.path.exists(CFG["gate"]):
+                never.wait(0.05)  # polls the gate file the test creates
         with lock:
             if CFG.get("die_after") is not None and answered >= CFG["die_after"]:
                 os._exit(1)
@@ -67,6 +79,17 @@ class Handler(BaseHTTPRequestHandler):
             never.wait()
         if CFG.get("refuse") and CFG["refuse"] in text:
             self._send(400, {"error": {"message": f"refused: {CFG['refuse']}", "code": 400}})
+            return
+        if CFG.get("judge"):
+            digest = hashlib.sha256(text.encode()).hexdigest()
+            said = ("I cannot tell." if CFG.get("unrated") and CFG["unrated"] in text
+                    else f"Compared with the reference. Rating: [[{1 + int(digest, 16) % 10}]]")
+            with lock:
+                answered += 1
+            self._send(200, {"id": "x", "object": "chat.completion", "choices": [
+                {"index": 0, "finish_reason": "stop",
+                 "message": {"role": "assistant", "content": said}}],
+                "usage": {"prompt_tokens": len(text.split()), "completion_tokens": 8}})
             return
         n = int(req.get("n") or 1)
         images = sum(1 for m in req["messages"] if isinstance(m.get("content"), list)

@@ -300,6 +300,56 @@ def cmd_score(a: argparse.Namespace) -> None:
                        + (f"\n  fields: {fields}" if fields else "")))
 
 
+def judge_config(overrides: list[str]) -> Any:
+    """The `judge` group composed from conf/judging.yaml with the command line's overrides."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    from runner.config import register
+
+    register()
+    try:
+        with initialize_config_dir(str(CONF), version_base="1.3"):
+            return compose("judging", overrides=overrides).judge
+    except (HydraException, OmegaConfBaseException) as e:
+        raise UserError(f"The judge config does not compose: {str(e).splitlines()[0]}") from None
+
+
+def cmd_judge(a: argparse.Namespace) -> None:
+    from runner.results.judge import judge_run
+
+    refs = [x for x in a.args if "=" not in x]
+    j = judge_config([x for x in a.args if "=" in x])
+    if not refs:
+        raise UserError("Name the runs to judge: a hash prefix or a run folder, then judge "
+                        "overrides (judge=mm_mt_bench judge.url=...).")
+    for d in [resolve(a.root, h) for h in refs]:
+        seen = iter(range(1, 1 << 62))
+        tick = None if a.json else (lambda _line, d=d, seen=seen: (n := next(seen)) % 50 or
+                                    err.print(f"{d.name}: {n} judged"))
+        m = judge_run(d, j, on_line=tick)
+        if a.json:
+            print(json.dumps(m))
+            continue
+        out.print(Text(judged_line(d.name, m)))
+
+
+def judged_line(name: str, m: dict[str, Any]) -> str:
+    """One run's judged score: the micro and macro averages with their intervals, counts, cost."""
+    def iv(x: dict[str, Any]) -> str:
+        if x.get("mean") is None:
+            return "n/a"
+        lo, hi = x["ci95"]
+        return f"{x['mean']:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{x['mean']:.2f}"
+
+    j, c = m["judge"], m["cost"]
+    return (f"{name}: judge {j['name']} ({j['id']}, {j['model']}): micro {iv(m['micro_average'])}"
+            f" of {m['rated']} rated, macro {iv(m['macro_average'])}; unrated {m['unrated']}, "
+            f"judge errors {m['error']}, not judged {m['missing']}; {c['asks']} calls, "
+            f"{c['prompt_tokens']} prompt + {c['completion_tokens']} completion tokens")
+
+
 # ---- command line -----------------------------------------------------------------------
 
 
@@ -371,6 +421,12 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("hashes", nargs="+", metavar="HASH")
     s.add_argument("--set", type=Path, default=None,
                    help="set file for scorers/options (default: the run's own set)")
+    s = cmd("judge", cmd_judge, "Rate stored outputs against their reference answers with "
+            "an LLM judge (an OpenAI-compatible endpoint); judgements are stored beside the run "
+            "and never asked twice (docs/judges.md).")
+    s.add_argument("args", nargs="+", metavar="HASH|OVERRIDE", help="runs, then overrides of "
+                   "the judge config (conf/judging.yaml): judge=mm_mt_bench judge.url=serve ...")
+    s.add_argument("--json", action="store_true", help="print the aggregates as JSON")
     return p
 
 

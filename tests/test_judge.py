@@ -1,0 +1,176 @@
+"""The LLM judge (`python -m runner.results judge`, runner/results/judge.py) against a stand-in
+judge server (tests/standin_server.py): the prompt as mistral-evals builds it, ratings stored
+and never asked twice, an unparsable judge, a refusal, a timeout, an unreachable judge, the error
+budget, and a kill -9 mid-scoring then the resume. Generations come from the fake engine; the real
+judge (runner.serve of the tiny Pixtral) is in test_server_engine.py."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+from omegaconf import OmegaConf
+
+from conftest import CONF, FAKE, ROOT, TINY, run_dirs_of, runner, wait_for
+from runner.results.judge import judge_prompt, parse_rating, turns_of
+from runner.results.judged import aggregate
+
+UNRATED, REFUSE, HANG = "XQZUNRATEDQZX", "XQZREFUSEQZX", "XQZHANGQZX"
+
+
+def mm_mt_bench() -> object:
+    return OmegaConf.load(CONF / "judge" / "mm_mt_bench.yaml")
+
+
+# --- the prompt, written down by hand from mistral-evals' code --------------------------------
+
+IMG = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
+
+
+def test_the_mm_mt_bench_prompt_of_a_two_turn_item_is_mistral_evals():
+    """MultimodalLLMJudge._get_judge_prompt (mistralai/mistral-evals, eval/tasks/mm_mt_bench.py)
+    for the second turn of a conversation whose first user message is [image, text]: the text
+    starts with the Start marker and `### User:\\n`, the image is its own part, the rest of
+    the replay is one text part (_add_or_append_chunk merges texts), and the assistant's answer
+    follows the last reference after `\\n\\n` more (its own f-string starts with them)."""
+    messages = [{"role": "user", "content": [IMG, {"type": "text", "text": "What is shown?"}]},
+                {"role": "assistant", "content": "A bar chart."},
+                {"role": "user", "content": "Which bar is tallest?"}]
+    got = judge_prompt(mm_mt_bench(), messages, "Q3.", "The third one.")
+    assert got == [
+        {"type": "text", "text": "<|The Start of Conversation with User|>\n\n### User:\n"},
+        IMG,
+        {"type": "text", "text": "What is shown?\n\n### Reference answer:\nA bar chart.\n\n"
+                                 "### User:\nWhich bar is tallest?\n\n### Reference answer:\nQ3."
+                                 "\n\n\n\n### Assistant's answer:\nThe third one.\n\n"
+                                 "<|The End of Conversation with User|>\n\n\n"}]
+    j = mm_mt_bench()
+    assert j.system.startswith("Please act as an impartial judge") and j.system.endswith(
+        'for example: "Rating: [[5]]".\n\n')
+    assert turns_of(messages, "Q3.") == [(messages[0]["content"], "A bar chart."),
+                                         ("Which bar is tallest?", "Q3.")]
+
+
+def test_the_rating_parse_is_the_first_double_bracket_inside_the_scale():
+    j = mm_mt_bench()
+    assert parse_rating(j, "fine. Rating: [[7]] then [[2]]") == 7.0
+    assert parse_rating(j, "Rating: [[8.5]]") == 8.5
+    assert parse_rating(j, "Rating: 7") is None and parse_rating(j, "[[11]]") is None
+
+
+def test_the_aggregates_are_mistral_evals_with_unrated_left_out():
+    items = [{"status": "rated", "rating": r, "category": c, "turn": t}
+             for r, c, t in [(8, "charts", 0), (4, "charts", 1), (6, "tables", 0)]]
+    items += [{"status": "unrated", "rating": None, "category": "tables", "turn": 1},
+              {"status": "error", "rating": None, "category": "charts", "turn": 0}]
+    a = aggregate(items)
+    assert (a["rated"], a["unrated"], a["error"], a["items"]) == (3, 1, 1, 5)
+    assert a["micro_average"]["mean"] == 6.0
+    assert a["mistral_evals"] == {"micro_average_score": 6.0, "charts_average": 6.0,
+                                  "tables_average": 6.0, "0_average": 7.0, "1_average": 4.0,
+                                  "macro_average_score": round((6 + 6 + 7 + 4) / 4, 4)}
+    lo, hi = a["micro_average"]["ci95"]
+    assert 4 <= lo <= 6.0 <= hi <= 8
+    lo, hi = a["macro_average"]["ci95"]
+    assert lo <= a["macro_average"]["mean"] <= hi
+
+
+# --- against a stand-in judge -----------------------------------------------------------------
+
+
+@pytest.fixture
+def standin(tmp_path: Path) -> Iterator[Callable[..., str]]:
+    procs: list[subprocess.Popen] = []
+
+    def start(**cfg: object) -> str:
+        port_file = tmp_path / f"port{len(procs)}"
+        env = {**os.environ, "STANDIN": json.dumps({"name": "judge", "judge": True} | cfg)}
+        p = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin_server.py"),
+                              str(port_file)], env=env)
+        procs.append(p)
+        end = time.monotonic() + 60
+        while not port_file.exists():  # written once it listens
+            assert p.poll() is None and time.monotonic() < end, "the stand-in did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port_file.read_text()}"
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory: pytest.TempPathFactory) -> SimpleNamespace:
+    """The conversations set (prompts/sample/conversations.yaml) plus marked items, generated
+    once by the fake engine."""
+    base = tmp_path_factory.mktemp("gen")
+    prompts = base / "prompts"
+    shutil.copytree(ROOT / "prompts" / "sample", prompts / "sample")
+    doc = yaml.safe_load((prompts / "sample" / "conversations.yaml").read_text())
+    for i, mark in enumerate([UNRATED, REFUSE, HANG]):
+        doc["items"].append({"id": f"marked{i}", "messages": [
+            {"role": "user", "images": ["images/table.png"], "text": f"Read it. {mark}"}],
+            "expected": "Berlin.", "metadata": {"category": "tables", "turn": 0}})
+    (prompts / "sample" / "conversations.yaml").write_text(yaml.safe_dump(doc))
+    store = base / "store"
+    r = runner(*TINY, f"store.root={store}", f"prompts.root={prompts}",
+               "prompts.name=sample/conversations", env=FAKE)
+    assert r.returncode == 0, r.stdout + r.stderr
+    (run,) = run_dirs_of(store)
+    return SimpleNamespace(base=base, prompts=prompts, store=store, run=run)
+
+
+def copy_of(g: SimpleNamespace, tmp: Path) -> Path:
+    """A private copy of the generated store (the judgements go beside the run)."""
+    shutil.copytree(g.store, tmp / "store", ignore=shutil.ignore_patterns(".locks"))
+    return tmp / "store" / g.run.name
+
+
+def judge(run: Path, *overrides: str, prompts: Path, env: dict | None = None,
+          timeout: float = 120) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "runner.results", "judge", str(run),
+                           *overrides, "--json"], cwd=prompts.parent, text=True,
+                          capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def lines(run: Path) -> list[dict]:
+    return [json.loads(x) for f in (run / "judgements").glob("*.jsonl")
+            for x in f.read_text().splitlines()]
+
+
+def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated, tmp_path):
+    trace = tmp_path / "trace"
+    url = standin(trace=str(trace), unrated=UNRATED)
+    run = copy_of(generated, tmp_path)
+    args = [f"judge.url={url}", "judge.reasks=2", "judge.backoff_s=0"]
+    r = judge(run, *args, "judge.retries=0", prompts=generated.prompts)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads(r.stdout)
+    ls = {x["id"]: x for x in lines(run)}
+    assert len(ls) == 8 and m["items"] == 8
+    # the unparsable judge: asked 1 + reasks times, then unrated (counted, out of the means)
+    assert ls["marked0"]["status"] == "unrated" and ls["marked0"]["asks"] == 3
+    assert m["unrated"] == 1
+    rated = [x["rating"] for x in ls.values() if x["status"] == "rated"]
+    assert m["micro_average"]["mean"] == round(sum(rated) / len(rated), 4)
+    calls = trace.read_text().count("post")
+    assert calls == sum(x["asks"] for x in ls.values()) == m["cost"]["asks"]
+
+    again = judge(run, *args, prompts=generated.prompts)
+    assert again.returncode == 0 and json.loads(again.stdout) == m
+    assert trace.read_text().count("post") == calls  # no call the second time
+    other = judge(run, *args, "judge.max_tokens=100", prompts=generated.prompts)
+    assert json.loads(other.stdout)["judge"]["id"] != m["judge"]["id"]  # another score set
+    assert trace.read_text().count("post") == 2 * calls
