@@ -150,6 +150,7 @@ def lines(run: Path) -> list[dict]:
             for x in f.read_text().splitlines()]
 
 
+@pytest.mark.process
 def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated, tmp_path):
     trace = tmp_path / "trace"
     url = standin(trace=str(trace), unrated=UNRATED)
@@ -174,3 +175,87 @@ def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated
     other = judge(run, *args, "judge.max_tokens=100", prompts=generated.prompts)
     assert json.loads(other.stdout)["judge"]["id"] != m["judge"]["id"]  # another score set
     assert trace.read_text().count("post") == 2 * calls
+
+
+@pytest.mark.process
+def test_a_refusal_and_a_timeout_are_retried_then_the_items_judge_errors(standin, generated,
+                                                                       tmp_path):
+    trace = tmp_path / "trace"
+    url = standin(trace=str(trace), refuse=REFUSE, hang=HANG)
+    run = copy_of(generated, tmp_path)
+    args = [f"judge.url={url}", "judge.retries=2", "judge.backoff_s=0.01", "judge.timeout_s=1"]
+    r = judge(run, *args, prompts=generated.prompts)
+    assert r.returncode == 0, r.stdout + r.stderr
+    m = json.loads(r.stdout)
+    ls = {x["id"]: x for x in lines(run)}
+    assert ls["marked1"]["status"] == "error" and "HTTP 400" in ls["marked1"]["reason"]
+    assert "(after 3 tries)" in ls["marked1"]["reason"]
+    assert ls["marked2"]["status"] == "error"
+    assert "no answer within judge.timeout_s=1" in ls["marked2"]["reason"]
+    assert (m["error"], m["rated"]) == (2, 6)  # counted, out of the means
+    assert trace.read_text().count("post") == 6 + 3 + 3
+    # a rerun asks the errors again, and only them
+    r = judge(run, *args, prompts=generated.prompts)
+    assert trace.read_text().count("post") == 12 + 6
+
+
+@pytest.mark.process
+def test_judge_errors_count_against_the_error_budget(standin, generated, tmp_path):
+    url = standin(refuse=REFUSE, hang=HANG)
+    run = copy_of(generated, tmp_path)
+    cfg = yaml.safe_load((run / "config.yaml").read_text())
+    cfg["prompts"]["max_error_rate"] = 0.1
+    (run / "config.yaml").write_text(yaml.safe_dump(cfg))
+    r = judge(run, f"judge.url={url}", "judge.retries=0", "judge.timeout_s=1",
+              prompts=generated.prompts)
+    said = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 3 and "over prompts.max_error_rate=0.1" in said, said
+    assert "Traceback" not in said
+
+
+@pytest.mark.process
+def test_an_unreachable_judge_is_one_sentence_and_nothing_is_written(generated, tmp_path):
+    run = copy_of(generated, tmp_path)
+    r = judge(run, "judge.url=http://127.0.0.1:9", prompts=generated.prompts)
+    said = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2 and said.count("error:") == 1 and "Traceback" not in said, said
+    assert "The judge at http://127.0.0.1:9 does not answer" in said
+    assert not (run / "judgements").exists()
+
+
+@pytest.mark.process
+def test_a_judge_that_dies_mid_scoring_keeps_what_was_judged(standin, generated, tmp_path):
+    url = standin(die_after=3)
+    run = copy_of(generated, tmp_path)
+    r = judge(run, f"judge.url={url}", "judge.in_flight=1", "judge.retries=1",
+              "judge.backoff_s=0", prompts=generated.prompts)
+    said = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 3 and "stopped answering" in said and "Traceback" not in said, said
+    assert len(lines(run)) == 3 and all(x["status"] == "rated" for x in lines(run))
+
+
+@pytest.mark.process
+def test_kill_9_mid_scoring_then_the_rerun_loses_and_repeats_nothing(standin, generated,
+                                                                      tmp_path):
+    """The stand-in holds every request after the 3rd answer until the gate file exists: the
+    scorer cannot pass that point, so it is killed there, with 3 judgements stored."""
+    trace, gate = tmp_path / "trace", tmp_path / "gate"
+    url = standin(trace=str(trace), gate_after=3, gate=str(gate))
+    run = copy_of(generated, tmp_path)
+    log = tempfile.TemporaryFile("w+")
+    p = subprocess.Popen([sys.executable, "-m", "runner.results", "judge", str(run),
+                          f"judge.url={url}", "judge.in_flight=1"], cwd=generated.base,
+                         stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    p.log = log  # type: ignore[attr-defined]
+    wait_for(p, lambda: trace.exists() and trace.read_text().count("post") == 4,
+             "the 4th request, held by the stand-in", 120)
+    assert len(lines(run)) == 3
+    os.killpg(p.pid, signal.SIGKILL)
+    p.wait()
+    gate.touch()
+    r = judge(run, f"judge.url={url}", prompts=generated.prompts)
+    assert r.returncode == 0, r.stdout + r.stderr
+    ids = [x["id"] for x in lines(run)]
+    assert len(ids) == len(set(ids)) == 8  # nothing lost, nothing judged twice
+    assert trace.read_text().count("post") == 4 + 5
+    assert json.loads(r.stdout)["rated"] == 8

@@ -107,6 +107,55 @@ def test_a_constraint_reaches_the_server(served):
     assert len(outs) == 5 and set(outs) <= {"yes", "no"}, outs
 
 
+def served_requests(url: str) -> float:
+    """Requests vLLM's server finished, from its Prometheus counter (every finish reason)."""
+    import urllib.request
+
+    with urllib.request.urlopen(f"{url}/metrics", timeout=30) as r:
+        text = r.read().decode()
+    return sum(float(x.rsplit(" ", 1)[1]) for x in text.splitlines()
+               if x.startswith("vllm:request_success_total"))
+
+
+def test_a_multi_turn_run_judged_by_the_served_tiny_model(served, tmp_path):
+    """A generation run on the conversations set through the server, then judged by the same
+    server with MM-MT-Bench's prompt, the answer forced to `Rating: [[N]]`: every item rated,
+    the aggregates equal a recomputation from the stored lines, a second scoring asks nothing."""
+    r = runner(*served.args, "engine.url=serve", "prompts.name=sample/conversations",
+               "sampling.max_tokens=8")
+    assert r.returncode == 0, r.stdout + r.stderr
+    (d,) = [p.parent for p in served.store.glob("*/config.yaml")
+            if "conversations" in p.read_text()]
+    judge = [sys.executable, "-m", "runner.results", "--root", str(served.store), "judge",
+             d.name, "judge=mm_mt_bench_forced", "judge.url=serve", "--json"]
+    before = served_requests(served.state["url"])
+    j = subprocess.run(judge, cwd=ROOT, text=True, capture_output=True, timeout=900)
+    assert j.returncode == 0, j.stdout + j.stderr
+    m = json.loads(j.stdout)
+    lines = [json.loads(x) for x in next((d / "judgements").glob("*.jsonl")).read_text()
+             .splitlines()]
+    assert len(lines) == m["items"] == m["rated"] == 5, lines
+    assert served_requests(served.state["url"]) - before == m["cost"]["asks"] == 5
+    assert all(x["judgement"] == f"Rating: [[{x['rating']:g}]]" for x in lines)
+    meta = {x["id"]: x["metadata"] for x in map(json.loads, (d / "results.jsonl")
+                                                   .read_text().splitlines())}
+    by: dict[str, list[float]] = {}
+    for x in lines:
+        for g in (meta[x["id"]]["category"], meta[x["id"]]["turn"]):
+            by.setdefault(f"{g}_average", []).append(x["rating"])
+    avgs = {k: round(sum(v) / len(v), 4) for k, v in by.items()}
+    assert m["mistral_evals"] == {
+        "micro_average_score": round(sum(x["rating"] for x in lines) / 5, 4),
+        "macro_average_score": round(sum(avgs.values()) / len(avgs), 4), **avgs}
+    (tmp_path / "aggregates.json").write_text(j.stdout)  # for the record (docs/judges.md)
+    print(j.stdout)
+
+    before = served_requests(served.state["url"])
+    again = subprocess.run(judge, cwd=ROOT, text=True, capture_output=True, timeout=300)
+    assert again.returncode == 0 and json.loads(again.stdout) == m
+    assert served_requests(served.state["url"]) == before  # no call the second time
+
+
 @pytest.mark.parametrize(("override", "names"), [
     ("engine.dtype=float32", 'dtype="auto" (this config: "float32")'),
     ("model.max_model_len=2048", "max_model_len=4096, this config model.max_model_len=2048"),
