@@ -145,6 +145,11 @@ def judge(run: Path, *overrides: str, prompts: Path, env: dict | None = None,
                           capture_output=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+def compact(x: object) -> str:
+    """As the report's data holds it (html._page)."""
+    return json.dumps(x, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
+
+
 def lines(run: Path) -> list[dict]:
     return [json.loads(x) for f in (run / "judgements").glob("*.jsonl")
             for x in f.read_text().splitlines()]
@@ -172,6 +177,25 @@ def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated
     again = judge(run, *args, prompts=generated.prompts)
     assert again.returncode == 0 and json.loads(again.stdout) == m
     assert trace.read_text().count("post") == calls  # no call the second time
+    # `results show` and the report show each judgement beside its output, and a later turn's
+    # earlier turns (collapsed in the report)
+    show = subprocess.run([sys.executable, "-m", "runner.results", "show", str(run), "--n",
+                           "8"], cwd=generated.base, text=True, capture_output=True,
+                          env={**os.environ, "COLUMNS": "400"})
+    assert show.returncode == 0, show.stderr
+    assert f"judged: judge mm_mt_bench ({m['judge']['id']}" in show.stdout
+    assert f"mm_mt_bench: {ls['chart_t1']['rating']:g}" in show.stdout
+    assert "mm_mt_bench: unrated (no rating" in show.stdout
+    rep = subprocess.run([sys.executable, "-m", "runner.results", "report", str(run), "--out",
+                          str(tmp_path / "r.html")], cwd=generated.base, text=True,
+                         capture_output=True)
+    assert rep.returncode == 0, rep.stderr
+    page = (tmp_path / "r.html").read_text()
+    assert compact(["mm_mt_bench", ls["chart_t1"]["rating"], "rated",
+                    ls["chart_t1"]["judgement"]]) in page
+    assert compact({"h": [["user", "Which quarter had the highest revenue?"],
+                          ["assistant", "Q3 had the highest revenue, 27 M$."]]})[1:-1] in page
+
     other = judge(run, *args, "judge.max_tokens=100", prompts=generated.prompts)
     assert json.loads(other.stdout)["judge"]["id"] != m["judge"]["id"]  # another score set
     assert trace.read_text().count("post") == 2 * calls

@@ -133,14 +133,24 @@ def cmd_show(a: argparse.Namespace) -> None:
         for k, d, v in diff:
             t.add_row(Text(k), Text(fmt(d)), Text(fmt(v)))
         out.print(t)
+    from runner.results.judged import judged_metrics, judgements_by_key
+
+    for m in judged_metrics(run.path):
+        out.print(Text(judged_line("judged", m)))
+    judged = judgements_by_key(run.path)
     items = list(run.items.values())[: a.n]
     t = Table("id", "status", "finish", "tokens", "output", "expected",
+              *(("judged",) if judged else ()),
               title=f"first {len(items)} of {len(run.items)} outputs", title_justify="left")
     for r in items:
+        js = [f"{x['judge_name']}: " + (f"{x['rating']:g}" if x.get("rating") is not None
+                                        else f"{x['status']} ({x.get('reason')})")
+              for x in judged.get(r["key"], [])]
         t.add_row(Text(str(r.get("id"))), Text(str(r.get("status"))),
                   Text(str(r.get("finish_reason") or "")),
                   Text(f"{r.get('prompt_tokens') or 0}+{r.get('completion_tokens') or 0}"),
-                  item_text(r, a.width), Text(expected_text(r.get("expected"))))
+                  item_text(r, a.width), Text(expected_text(r.get("expected"))),
+                  *((Text("\n".join(js)),) if judged else ()))
     out.print(t)
 
 

@@ -24,6 +24,7 @@ from urllib.parse import quote
 
 from runner.files import atomic_write
 from runner.results.compare import compare_runs, item_samples
+from runner.results.judged import judgements_by_key
 from runner.results.page import TEMPLATE
 from runner.results.runs import Run, config_diff, flatten, load_run
 from runner.results.score import set_file_of
@@ -53,7 +54,35 @@ def image_base(set_file: Path | None) -> Path | None:
     return set_file.parent
 
 
-def _mark(run: Run, rec: Record | None, scorers: set[str]) -> dict[str, Any] | None:
+def earlier_turns(set_file: Path | None) -> dict[str, list[list[str]]]:
+    """Item id -> the turns before its last user message ([role, text], images left out), for
+    multi-turn items only: the report shows them collapsed above the question. {} when the set
+    is gone or unreadable (the report still shows the last question)."""
+    if set_file is None:
+        return {}
+    try:
+        from runner.plan.sources import read_set
+
+        _, specs = read_set(Path(set_file))
+        out = {}
+        for s in specs:
+            last = max((k for k, (role, _) in enumerate(s.turns) if role == "user"), default=0)
+            if last:
+                out[s.id] = [[role, " ".join(v for kind, v in parts if kind == "text")]
+                             for role, parts in s.turns[:last] if role != "system"]
+        return out
+    except Exception:  # noqa: BLE001 - an edited or moved set: no earlier turns shown
+        return {}
+
+
+def _judged(js: list[dict[str, Any]]) -> list[list[Any]]:
+    """[judge name, rating or None, status, the judgement cut at CUT] per judge configuration."""
+    return [[x["judge_name"], x.get("rating"), x["status"],
+             str(x.get("judgement") or x.get("reason") or "")[:CUT]] for x in js]
+
+
+def _mark(run: Run, rec: Record | None, scorers: set[str],
+          judged: dict[str, list[dict[str, Any]]] | None = None) -> dict[str, Any] | None:
     """One run's cell, its output cut at CUT characters (`full` says how long it is)."""
     if rec is None:
         return None
@@ -73,6 +102,8 @@ def _mark(run: Run, rec: Record | None, scorers: set[str]) -> dict[str, Any] | N
         o["cut"] = 1
     if len(rec.get("outputs") or []) > 1:  # sampling.n > 1: the first is shown and scored
         o["more"] = len(rec["outputs"]) - 1
+    if judged and rec["key"] in judged:
+        o["jd"] = _judged(judged[rec["key"]])
     return o
 
 
@@ -139,6 +170,8 @@ class Report:
         roots = {r.path: image_base(set_file_of(r.path)) for r in runs}
         roots = {k: str(v.resolve()) if v else None for k, v in roots.items()}  # str: fast
         scorers = [{s.get("scorer") or "?" for s in r.scores.values()} for r in runs]
+        judged = [judgements_by_key(r.path) for r in runs]
+        history = earlier_turns(set_file_of(runs[0].path))
         keys = config_diff([r.config for r in runs])
         self.info = [_run_info(r, keys, s) for r, s in zip(runs, scorers, strict=True)]
         self.keys = keys
@@ -171,7 +204,8 @@ class Report:
                     ims.append([None, im["path"]])
             x = first.get("expected")  # an object (the json scorer's) shown as JSON
             x = json.dumps(x, ensure_ascii=False) if isinstance(x, (dict, list)) else x
-            marks = [_mark(r, rec, s) for r, rec, s in zip(runs, recs, scorers, strict=True)]
+            marks = [_mark(r, rec, s, jd) for r, rec, s, jd in zip(runs, recs, scorers, judged,
+                                                                  strict=True)]
             for j, (o, rec) in enumerate(zip(marks, recs, strict=True)):
                 if o and "full" in o:
                     self.full[f"{n}.{j}"] = str(rec.get("output") or rec.get("error") or "")
@@ -179,7 +213,8 @@ class Report:
                     self.full[f"{n}.{j}.s"] = [[x["text"], x["correct"]]
                                                for x in item_samples(runs[j], i)]
             self.rows.append({"id": i, "p": first.get("prompt", ""), "x": x,
-                              "tags": first.get("tags") or [], "im": ims, "o": marks})
+                              "tags": first.get("tags") or [], "im": ims, "o": marks,
+                              **({"h": history[i]} if i in history else {})})
             wrong = any(o and o.get("ok") is False for o in marks)
             differ = len(runs) > 1 and len({_text(rec) for rec in recs}) > 1
             flags.append(chr(48 + WRONG * wrong + DIFFER * differ + FLIP * (i in flipped)))

@@ -225,12 +225,6 @@ def judge_id(j: Any, model: str) -> str:
     return hashlib.sha256(json.dumps(doc, sort_keys=True).encode()).hexdigest()[:12]
 
 
-def judge_sets(run_dir: Path) -> list[dict[str, Any]]:
-    """The run's judge configurations (their .json), newest first."""
-    fs = sorted(folder(run_dir).glob("*.json"), key=lambda p: p.stat().st_mtime, reverse=True)
-    return [d for d in (json.loads(f.read_text()) for f in fs) if isinstance(d, dict)]
-
-
 # --- judging a run ----------------------------------------------------------------------------
 
 

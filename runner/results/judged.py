@@ -141,3 +141,11 @@ def judgements_by_key(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
         for k, x in latest.items():
             out[k].append(x | {"judge_name": desc.get("name") or f.stem})
     return out
+
+
+def judged_metrics(run_dir: Path) -> list[dict[str, Any]]:
+    """Every judge configuration's stored aggregates (judgements/<id>.metrics.json): what the
+    card, `results show` and the report read; newest first."""
+    fs = sorted(folder(run_dir).glob("*.metrics.json"), key=lambda p: p.stat().st_mtime,
+                reverse=True)
+    return [m for m in (read_json(f, {}) for f in fs) if m]

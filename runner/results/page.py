@@ -162,6 +162,10 @@ function cell(o, i, j) {
   }
   if (o.why) td.append(el("div", {class: "why", text: o.sc ? `${o.sc}: ${o.why}` : o.why}));
   if (o.cut) td.append(el("div", {class: "cut", text: "(cut at max_tokens)"}));
+  for (const [name, rating, status, text] of o.jd || []) {  // LLM judges (docs/judges.md)
+    td.append(el("details", {class: "judge"},
+      el("summary", {text: `judge ${name}: ${rating ?? status}`}), el("div", {text})));
+  }
   if (o.more) {  // sampling.n > 1: the first sample is shown, every one on demand
     const a = el("a", {class: "more", text: `show all ${o.more + 1} samples`});
     a.onclick = async () => {
@@ -230,6 +234,10 @@ async function render() {
       el("td", {}, ...r.im.map(img)),
       el("td", {}, el("div", {class: "id",
                               text: r.id + (r.tags.length ? " · " + r.tags.join(", ") : "")}),
+         r.h ? el("details", {class: "turns"},
+                  el("summary", {text: `${r.h.length} earlier turns`}),
+                  ...r.h.map(([role, t]) => el("div", {class: "why", text: `${role}: ${t}`})))
+           : null,
          el("div", {text: r.p})),
       el("td", {text: r.x ?? "—"}),
       ...r.o.map((o, j) => cell(o, at[k], j))));
