@@ -6,8 +6,9 @@ it to PORTFILE once it answers. The environment variable STANDIN (JSON) sets:
 that many answers), `hang` (never answer a request whose text holds this marker), `refuse`
 (HTTP 400 for a request whose text holds this marker).
 As a judge (tests/test_judge.py): `judge` (answer "... Rating: [[N]]", N from a hash of the
-request, 1..10), `unrated` (answer without a rating when the text holds this marker), `trace`
-(a file: one line `post` per chat request received), `gate_after` + `gate` (the chat requests
+request, 1..10), `unrated` (answer without a rating when the text holds this marker), `key`
+(HTTP 401 unless the request carries `Authorization: Bearer <key>`), `trace` (a file: one
+line `post` per chat request received), `gate_after` + `gate` (the chat requests
 after that many answers wait until the file `gate` exists).
 """
 
@@ -79,6 +80,9 @@ class Handler(BaseHTTPRequestHandler):
             never.wait()
         if CFG.get("refuse") and CFG["refuse"] in text:
             self._send(400, {"error": {"message": f"refused: {CFG['refuse']}", "code": 400}})
+            return
+        if CFG.get("key") and self.headers.get("Authorization") != f"Bearer {CFG['key']}":
+            self._send(401, {"error": {"message": "bad key", "code": 401}})
             return
         if CFG.get("judge"):
             digest = hashlib.sha256(text.encode()).hexdigest()

@@ -158,10 +158,12 @@ def lines(run: Path) -> list[dict]:
 @pytest.mark.process
 def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated, tmp_path):
     trace = tmp_path / "trace"
-    url = standin(trace=str(trace), unrated=UNRATED)
+    url = standin(trace=str(trace), unrated=UNRATED, key="sekret-XQZ-key")
     run = copy_of(generated, tmp_path)
-    args = [f"judge.url={url}", "judge.reasks=2", "judge.backoff_s=0"]
-    r = judge(run, *args, "judge.retries=0", prompts=generated.prompts)
+    args = [f"judge.url={url}", "judge.reasks=2", "judge.backoff_s=0",
+            "judge.api_key_env=JUDGE_KEY"]
+    key = {"JUDGE_KEY": "sekret-XQZ-key"}
+    r = judge(run, *args, "judge.retries=0", prompts=generated.prompts, env=key)
     assert r.returncode == 0, r.stdout + r.stderr
     m = json.loads(r.stdout)
     ls = {x["id"]: x for x in lines(run)}
@@ -171,10 +173,11 @@ def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated
     assert m["unrated"] == 1
     rated = [x["rating"] for x in ls.values() if x["status"] == "rated"]
     assert m["micro_average"]["mean"] == round(sum(rated) / len(rated), 4)
+    assert not [f for f in run.parent.rglob("*") if f.is_file() and b"sekret" in f.read_bytes()]
     calls = trace.read_text().count("post")
     assert calls == sum(x["asks"] for x in ls.values()) == m["cost"]["asks"]
 
-    again = judge(run, *args, prompts=generated.prompts)
+    again = judge(run, *args, prompts=generated.prompts, env=key)
     assert again.returncode == 0 and json.loads(again.stdout) == m
     assert trace.read_text().count("post") == calls  # no call the second time
     # `results show` and the report show each judgement beside its output, and a later turn's
@@ -196,7 +199,7 @@ def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated
     assert compact({"h": [["user", "Which quarter had the highest revenue?"],
                           ["assistant", "Q3 had the highest revenue, 27 M$."]]})[1:-1] in page
 
-    other = judge(run, *args, "judge.max_tokens=100", prompts=generated.prompts)
+    other = judge(run, *args, "judge.max_tokens=100", prompts=generated.prompts, env=key)
     assert json.loads(other.stdout)["judge"]["id"] != m["judge"]["id"]  # another score set
     assert trace.read_text().count("post") == 2 * calls
 

@@ -253,8 +253,9 @@ def judge_run(run_dir: Path, j: Any, on_line: Any = None) -> dict[str, Any]:
     cfg = read_yaml(run_dir / "config.yaml", {})
     records = [r for r in latest_by_id(read_records(run_dir).values()).values()
                if r.get("status") == "ok" and r.get("expected") is not None]
-    ep = Endpoint(j, run_dir.parent)
-    model = ep.model()
+    # With judge.model named, a judge whose every line is stored needs no server at all.
+    ep = None if j.model else Endpoint(j, run_dir.parent)
+    model = str(j.model) if j.model else ep.model()  # type: ignore[union-attr]
     jid = judge_id(j, model)
     out = folder(run_dir)
     out.mkdir(exist_ok=True)
@@ -262,12 +263,15 @@ def judge_run(run_dir: Path, j: Any, on_line: Any = None) -> dict[str, Any]:
     try:
         with locked(run_dir.parent / ".locks" / f"{run_dir.name}.judge-{jid}.lock", wait=False):
             cut_torn_tail(path)  # a line torn by a kill: we are its only writer now
-            described = {"id": jid, "name": j.name, "model": model, "url": ep.base,
+            described = {"id": jid, "name": j.name, "model": model,
                          **{k: OmegaConf.to_container(j, resolve=True)[k] for k in HASHED}}
             atomic_write(out / f"{jid}.json", json.dumps(described, indent=2) + "\n")
             done = {h for h, x in read_lines(run_dir, jid).items() if x["status"] != "error"}
             todo = [r for r in records if request_hash(jid, r) not in done]
             if todo:
+                if ep is None:
+                    ep = Endpoint(j, run_dir.parent)
+                    ep.model()  # one sentence now if nothing answers
                 _ask_all(run_dir, j, ep, model, jid, path, todo, len(records),
                          cfg.get("prompts") or {}, on_line)
     except LockBusy as e:
