@@ -233,6 +233,7 @@ def _conversations(run_dir: Path, records: list[Record]) -> dict[str, list[dict[
     from runner.plan.load import load_plan
 
     cfg = OmegaConf.create(read_yaml(Path(run_dir) / "config.yaml", {}))
+    cfg.shard = {"index": 0, "count": 1}  # every shard's items: the run folder holds them all
     try:
         plan = load_plan(cfg, show=False)
     except UserError as e:
