@@ -51,7 +51,15 @@ class Handler(BaseHTTPRequestHandler):
         self.end_headers()
         self.wfile.write(data)
 
+    def _unauthorized(self) -> bool:
+        if CFG.get("key") and self.headers.get("Authorization") != f"Bearer {CFG['key']}":
+            self._send(401, {"error": {"message": "bad key", "code": 401}})
+            return True
+        return False
+
     def do_GET(self) -> None:
+        if self.path != "/health" and self._unauthorized():
+            return
         if self.path == "/health":
             self._send(200, {})
         elif self.path == "/v1/models":
@@ -81,8 +89,7 @@ class Handler(BaseHTTPRequestHandler):
         if CFG.get("refuse") and CFG["refuse"] in text:
             self._send(400, {"error": {"message": f"refused: {CFG['refuse']}", "code": 400}})
             return
-        if CFG.get("key") and self.headers.get("Authorization") != f"Bearer {CFG['key']}":
-            self._send(401, {"error": {"message": "bad key", "code": 401}})
+        if self._unauthorized():
             return
         if CFG.get("judge"):
             digest = hashlib.sha256(text.encode()).hexdigest()

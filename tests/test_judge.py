@@ -174,6 +174,8 @@ def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated
     rated = [x["rating"] for x in ls.values() if x["status"] == "rated"]
     assert m["micro_average"]["mean"] == round(sum(rated) / len(rated), 4)
     assert not [f for f in run.parent.rglob("*") if f.is_file() and b"sekret" in f.read_bytes()]
+    bad = judge(run, *args, prompts=generated.prompts, env={"JUDGE_KEY": "wrong"})
+    assert bad.returncode == 2 and "refused the request (HTTP 401)" in bad.stderr, bad.stderr
     calls = trace.read_text().count("post")
     assert calls == sum(x["asks"] for x in ls.values()) == m["cost"]["asks"]
 

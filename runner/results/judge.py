@@ -155,6 +155,10 @@ class Endpoint:
             with urllib.request.urlopen(req, timeout=CHECK_TIMEOUT_S) as r:
                 ids = [m.get("id") for m in json.loads(r.read()).get("data") or []]
         except urllib.error.HTTPError as e:
+            if e.code in (401, 403):
+                raise UserError(f"The judge at {self.base} refused the request (HTTP {e.code}): "
+                                f"check the API key in {self.j.api_key_env or 'judge.api_key_env'}."
+                                ) from None
             if self.j.model:
                 return str(self.j.model)
             raise UserError(f"The judge at {self.base} answered HTTP {e.code} to /v1/models; "
