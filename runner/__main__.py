@@ -6,12 +6,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runner.config import register
+from runner.config import CONF, register
 
 register()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> object:
     from hydra.core.hydra_config import HydraConfig
 

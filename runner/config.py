@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from enum import Enum
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
@@ -257,6 +258,17 @@ class JudgeConfig:
 @dataclass
 class JudgingConfig:
     judge: JudgeConfig = field(default_factory=JudgeConfig)
+
+
+def shipped(name: str) -> Path:
+    """`conf` or `prompts` as the runner ships them: inside the package in an installed wheel
+    (setup.py copies them there), else the checkout's top-level folder."""
+    here = Path(__file__).resolve().parent
+    inside = here / "_shipped" / name
+    return inside if inside.is_dir() else here.parent / name
+
+
+CONF = str(shipped("conf"))
 
 
 def register() -> None:

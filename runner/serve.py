@@ -7,12 +7,12 @@ import sys
 import hydra
 from omegaconf import DictConfig
 
-from runner.config import register
+from runner.config import CONF, register
 
 register()
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="config")
+@hydra.main(version_base="1.3", config_path=CONF, config_name="config")
 def main(cfg: DictConfig) -> None:
     from runner.console import console
     from runner.engine.server import serve

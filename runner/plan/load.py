@@ -17,6 +17,7 @@ from dataclasses import astuple, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from runner.config import shipped
 from runner.errors import UserError
 from runner.files import gc_paused
 from runner.plan.cache import Entry, Inputs, PlanCache, recording
@@ -106,6 +107,9 @@ def find_set(name: str, root: str | Path) -> Path:
     r = Path(root)
     cand = [r / name / SET_FILE, r / f"{name}.yaml", r / f"{name}.jsonl",
             r / name / "set.jsonl", Path(name), Path(name) / SET_FILE]
+    if str(root) == "prompts" and not r.is_dir():  # the default root, run outside a checkout:
+        s = shipped("prompts")                      # the sets the runner ships
+        cand += [s / name / SET_FILE, s / name / "set.jsonl"]
     for c in cand:
         if c.is_file():
             return c.resolve()

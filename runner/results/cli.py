@@ -32,7 +32,6 @@ from runner.results.runs import Run, dict_diff, load_run, resolve
 from runner.results.stats import headline
 from runner.results.tables import compare_tables, expected_text, fmt, item_text, stats_table
 
-CONF = Path(__file__).resolve().parents[2] / "conf"
 STATUSES = ("running", "complete", "interrupted", "failed")
 # Piped output is not cut to 80 columns: hashes and ids must stay whole for grep.
 out = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ
@@ -106,11 +105,11 @@ def defaults_for(run: Run) -> dict[str, Any]:
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from runner.config import register
+    from runner.config import CONF, register
 
     register()
     choice = [o for o in run.overrides if o.split("=", 1)[0].lstrip("+") == "model"][-1:]
-    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+    with initialize_config_dir(config_dir=CONF, version_base="1.3"):
         cfg = compose(config_name="config", overrides=choice)
     c = OmegaConf.to_container(cfg, resolve=True)
     assert isinstance(c, dict)
@@ -316,11 +315,11 @@ def judge_config(overrides: list[str]) -> Any:
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
-    from runner.config import register
+    from runner.config import CONF, register
 
     register()
     try:
-        with initialize_config_dir(str(CONF), version_base="1.3"):
+        with initialize_config_dir(CONF, version_base="1.3"):
             return compose("judging", overrides=overrides).judge
     except (HydraException, OmegaConfBaseException) as e:
         raise UserError(f"The judge config does not compose: {str(e).splitlines()[0]}") from None
