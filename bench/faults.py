@@ -73,7 +73,7 @@ def main() -> None:
            "restart_start_s": r["start_s"], "undisturbed_wall_s": round(calm_s, 1),
            "killed_wall_s": round(hurt_s, 1), "wall_ratio": round(hurt_s / calm_s, 3),
            "first_start_s": hurt["timings"]["engine_start_s"],
-           "max_step_s_undisturbed": calm["timings"]["max_step_s"],
+           "max_gap_s_undisturbed": calm["timings"]["max_gap_s"],
            "stored": [calm["counts"]["stored"], hurt["counts"]["stored"]], "reason": r["reason"]}
     print(json.dumps(res, indent=2))
 

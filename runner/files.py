@@ -4,9 +4,11 @@ results CLI must start fast."""
 
 from __future__ import annotations
 
+import base64
 import fcntl
 import gc
 import json
+import mimetypes
 import os
 import socket
 import threading
@@ -153,3 +155,13 @@ def locked(path: Path, *, shared: bool = False, wait: bool = True,
         yield
     finally:
         os.close(fd)
+
+
+def data_url(path: str | Path) -> str:
+    """A file as a data: URL of its own bytes; the MIME type is read from the bytes (a cached
+    copy's name need not say its format), else guessed from the name."""
+    data = Path(path).read_bytes()
+    mime = ("image/png" if data[:4] == b"\x89PNG" else "image/jpeg" if data[:2] == b"\xff\xd8"
+            else "image/gif" if data[:4] == b"GIF8" else "image/webp" if data[8:12] == b"WEBP"
+            else mimetypes.guess_type(str(path))[0] or "application/octet-stream")
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"

@@ -84,7 +84,7 @@ def _hms(s: float) -> str:
     return str(timedelta(seconds=round(s)))
 
 
-class Generation:
+class GenerationProgress:
     """Items done, generated tokens/s and an ETA from the token plan: each item may generate
     up to its output bound (max_tokens x n, or max_model_len minus its planned prompt tokens);
     done is what vLLM's token counters report generated, plus the bound finished items left
@@ -101,7 +101,7 @@ class Generation:
         self.progress: Progress | None = None
         self.t0 = self.last = time.perf_counter()
 
-    def __enter__(self) -> Generation:
+    def __enter__(self) -> GenerationProgress:
         self.t0 = self.last = time.perf_counter()
         if _live():
             self.progress = Progress(

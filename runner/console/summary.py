@@ -22,7 +22,7 @@ class Summary:
     engine_reused: bool = False
     generate_s: float = 0.0
     total_s: float = 0.0
-    max_step_s: float = 0.0  # the longest wait for an engine step (sizes stall_timeout_s)
+    max_gap_s: float = 0.0  # the longest wait for an engine step (sizes stall_timeout_s)
     restarts: int = 0  # engine restarts after deaths (not counting the poison search)
     error_kinds: dict[str, int] = field(default_factory=dict)  # this invocation's, by kind
     error: str | None = None  # a user error that failed this job (in a sweep)

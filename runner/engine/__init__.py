@@ -1,10 +1,14 @@
-"""Stage 3, the engine boundary: the only package of the runner that imports vLLM.
+"""Stage 3, the engine: planned requests in, finished outputs and progress events out. The
+only package of the runner that imports vLLM (runner/bundled/ imports torch, to build the
+tiny models).
 
 The job talks to an `Engine` (api.py): submit one request, consume a stream of events
 (finished requests, progress counters), ask whether it died, kill it, shut it down, describe
-its quantization. `vllm_engine.py` is vLLM's offline LLM behind it; `fake.py` is a test
-double in its own process. vLLM is imported only when an engine starts: `--help`,
-`--cfg job`, dry runs and cache hits never pay for it.
+its quantization. Three implement it: `vllm_engine.py` (vLLM's offline engine, stepped in
+this process), `client.py` (an OpenAI-compatible vLLM server, engine.url or engine=server)
+and `fake.py` (a test double in its own process). `slot.py` keeps one engine across sweep
+points, `server.py` is `python -m runner.serve`. vLLM is imported only when an engine starts:
+`--help`, `--cfg job`, dry runs and cache hits never pay for it.
 """
 
 from runner.engine.api import Engine, Event, Finished, Refused, Sample, Tokens

@@ -66,7 +66,7 @@ class Engine(Protocol):
     runner.errors.EngineDied with the keys not finished, in submit order."""
 
     kind: str  # "vllm", "fake" or "server"
-    window: int  # requests it runs at once (vLLM's max_num_seqs, resolved)
+    max_num_seqs: int  # requests it runs at once (vLLM's, resolved)
     watchdog: str  # "on", or "off: <why>" when a dying engine could hang the run
     max_gap_s: float  # the longest wait for a step so far (sizes engine.stall_timeout_s)
 

@@ -10,10 +10,8 @@ Standard library only: no vLLM, no torch (a warm run imports neither).
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
-import mimetypes
 import queue
 import socket
 import threading
@@ -27,11 +25,26 @@ from urllib.parse import urlparse
 from runner.engine.api import Event, Failed, Finished, Sample
 from runner.engine.server_state import alive, differences, read_state, state_path
 from runner.errors import ServerGone, UserError
+from runner.plan.images import inline_images
 
 SPEC = "runner_server"  # the key of the client's settings in the engine kwargs (slot.py)
 DEFAULT_WINDOW = 64  # in flight when neither the config nor the state file says max_num_seqs
 CHECK_TIMEOUT_S = 10.0
 START = "python -m runner.serve"
+
+
+def healthy(url: str, timeout: float = 2.0) -> bool:
+    """Whether the vLLM server at `url` answers its /health with 200."""
+    u = urlparse(url)
+    try:
+        c = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80, timeout=timeout)
+        try:
+            c.request("GET", "/health")
+            return c.getresponse().status == 200
+        finally:
+            c.close()
+    except (OSError, http.client.HTTPException):
+        return False
 
 
 def spec_of(cfg: Any) -> dict[str, Any]:
@@ -47,7 +60,7 @@ def spec_of(cfg: Any) -> dict[str, Any]:
 class Connection:
     url: str
     model_id: str  # what requests name as `model`
-    window: int
+    max_num_seqs: int  # what the server runs at once (its max_num_seqs)
     info: dict[str, Any] = field(default_factory=dict)  # the manifest's `server`
 
 
@@ -123,28 +136,6 @@ def connect(spec: dict[str, Any], args: dict[str, Any]) -> Connection:
     return Connection(url, str(card.get("id")), int(window), info)
 
 
-def inline_images(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """file:// images as data: URLs: the server may not see this machine's files (or only
-    under its allowed_local_media_path); the bytes are the same, so are the pixels."""
-    out = []
-    for m in messages:
-        c = m.get("content")
-        if isinstance(c, list):
-            m = {**m, "content": [_inline(p) for p in c]}
-        out.append(m)
-    return out
-
-
-def _inline(part: dict[str, Any]) -> dict[str, Any]:
-    url = part.get("image_url", {}).get("url", "") if part.get("type") == "image_url" else ""
-    if not url.startswith("file://"):
-        return part
-    path = url[len("file://"):]  # images.file_url: the path as written, not percent-encoded
-    mime = mimetypes.guess_type(path)[0] or "image/png"
-    data = base64.b64encode(Path(path).read_bytes()).decode()
-    return {**part, "image_url": {**part["image_url"], "url": f"data:{mime};base64,{data}"}}
-
-
 def _error_message(body: bytes) -> str:
     try:
         d = json.loads(body)
@@ -167,7 +158,8 @@ class ServerEngine:
         self.spec = kw[SPEC]
         self.args = {k: v for k, v in kw.items() if k != SPEC}
         c = connect(self.spec, self.args)
-        self.url, self.model_id, self.window, self.server = c.url, c.model_id, c.window, c.info
+        self.url, self.model_id, self.server = c.url, c.model_id, c.info
+        self.max_num_seqs = c.max_num_seqs
         u = urlparse(self.url)
         self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
         self.timeout = self.spec["request_timeout_s"]
@@ -181,7 +173,7 @@ class ServerEngine:
         self._dead: str | None = None
         self._threads = [threading.Thread(target=self._worker, daemon=True,
                                           name=f"server-client-{i}")
-                         for i in range(self.window)]
+                         for i in range(self.max_num_seqs)]
         for t in self._threads:
             t.start()
 
@@ -336,7 +328,7 @@ class ServerEngine:
     def _answer(self, key: str, status: int, data: bytes,
                 sampling: dict[str, Any]) -> Finished | Failed:
         if status != 200:
-            if status >= 500 and not self._healthy():
+            if status >= 500 and not healthy(self.url, CHECK_TIMEOUT_S):
                 raise _Lost(f"HTTP {status}, then /health failed")
             return Failed(key, f"the server refused the request (HTTP {status}): "
                                f"{_error_message(data)}", "request")
@@ -350,13 +342,3 @@ class ServerEngine:
         return Finished(key, int(usage.get("prompt_tokens") or 0),
                         [Sample(c.get("message", {}).get("content") or "", c.get("finish_reason"),
                                 n) for c, n in zip(choices, counts, strict=True)])
-
-    def _healthy(self) -> bool:
-        try:
-            c = http.client.HTTPConnection(self.host, self.port, timeout=CHECK_TIMEOUT_S)
-            c.request("GET", "/health")
-            ok = c.getresponse().status == 200
-            c.close()
-            return ok
-        except (OSError, http.client.HTTPException):
-            return False

@@ -56,12 +56,12 @@ class FakeEngine:
     kind = "fake"
 
     def __init__(self, kw: dict[str, Any]):
-        self.window = int(kw.get("max_num_seqs") or 4)
+        self.max_num_seqs = int(kw.get("max_num_seqs") or 4)
         off = options().get("watchdog_off")  # as when vLLM's internals are not found
         self.watchdog = f"off: {off}" if off else "on"
         self.max_gap_s = 0.0
         self.proc = subprocess.Popen([sys.executable, "-m", "runner.engine.fake",
-                                      str(self.window)], stdin=subprocess.PIPE,
+                                      str(self.max_num_seqs)], stdin=subprocess.PIPE,
                                      stdout=subprocess.PIPE)
         self._buf = b""
         self._keys: dict[str, None] = {}  # in flight, in submit order

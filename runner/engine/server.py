@@ -13,7 +13,6 @@ import socket
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -25,6 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.console import console
 from runner.engine.args import check_engine_args, engine_kwargs, explain_start_failure
+from runner.engine.client import healthy
 from runner.engine.server_state import alive, read_state, serve_dir, state_path, write_state
 from runner.engine.vllm_engine import count_start, import_vllm
 from runner.errors import StartFailed, UserError
@@ -73,18 +73,6 @@ def _die_with_parent() -> None:
         pass
 
 
-def healthy(url: str, timeout: float = 2.0) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/health", timeout=timeout) as r:
-            return r.status == 200
-    except OSError:
-        return False
-
-
-def media_root(cfg: DictConfig) -> Path:
-    return Path(cfg.prompts.root).resolve()
-
-
 def serve(cfg: DictConfig) -> int:
     """Start the server, keep it up until Ctrl-C/SIGTERM, stop it; the exit code."""
     from runner.engine.quant import check_model
@@ -96,7 +84,8 @@ def serve(cfg: DictConfig) -> int:
                         f"{old.get('pid')}): use it (engine=server), or stop it (Ctrl-C in its "
                         f"terminal, or kill {old.get('runner_pid')}) first.")
     check_model(cfg.model)
-    kw = engine_kwargs(cfg, media_root(cfg))
+    # A server outlives any one set: vLLM may read images from every set under prompts.root.
+    kw = engine_kwargs(cfg, Path(cfg.prompts.root).resolve())
     host, port = address(cfg.engine.url)
     url = f"http://{host}:{port}"
     d = serve_dir(root)

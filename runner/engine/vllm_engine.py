@@ -1,7 +1,9 @@
 """The real engine: vLLM's offline `LLM`, fed one request at a time, stepped by the runner.
 
-vLLM and torch are imported here (and in probe.py) only, and only when an engine starts.
-Every vLLM internal read here is named in contract.py, whose test fails when one moves.
+vLLM is imported only when an engine starts (here; args.py checks engine arguments against
+EngineArgs at the start, probe.py reads the loaded layers, server.py starts vLLM's server).
+Every vLLM internal read in this package is named in contract.py, whose test fails when one
+moves.
 """
 
 from __future__ import annotations
@@ -78,7 +80,7 @@ class VllmEngine:
         self.llm = vllm.LLM(**({"worker_extension_cls": PROBE, "disable_log_stats": False}
                                | kw))
         self.engine = self.llm.llm_engine
-        self.window = int(self.engine.vllm_config.scheduler_config.max_num_seqs)
+        self.max_num_seqs = int(self.engine.vllm_config.scheduler_config.max_num_seqs)
         self.dog = Watchdog(self.engine.engine_core)
         self.watchdog = "on" if self.dog.off is None else f"off: {self.dog.off}"
         self._ids: dict[str, str] = {}  # vLLM's external request id -> key, in submit order

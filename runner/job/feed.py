@@ -18,7 +18,7 @@ from runner.engine.api import Engine
 from runner.errors import EngineFailed, OverBudget
 from runner.job.sink import Sink
 from runner.kinds import death_kind
-from runner.plan.images import inline_outside
+from runner.plan.images import inline_images
 from runner.plan.load import Item, set_root
 from runner.store import manifest
 from runner.store.rundir import RunDir
@@ -87,16 +87,16 @@ class Feed:
         media = media_root(cfg, self.set_root)
 
         def request(k: str) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-            return inline_outside(by_key[k].messages, media), sampling(by_key[k])
+            return inline_images(by_key[k].messages, keep=media), sampling(by_key[k])
 
         def run_group(keys: list[str]) -> None:
             assert self.engine is not None
             try:
                 run_window(self.engine, keys, request, sink,
-                           cfg.engine.max_in_flight or 2 * self.engine.window,
+                           cfg.engine.max_in_flight or 2 * self.engine.max_num_seqs,
                            cfg.engine.stall_timeout_s)
             finally:
-                s.max_step_s = max(s.max_step_s, self.engine.max_gap_s)
+                s.max_gap_s = max(s.max_gap_s, self.engine.max_gap_s)
 
         def restart(r: Restart) -> None:
             what = "looking for the item that kills it" if r.mode == "bisect" else \
@@ -115,7 +115,8 @@ class Feed:
                        death_kind(reason))
 
         assert self.engine is not None
-        sup = Supervisor(run_group, restart, poison, self.engine.window, cfg.engine.max_restarts)
+        sup = Supervisor(run_group, restart, poison, self.engine.max_num_seqs,
+                         cfg.engine.max_restarts)
         try:
             sup.generate([it.key for it in items])
         except EngineFailed as e:

@@ -9,7 +9,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from runner.console import console
-from runner.console.display import Generation, plan_line, show, warn_ignored
+from runner.console.display import GenerationProgress, plan_line, show, warn_ignored
 from runner.console.summary import Summary
 from runner.engine.quant import check_model
 from runner.errors import Interrupted
@@ -178,7 +178,7 @@ class Job:
         assert self.writer is not None
         mml = self.cfg.model.max_model_len
         # each output's bound: its max_tokens, else what is left of max_model_len; times n
-        progress = Generation({it.key: bound(self.effective(it),
+        progress = GenerationProgress({it.key: bound(self.effective(it),
                                              self.prompt_tokens.get(it.key, 0), mml)
                                for it in runnable}, len(todo))
         sink = Sink(self.writer, todo, self.summary, progress,

@@ -3,7 +3,7 @@ summary, the progress display and (for the engine's outcomes) the error budget."
 
 from __future__ import annotations
 
-from runner.console.display import Generation
+from runner.console.display import GenerationProgress
 from runner.console.summary import Summary
 from runner.engine.api import Finished
 from runner.job.budget import Budget
@@ -14,7 +14,7 @@ from runner.store.rundir import ResultWriter
 
 class Sink:
     def __init__(self, writer: ResultWriter, items: list[Item], summary: Summary,
-                 progress: Generation, budget: Budget):
+                 progress: GenerationProgress, budget: Budget):
         self.writer, self.s, self.progress, self.budget = writer, summary, progress, budget
         self.by_key = {it.key: it for it in items}
 

@@ -6,7 +6,7 @@ engine (raising EngineDied with the keys it had not finished), how to restart it
 do with a poison item. No vLLM here.
 
 Which items were in flight: vLLM schedules first come, first served, so the requests it has
-started are always among the first `window` (= max_num_seqs) unfinished ones in queue order.
+started are always among the first `max_num_seqs` unfinished ones in queue order.
 Those are the suspects of a death. When two deaths in a row share suspects, the shared ones are
 run alone, half at a time, until one item kills the engine on its own (a poison item: stored as
 an error) or none does. Each bisection step at least halves the suspects, so no item is retried
@@ -26,7 +26,7 @@ from runner.errors import EngineDied, EngineFailed
 class Restart:
     time: str  # when the death was noticed
     reason: str
-    in_flight: int  # items the engine had started (at most `window`)
+    in_flight: int  # items the engine had started (at most `max_num_seqs`)
     mode: str  # "restart": re-queue what is left; "bisect": looking for a poison item
 
     def to_dict(self) -> dict:
@@ -35,9 +35,9 @@ class Restart:
 
 class Supervisor:
     def __init__(self, run: Callable[[list[str]], None], restart: Callable[[Restart], None],
-                 poison: Callable[[str, str], None], window: int, max_restarts: int):
+                 poison: Callable[[str, str], None], max_num_seqs: int, max_restarts: int):
         self.run, self.restart, self.poison = run, restart, poison
-        self.window, self.max_restarts = max(1, window), max_restarts
+        self.max_num_seqs, self.max_restarts = max(1, max_num_seqs), max_restarts
         self.restarts: list[Restart] = []
         self.left: dict[str, None] = {}  # unfinished keys, in queue order
         self.death: Restart | None = None  # set while the engine is dead
@@ -53,7 +53,7 @@ class Supervisor:
             d = self._try(list(self.left), "restart")
             if d is None:
                 return
-            suspects = d.unfinished[:self.window]
+            suspects = d.unfinished[:self.max_num_seqs]
             again = [k for k in suspects if k in prev]
             if again:
                 self.death.mode = "bisect"  # type: ignore[union-attr]
@@ -79,7 +79,7 @@ class Supervisor:
             for k in group:
                 if k not in left:
                     self.left.pop(k, None)
-            self.death = Restart(_now(), d.reason, min(self.window, len(d.unfinished)), mode)
+            self.death = Restart(_now(), d.reason, min(self.max_num_seqs, len(d.unfinished)), mode)
             self._progress(len(self.left) < n)
             return d
         for k in group:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import base64
 import binascii
 import hashlib
-import io
 import os
 import shutil
 import tempfile
@@ -36,7 +35,7 @@ from PIL import Image as PILImage
 from PIL import ImageOps, UnidentifiedImageError
 
 from runner.errors import UserError
-from runner.files import atomic_write
+from runner.files import atomic_write, data_url
 from runner.plan.cache import current as plan_inputs
 from runner.plan.statcache import Probe, StatCache
 
@@ -400,20 +399,17 @@ class Images:
         return Image(ref, out, sha, nw, nh, self._norm_tag)
 
 
-def inline_outside(messages: list[dict[str, Any]], allowed: Path) -> list[dict[str, Any]]:
-    """The messages, with each file:// image outside `allowed` (vLLM's
-    allowed_local_media_path: the store's cache is outside it) sent as a data: URL of the same
-    bytes. Called as each request is queued, so only the in-flight ones hold the bytes."""
+def inline_images(messages: list[dict[str, Any]], keep: Path | None = None
+                  ) -> list[dict[str, Any]]:
+    """The messages, with each file:// image sent as a data: URL of the same bytes, except those
+    under `keep` (vLLM's allowed_local_media_path, which it reads itself; the store's cache is
+    outside it). Called as each request is queued, so only the in-flight ones hold the bytes."""
     def part(p: dict[str, Any]) -> dict[str, Any]:
         url = p["image_url"]["url"] if p.get("type") == "image_url" else ""
-        if not url.startswith("file://") or Path(url[7:]).is_relative_to(allowed):
+        path = url[len("file://"):]  # file_url: the path as written, not percent-encoded
+        if not url.startswith("file://") or (keep and Path(path).is_relative_to(keep)):
             return p
-        data = Path(url[7:]).read_bytes()
-        kind = "png" if data[:4] == b"\x89PNG" else "jpeg" if data[:2] == b"\xff\xd8" else (
-            (PILImage.open(io.BytesIO(data)).format or "png").lower())
-        return {**p, "image_url": {"url": f"data:image/{kind};base64,"
-                                          f"{base64.b64encode(data).decode()}"}}
+        return {**p, "image_url": {**p["image_url"], "url": data_url(path)}}
 
-    return [m if isinstance(m["content"], str) else {**m, "content": [part(p) for p in
-                                                                       m["content"]]}
-            for m in messages]
+    return [m if not isinstance(m.get("content"), list) else
+            {**m, "content": [part(p) for p in m["content"]]} for m in messages]

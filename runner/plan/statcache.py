@@ -14,7 +14,6 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -90,6 +89,3 @@ class StatCache:
             pass
         self._new = []
 
-
-def now_ns() -> int:
-    return time.time_ns()

@@ -11,18 +11,16 @@ the run header and one flag character per item (so the switches filter every ite
 
 from __future__ import annotations
 
-import base64
 import html
 import json
-import mimetypes
 import os
-import re
 import shutil
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from runner.files import atomic_write
+from runner.files import atomic_write, data_url
+from runner.plan.sources import image_base
 from runner.results.compare import compare_runs, item_samples
 from runner.results.judged import judgements_by_key
 from runner.results.page import TEMPLATE
@@ -34,24 +32,7 @@ from runner.store.record import Record, counts
 CHUNK = 2000  # rows per chunk file; a report of at most this many items is one file
 PAGE = 100  # rows per page
 CUT = 2000  # characters of an output in the table; the rest loads on click
-_FILE = re.compile(r"""^file:[ \t]*["']?([^"'#\n]+)""", re.M)  # a set's data file
 WRONG, DIFFER, FLIP = 1, 2, 4  # bits of an item's flag character: the page's switches
-
-
-def image_base(set_file: Path | None) -> Path | None:
-    """Where a set's image paths resolve (as the planner's Spec.base: the folder of the file
-    holding the items), None if the set is gone. Read without parsing the set (a 3,000-item
-    YAML took 2.5 s to parse here; a top-level `file:` line is one regex)."""
-    if set_file is None:
-        return None
-    if set_file.suffix != ".jsonl":
-        try:
-            m = _FILE.search(set_file.read_text(encoding="utf-8", errors="replace"))
-        except OSError:
-            return None
-        if m:
-            return (set_file.parent / m.group(1).strip()).parent
-    return set_file.parent
 
 
 def earlier_turns(set_file: Path | None) -> dict[str, list[list[str]]]:
@@ -139,13 +120,6 @@ def _hrefs(files: dict[str, str], base: Path) -> dict[str, str]:
             rel[d] = quote(os.path.relpath(d, b)) + "/"
         out[n] = rel[d] + quote(name)
     return out
-
-
-def _data_url(file: str | Path) -> str:
-    file = Path(file)
-    mime = {".webp": "image/webp"}.get(file.suffix) or mimetypes.guess_type(file.name)[0] \
-        or "application/octet-stream"
-    return f"data:{mime};base64,{base64.b64encode(file.read_bytes()).decode()}"
 
 
 def _comparison(runs: list[Run], info: list[dict[str, Any]]
@@ -250,8 +224,8 @@ def write_single(rep: Report, out: Path, full_images: bool) -> Path:
         r["im"] = [[n, p, href.get(n)] for n, p in r["im"]]
     data = rep.head(max(1, len(rep.rows))) | {
         "rows": rep.rows, "full": rep.full,
-        "thumbs": {n: _data_url(p) for n, p in rep.thumbs.items()},
-        "orig": {n: _data_url(rep.originals[n]) for n in rep.thumbs} if full_images else {}}
+        "thumbs": {n: data_url(p) for n, p in rep.thumbs.items()},
+        "orig": {n: data_url(rep.originals[n]) for n in rep.thumbs} if full_images else {}}
     base.mkdir(parents=True, exist_ok=True)
     atomic_write(out, _page(rep.title(), data))
     return out

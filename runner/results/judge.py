@@ -287,7 +287,7 @@ def judge_run(run_dir: Path, j: Any, on_line: Any = None) -> dict[str, Any]:
 
 def _ask_all(run_dir: Path, j: Any, ep: Endpoint, model: str, jid: str, path: Path,
              todo: list[Record], total: int, prompts: dict[str, Any], on_line: Any) -> None:
-    from runner.engine.client import inline_images
+    from runner.plan.images import inline_images
     from runner.store.rundir import ResultWriter
 
     convs = _conversations(run_dir, todo)

@@ -65,7 +65,7 @@ def end(rd: RunDir, s: Summary, error: str | None, starts: int, stored: Counts) 
             "engine": {"reused": s.engine_reused, "starts_in_process": starts},
             "tokens": {"prompt": s.prompt_tokens, "completion": s.completion_tokens},
             "timings": {"engine_start_s": round(s.engine_start_s, 3),
-                        "max_step_s": round(s.max_step_s, 3),
+                        "max_gap_s": round(s.max_gap_s, 3),
                         "generate_s": round(s.generate_s, 3), "total_s": round(s.total_s, 3)},
             "throughput": {"completion_tokens_per_s": round(s.tokens_per_s, 2),
                            "items_per_s": round(s.items_per_s, 3)}}

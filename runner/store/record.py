@@ -22,7 +22,7 @@ class ImageRef(TypedDict):
     sha256: str  # of the original bytes
 
 
-class Sample(TypedDict):
+class StoredSample(TypedDict):
     text: str
     finish_reason: str | None
 
@@ -44,7 +44,7 @@ class Record(_Identity, total=False):
     finish_reason: str | None
     prompt_tokens: int
     completion_tokens: int  # over every sample
-    outputs: list[Sample]  # every sample, when sampling.n > 1
+    outputs: list[StoredSample]  # every sample, when sampling.n > 1
     expected: str | dict | list | None  # a mapping or list: the `json` scorer's
     tags: list[str]
     metadata: dict[str, Any]
