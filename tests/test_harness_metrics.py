@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 import yaml
 
+from fakes import record, write_run
 from runner.results.metrics import levenshtein
 from runner.results.score import score_run
 from runner.results.scorers import check_spec, score_output
-from fakes import record, write_run
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "harness_metrics.yaml").read_text())
 NAMES = {"E": "explicit_prompt_relaxed_correctness", "W": "anywhere_in_answer_relaxed_correctness"}
