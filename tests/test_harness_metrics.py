@@ -82,3 +82,19 @@ def eval_json(line: str) -> dict:
     import json
 
     return json.loads(line)
+
+
+def test_a_set_may_name_a_list_of_metrics_and_the_planner_keeps_it(tmp_path):
+    from runner.errors import UserError
+    from runner.plan.sources import read_set
+
+    f = tmp_path / "set.yaml"
+    f.write_text(yaml.safe_dump({"scorer": [NAMES["E"], NAMES["W"]], "items": [
+        {"id": "a", "text": "q", "expected": ["12", "12.0"]},
+        {"id": "b", "text": "q", "expected": "x", "scorer": "anls:0.5"}]}))
+    info, specs = read_set(f)
+    assert info.scorer == [NAMES["E"], NAMES["W"]]
+    assert [(s.scorer, s.expected) for s in specs] == [(None, ["12", "12.0"]), ("anls:0.5", "x")]
+    f.write_text(yaml.safe_dump({"items": [{"id": "a", "text": "q", "scorer": []}]}))
+    with pytest.raises(UserError, match="'scorer' must be a name or a non-empty list"):
+        list(read_set(f)[1])
