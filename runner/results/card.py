@@ -159,9 +159,10 @@ def card(runs: list[Run], by: str | None = None) -> dict[str, Any]:
             base = next(r for r in runs if r.hash == p["base"])
             other = scores[p["other"]]
             for g, s in _groups(base, scores[p["base"]], by).items():
-                gpairs.append({"benchmark": p["benchmark"], "base": p["base"],
-                               "other": p["other"], "group": g,
-                               **paired(s, {i: other[i] for i in s if i in other})})
+                if any(i in other for i in s):  # groups with paired items only
+                    gpairs.append({"benchmark": p["benchmark"], "base": p["base"],
+                                   "other": p["other"], "group": g,
+                                   **paired(s, {i: other[i] for i in s if i in other})})
         result["by"] = {"field": by, "rows": grows, "pairs": gpairs}
     return result
 
