@@ -194,3 +194,21 @@ def test_ratio_bootstrap_agrees_with_plain_resampling():
     plo, phi = plain(lambda u, v: sum(v) / sum(u), a, b)
     assert (100 * lo, 100 * hi) == pytest.approx((plo, phi), abs=2.5)
     assert stats.paired_ratio_bootstrap([0.0, 0.0], [1.0, 0.0]) is None
+
+
+def test_a_sweep_over_benchmarks_prints_the_card_and_others_do_not(store):
+    from rich.console import Console
+
+    from runner.launch.sweep import benchmark_card
+
+    root, (a, _), (b, _), (c, _) = store
+    other = write_run(root, "s" * 16, [record("x", "y", expected="y")],
+                      config={"prompts": {"name": "sample"}})
+    rows = [{"folder": str(d)} for d in (a, b, c, other)] + [{"folder": None}]
+    con = Console(width=200, record=True)
+    for t in benchmark_card(rows):
+        con.print(t)
+    text = con.export_text()
+    assert "report card" in text and "docvqa" in text and "recovery %" in text
+    assert "ssssssss" not in text  # the sample set is no benchmark
+    assert benchmark_card([{"folder": str(other)}]) == []
