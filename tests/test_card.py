@@ -164,7 +164,7 @@ def test_cli_text_and_json(store, capsys):
     assert list(got) == ["rows", "pairs"] and len(got["rows"]) == 3 and len(got["pairs"]) == 1
     assert main(["--root", str(root), "card", a.name[:4], b.name[:4], "--by", "subfield"]) == 0
     text = " ".join(capsys.readouterr().out.split())
-    for want in ("report card", "explicit relaxed", "52.5 (Pixtral-12B-2409)",
+    for want in ("report card", "explicit relaxed", "also: mmmu", "Pixtral-12B-2409: Mistral AI",
                  "recovery %", "by subfield", "Physics", "Announcing Pixtral 12B"):
         assert want in text
     assert main(["--root", str(root), "card"]) == 2

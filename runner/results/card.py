@@ -182,54 +182,56 @@ SHORT = {"explicit_prompt_relaxed_correctness": "explicit relaxed",
          "anywhere_in_answer_relaxed_correctness": "anywhere relaxed"}
 
 
-def _metric(r: dict[str, Any]) -> str:
-    """The metric's short name, the other metrics' values after it."""
-    if r["metric"] is None:
-        return "not scored"
+def _also(r: dict[str, Any]) -> str:
+    """The run's other metrics (the harness scores some sets twice), for the caption."""
     more = [f"{SHORT.get(k, k)} {v:.2f}" for k, v in r["other_metrics"].items() if v is not None]
-    return SHORT.get(r["metric"], r["metric"]) + (f" ({'; '.join(more)})" if more else "")
+    return f"{r['benchmark']} {r['run'][:8]}: " + ", ".join(more) if more else ""
 
 
 def _t(title: str, *cols: str) -> Table:
     t = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
     for c in cols:
-        t.add_column(c, overflow="fold", justify="right" if c in ("n", "err") else "left")
+        t.add_column(c, overflow="fold", justify="right" if c in ("n", "err") else "left",
+                     no_wrap="[95 %]" in c or c in ("n", "err", "run", "base", "other"))
     return t
 
 
 def tables(result: dict[str, Any]) -> list[Table]:
     t = _t("report card (95 % intervals)", "benchmark", "run", "model", "metric",
-           "value [95 %]", "n", "err", "published", "Δ published")
+           "value [95 %]", "n", "err", "pub.", "Δ pub.")
     for r in result["rows"]:
         pub = r["published"]
-        t.add_row(r["benchmark"], r["run"][:12], r["model"], _metric(r),
+        metric = SHORT.get(r["metric"], r["metric"] or "not scored")
+        t.add_row(r["benchmark"], r["run"][:8], r["model"], metric,
                   _iv(r["value"], r["ci95"]), str(r["n"]), str(r["errors"]),
-                  "-" if pub is None else f"{pub['value']:g} ({pub['model']})",
+                  "-" if pub is None else f"{pub['value']:g}",
                   "-" if r["vs_published"] is None else f"{r['vs_published']:+.2f}")
     out = [t]
-    sources = {p["source"] for r in result["rows"] if (p := r["published"])}
-    if sources:
-        t.caption = "published: " + "; ".join(sorted(sources))
-        t.caption_justify = "left"
+    sources = {f"{p['model']}: {p['source']}" for r in result["rows"] if (p := r["published"])}
+    notes = [x for r in result["rows"] if (x := _also(r))]
+    notes = (["also: " + "; ".join(notes)] if notes else []) + \
+        (["published (pub.): " + "; ".join(sorted(sources))] if sources else [])
+    if notes:
+        t.caption, t.caption_justify = "\n".join(notes), "left"
     if result["pairs"]:
         p = _t("paired: other against base on the items both scored", "benchmark", "base",
                "other", "paired", "Δ points [95 %]", "recovery % [95 %]")
         for x in result["pairs"]:
-            p.add_row(x["benchmark"], x["base"][:12], x["other"][:12], str(x["n_paired"]),
+            p.add_row(x["benchmark"], x["base"][:8], x["other"][:8], str(x["n_paired"]),
                       _iv(x["delta"], x["ci95"]), _iv(x["recovery"], x["recovery_ci95"]))
         out.append(p)
     if "by" in result:
         f = result["by"]["field"]
         g = _t(f"by {f}", "benchmark", "run", f, "value [95 %]", "n")
         for x in result["by"]["rows"]:
-            g.add_row(x["benchmark"], x["run"][:12], x["group"], _iv(x["value"], x["ci95"]),
+            g.add_row(x["benchmark"], x["run"][:8], x["group"], _iv(x["value"], x["ci95"]),
                       str(x["n"]))
         out.append(g)
         if result["by"]["pairs"]:
             gp = _t(f"paired by {f}", "benchmark", "other", f, "paired", "Δ points [95 %]",
                     "recovery % [95 %]")
             for x in result["by"]["pairs"]:
-                gp.add_row(x["benchmark"], x["other"][:12], x["group"], str(x["n_paired"]),
+                gp.add_row(x["benchmark"], x["other"][:8], x["group"], str(x["n_paired"]),
                            _iv(x["delta"], x["ci95"]), _iv(x["recovery"], x["recovery_ci95"]))
             out.append(gp)
     return out
