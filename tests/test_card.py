@@ -157,7 +157,12 @@ def test_by_subfield_recomputed(store):
                                           - mean([ta[i] for i in ids])), 2)
 
 
-def test_cli_text_and_json(store, capsys):
+def test_cli_text_and_json(store, capsys, monkeypatch):
+    from rich.console import Console
+
+    from runner.results import cli
+
+    monkeypatch.setattr(cli, "out", Console(width=200, highlight=False))  # no wrapping
     root, (a, _), (b, _), (c, _) = store
     assert main(["--root", str(root), "card", a.name[:4], b.name[:4], c.name[:4], "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
