@@ -98,3 +98,15 @@ def test_a_set_may_name_a_list_of_metrics_and_the_planner_keeps_it(tmp_path):
     f.write_text(yaml.safe_dump({"items": [{"id": "a", "text": "q", "scorer": []}]}))
     with pytest.raises(UserError, match="'scorer' must be a name or a non-empty list"):
         list(read_set(f)[1])
+
+
+def test_results_score_prints_each_metric(tmp_path, capsys):
+    from runner.results.cli import main
+
+    both = [NAMES["E"], NAMES["W"]]
+    d = write_run(tmp_path, "n" * 16, [
+        record("a", "Final Answer: 12", expected="12", scorer=both),
+        record("b", "it is 12", expected="12", scorer=both)])
+    assert main(["--root", str(tmp_path), "score", d.name[:4]]) == 0
+    out = " ".join(capsys.readouterr().out.split())
+    assert f"{NAMES['E']} 50.0%" in out and f"{NAMES['W']} 100.0%" in out

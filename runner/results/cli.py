@@ -322,6 +322,9 @@ def cmd_score(a: argparse.Namespace) -> None:
         if m.get("samples"):  # sampling.n > 1
             valid += "  " + " ".join(f"{k} {m['samples'][k]}" for k in (
                 "pass@1", "pass@n", "majority", "agreement")) + f" (n={m['samples']['n']})"
+        if len(m.get("by_metric") or {}) > 1:  # several scorers (the harness's metrics)
+            valid += "  " + "  ".join(f"{k} {v['mean']:.1%}" for k, v in m["by_metric"].items()
+                                      if v["mean"] is not None)
         out.print(Text(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
                        f"{m['errors']} errors)  {tags}".rstrip() + valid
                        + (f"\n  fields: {fields}" if fields else "")))
