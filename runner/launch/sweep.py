@@ -1,5 +1,6 @@
 """Hydra callback for multiruns: one summary row per sweep point, and runs.json in the sweep
-folder (what `python -m runner.results report --sweep DIR` reads).
+folder (what `python -m runner.results report --sweep DIR` reads); over benchmark sets, the
+report card.
 
 Each job writes its row to its own folder (<sweep>/<n>/point.json): with the submitit
 launchers jobs run in other processes (or nodes), and only files reach the parent."""
@@ -61,12 +62,26 @@ class SweepSummary(Callback):
                             if isinstance(r := read_json(p), dict)), key=lambda r: r["num"])
         _write(sweep_dir / "runs.json", self.rows)
         console.print(table(self.rows, sweep_dir))
+        for t in benchmark_card(self.rows):  # points that ran benchmark sets: their card
+            console.print(t)
         for r in self.rows:  # which job failed, and why
             if r["status"] == "failed":
                 console.print(f"[red]job {r['num']} failed ({' '.join(r['overrides'])}): "
                               f"{r.get('error')}")
         if any(r["status"] == "failed" for r in self.rows):
             sys.exit(1)
+
+
+def benchmark_card(rows: list[dict[str, Any]]) -> list[Table]:
+    """The report card (runner.results.card) of the points whose set is a benchmark (mmmu,
+    mathvista, chartqa, docvqa, vqav2, mm_mt_bench); nothing when no point ran one."""
+    from runner.results.card import BENCHMARKS, benchmark_of, card, tables
+    from runner.results.runs import is_run, load_run
+
+    runs = [load_run(Path(r["folder"])) for r in rows
+            if r.get("folder") and is_run(Path(r["folder"]))]
+    runs = [r for r in runs if benchmark_of(r) in BENCHMARKS.values()]
+    return tables(card(runs)) if runs else []
 
 
 def _points(overrides: list[list[str]]) -> tuple[list[str], list[str]]:

@@ -40,7 +40,7 @@ class Item:
     tags: list[str] = field(default_factory=list)
     key: str = ""  # digest of the content, image bytes and normalization included
     metadata: dict[str, Any] = field(default_factory=dict)
-    scorer: str | None = None  # read by runner.results.score
+    scorer: str | list[str] | None = None  # read by runner.results.score
     error: str | None = None  # set at plan time: stored as an error, never sent to the engine
     # The set's and the item's `sampling:` merged (not the run's): in the key when not empty.
     sampling: dict[str, Any] = field(default_factory=dict)
@@ -141,7 +141,7 @@ def item_key(item_id: str, messages: list[dict], images: Iterable[Image],
     return hashlib.sha256(blob.encode()).hexdigest()
 
 
-def _item(s: Spec, img: Images, system: str | None, scorer: str | None,
+def _item(s: Spec, img: Images, system: str | None, scorer: str | list[str] | None,
           max_images: int | None, sampling: dict[str, Any] | None = None) -> Item:
     images: list[Image] = []
     bad: list[str] = []  # reasons, and sha256 of bad bytes (so a fixed file changes the key)

@@ -48,7 +48,7 @@ class Spec:
     expected: str | dict | list | None = None  # a mapping or list: for the `json` scorer
     tags: list[str] = field(default_factory=list)
     metadata: dict[str, Any] = field(default_factory=dict)
-    scorer: str | None = None
+    scorer: str | list[str] | None = None
     sampling: dict[str, Any] = field(default_factory=dict)  # the item's override, checked
     ignored: list[str] = field(default_factory=list)  # batch body fields not honored
 
@@ -60,7 +60,7 @@ class SetInfo:
     root: Path  # images must stay inside it
     format: str
     system: str | None = None
-    scorer: str | None = None
+    scorer: str | list[str] | None = None
     sampling: dict[str, Any] = field(default_factory=dict)  # the set's override, checked
 
 
@@ -93,6 +93,16 @@ def _str(v: Any, what: str, where: str) -> str:
     if isinstance(v, (str, int, float)) and not isinstance(v, bool):
         return str(v)
     raise UserError(f"{where}: '{what}' must be a string, not {type(v).__name__}.")
+
+
+def _scorer(v: Any, where: str) -> str | list[str]:
+    """A scorer name, or a list of them (the harness scores a benchmark with several metrics;
+    the first is the item's score)."""
+    if isinstance(v, list) and v and all(isinstance(x, str) for x in v):
+        return list(v)
+    if isinstance(v, list):
+        raise UserError(f"{where}: 'scorer' must be a name or a non-empty list of names.")
+    return _str(v, "scorer", where)
 
 
 def spec_from_item(raw: Any, where: str, base: Path) -> Spec:
@@ -138,7 +148,7 @@ def spec_from_item(raw: Any, where: str, base: Path) -> Spec:
                 None if sysp is None else _str(sysp, "system", where),
                 exp if exp is None or isinstance(exp, (dict, list)) else
                 _str(exp, "expected", where), [str(t) for t in tags],
-                meta, None if sc is None else _str(sc, "scorer", where),
+                meta, None if sc is None else _scorer(sc, where),
                 check_override(raw.get("sampling"), where, base))
 
 
@@ -287,7 +297,8 @@ def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
     if not root.is_dir():
         raise UserError(f"{f}: image root 'root: {doc['root']}' is not a folder ({root}).")
     info = SetInfo(str(doc.get("name", f.parent.name)), f, root, fmt,
-                   doc.get("system"), doc.get("scorer"),
+                   doc.get("system"),
+                   None if doc.get("scorer") is None else _scorer(doc["scorer"], str(f)),
                    check_override(doc.get("sampling"), str(f), f.parent))
     if fmt == "items":
         raw = doc.get("items")

@@ -1,4 +1,4 @@
-"""`python -m runner.results [--root outputs] ls|show|diff|compare|export|rm|report|score`.
+"""`python -m runner.results [--root outputs] ls|show|diff|compare|export|rm|report|card|score`.
 
 Reads the run folders (the source of truth, through `runs`) and the index (for `ls`).
 Imports neither vLLM nor torch; Hydra only for `show`'s defaults. Every command names runs
@@ -291,6 +291,23 @@ def cmd_compare(a: argparse.Namespace) -> None:
         out.print(t)
 
 
+def cmd_card(a: argparse.Namespace) -> None:
+    from runner.results.card import card, tables
+
+    dirs = [resolve(a.root, h) for h in a.hashes]
+    if a.sweep:
+        dirs += sweep_runs(a.root, a.sweep)
+    dirs = list(dict.fromkeys(dirs))
+    if not dirs:
+        raise UserError("Name the runs for the card: run hashes, --sweep DIR, or both.")
+    result = card([load_run(d) for d in dirs], a.by)
+    if a.json:
+        print(json.dumps(result))
+        return
+    for t in tables(result):
+        out.print(t)
+
+
 def cmd_score(a: argparse.Namespace) -> None:
     from runner.results.score import score_run
 
@@ -304,6 +321,9 @@ def cmd_score(a: argparse.Namespace) -> None:
         if m.get("samples"):  # sampling.n > 1
             valid += "  " + " ".join(f"{k} {m['samples'][k]}" for k in (
                 "pass@1", "pass@n", "majority", "agreement")) + f" (n={m['samples']['n']})"
+        if len(m.get("by_metric") or {}) > 1:  # several scorers (the harness's metrics)
+            valid += "  " + "  ".join(f"{k} {v['mean']:.1%}" for k, v in m["by_metric"].items()
+                                      if v["mean"] is not None)
         out.print(Text(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
                        f"{m['errors']} errors)  {tags}".rstrip() + valid
                        + (f"\n  fields: {fields}" if fields else "")))
@@ -426,6 +446,17 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="print the numbers as JSON")
     s.add_argument("--n", type=int, default=20, help="flip ids listed per direction "
                    "(default 20; 0: all)")
+    s = cmd("card", cmd_card, "The report card: per run its benchmark's metric with a 95% "
+            "interval (Wilson for right/wrong scores, bootstrap otherwise), n, errors and the "
+            "published figure; per benchmark run twice or more, the first run against each "
+            "other: paired delta and recovery % with 95% paired bootstrap intervals "
+            "(docs/evaluations.md).")
+    s.add_argument("hashes", nargs="*", metavar="HASH")
+    s.add_argument("--sweep", metavar="DIR", help="a multirun folder (or its name under "
+                   ".sweeps/)")
+    s.add_argument("--by", metavar="FIELD", help="also break down by this item metadata field "
+                   "(e.g. subfield)")
+    s.add_argument("--json", action="store_true", help="print the card as JSON")
     s = cmd("score", cmd_score, "(Re)score stored runs; nothing is regenerated.")
     s.add_argument("hashes", nargs="+", metavar="HASH")
     s.add_argument("--set", type=Path, default=None,

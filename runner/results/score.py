@@ -2,7 +2,8 @@
 
 Runs on results.jsonl alone (no vLLM, no torch), so changing a scorer never regenerates.
 Each item's scorer is the record's or the set item's `scorer`, else the set's top-level
-`scorer:`, else `exact`.
+`scorer:`, else `exact`. A scorer may be a list of scorers (the harness scores MMMU with two
+metrics): the first is the item's `score`, each one's is in the row's `metrics`.
 """
 
 from __future__ import annotations
@@ -110,14 +111,21 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
         if r.get("expected") is None:
             continue
         item = items.get(str(r["id"]), {})
-        spec = r.get("scorer") or item.get("scorer") or set_scorer or DEFAULT_SCORER
+        specs = r.get("scorer") or item.get("scorer") or set_scorer or DEFAULT_SCORER
+        specs = [specs] if isinstance(specs, str) else [str(x) for x in specs]
+        spec = specs[0]  # a list of metrics (the harness's): the first is the item's score
         meta = r.get("metadata") or item.get("metadata") or {}
-        if r.get("status") != "ok":
-            s = Score(0.0, f"generation error: {r.get('error', 'unknown')}"[:200])
-        else:
-            s = _score(spec, r.get("output") or "", r["expected"], meta.get("options"))
+        each = {}
+        for sp in specs:
+            if r.get("status") != "ok":
+                each[sp] = Score(0.0, f"generation error: {r.get('error', 'unknown')}"[:200])
+            else:
+                each[sp] = _score(sp, r.get("output") or "", r["expected"], meta.get("options"))
+        s = each[spec]
         row = {"id": r["id"], "key": r["key"], "score": s.score, "correct": s.correct,
                "scorer": spec, "reason": s.reason}
+        if len(specs) > 1:
+            row["metrics"] = {sp: x.score for sp, x in each.items()}
         if s.fields is not None:
             row["fields"] = s.fields
         if multi:
@@ -174,7 +182,10 @@ def _metrics(records: list[Record], latest: list[tuple[dict, list[str]]],
              run_dir: Path) -> dict[str, Any]:
     by_tag: dict[str, list[float]] = defaultdict(list)
     by_field: dict[str, list[float]] = defaultdict(list)
+    by_metric: dict[str, list[float]] = defaultdict(list)
     for row, tags in latest:
+        for sp, v in (row.get("metrics") or {row["scorer"]: row["score"]}).items():
+            by_metric[sp].append(v)
         for t in tags:
             by_tag[str(t)].append(row["score"])
         for f, ok in (row.get("fields") or {}).items():
@@ -190,6 +201,8 @@ def _metrics(records: list[Record], latest: list[tuple[dict, list[str]]],
                        for t, v in sorted(by_tag.items())},
             **({"fields": {f: {"accuracy": acc(v), "scored": len(v)}
                            for f, v in sorted(by_field.items())}} if by_field else {}),
+            # each scorer's mean (an item may carry several: the harness's metrics)
+            "by_metric": {sp: {"mean": acc(v), "scored": len(v)} for sp, v in by_metric.items()},
             "errors": items.errors, "errors_by_kind": items.by_kind,
             "completion_tokens_per_s": (manifest.get("throughput") or {})
             .get("completion_tokens_per_s")}

@@ -3,6 +3,10 @@
 A scorer is a string (docs/results.md, "Scoring and reports"):
   exact | contains | regex | regex:<pattern> | numeric | numeric:<tol> | numeric:<tol>% | choice
   | json (the output parsed as JSON, compared with an expected object field by field)
+  | the harness's metrics (metrics.py): explicit_prompt_relaxed_correctness
+  | anywhere_in_answer_relaxed_correctness | anls | anls:<threshold> | vqa_match
+`expected` may be a list of references: the harness's metrics apply their own rule for lists;
+the others score the best reference (json compares a list as a JSON value).
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from runner.results import metrics
 from runner.results.runs import flatten
 
 DEFAULT_SCORER = "exact"
@@ -201,18 +206,23 @@ def json_fields(output: str, expected: Any) -> Score:
                  + (f"; wrong: {', '.join(wrong[:5])}" if wrong else ""), fields)
 
 
-SCORERS = ("exact", "contains", "regex", "numeric", "choice", "json")
+SCORERS = ("exact", "contains", "regex", "numeric", "choice", "json", *metrics.HARNESS_METRICS)
 
 
 def check_spec(spec: str) -> str:
     name, _, arg = spec.partition(":")
     if name not in SCORERS:
         raise ValueError(f"unknown scorer {spec!r}; use one of: exact, contains, regex, "
-                         "regex:<pattern>, numeric, numeric:<tol>, numeric:<tol>%, choice, json")
+                         "regex:<pattern>, numeric, numeric:<tol>, numeric:<tol>%, choice, json, "
+                         + ", ".join(metrics.HARNESS_METRICS) + ", anls:<threshold>")
     if name == "numeric" and arg:
         parse_tolerance(arg)
     if name == "regex" and arg:
         re.compile(arg)
+    if name == "anls" and arg:
+        metrics.parse_threshold(arg)
+    elif name in metrics.HARNESS_METRICS and arg:
+        raise ValueError(f"scorer {name!r} takes no argument (not {spec!r})")
     return spec
 
 
@@ -221,6 +231,13 @@ def score_output(spec: str, output: str, expected: Any,
     name, sep, arg = check_spec(spec).partition(":")
     if name == "json":
         return json_fields(output, expected)
+    if name in metrics.HARNESS_METRICS:
+        value = metrics.score(name, arg or None, output, expected)
+        return Score(value, f"{name} {value:.4g}" + (f" ({metrics.final_answer(output)!r})"
+                                                     if "relaxed" in name else ""))
+    if isinstance(expected, list) and expected:  # several references: the best one
+        return max((score_output(spec, output, e, options) for e in expected),
+                   key=lambda s: s.score)
     expected = json.dumps(expected) if isinstance(expected, (dict, list)) else str(expected)
     if name == "exact":
         return exact(output, expected)

@@ -69,6 +69,32 @@ def paired_bootstrap(diffs: Sequence[float], resamples: int = RESAMPLES,
     return (float(lo), float(hi))
 
 
+def paired_ratio_bootstrap(base: Sequence[float], other: Sequence[float],
+                           resamples: int = RESAMPLES, seed: int = SEED
+                           ) -> tuple[float, float] | None:
+    """The 95 % percentile interval of mean(other) / mean(base) over paired items, the items
+    resampled with replacement as `paired_bootstrap` does (numpy's PCG64 at `seed`); resamples
+    whose base mean is 0 are left out; None when every base score is 0."""
+    import numpy as np
+
+    a, b = np.asarray(base, dtype=float), np.asarray(other, dtype=float)
+    n = len(a)
+    if n == 0 or not a.any():
+        return None
+    rng = np.random.default_rng(seed)
+    step = max(1, 4_000_000 // n)
+    ratios = []
+    for i in range(0, resamples, step):
+        idx = rng.integers(0, n, (min(step, resamples - i), n))
+        sa = a[idx].sum(1)
+        ratios.append(np.where(sa > 0, b[idx].sum(1) / np.where(sa > 0, sa, 1), np.nan))
+    r = np.concatenate(ratios)
+    if np.isnan(r).any():  # a resample without a right base item: the ratio is undefined
+        r = r[~np.isnan(r)]
+    lo, hi = np.percentile(r, [2.5, 97.5])
+    return (float(lo), float(hi))
+
+
 def pass_at_k(n: int, c: int, k: int) -> float:
     """The unbiased pass@k of one item with c correct samples out of n: 1 - C(n-c, k)/C(n, k)
     (the chance that k samples drawn without replacement include a correct one)."""

@@ -48,7 +48,7 @@ class Record(_Identity, total=False):
     expected: str | dict | list | None  # a mapping or list: the `json` scorer's
     tags: list[str]
     metadata: dict[str, Any]
-    scorer: str | None
+    scorer: str | list[str] | None  # a list: several metrics, the first is the score
     # the item's sampling override (its set's and its own, over the run's config.yaml
     # sampling), when it has one; records before it have none
     sampling: dict[str, Any]

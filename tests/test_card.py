@@ -1,0 +1,219 @@
+"""`results card` on runs written into a fixture store (no engine). Every number is recomputed
+here from what the fixture knows by construction (which outputs are right, each ANLS value
+worked out by hand): Wilson from the roots of its quadratic, bootstrap intervals by plain
+resampling, the delta and the recovery from the paired items, the published figure's
+difference by subtraction."""
+
+from __future__ import annotations
+
+import json
+import math
+import random
+from pathlib import Path
+
+import pytest
+
+from fakes import record, write_run
+from runner.results import stats
+from runner.results.card import card
+from runner.results.cli import main
+from runner.results.runs import load_run
+from runner.results.score import score_run
+
+Z = 1.959963984540054
+E, W = "explicit_prompt_relaxed_correctness", "anywhere_in_answer_relaxed_correctness"
+SUBS = ("Art", "Math", "Physics")
+# ANLS of each output against the references ["paris", "Paris"], by hand: 1 - edits / length
+ANLS = {"Paris": 1.0, "pari": 0.8, "xxxxx": 0.0, "parisx": 1 - 1 / 6}
+
+
+def wilson_roots(x: int, n: int) -> list[float]:
+    ph = x / n
+    a, b, c = 1 + Z * Z / n, -(2 * ph + Z * Z / n), ph * ph
+    r = math.sqrt(b * b - 4 * a * c)
+    return [100 * (-b - r) / (2 * a), 100 * (-b + r) / (2 * a)]
+
+
+def plain(stat, *cols: list[float], seed: int = 1) -> list[float]:
+    """A plain percentile bootstrap of stat(resampled columns), 10,000 resamples."""
+    rnd, n = random.Random(seed), len(cols[0])
+    vals = []
+    for _ in range(10_000):
+        idx = [rnd.randrange(n) for _ in range(n)]
+        try:
+            vals.append(stat(*([c[i] for i in idx] for c in cols)))
+        except ZeroDivisionError:
+            continue
+    vals.sort()
+    return [100 * vals[int(0.025 * len(vals))], 100 * vals[int(0.975 * len(vals)) - 1]]
+
+
+def mean(xs: list[float]) -> float:
+    return sum(xs) / len(xs)
+
+
+def mmmu_run(root: Path, name: str, model: dict, right: list[bool]) -> tuple[Path, dict]:
+    """60 MMMU-style items (scored with both relaxed metrics), a wrong one an error record,
+    plus one item of this run only and one without a reference. Returns the truth by id."""
+    recs, truth = [], {}
+    for i, ok in enumerate(right):
+        iid = f"q{i:02d}"
+        out = "Reasoning.\nFinal Answer: B" if ok else "Reasoning.\nFinal Answer: C"
+        recs.append(record(iid, out, expected="B", scorer=[E, W],
+                           metadata={"subfield": SUBS[i % 3]}))
+        truth[iid] = float(ok)
+    wrong = next(i for i, ok in enumerate(right) if not ok)
+    recs[wrong] = record(f"q{wrong:02d}", error="image unreadable", expected="B", scorer=[E, W],
+                         metadata={"subfield": SUBS[wrong % 3]})
+    recs.append(record(f"only-{name[:2]}", "Final Answer: B", expected="B", scorer=[E, W]))
+    truth[f"only-{name[:2]}"] = 1.0
+    recs.append(record("free", "whatever"))  # no reference: not scored
+    d = write_run(root, name, recs, config={"prompts": {"name": "mmmu"}, "model": model},
+                  model=model["name"])
+    score_run(d)
+    return d, truth
+
+
+@pytest.fixture
+def store(tmp_path):
+    rnd = random.Random(7)
+    base_right = [rnd.random() < 0.5 for _ in range(60)]
+    other_right = [b if rnd.random() < 0.7 else not b for b in base_right]
+    a, ta = mmmu_run(tmp_path, "a" * 16, {"name": "pixtral-12b-2409",
+                                          "hf_repo": "mistralai/Pixtral-12B-2409"}, base_right)
+    b, tb = mmmu_run(tmp_path, "b" * 16, {"name": "pixtral-large-instruct-2411-w4a16",
+                                          "quantization": "compressed-tensors"}, other_right)
+    outs = [rnd.choice(list(ANLS)) for _ in range(50)]
+    recs = [record(f"d{i}", o, expected=["paris", "Paris"], scorer="anls")
+            for i, o in enumerate(outs)]
+    c = write_run(tmp_path, "c" * 16, recs, config={"prompts": {"name": "DocVQA"},
+                                                    "model": {"name": "pixtral-12b-2409"}},
+                  model="pixtral-12b-2409")
+    score_run(c)
+    return tmp_path, (a, ta), (b, tb), (c, [ANLS[o] for o in outs])
+
+
+def test_rows_recomputed(store):
+    root, (a, ta), (b, tb), (c, anls) = store
+    got = card([load_run(d) for d in (a, b, c)])
+    ra, rb, rc = got["rows"]
+    assert list(ra) == ["benchmark", "run", "model", "metric", "value", "ci95", "interval", "n",
+                        "errors", "other_metrics", "published", "vs_published"]
+    x, n = sum(ta.values()), len(ta)
+    assert (ra["benchmark"], ra["metric"], ra["n"], ra["errors"]) == ("mmmu", E, 61, 1) == \
+        ("mmmu", E, n, 1)
+    assert ra["value"] == round(100 * x / n, 2)
+    assert ra["ci95"] == pytest.approx(wilson_roots(int(x), n), abs=0.006)
+    assert ra["interval"] == "wilson"
+    # the error scores 0 under both metrics; a wrong "Final Answer: C" is wrong for both
+    assert ra["other_metrics"] == {W: round(100 * x / n, 2)}
+    assert ra["published"]["value"] == 52.5 and "2024-09-17" in ra["published"]["source"]
+    assert ra["vs_published"] == round(ra["value"] - 52.5, 2)
+    # Pixtral Large: no MMMU figure could be sourced, so none is shown
+    assert (rb["published"], rb["vs_published"]) == (None, None)
+    assert (rc["benchmark"], rc["metric"], rc["interval"], rc["n"]) == ("docvqa", "anls",
+                                                                        "bootstrap", 50)
+    assert rc["value"] == round(100 * mean(anls), 2)
+    assert rc["ci95"] == pytest.approx(plain(mean, anls), abs=1.5)
+    assert rc["published"]["value"] == 90.7
+    assert rc["vs_published"] == round(rc["value"] - 90.7, 2)
+
+
+def test_pair_delta_and_recovery_recomputed(store):
+    root, (a, ta), (b, tb), _ = store
+    (p,) = card([load_run(a), load_run(b)])["pairs"]
+    ids = [i for i in ta if i in tb]
+    xa, xb = [ta[i] for i in ids], [tb[i] for i in ids]
+    assert (p["base"], p["other"], p["n_paired"]) == (a.name, b.name, 60) == \
+        (a.name, b.name, len(ids))
+    assert p["delta"] == round(100 * (mean(xb) - mean(xa)), 2)
+    diffs = [y - x for x, y in zip(xa, xb, strict=True)]
+    assert p["ci95"] == pytest.approx(plain(mean, diffs), abs=3.0)
+    assert p["recovery"] == round(100 * mean(xb) / mean(xa), 2)
+    assert p["recovery_ci95"] == pytest.approx(
+        plain(lambda u, v: sum(v) / sum(u), xa, xb), rel=0.05)
+    assert p["ci95"][0] < p["delta"] < p["ci95"][1]
+    assert p["recovery_ci95"][0] < p["recovery"] < p["recovery_ci95"][1]
+
+
+def test_by_subfield_recomputed(store):
+    root, (a, ta), (b, tb), _ = store
+    got = card([load_run(a), load_run(b)], by="subfield")["by"]
+    assert got["field"] == "subfield"
+    for row in got["rows"]:
+        truth = ta if row["run"] == a.name else tb
+        ids = [i for i in truth if i.startswith("q") and SUBS[int(i[1:]) % 3] == row["group"]]
+        if row["group"] == "(none)":
+            ids = [i for i in truth if i.startswith("only")]
+        xs = [truth[i] for i in ids]
+        assert (row["n"], row["value"]) == (len(xs), round(100 * mean(xs), 2)), row
+    assert {r["group"] for r in got["rows"]} == {*SUBS, "(none)"}
+    assert {p["group"] for p in got["pairs"]} == set(SUBS)  # "(none)": no item in both
+    for p in got["pairs"]:
+        ids = [i for i in ta if i in tb and i.startswith("q")
+               and SUBS[int(i[1:]) % 3] == p["group"]]
+        assert p["n_paired"] == len(ids) == 20
+        assert p["delta"] == round(100 * (mean([tb[i] for i in ids])
+                                          - mean([ta[i] for i in ids])), 2)
+
+
+def test_cli_text_and_json(store, capsys, monkeypatch):
+    from rich.console import Console
+
+    from runner.results import cli
+
+    monkeypatch.setattr(cli, "out", Console(width=200, highlight=False))  # no wrapping
+    root, (a, _), (b, _), (c, _) = store
+    assert main(["--root", str(root), "card", a.name[:4], b.name[:4], c.name[:4], "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert list(got) == ["rows", "pairs"] and len(got["rows"]) == 3 and len(got["pairs"]) == 1
+    assert main(["--root", str(root), "card", a.name[:4], b.name[:4], "--by", "subfield"]) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for want in ("report card", "explicit relaxed", "also: mmmu", "Pixtral-12B-2409: Mistral AI",
+                 "recovery %", "by subfield", "Physics", "Announcing Pixtral 12B"):
+        assert want in text
+    assert main(["--root", str(root), "card"]) == 2
+
+
+def test_a_judged_run_shows_its_micro_average(tmp_path):
+    recs = [record(f"t{i}", "an answer", expected="a reference") for i in range(3)]
+    d = write_run(tmp_path, "j" * 16, recs, config={"prompts": {"name": "mm_mt_bench"},
+                                                    "model": {"name": "pixtral-12b-2409"}},
+                  model="pixtral-12b-2409")
+    (d / "judgements").mkdir()
+    (d / "judgements" / "x.metrics.json").write_text(json.dumps({
+        "judge": {"name": "mm_mt_bench"}, "rated": 3, "unrated": 0, "error": 0,
+        "micro_average": {"mean": 6.0, "ci95": [5.0, 7.0], "n": 3},
+        "macro_average": {"mean": 6.5, "ci95": [5.5, 7.5]}}))
+    (row,) = card([load_run(d)])["rows"]
+    assert (row["benchmark"], row["value"], row["ci95"], row["n"]) == ("mm_mt_bench", 6.0,
+                                                                       [5.0, 7.0], 3)
+    assert row["published"]["value"] == 6.05 and row["vs_published"] == -0.05
+
+
+def test_ratio_bootstrap_agrees_with_plain_resampling():
+    rnd = random.Random(5)
+    a = [float(rnd.random() < 0.6) for _ in range(120)]
+    b = [x if rnd.random() < 0.8 else 1 - x for x in a]
+    lo, hi = stats.paired_ratio_bootstrap(a, b)
+    plo, phi = plain(lambda u, v: sum(v) / sum(u), a, b)
+    assert (100 * lo, 100 * hi) == pytest.approx((plo, phi), abs=2.5)
+    assert stats.paired_ratio_bootstrap([0.0, 0.0], [1.0, 0.0]) is None
+
+
+def test_a_sweep_over_benchmarks_prints_the_card_and_others_do_not(store):
+    from rich.console import Console
+
+    from runner.launch.sweep import benchmark_card
+
+    root, (a, _), (b, _), (c, _) = store
+    other = write_run(root, "s" * 16, [record("x", "y", expected="y")],
+                      config={"prompts": {"name": "sample"}})
+    rows = [{"folder": str(d)} for d in (a, b, c, other)] + [{"folder": None}]
+    con = Console(width=200, record=True)
+    for t in benchmark_card(rows):
+        con.print(t)
+    text = con.export_text()
+    assert "report card" in text and "docvqa" in text and "recovery %" in text
+    assert "ssssssss" not in text  # the sample set is no benchmark
+    assert benchmark_card([{"folder": str(other)}]) == []
