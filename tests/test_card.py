@@ -160,9 +160,9 @@ def test_by_subfield_recomputed(store):
 def test_cli_text_and_json(store, capsys, monkeypatch):
     from rich.console import Console
 
-    from runner.results import cli
+    from runner.results import evaluate
 
-    monkeypatch.setattr(cli, "out", Console(width=200, highlight=False))  # no wrapping
+    monkeypatch.setattr(evaluate, "out", Console(width=200, highlight=False))  # no wrapping
     root, (a, _), (b, _), (c, _) = store
     assert main(["--root", str(root), "card", a.name[:4], b.name[:4], c.name[:4], "--json"]) == 0
     got = json.loads(capsys.readouterr().out)

@@ -19,24 +19,20 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from rich.console import Console
 from rich.syntax import Syntax
 from rich.table import Table
 from rich.text import Text
 
 from runner.errors import UserError
-from runner.files import LockBusy, atomic_write, locked, read_json
+from runner.files import LockBusy, atomic_write, locked
 from runner.results import index
+from runner.results.evaluate import cmd_card, cmd_compare, cmd_judge, cmd_score, judged_line
 from runner.results.export import export_text, openai_split
-from runner.results.runs import Run, dict_diff, load_run, resolve
+from runner.results.runs import Run, dict_diff, load_run, resolve, sweep_runs
 from runner.results.stats import headline
-from runner.results.tables import compare_tables, expected_text, fmt, item_text, stats_table
+from runner.results.tables import err, expected_text, fmt, item_text, out, stats_table
 
 STATUSES = ("running", "complete", "interrupted", "failed")
-# Piped output is not cut to 80 columns: hashes and ids must stay whole for grep.
-out = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ
-              else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 # ---- ls ---------------------------------------------------------------------------------
@@ -238,21 +234,6 @@ def cmd_rm(a: argparse.Namespace) -> None:
     out.print(f"Removed run {h}.")
 
 
-def sweep_runs(root: Path, sweep: str) -> list[Path]:
-    """Runs of a Hydra multirun folder, from the runs.json the runner writes there."""
-    d = Path(sweep)
-    if not d.is_dir() and (root / ".sweeps" / sweep).is_dir():
-        d = root / ".sweeps" / sweep
-    if not d.is_dir():
-        raise UserError(f"Sweep folder {sweep} does not exist.")
-    listed = read_json(d / "runs.json", [])
-    if not listed:
-        raise UserError(f"{d} has no readable runs.json (a list of {{\"hash\": ...}} written "
-                        "at the end of a sweep); pass the run hashes instead.")
-    # a failed point (hash null) has no run
-    return [resolve(root, str(x["hash"])) for x in listed if isinstance(x, dict) and x.get("hash")]
-
-
 def cmd_report(a: argparse.Namespace) -> None:
     dirs = [resolve(a.root, h) for h in a.hashes]
     if a.sweep:
@@ -270,113 +251,6 @@ def cmd_report(a: argparse.Namespace) -> None:
     except OSError as e:  # a read-only folder, a full disk, --out naming a folder
         raise UserError(f"Cannot write the report to {a.out}: {e.strerror or e}.") from None
     out.print(f"Wrote {done} ({len(dirs)} run{'s' * (len(dirs) != 1)}).")
-
-
-def cmd_compare(a: argparse.Namespace) -> None:
-    from runner.results.compare import as_json, compare_runs, load_scored
-
-    dirs = [resolve(a.root, h) for h in a.hashes]
-    if a.sweep:
-        dirs += sweep_runs(a.root, a.sweep)
-    dirs = list(dict.fromkeys(dirs))
-    if len(dirs) < 2:
-        raise UserError("Name at least two runs to compare: BASE OTHER [OTHER...], or --sweep "
-                        "DIR with two points or more.")
-    runs = [load_scored(d) for d in dirs]
-    result = compare_runs(runs)
-    if a.json:
-        print(json.dumps(as_json(result)))
-        return
-    for t in compare_tables(runs, result, a.n):
-        out.print(t)
-
-
-def cmd_card(a: argparse.Namespace) -> None:
-    from runner.results.card import card, tables
-
-    dirs = [resolve(a.root, h) for h in a.hashes]
-    if a.sweep:
-        dirs += sweep_runs(a.root, a.sweep)
-    dirs = list(dict.fromkeys(dirs))
-    if not dirs:
-        raise UserError("Name the runs for the card: run hashes, --sweep DIR, or both.")
-    result = card([load_run(d) for d in dirs], a.by)
-    if a.json:
-        print(json.dumps(result))
-        return
-    for t in tables(result):
-        out.print(t)
-
-
-def cmd_score(a: argparse.Namespace) -> None:
-    from runner.results.score import score_run
-
-    for d in [resolve(a.root, h) for h in a.hashes]:
-        m = score_run(d, a.set, force=True)
-        accuracy = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.1%}"
-        tags = "  ".join(f"{t} {v['accuracy']:.0%}" for t, v in m["by_tag"].items())
-        fields = "  ".join(f"{f} {v['accuracy']:.0%}" for f, v in (m.get("fields") or {}).items())
-        valid = (f"  schema_valid {m['schema_valid']:.0%} of {m['constrained']}"
-                 if "schema_valid" in m else "")
-        if m.get("samples"):  # sampling.n > 1
-            valid += "  " + " ".join(f"{k} {m['samples'][k]}" for k in (
-                "pass@1", "pass@n", "majority", "agreement")) + f" (n={m['samples']['n']})"
-        if len(m.get("by_metric") or {}) > 1:  # several scorers (the harness's metrics)
-            valid += "  " + "  ".join(f"{k} {v['mean']:.1%}" for k, v in m["by_metric"].items()
-                                      if v["mean"] is not None)
-        out.print(Text(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
-                       f"{m['errors']} errors)  {tags}".rstrip() + valid
-                       + (f"\n  fields: {fields}" if fields else "")))
-
-
-def judge_config(overrides: list[str]) -> Any:
-    """The `judge` group composed from conf/judging.yaml with the command line's overrides."""
-    from hydra import compose, initialize_config_dir
-    from hydra.errors import HydraException
-    from omegaconf.errors import OmegaConfBaseException
-
-    from runner.config import CONF, register
-
-    register()
-    try:
-        with initialize_config_dir(CONF, version_base="1.3"):
-            return compose("judging", overrides=overrides).judge
-    except (HydraException, OmegaConfBaseException) as e:
-        raise UserError(f"The judge config does not compose: {str(e).splitlines()[0]}") from None
-
-
-def cmd_judge(a: argparse.Namespace) -> None:
-    from runner.results.judge import judge_run
-
-    refs = [x for x in a.args if "=" not in x]
-    j = judge_config([x for x in a.args if "=" in x])
-    if not refs:
-        raise UserError("Name the runs to judge: a hash prefix or a run folder, then judge "
-                        "overrides (judge=mm_mt_bench judge.url=...).")
-    for d in [resolve(a.root, h) for h in refs]:
-        seen = iter(range(1, 1 << 62))
-        tick = None if a.json else (lambda _line, d=d, seen=seen: (n := next(seen)) % 50 or
-                                    err.print(f"{d.name}: {n} judged"))
-        m = judge_run(d, j, on_line=tick)
-        if a.json:
-            print(json.dumps(m))
-            continue
-        out.print(Text(judged_line(d.name, m)))
-
-
-def judged_line(name: str, m: dict[str, Any]) -> str:
-    """One run's judged score: the micro and macro averages with their intervals, counts, cost."""
-    def iv(x: dict[str, Any]) -> str:
-        if x.get("mean") is None:
-            return "n/a"
-        lo, hi = x["ci95"]
-        return f"{x['mean']:.2f} [{lo:.2f}, {hi:.2f}]" if lo is not None else f"{x['mean']:.2f}"
-
-    j, c = m["judge"], m["cost"]
-    return (f"{name}: judge {j['name']} ({j['id']}, {j['model']}): micro {iv(m['micro_average'])}"
-            f" of {m['rated']} rated, macro {iv(m['macro_average'])}; unrated {m['unrated']}, "
-            f"judge errors {m['error']}, not judged {m['missing']}; {c['asks']} calls, "
-            f"{c['prompt_tokens']} prompt + {c['completion_tokens']} completion tokens")
 
 
 # ---- command line -----------------------------------------------------------------------

@@ -88,3 +88,18 @@ def config_diff(configs: list[dict[str, Any]]) -> list[str]:
     flat = [flatten(c) for c in configs]
     keys = sorted({k for f in flat for k in f})
     return [k for k in keys if len({json.dumps(f.get(k, ABSENT), default=str) for f in flat}) > 1]
+
+
+def sweep_runs(root: Path, sweep: str) -> list[Path]:
+    """Runs of a Hydra multirun folder, from the runs.json the runner writes there."""
+    d = Path(sweep)
+    if not d.is_dir() and (root / ".sweeps" / sweep).is_dir():
+        d = root / ".sweeps" / sweep
+    if not d.is_dir():
+        raise UserError(f"Sweep folder {sweep} does not exist.")
+    listed = read_json(d / "runs.json", [])
+    if not listed:
+        raise UserError(f"{d} has no readable runs.json (a list of {{\"hash\": ...}} written "
+                        "at the end of a sweep); pass the run hashes instead.")
+    # a failed point (hash null) has no run
+    return [resolve(root, str(x["hash"])) for x in listed if isinstance(x, dict) and x.get("hash")]

@@ -4,15 +4,24 @@ stats, `compare`'s tables (rich renderables; the commands print them)."""
 from __future__ import annotations
 
 import json
+import os
+import sys
 from typing import Any
 
 from rich import box
+from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
 from runner.kinds import kinds_text
 from runner.results.runs import ABSENT, Run
 from runner.store.record import counts
+
+# Piped output is not cut to 80 columns: hashes and ids must stay whole for grep.
+out = Console(highlight=False, width=None if sys.stdout.isatty() or "COLUMNS" in os.environ
+              else 160)
+err = Console(stderr=True, highlight=False, soft_wrap=True)
+
 
 
 def fmt(v: Any) -> str:
