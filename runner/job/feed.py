@@ -15,7 +15,7 @@ from runner.console import console
 from runner.console.display import starting
 from runner.console.summary import Summary
 from runner.engine.api import Engine
-from runner.errors import EngineFailed, OverBudget
+from runner.errors import EngineFailed
 from runner.job.sink import Sink
 from runner.kinds import death_kind
 from runner.plan.images import inline_images
@@ -117,18 +117,20 @@ class Feed:
         assert self.engine is not None
         sup = Supervisor(run_group, restart, poison, self.engine.max_num_seqs,
                          cfg.engine.max_restarts)
+        drained = False
         try:
             sup.generate([it.key for it in items])
+            drained = True
         except EngineFailed as e:
             raise EngineFailed(f"The engine died {e.restarts + 1} times (last: {e.reason}) and "
                                f"engine.max_restarts={cfg.engine.max_restarts} is used up; what "
                                "finished is stored, so rerun the same command to resume.",
                                e.restarts) from None
-        except OverBudget:  # requests are in flight: a reused engine must start empty
-            self.stop()
-            raise
         finally:
-            if sup.death is not None:  # the last thing it ran killed it: free what is left
+            # Ended any other way (the budget, a write that failed, Ctrl-C, a bug), requests may
+            # still be queued in the engine: the next sweep point must not reuse it, or their
+            # outputs would arrive under its keys. A death leaves a dead engine to free too.
+            if not drained or sup.death is not None:
                 self.stop()
 
     def stop(self) -> None:
