@@ -74,22 +74,29 @@ def read_yaml(path: Path, default: Any = None) -> Any:
     return v if default is None or isinstance(v, type(default)) else default
 
 
+_gc_lock = threading.Lock()
+_gc = {"depth": 0, "was_on": True}  # blocks inside gc_paused, in any thread
+
+
 @contextmanager
 def gc_paused() -> Iterator[None]:
     """No cyclic garbage collection while the block builds many long-lived objects (100k
     records or plan items): the collections their number triggers would double the time.
-    What exists afterwards is frozen (gc.freeze), so later collections skip it; freed by
-    reference counting as usual."""
-    was = gc.isenabled()
-    gc.disable()
+    Counted across threads (the plan and the thumbnails run beside the job): the first block
+    in switches the collector off, the last one out restores it. Nothing is frozen: the
+    objects stay collectable (vLLM's among them)."""
+    with _gc_lock:
+        if _gc["depth"] == 0:
+            _gc["was_on"] = gc.isenabled()
+            gc.disable()
+        _gc["depth"] += 1
     try:
         yield
     finally:
-        gc.freeze()
-        if was:
-            gc.enable()
-
-
+        with _gc_lock:
+            _gc["depth"] -= 1
+            if _gc["depth"] == 0 and _gc["was_on"]:
+                gc.enable()
 def read_jsonl(path: Path) -> list[Any]:
     """The complete lines of a JSONL file, parsed; a torn last line (no newline yet) and
     unparseable lines are skipped. A missing file has no lines."""

@@ -66,3 +66,27 @@ def test_pillow_pixel_limit_is_raised_for_the_plan_only(tmp_path: Path):
                     images=ImageOptions(max_image_pixels=(before or 0) * 4))
     assert plan.items[0].error is None
     assert Image.MAX_IMAGE_PIXELS == before
+
+
+def test_gc_paused_freezes_nothing_and_restores_the_collector_across_threads():
+    import gc
+    import threading
+
+    from runner.files import gc_paused
+
+    frozen, inside, leave = gc.get_freeze_count(), threading.Event(), threading.Event()
+
+    def other() -> None:
+        with gc_paused():
+            inside.set()
+            leave.wait(10)
+
+    assert gc.isenabled()
+    t = threading.Thread(target=other)
+    with gc_paused():
+        t.start()
+        assert inside.wait(10) and not gc.isenabled()
+    assert not gc.isenabled()  # the other thread's block is still open
+    leave.set()
+    t.join(10)
+    assert gc.isenabled() and gc.get_freeze_count() == frozen

@@ -114,3 +114,18 @@ def test_a_rotated_photo_is_drawn_upright(tmp_path: Path) -> None:
     data, _ = th.render(tmp_path / "r.jpg") or (b"", "")
     with Image.open(io.BytesIO(data)) as im:
         assert im.size == (50, 160)
+
+
+def test_one_failing_image_leaves_only_itself_without_a_thumbnail(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A decompression bomb (Pillow's DecompressionBombError is no OSError) among good images:
+    it gets no thumbnail, the others do, and nothing raises."""
+    good, bomb = tmp_path / "good.jpg", tmp_path / "bomb.png"
+    photo(good)
+    Image.new("RGB", (300, 300), "white").save(bomb)
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 40_000)  # 90,000 px > 2x: an error
+    with pytest.raises(Image.DecompressionBombError):
+        Image.open(bomb)  # the real error, raised by Pillow for this file
+    assert th.render(bomb) is None and th.render(good) is not None
+    got = th.thumbnails(tmp_path / "cache", {"g": good, "b": bomb}, workers=1)
+    assert got["b"] is None and got["g"] is not None and Path(got["g"]).is_file()

@@ -113,7 +113,7 @@ class VllmEngine:
             self._unsent.append(key)
             return
         except Exception as e:  # noqa: BLE001 - vLLM raises many kinds for bad input
-            if self.dog.reason:
+            if self.why_dead():  # a core that just died, before the watchdog noticed: a death
                 raise self._died(e, (key,)) from None
             raise Refused(f"{type(e).__name__}: {e}") from None
         # enqueue_chat returns vLLM's internal id ("<n>-<random>"); outputs carry "<n>".

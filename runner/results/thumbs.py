@@ -14,7 +14,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageOps
 
 from runner.files import atomic_write
 
@@ -78,8 +78,8 @@ def render(file: str | Path) -> tuple[bytes, str] | None:
             if png.tell() <= BUDGET:
                 return png.getvalue(), ".png"
             return webp, ".webp"
-    except (OSError, UnidentifiedImageError, ValueError):
-        return None
+    except Exception:  # noqa: BLE001 - any one image (a decompression bomb is no OSError)
+        return None  # leaves that image without a thumbnail, never the others
 
 
 def _listing(cache: Path) -> dict[str, str]:
