@@ -15,6 +15,7 @@ import pty
 import re
 import select
 import shutil
+import signal
 import struct
 import sys
 import termios
@@ -33,9 +34,13 @@ MAX_LINES = 25  # the whole screen of a computed run
 
 
 def in_pty(*args: str, timeout: float = 300, env: dict | None = None,
-           ctrl_c_when: Callable[[], bool] | None = None) -> tuple[int, str]:
+           ctrl_c_when: Callable[[], bool] | None = None,
+           term_when: Callable[[], bool] | None = None,
+           echo: list[bool] | None = None) -> tuple[int, str]:
     """`python -m runner ARGS` on a pseudo-terminal (100x40), on the fake engine unless `env`
-    says otherwise: exit code and all it printed. Types Ctrl-C once `ctrl_c_when()` holds."""
+    says otherwise: exit code and all it printed. Types Ctrl-C once `ctrl_c_when()` holds;
+    sends SIGTERM once `term_when()` holds. `echo` gets whether the terminal echoes at the
+    end."""
     pid, fd = pty.fork()
     if pid == 0:  # the child: exec at once
         os.chdir(ROOT)
@@ -47,6 +52,9 @@ def in_pty(*args: str, timeout: float = 300, env: dict | None = None,
         if ctrl_c_when is not None and ctrl_c_when():
             os.write(fd, b"\x03")  # the terminal's Ctrl-C
             ctrl_c_when = None
+        if term_when is not None and term_when():
+            os.kill(pid, signal.SIGTERM)
+            term_when = None
         if select.select([fd], [], [], 0.2)[0]:
             try:
                 chunk = os.read(fd, 1 << 16)
@@ -57,6 +65,8 @@ def in_pty(*args: str, timeout: float = 300, env: dict | None = None,
             out += chunk
     else:
         os.kill(pid, 9)
+    if echo is not None:
+        echo.append(bool(termios.tcgetattr(fd)[3] & termios.ECHO))
     os.close(fd)
     _, status = os.waitpid(pid, 0)
     text = re.sub(r"\x1b\[[0-9;?]*[A-Za-z]", "", out.decode(errors="replace"))  # no styles
@@ -190,3 +200,16 @@ def test_ctrl_c_on_the_terminal_stops_the_engine_in_order(tmp_path: Path):
     assert m["status"] == "interrupted" and m["counts"]["stored"] == 4
     assert "fake engine: shut down" in out  # the engine was shut down, not killed
     assert "Traceback" not in out, out[-3000:]
+
+
+def test_sigterm_while_the_engine_starts_leaves_the_terminal_echoing(tmp_path: Path):
+    """SIGTERM while the engine starts (beside the plan; the fake's start is held): the run
+    ends with 143 and the terminal it had taken over (no echo, Ctrl-C read by a thread) is
+    given back as it was."""
+    trace, echo = tmp_path / "trace", []
+    rc, out = in_pty(*TINY, f"store.root={tmp_path / 'store'}",
+                     env=fake_env(hold_start=str(tmp_path / "never"), trace=str(trace)),
+                     term_when=lambda: trace.exists() and "start" in trace.read_text(),
+                     echo=echo)
+    assert rc == 143, out[-3000:]
+    assert echo == [True], out[-3000:]

@@ -162,6 +162,11 @@ def ctrl_c_to_runner_only() -> Iterator[None]:
                 elif not key:
                     return
 
+    def terminated(signum: int, _frame: object) -> None:  # SIGTERM's default would leave
+        raise SystemExit(128 + signum)                    # the terminal without echo
+
+    main = threading.current_thread() is threading.main_thread()
+    before = signal.signal(signal.SIGTERM, terminated) if main else None
     t = threading.Thread(target=watch, daemon=True, name="ctrl-c")
     t.start()
     try:
@@ -170,6 +175,8 @@ def ctrl_c_to_runner_only() -> Iterator[None]:
         stop.set()
         t.join()
         termios.tcsetattr(fd, termios.TCSADRAIN, old)
+        if main:
+            signal.signal(signal.SIGTERM, before)
 
 
 class EngineLog:
