@@ -90,3 +90,26 @@ def test_gc_paused_freezes_nothing_and_restores_the_collector_across_threads():
     leave.set()
     t.join(10)
     assert gc.isenabled() and gc.get_freeze_count() == frozen
+
+
+def test_a_stopped_start_kills_only_the_processes_it_made():
+    """abort_start (the plan failed while an engine started beside it) kills the children the
+    start made, not a child that was there before it (an engine core still shutting down)."""
+    import subprocess
+    import threading
+
+    from runner.engine.slot import EngineSlot, children
+
+    old = subprocess.Popen(["sleep", "60"])
+    started, spare = threading.Event(), children()
+    new = subprocess.Popen(["sleep", "60"])  # what the start made
+    t = threading.Thread(target=EngineSlot.abort_start, args=(started, spare))
+    t.start()
+    try:
+        assert new.wait(30) == -9  # killed (waited for: a real exit status, not a timer)
+        assert old.poll() is None
+    finally:
+        started.set()
+        t.join()
+        old.kill()
+        old.wait()

@@ -93,18 +93,19 @@ class EngineSlot:
         return "\n".join(tail(log.path, 400)) if log is not None and log.capture else ""
 
     @staticmethod
-    def abort_start(started: threading.Event) -> None:
-        """Stop an engine start running in another thread at once: kill this process's child
-        processes (vLLM's engine core, or the fake engine) as they appear, until that start
-        has returned (with an error, for it lost its engine)."""
-        me = str(os.getpid())
+    def abort_start(started: threading.Event, spare: set[int]) -> None:
+        """Stop an engine start running in another thread at once: kill the child processes
+        of this process that the start made (vLLM's engine core, or the fake engine) as they
+        appear, until that start has returned (with an error, for it lost its engine). Spared:
+        the children that were there before it (`spare`: an earlier engine core still shutting
+        down) and multiprocessing's resource tracker, which outlives every start."""
         while not started.is_set():
-            for d in Path("/proc").iterdir():
+            for pid in children() - spare:
                 try:
-                    ppid = (d / "stat").read_text().rsplit(")", 1)[1].split()[1]
-                    if d.name.isdigit() and ppid == me:
-                        os.kill(int(d.name), signal.SIGKILL)
-                except (OSError, IndexError):
+                    cmd = Path(f"/proc/{pid}/cmdline").read_bytes()
+                    if b"resource_tracker" not in cmd:
+                        os.kill(pid, signal.SIGKILL)
+                except OSError:
                     pass
             started.wait(0.1)
 
@@ -113,14 +114,14 @@ class EngineSlot:
         error in the work stops the start at once (its processes killed) or shuts down what
         started, and is raised as itself."""
         box: dict[str, Any] = {}
-        started = threading.Event()
+        started, spare = threading.Event(), children()
 
         def run() -> None:
             try:
                 box["out"] = work()
             except BaseException as e:  # noqa: BLE001 - re-raised in the calling thread
                 box["error"] = e
-                self.abort_start(started)
+                self.abort_start(started, spare)
 
         t = threading.Thread(target=run, name="runner-plan", daemon=True)
         t.start()
@@ -158,3 +159,15 @@ class EngineSlot:
 
 
 SLOT = EngineSlot()
+
+
+def children() -> set[int]:
+    """The pids of this process's child processes (from /proc)."""
+    me, out = str(os.getpid()), set()
+    for d in Path("/proc").iterdir():
+        try:
+            if d.name.isdigit() and (d / "stat").read_text().rsplit(")", 1)[1].split()[1] == me:
+                out.add(int(d.name))
+        except (OSError, IndexError):
+            pass
+    return out
