@@ -135,14 +135,18 @@ class VllmEngine:
                 self.dog.stepping(True)
                 for out in outs:
                     if out.finished:
+                        self.dog.pause()  # the consumer's work is not the engine's time
                         yield Finished(self._ids.pop(out.request_id),
                                        len(out.prompt_token_ids or []),
                                        [Sample(c.text, c.finish_reason, len(c.token_ids))
                                         for c in out.outputs])
+                        self.dog.resume()
                 if base is not None and time.monotonic() - polled >= TOKENS_EVERY_S:
                     polled, c = time.monotonic(), self._counts()
                     if c is not None and last is not None:
+                        self.dog.pause()
                         yield Tokens(c[0] - last[0], c[1] - last[1])
+                        self.dog.resume()
                         last = c
         finally:
             self.dog.stepping(False)

@@ -25,6 +25,9 @@ def exit_text(code: int) -> str:
     return f"exited with code {code}"
 
 
+SUSPENDED_S = 2.0  # a poll this late (beyond its interval): the process was stopped
+
+
 class Watchdog:
     def __init__(self, core: Any, poll_s: float = 0.2):
         self.resources = getattr(core, "resources", None)
@@ -66,6 +69,22 @@ class Watchdog:
             self.max_gap_s = max(self.max_gap_s, t - self.last)
         self.last = t if on else None
 
+    def pause(self) -> None:
+        """The runner's own work between steps (storing an output, queuing the next request,
+        preprocessing its images) is not the engine's: the stall clock stops."""
+        self.last = None
+
+    def resume(self) -> None:
+        self.last = time.monotonic()
+
+    def skip_suspended(self, since_poll_s: float) -> None:
+        """The watchdog's own poll came `since_poll_s` after the last one: far more than its
+        interval means this process was stopped (Ctrl-Z) or the machine slept. That time was
+        nobody's: it moves the stall clock forward."""
+        lost = since_poll_s - self.poll_s - SUSPENDED_S
+        if lost > 0 and self.last is not None:
+            self.last += lost
+
     def check(self) -> str | None:
         for p in self.procs:
             if p.exitcode is not None:
@@ -93,7 +112,11 @@ class Watchdog:
         return self.check() or f"{type(e).__name__}: {e}"
 
     def _watch(self) -> None:
+        polled = time.monotonic()
         while not self._stop.wait(self.poll_s):
+            now = time.monotonic()
+            self.skip_suspended(now - polled)
+            polled = now
             reason = self.check()
             if reason:
                 self.reason = reason
