@@ -223,9 +223,9 @@ def test_a_new_code_version_plans_again(world: World, tmp_path: Path,
     way (stood in for by a salted item_key and the digest of the changed code) plans anew."""
     warm_store = tmp_path / "warm"
     observe(world, warm_store, [])
-    real_key, real_digest = plan_mod.item_key, plancache._code_digest
+    real_key, real_digest = plan_mod.item_key, plancache.code_digest
     monkeypatch.setattr(plan_mod, "item_key", lambda *a: "v2" + real_key(*a))
-    monkeypatch.setattr(plancache, "_code_digest", lambda: real_digest() + "v2")
+    monkeypatch.setattr(plancache, "code_digest", lambda: real_digest() + "v2")
     warm = observe(world, warm_store, [])
     assert warm == observe(world, tmp_path / "cold", [])
     assert all(k.startswith("v2") for _, k, err, _ in warm["plan"] if not err)

@@ -210,7 +210,7 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     f = find_set(name, root)
     opts = images or ImageOptions()
     pc = PlanCache(cache, f, {"system": system, "limit": limit, "images": astuple(opts),
-                              "max_images": max_images}) if cache else None
+                              "max_images": max_images}, Image) if cache else None
     if pc is not None and (hit := pc.load()) is not None:
         return _cached(hit)
     with recording(Inputs()) as inputs, gc_paused():  # every file read is stat'ed first
