@@ -289,3 +289,55 @@ def test_the_plan_reads_no_engine_or_log_field():
     """GROUPS_NOT_READ holds for engine and log: no plan module names them."""
     src = "".join(f.read_text() for f in Path(plancache.__file__).parent.glob("*.py"))
     assert "cfg.engine" not in src and "cfg.log" not in src
+
+
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    from runner.engine import SLOT
+
+    monkeypatch.setenv("RUNNER_ENGINE", "fake")
+    try:
+        yield
+    finally:
+        SLOT.shutdown()
+
+
+@pytest.mark.process
+def test_a_stale_entry_sends_every_item_and_retry_errors_repairs_an_old_run(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_engine: None):
+    """Issue 31, hole 1, as the job sees it: an entry that carries a too_long error (as the
+    old code wrote them) is never believed, so every fitting item reaches the engine; and a run
+    that stored such an error (the old code: token errors never cleared) is repaired by
+    retry_errors=true."""
+    import json
+
+    from runner.job.recipe import Job
+    from runner.plan import tokens
+    from runner.store.record import read_records
+
+    monkeypatch.setattr(plancache, "RACY_NS", 0)
+    d = tmp_path / "set"
+    (d / "img").mkdir(parents=True)
+    h.png(d / "img" / "a.png")
+    s = h.write_set(d, [{"id": "a", "text": "x", "images": ["img/a.png"]},
+                        {"id": "b", "text": "y"}])
+    base = [*TINY, f"prompts.name={s}", f"store.root={tmp_path / 'store'}",
+            "sampling.max_tokens=2"]
+    Job(make_cfg(*base, "prompts.limit=2"), []).run()  # plans and keeps the entry
+    (entry,) = (tmp_path / "store" / ".cache" / "plans").iterdir()
+    head, *rest = entry.read_text().splitlines()
+    doc = json.loads(head)
+    doc["errors"] = {"0": ["prompt has 9999 tokens, over model.max_model_len=200", "too_long"]}
+    entry.write_text("\n".join([json.dumps(doc), *rest]) + "\n")
+    monkeypatch.setattr(tokens, "TOKEN_KINDS", ())  # the old code: an error never cleared
+    old = Job(make_cfg(*base, "prompts.limit=2", "sampling.seed=1"), []).run()
+    records = read_records(Path(old.folder))
+    assert sorted(r.get("error_kind") or "" for r in records.values()) == ["", "too_long"]
+    monkeypatch.setattr(tokens, "TOKEN_KINDS", ("too_long", "request"))
+    fixed = Job(make_cfg(*base, "prompts.limit=2", "sampling.seed=1", "retry_errors=true"),
+                []).run()
+    records = read_records(Path(fixed.folder))
+    assert fixed.folder == old.folder
+    assert all(not r.get("error") for r in records.values()) and len(records) == 2
+    fresh = Job(make_cfg(*base, "prompts.limit=2", "sampling.seed=2"), []).run()
+    assert fresh.errors == 0 and fresh.computed == 2  # the planted entry is not believed
