@@ -45,8 +45,20 @@ class World:
     bare: Path  # a model folder without one (estimate)
 
 
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """Model folders with and without a tekken.json, shared: the tokenizer loads once."""
+    top = tmp_path_factory.mktemp("models")
+    tok, bare = top / "model", top / "bare"
+    tok.mkdir()
+    bare.mkdir()
+    shutil.copy(mistral_common_file(), tok / "tekken.json")
+    return tok, bare
+
+
 @pytest.fixture
-def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
+def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+          models: tuple[Path, Path]) -> Iterator[World]:
     monkeypatch.setattr(plancache, "RACY_NS", 0)  # every input old enough at once
     monkeypatch.setattr(statcache, "RACY_NS", 0)
     served = tmp_path / "served"
@@ -76,11 +88,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[World]:
         {"id": "remote", "text": "Remote", "images": [url]},
     ])
     h.write_set(d / "other", [{"id": "o", "text": "Another set", "images": []}])
-    tok = tmp_path / "model"
-    tok.mkdir()
-    shutil.copy(mistral_common_file(), tok / "tekken.json")
-    bare = tmp_path / "bare"
-    bare.mkdir()
+    tok, bare = models
     h.png(served / "r.png", (40, 40))
     try:
         yield World(d, url, served, tok, bare)
