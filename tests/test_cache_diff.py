@@ -30,7 +30,7 @@ from runner.errors import UserError
 from runner.plan import cache as plancache
 from runner.plan import load as plan_mod
 from runner.plan import statcache
-from runner.plan.load import load_plan
+from runner.plan.load import check_errors, load_plan
 from runner.plan.tokens import plan_tokens
 
 LONG = "word " * 300  # ~300 tokens: too long under max_model_len=200, fine under 4096
@@ -110,6 +110,7 @@ def observe(w: World, store: Path, overrides: list[str]) -> Any:
     try:
         plan = load_plan(cfg, show=False)
         toks = plan_tokens(cfg, plan)
+        check_errors(plan.items, cfg.prompts.on_item_error)  # as the job's check
     except UserError as e:
         return ("user error", str(e))
     seen = {
