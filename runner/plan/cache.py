@@ -23,14 +23,12 @@ job changes reaches the entry or another job.
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import json
 import os
 import threading
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
@@ -52,7 +50,9 @@ def stat_of(path: str) -> Stat:
 
 @dataclass
 class Inputs:
-    """What a plan read, each path with its stat taken before it was read."""
+    """What a plan read, each path with its stat taken before it was read: the one record of
+    the plan's inputs, handed to whatever reads for the plan (runner/plan/sources.py,
+    sampling.py, images.py), which tells it of each file or folder before reading it."""
 
     started_ns: int = field(default_factory=time.time_ns)
     stats: dict[str, Stat] = field(default_factory=dict)
@@ -70,30 +70,6 @@ class Inputs:
             return True
         edge = self.started_ns - RACY_NS
         return any(s is not None and max(s[1], s[2]) >= edge for s in self.stats.values())
-
-
-_current: contextvars.ContextVar[Inputs | None] = contextvars.ContextVar("plan_inputs",
-                                                                        default=None)
-
-
-def note_read(path: str | Path) -> None:
-    """A planning step read this file (or listed this folder): the plan depends on it."""
-    if (inputs := _current.get()) is not None:
-        inputs.note(path)
-
-
-def current() -> Inputs | None:
-    """The plan's recorder, for code that reads in other threads (contextvars stay here)."""
-    return _current.get()
-
-
-@contextmanager
-def recording(inputs: Inputs) -> Iterator[Inputs]:
-    token = _current.set(inputs)
-    try:
-        yield inputs
-    finally:
-        _current.reset(token)
 
 
 @cache

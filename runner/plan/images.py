@@ -37,7 +37,6 @@ from PIL import ImageOps, UnidentifiedImageError
 from runner.errors import UserError
 from runner.files import atomic_write, data_url
 from runner.plan.cache import code_digest
-from runner.plan.cache import current as plan_inputs
 from runner.plan.statcache import Probe, StatCache
 
 NORM_VERSION = 1  # bump when the conversion changes: keys of converted images change with it
@@ -148,9 +147,11 @@ class Images:
     """Resolves each image reference once per plan (path, file:// URL, data: URL, http(s)).
     Use it inside `pixel_limit(opts.max_image_pixels)`."""
 
-    def __init__(self, root: Path, opts: ImageOptions, cache: Path | None = None):
+    def __init__(self, root: Path, opts: ImageOptions, cache: Path | None = None,
+                 reads: Any = None):
         """`cache`: the store's cache folder (converted images, data: payloads, downloads, the
-        stat cache); None: a temporary folder of this process, and no stat cache."""
+        stat cache); None: a temporary folder of this process, and no stat cache. `reads`: the
+        plan's record of what it read (runner/plan/cache.py Inputs), or None."""
         self.root = root
         self.opts = opts
         self.cache = (cache or Path(tempfile.mkdtemp(prefix="pixtral-runner-"))).resolve()
@@ -165,7 +166,7 @@ class Images:
         # under one pixel limit is refused under a lower one) and the code that probes.
         stat_opts = f"{self._norm_tag},pixels={opts.max_image_pixels},code={code_digest()}"
         self.stat = StatCache(self.cache / "stat.sqlite", stat_opts) if cache else None
-        self.inputs = plan_inputs()  # the plan cache's record of what was read
+        self.inputs = reads
 
     def close(self) -> None:
         """Keep what this plan learned in the stat cache."""
