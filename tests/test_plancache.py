@@ -258,3 +258,45 @@ def test_a_new_image_in_a_new_subfolder_of_a_glob_is_planned(tmp_path: Path,
     h.png(d / "img" / "a" / "b" / "z.png")  # a folder the last plan listed
     assert [it.id for it in plan(s, cache).items] == ["a/b/y", "a/b/z", "a/x"]
     assert planned == [s, s, s]
+
+
+class _Plant:
+    """A pickle payload that would leave a file behind if anything unpickled it."""
+
+    def __init__(self, mark: Path):
+        self.mark = mark
+
+    def __reduce__(self):
+        return (Path.write_text, (self.mark, "ran"))
+
+
+@pytest.mark.parametrize("payload", ["pickle", "garbage", "json"])
+def test_a_planted_entry_is_a_cold_cache_and_runs_nothing(tmp_path: Path, planned: list[Path],
+                                                          payload: str):
+    """Whoever can write the store's cache cannot run code in the runner: an entry is data,
+    and one that is not what the plan wrote is a cold cache (the set is planned again)."""
+    s, _ = two_image_set(tmp_path / "set")
+    cache = tmp_path / "cache"
+    keys = [it.key for it in plan(s, cache).items]
+    (entry,) = (cache / "plans").iterdir()
+    mark = tmp_path / "ran"
+    entry.write_bytes({"pickle": pickle.dumps(_Plant(mark)), "garbage": os.urandom(4096),
+                       "json": b'{"options": 1}\n[]\n'}[payload])
+    assert [it.key for it in plan(s, cache).items] == keys and planned == [s, s]
+    assert not mark.exists()
+
+
+def test_an_entry_is_json_lines_with_plan_time_errors_only(tmp_path: Path,
+                                                           planned: list[Path]):
+    """An item error a run adds later (tokens) never reaches the entry."""
+    s, _ = two_image_set(tmp_path / "set")
+    cache = tmp_path / "cache"
+    p = load_set(str(s), cache=cache, max_images=1)
+    p.items[0].error, p.items[0].error_kind = "too long", "too_long"  # as plan_tokens would
+    p.remember()
+    (entry,) = (cache / "plans").iterdir()
+    head, *items = [json.loads(x) for x in entry.read_text().splitlines()]
+    assert [d["id"] for d in items] == ["a", "b", "bad"] and items[0]["error"] is None
+    assert list(head["errors"]) == ["2"] and head["errors"]["2"][1] == "too_many_images"
+    again = plan(s, cache)
+    assert planned == [s] and again.items[0].error is None

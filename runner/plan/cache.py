@@ -9,24 +9,28 @@ each copy in the store's cache an item points to. Any input whose stat differs (
 appeared or went away) means the set is planned again; the image stat cache
 (runner/plan/statcache.py) still spares that plan from reading unchanged images. An input modified
 within RACY_NS of the plan's start may change again within one timestamp tick: such a plan is
-not kept. The items' ids, keys and errors are read at once; the rest of each item (messages,
-images, ...) only when something asks for it (`Item.__getattr__`): a finished run asks for
-nothing more. Entries are pickles (Items as they are, fast to load): whoever can write the
-store's `.cache/` can run code in the runner, so a store is to be trusted like the code.
+not kept; nor is a plan with a download that failed (it may succeed next time).
+
+An entry holds the plan as planned, with only the errors the plan itself found (bad images,
+too many images): errors that depend on the model (too long for max_model_len, refused by its
+tokenizer) are counted again by each run (runner/plan/tokens.py), never read back from here.
+The items' ids, keys and errors are read at once; the rest of each item (messages, images,
+...) only when something asks for it (`Item.__getattr__`): a finished run asks for nothing
+more. Entries are JSON lines, data only: an entry that is not what this code wrote (damaged,
+planted, another format) is a cold cache; every item is built afresh from it, so nothing a
+job changes reaches the entry or another job.
 """
 
 from __future__ import annotations
 
-import contextvars
 import hashlib
 import json
 import os
-import pickle
 import threading
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -46,10 +50,13 @@ def stat_of(path: str) -> Stat:
 
 @dataclass
 class Inputs:
-    """What a plan read, each path with its stat taken before it was read."""
+    """What a plan read, each path with its stat taken before it was read: the one record of
+    the plan's inputs, handed to whatever reads for the plan (runner/plan/sources.py,
+    sampling.py, images.py), which tells it of each file or folder before reading it."""
 
     started_ns: int = field(default_factory=time.time_ns)
     stats: dict[str, Stat] = field(default_factory=dict)
+    volatile: bool = False  # read something that may read otherwise next time (a download)
 
     def note(self, path: str | Path) -> None:
         p = str(path)
@@ -58,40 +65,20 @@ class Inputs:
 
     def racy(self) -> bool:
         """Some input was modified (or its inode changed) so close to the plan's start that a
-        later change might keep the same stat."""
+        later change might keep the same stat; or it read a download that failed."""
+        if self.volatile:
+            return True
         edge = self.started_ns - RACY_NS
         return any(s is not None and max(s[1], s[2]) >= edge for s in self.stats.values())
 
 
-_current: contextvars.ContextVar[Inputs | None] = contextvars.ContextVar("plan_inputs",
-                                                                        default=None)
-
-
-def note_read(path: str | Path) -> None:
-    """A planning step read this file (or listed this folder): the plan depends on it."""
-    if (inputs := _current.get()) is not None:
-        inputs.note(path)
-
-
-def current() -> Inputs | None:
-    """The plan's recorder, for code that reads in other threads (contextvars stay here)."""
-    return _current.get()
-
-
-@contextmanager
-def recording(inputs: Inputs) -> Iterator[Inputs]:
-    token = _current.set(inputs)
-    try:
-        yield inputs
-    finally:
-        _current.reset(token)
-
-
-def _code_digest() -> str:
+@cache
+def code_digest() -> str:
+    """The code that plans (every module of the plan stage) and Pillow's version."""
     import PIL
 
     h = hashlib.sha256(PIL.__version__.encode())
-    for f in sorted(Path(__file__).parent.glob("*.py")):  # every module of the plan stage
+    for f in sorted(Path(__file__).parent.glob("*.py")):
         h.update(f.name.encode() + b"\0" + f.read_bytes())
     return h.hexdigest()
 
@@ -99,54 +86,79 @@ def _code_digest() -> str:
 class PlanCache:
     """One set's entry under `<cache>/plans/`, for these options."""
 
-    VERSION = 1
+    VERSION = 2  # 2: JSON lines (entries of version 1 are never read)
 
-    def __init__(self, cache: Path, set_file: Path, options: dict[str, Any]):
-        self.options = json.dumps({"set": str(set_file), "code": _code_digest(),
+    def __init__(self, cache: Path, set_file: Path, options: dict[str, Any],
+                 image: Callable[..., Any]):
+        """`image`: what an item's image is built as (runner.plan.images.Image)."""
+        self.image = image
+        self.options = json.dumps({"set": str(set_file), "code": code_digest(),
                                    "version": self.VERSION, **options}, sort_keys=True)
         name = hashlib.sha256(self.options.encode()).hexdigest()[:32]
-        self.file = cache / "plans" / f"{name}.pickle"
-        self._fresh: tuple[dict[str, Any], list[Any], Inputs] | None = None
+        self.file = cache / "plans" / f"{name}.jsonl"
+        self._fresh: tuple[dict[str, Any], list[Any], list[bytes], Inputs] | None = None
 
     def load(self) -> Entry | None:
         """The cached plan if every input is as it was, else None."""
         try:
             with open(self.file, "rb") as fh, gc_paused():
-                head = pickle.load(fh)
+                head = json.loads(fh.readline())
                 if head.get("options") != self.options or not _unchanged(head["stats"]):
                     return None
                 body = fh.read()  # the items in full, for whoever needs more than keys
-            return Entry(head["plan"], head["ids"], head["keys"], head["errors"], Filler(body))
-        except Exception:  # noqa: BLE001 - missing or damaged (any way): a cold cache
+            plan = head["plan"]
+            plan = {**plan, "file": Path(plan["file"]), "root": Path(plan["root"])}
+            errors = {int(i): (e, k) for i, (e, k) in head["errors"].items()}
+            ids, keys = head["ids"], head["keys"]
+            if not (len(ids) == len(keys) and all(isinstance(x, str) for x in ids + keys)):
+                return None
+            return Entry(plan, ids, keys, errors, Filler(body, self.image))
+        except Exception:  # noqa: BLE001 - missing, damaged or not ours (any way): cold
             return None
 
     def keep(self, plan: dict[str, Any], items: list[Any], inputs: Inputs) -> None:
         """What `save` will write: the plan's fields but its items, and its items as planned
-        (a shard filter replaces the plan's list later)."""
-        self._fresh = (plan, list(items), inputs)
+        now, before a run counts tokens (a shard filter replaces the plan's list later)."""
+        try:
+            docs = [item_doc(it) for it in items]  # a copy: the job's items stay the job's
+        except (TypeError, ValueError):  # a value JSON cannot hold (a YAML date): not kept
+            return
+        self._fresh = (plan, list(items), docs, inputs)
 
     def save(self) -> None:
         """Keep the fresh plan for the next run, unless it is racy (best effort: a cache)."""
         fresh, self._fresh = self._fresh, None
         if fresh is None:
             return
-        plan, items, inputs = fresh
+        plan, items, docs, inputs = fresh
         if inputs.racy():
             return
         for it in items:  # the store's copies it points to (converted, data:, downloads):
             for im in it.images:  # written once each, under a name of their content
                 inputs.note(im.file)
-        head = {"options": self.options, "stats": list(inputs.stats.items()), "plan": plan,
+        errors = {}
+        for i, doc in enumerate(docs):
+            d = json.loads(doc)
+            if d["error"]:
+                errors[i] = (d["error"], d["error_kind"])
+        head = {"options": self.options, "stats": list(inputs.stats.items()),
+                "plan": {**plan, "file": str(plan["file"]), "root": str(plan["root"])},
                 "ids": [it.id for it in items], "keys": [it.key for it in items],
-                "errors": {i: (it.error, it.error_kind) for i, it in enumerate(items)
-                           if it.error}}
+                "errors": errors}
         try:
             self.file.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write(self.file, lambda fh: (pickle.dump(head, fh, protocol=5),
-                                                pickle.dump(items, fh, protocol=5)),
-                         sync=False)
-        except (OSError, pickle.PicklingError):
+            atomic_write(self.file, lambda fh: fh.write(
+                json.dumps(head).encode() + b"\n" + b"\n".join(docs) + b"\n"), sync=False)
+        except (OSError, TypeError, ValueError):
             pass
+
+
+def item_doc(it: Any) -> bytes:
+    """An item as one JSON line (the plan's own fields; its images as lists)."""
+    d = {k: v for k, v in it.__dict__.items() if not k.startswith("_")}
+    d["images"] = [[im.path, str(im.file), im.sha256, im.width, im.height, im.norm]
+                   for im in it.images]
+    return json.dumps(d, ensure_ascii=False, allow_nan=False).encode()
 
 
 @dataclass
@@ -161,20 +173,22 @@ class Entry:
     fill: Filler
 
 
-def _unchanged(stats: list[tuple[str, Stat]]) -> bool:
+def _unchanged(stats: list[list[Any]]) -> bool:
     for path, was in stats:
-        if stat_of(path) != was:
+        if stat_of(path) != (tuple(was) if was is not None else None):
             return False
     return True
 
 
 class Filler:
-    """Gives a stub item of a cached plan its other fields, from the pickled items (unpickled
-    once). It holds no stub: a plan dropped unfilled is freed by reference counting."""
+    """Gives a stub item of a cached plan its other fields, from the entry's JSON lines
+    (parsed once). It holds no stub: a plan dropped unfilled is freed by reference counting.
+    The stub keeps its own id, key and errors (a run may have counted its tokens)."""
 
-    def __init__(self, body: bytes):
+    def __init__(self, body: bytes, image: Callable[..., Any]):
         self.body: bytes | None = body
-        self.full: dict[str, Any] = {}  # by key
+        self.image = image
+        self.full: dict[str, dict[str, Any]] = {}  # by key
         self.lock = threading.Lock()
 
     def __call__(self, stub: Any) -> None:
@@ -183,7 +197,13 @@ class Filler:
                 return
             if self.body is not None:
                 with gc_paused():
-                    self.full = {it.key: it for it in pickle.loads(self.body)}
+                    docs = [json.loads(line) for line in self.body.splitlines() if line]
+                self.full = {d["key"]: d for d in docs}
                 self.body = None
-            stub.__dict__.update(self.full.pop(stub.key).__dict__)  # each stub once
+            d = self.full.pop(stub.key)  # each stub once
+            d["images"] = [self.image(p, Path(f), sha, w, h, n)
+                           for p, f, sha, w, h, n in d["images"]]
+            for k in ("id", "key", "error", "error_kind"):
+                d.pop(k, None)
+            stub.__dict__.update(d)
             stub.__dict__.pop("_fill", None)

@@ -36,7 +36,7 @@ from PIL import ImageOps, UnidentifiedImageError
 
 from runner.errors import UserError
 from runner.files import atomic_write, data_url
-from runner.plan.cache import current as plan_inputs
+from runner.plan.cache import code_digest
 from runner.plan.statcache import Probe, StatCache
 
 NORM_VERSION = 1  # bump when the conversion changes: keys of converted images change with it
@@ -147,9 +147,11 @@ class Images:
     """Resolves each image reference once per plan (path, file:// URL, data: URL, http(s)).
     Use it inside `pixel_limit(opts.max_image_pixels)`."""
 
-    def __init__(self, root: Path, opts: ImageOptions, cache: Path | None = None):
+    def __init__(self, root: Path, opts: ImageOptions, cache: Path | None = None,
+                 reads: Any = None):
         """`cache`: the store's cache folder (converted images, data: payloads, downloads, the
-        stat cache); None: a temporary folder of this process, and no stat cache."""
+        stat cache); None: a temporary folder of this process, and no stat cache. `reads`: the
+        plan's record of what it read (runner/plan/cache.py Inputs), or None."""
         self.root = root
         self.opts = opts
         self.cache = (cache or Path(tempfile.mkdtemp(prefix="pixtral-runner-"))).resolve()
@@ -160,8 +162,11 @@ class Images:
         self._dirs: dict[str, str] = {}  # folder -> its resolved path
         self._norm_tag = f"v{NORM_VERSION}" + (f",max={opts.max_image_size}"
                                                if opts.max_image_size else "")
-        self.stat = StatCache(self.cache / "stat.sqlite", self._norm_tag) if cache else None
-        self.inputs = plan_inputs()  # the plan cache's record of what was read
+        # What a probe's verdict depends on: the conversion, the bomb guard (an image good
+        # under one pixel limit is refused under a lower one) and the code that probes.
+        stat_opts = f"{self._norm_tag},pixels={opts.max_image_pixels},code={code_digest()}"
+        self.stat = StatCache(self.cache / "stat.sqlite", stat_opts) if cache else None
+        self.inputs = reads
 
     def close(self) -> None:
         """Keep what this plan learned in the stat cache."""
@@ -274,6 +279,8 @@ class Images:
             with urllib.request.urlopen(req, timeout=30) as r:  # noqa: S310 - http(s) only
                 data = r.read(MAX_DOWNLOAD + 1)
         except (OSError, ValueError) as e:
+            if self.inputs is not None:  # may succeed next time: this plan is not kept
+                self.inputs.volatile = True
             raise ImageError(f"could not fetch {url[:80]}: {e}") from None
         if len(data) > MAX_DOWNLOAD:
             raise ImageError(f"{url[:80]} is larger than {MAX_DOWNLOAD >> 20} MB")

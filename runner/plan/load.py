@@ -20,7 +20,7 @@ from typing import Any
 from runner.config import shipped
 from runner.errors import UserError
 from runner.files import gc_paused
-from runner.plan.cache import Entry, Inputs, PlanCache, recording
+from runner.plan.cache import Entry, Inputs, PlanCache
 from runner.plan.images import Image, ImageError, ImageOptions, Images, pixel_limit
 from runner.plan.sampling import merge
 from runner.plan.sources import Spec, read_set, take
@@ -210,11 +210,12 @@ def load_set(name: str, root: str | Path = "prompts", system: str | None = None,
     f = find_set(name, root)
     opts = images or ImageOptions()
     pc = PlanCache(cache, f, {"system": system, "limit": limit, "images": astuple(opts),
-                              "max_images": max_images}) if cache else None
+                              "max_images": max_images}, Image) if cache else None
     if pc is not None and (hit := pc.load()) is not None:
         return _cached(hit)
-    with recording(Inputs()) as inputs, gc_paused():  # every file read is stat'ed first
-        plan = _plan(f, system, limit, opts, max_images, cache, show)
+    inputs = Inputs()  # what the plan reads, each file stat'ed before it is read
+    with gc_paused():
+        plan = _plan(f, system, limit, opts, max_images, cache, show, inputs)
     if pc is not None:
         pc.keep({"name": plan.name, "file": plan.file, "root": plan.root,
                  "format": plan.format, "ignored": plan.ignored}, plan.items, inputs)
@@ -236,9 +237,9 @@ def _cached(e: Entry) -> Plan:
 
 
 def _plan(f: Path, system: str | None, limit: int | None, opts: ImageOptions,
-          max_images: int | None, cache: Path | None, show: bool) -> Plan:
-    info, specs = read_set(f)
-    img = Images(info.root, opts, cache)
+          max_images: int | None, cache: Path | None, show: bool, reads: Inputs) -> Plan:
+    info, specs = read_set(f, reads)
+    img = Images(info.root, opts, cache, reads)
     system = system or info.system
     items: list[Item] = []
     seen: dict[str, str] = {}

@@ -20,7 +20,6 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import SamplingConfig
 from runner.errors import UserError
-from runner.plan.cache import note_read
 
 # vLLM's StructuredOutputsParams: the constraints (exactly one per request) and its options.
 CONSTRAINTS = ("json", "regex", "choice", "grammar", "json_object", "structural_tag")
@@ -32,7 +31,7 @@ def sampling_keys() -> set[str]:
     return {f.name for f in dataclasses.fields(SamplingConfig)}
 
 
-def load_schema(v: Any, what: str, base: Path) -> dict[str, Any]:
+def load_schema(v: Any, what: str, base: Path, reads: Any = None) -> dict[str, Any]:
     """A JSON schema: a mapping, a JSON string, or a path to a .json file (relative to base)."""
     if isinstance(v, dict):
         schema = v
@@ -43,7 +42,8 @@ def load_schema(v: Any, what: str, base: Path) -> dict[str, Any]:
             raise UserError(f"{what}: not valid JSON ({e}).") from None
     elif isinstance(v, str):
         f = base / v
-        note_read(f)  # the plan cache checks it
+        if reads is not None:  # the plan's record of what it read (runner/plan/cache.py)
+            reads.note(f)
         try:
             schema = json.loads(f.read_text(encoding="utf-8"))
         except OSError as e:
@@ -69,7 +69,8 @@ def load_schema(v: Any, what: str, base: Path) -> dict[str, Any]:
     return schema
 
 
-def check_structured(so: Any, where: str, base: Path) -> dict[str, Any] | None:
+def check_structured(so: Any, where: str, base: Path,
+                     reads: Any = None) -> dict[str, Any] | None:
     """`structured_outputs` checked and normalized (a `json` file read into the schema)."""
     if not so:
         return None
@@ -88,7 +89,7 @@ def check_structured(so: Any, where: str, base: Path) -> dict[str, Any] | None:
     out = {k: v for k, v in so.items() if v is not None}
     k = kinds[0]
     if k == "json":
-        out["json"] = load_schema(so["json"], f"{what}.json", base)
+        out["json"] = load_schema(so["json"], f"{what}.json", base, reads)
     elif k == "regex":
         if not isinstance(so["regex"], str):
             raise UserError(f"{what}.regex must be a string.")
@@ -105,7 +106,7 @@ def check_structured(so: Any, where: str, base: Path) -> dict[str, Any] | None:
     return out
 
 
-def check_override(raw: Any, where: str, base: Path) -> dict[str, Any]:
+def check_override(raw: Any, where: str, base: Path, reads: Any = None) -> dict[str, Any]:
     """A set's or an item's `sampling:` mapping, checked: known keys, a valid constraint."""
     if raw is None:
         return {}
@@ -120,8 +121,8 @@ def check_override(raw: Any, where: str, base: Path) -> dict[str, Any]:
     if "stop" in out and isinstance(out["stop"], str):
         out["stop"] = [out["stop"]]
     if "structured_outputs" in out:  # {} or null: unconstrained, over a constrained run
-        out["structured_outputs"] = check_structured(out["structured_outputs"], where, base) \
-            or {}
+        out["structured_outputs"] = check_structured(out["structured_outputs"], where, base,
+                                                     reads) or {}
     return out
 
 
@@ -162,8 +163,8 @@ BODY_FIELDS = {"max_tokens": "max_tokens", "max_completion_tokens": "max_tokens"
 BODY_NEUTRAL = {"messages", "model", "stream", "user", "metadata", "store"}
 
 
-def from_batch_body(body: dict[str, Any], where: str,
-                    base: Path) -> tuple[dict[str, Any], list[str]]:
+def from_batch_body(body: dict[str, Any], where: str, base: Path,
+                    reads: Any = None) -> tuple[dict[str, Any], list[str]]:
     """A batch request body -> (its sampling override, the body fields it cannot honor).
     `max_completion_tokens` wins over `max_tokens` (vLLM's rule); null means the default."""
     over: dict[str, Any] = {}
@@ -189,7 +190,7 @@ def from_batch_body(body: dict[str, Any], where: str,
                      and (k != "response_format" or not rf_ok))
     if body.get("stream"):
         ignored.append("stream")
-    return check_override(over, where, base), ignored
+    return check_override(over, where, base, reads), ignored
 
 
 def sampling_of(cfg: DictConfig) -> dict[str, Any]:

@@ -25,7 +25,6 @@ import yaml
 from PIL import Image as PILImage
 
 from runner.errors import UserError
-from runner.plan.cache import current, note_read
 from runner.plan.sampling import check_override, from_batch_body
 
 FORMATS = ("items", "images", "jsonl", "batch")
@@ -105,7 +104,7 @@ def _scorer(v: Any, where: str) -> str | list[str]:
     return _str(v, "scorer", where)
 
 
-def spec_from_item(raw: Any, where: str, base: Path) -> Spec:
+def spec_from_item(raw: Any, where: str, base: Path, reads: Any = None) -> Spec:
     """A YAML/JSONL item (id, text, images, messages, ...) -> Spec."""
     if not isinstance(raw, dict) or "id" not in raw:
         raise UserError(f"{where}: an item needs an 'id'.")
@@ -149,7 +148,7 @@ def spec_from_item(raw: Any, where: str, base: Path) -> Spec:
                 exp if exp is None or isinstance(exp, (dict, list)) else
                 _str(exp, "expected", where), [str(t) for t in tags],
                 meta, None if sc is None else _scorer(sc, where),
-                check_override(raw.get("sampling"), where, base))
+                check_override(raw.get("sampling"), where, base, reads))
 
 
 def _openai_parts(content: Any, where: str) -> list[Part]:
@@ -171,7 +170,7 @@ def _openai_parts(content: Any, where: str) -> list[Part]:
     return parts
 
 
-def spec_from_batch(raw: Any, where: str, base: Path) -> Spec:
+def spec_from_batch(raw: Any, where: str, base: Path, reads: Any = None) -> Spec:
     """One OpenAI batch request line -> Spec. The body's sampling fields become the item's
     sampling override, as `vllm run-batch` honors them; the whole body stays in metadata."""
     if not isinstance(raw, dict) or "custom_id" not in raw:
@@ -188,11 +187,11 @@ def spec_from_batch(raw: Any, where: str, base: Path) -> Spec:
             raise UserError(f"{where}: each message needs role user, assistant or system.")
         turns.append((m["role"], _openai_parts(m.get("content", ""), where)))
     meta = {"body": {k: v for k, v in body.items() if k != "messages"}}
-    over, ignored = from_batch_body(body, where, base)
+    over, ignored = from_batch_body(body, where, base, reads)
     return Spec(iid, where, base, turns, metadata=meta, sampling=over, ignored=ignored)
 
 
-def _jsonl(f: Path, batch: bool) -> Iterator[Spec]:
+def _jsonl(f: Path, batch: bool, reads: Any) -> Iterator[Spec]:
     make = spec_from_batch if batch else spec_from_item
     with open(f, encoding="utf-8") as fh:  # a stream: one line in memory at a time
         for n, line in enumerate(fh, 1):
@@ -202,7 +201,7 @@ def _jsonl(f: Path, batch: bool) -> Iterator[Spec]:
                 raw = json.loads(line)
             except ValueError as e:
                 raise UserError(f"{f} line {n}: not valid JSON ({e}).") from None
-            yield make(raw, f"{f} line {n}", f.parent)
+            yield make(raw, f"{f} line {n}", f.parent, reads)
 
 
 def is_batch(f: Path) -> bool:
@@ -228,7 +227,7 @@ def _folders(top: Path) -> Iterator[str]:
         yield d
 
 
-def _image_files(spec: str, f: Path) -> tuple[Path, list[Path]]:
+def _image_files(spec: str, f: Path, reads: Any) -> tuple[Path, list[Path]]:
     """A folder (every image in it, sorted) or a glob, relative to the set file; with the
     folder that ids are relative to (the glob's literal part)."""
     exts = {e for e, fmt in PILImage.registered_extensions().items() if fmt in PILImage.OPEN}
@@ -239,12 +238,13 @@ def _image_files(spec: str, f: Path) -> tuple[Path, list[Path]]:
         top = f.parent.joinpath(*parts[:lit])
         if not top.is_dir():
             raise UserError(f"{f}: 'images: {spec}': the folder {top} does not exist.")
-        if current() is not None:  # the plan cache checks every folder the glob may list
+        if reads is not None:  # the plan cache checks every folder the glob may list
             for d in _folders(top):
-                note_read(d)
+                reads.note(d)
         files = [Path(x) for x in glob.glob(str(p), recursive=True)]
     elif p.is_dir():
-        note_read(p)  # its listing: a file added or removed changes the folder's stat
+        if reads is not None:  # its listing: a file added or removed changes its stat
+            reads.note(p)
         top, files = p, list(p.iterdir())
     else:
         raise UserError(f"{f}: 'images: {spec}': the folder {p} does not exist "
@@ -255,16 +255,17 @@ def _image_files(spec: str, f: Path) -> tuple[Path, list[Path]]:
     return top, files
 
 
-def _templates(doc: dict, f: Path) -> Iterator[Spec]:
+def _templates(doc: dict, f: Path, reads: Any) -> Iterator[Spec]:
     tpls = doc.get("templates")
     if not isinstance(tpls, list) or not tpls:
         raise UserError(f"{f}: format 'images' needs 'templates:', a list of prompts "
                         "(id, text; optional system, expected, scorer, tags, metadata).")
-    specs = [spec_from_item(t, f"{f}: template #{n + 1}", f.parent) for n, t in enumerate(tpls)]
+    specs = [spec_from_item(t, f"{f}: template #{n + 1}", f.parent, reads)
+             for n, t in enumerate(tpls)]
     for s in specs:
         if len(s.turns) != 1 or any(k == "image" for k, _ in s.turns[0][1]):
             raise UserError(f"{s.where}: a template is one 'text' (the image is added).")
-    top, files = _image_files(str(doc.get("images", "")), f)
+    top, files = _image_files(str(doc.get("images", "")), f, reads)
     for img in files:
         rel = os.path.relpath(img, f.parent)  # what the set would write; checked by Images
         stem = img.relative_to(top).with_suffix("").as_posix()
@@ -276,12 +277,14 @@ def _templates(doc: dict, f: Path) -> Iterator[Spec]:
                        dict(t.sampling))
 
 
-def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
-    """The set's description and a lazy stream of its items."""
-    note_read(f)
+def read_set(f: Path, reads: Any = None) -> tuple[SetInfo, Iterator[Spec]]:
+    """The set's description and a lazy stream of its items. `reads`: the plan's record of
+    what it read (runner/plan/cache.py Inputs), told of every file and folder read here."""
+    if reads is not None:
+        reads.note(f)
     if f.suffix == ".jsonl":
         fmt = "batch" if is_batch(f) else "jsonl"
-        return SetInfo(f.stem, f, f.parent.resolve(), fmt), _jsonl(f, fmt == "batch")
+        return SetInfo(f.stem, f, f.parent.resolve(), fmt), _jsonl(f, fmt == "batch", reads)
     doc, node = _yaml(f)
     if not isinstance(doc, dict):
         raise UserError(f"{f}: no items (expected a top-level 'items:' list).")
@@ -299,7 +302,7 @@ def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
     info = SetInfo(str(doc.get("name", f.parent.name)), f, root, fmt,
                    doc.get("system"),
                    None if doc.get("scorer") is None else _scorer(doc["scorer"], str(f)),
-                   check_override(doc.get("sampling"), str(f), f.parent))
+                   check_override(doc.get("sampling"), str(f), f.parent, reads))
     if fmt == "items":
         raw = doc.get("items")
         if not isinstance(raw, list) or not raw:
@@ -307,17 +310,19 @@ def read_set(f: Path) -> tuple[SetInfo, Iterator[Spec]]:
         lines = _item_lines(node)
         where = (lambda n: f"{f} line {lines[n]}") if len(lines) == len(raw) else \
             (lambda n: f"{f}: item #{n + 1}")
-        return info, (spec_from_item(r, where(n), f.parent) for n, r in enumerate(raw))
+        return info, (spec_from_item(r, where(n), f.parent, reads)
+                      for n, r in enumerate(raw))
     if fmt == "images":
-        return info, _templates(doc, f)
+        return info, _templates(doc, f, reads)
     data = f.parent / str(doc.get("file", ""))
     if not doc.get("file") or not data.is_file():
         raise UserError(f"{f}: format '{fmt}' needs 'file:', a JSONL file next to it "
                         f"({data} not found).")
-    note_read(data)
+    if reads is not None:
+        reads.note(data)
     batch = fmt == "batch" or is_batch(data)
     info.format = "batch" if batch else "jsonl"
-    return info, _jsonl(data, batch)
+    return info, _jsonl(data, batch, reads)
 
 
 _FILE = re.compile(r"""^file:[ \t]*["']?([^"'#\n]+)""", re.M)  # a set's data file

@@ -25,6 +25,9 @@ from runner.files import read_json
 if TYPE_CHECKING:
     from runner.plan.load import Item, Plan
 
+TOKEN_KINDS = ("too_long", "request")  # the item errors plan_tokens sets (per run)
+
+
 @dataclass
 class ItemTokens:
     id: str
@@ -133,11 +136,15 @@ def _image_parts(it: Item) -> int:
 
 def plan_tokens(cfg: Any, plan: Plan, items: Iterable[Item] | None = None) -> list[ItemTokens]:
     """Token counts for `items` (default: the whole plan). Marks items whose prompt does not
-    fit `model.max_model_len` (with room for one output token) as item errors."""
+    fit `model.max_model_len` (with room for one output token), or that the tokenizer rejects,
+    as item errors. These errors depend on the model, so they are computed for each run: an
+    error of these kinds an item carries from an earlier count is cleared first."""
     counter = TokenCounter(cfg.model)
     max_len = cfg.model.get("max_model_len")
     out = []
     for it in plan.items if items is None else items:
+        if it.error_kind in TOKEN_KINDS:
+            it.error = it.error_kind = None
         img = sum(counter.image_tokens(im.width, im.height) for im in it.images)
         n = 0
         if _image_parts(it) == len(it.images):  # all images resolved (else already an error)
