@@ -2,6 +2,7 @@
 an error a user can cause is one sentence and an exit code, and in a sweep the next job runs."""
 
 import sys
+from pathlib import Path
 
 import hydra
 from omegaconf import DictConfig
@@ -17,12 +18,15 @@ def main(cfg: DictConfig) -> object:
 
     from runner.console.display import show, show_error
     from runner.console.summary import Summary
-    from runner.errors import STOPS, Interrupted, exit_code
+    from runner.errors import STOPS, Interrupted, disk_full, exit_code
     from runner.job.recipe import Job
     from runner.launch.sweep import in_multirun
 
     try:
-        s = Job(cfg, list(HydraConfig.get().overrides.task)).run()
+        try:
+            s = Job(cfg, list(HydraConfig.get().overrides.task)).run()
+        except OSError as e:  # a full disk is the user's to fix, like any path
+            raise disk_full(e, Path(cfg.store.root).resolve()) or e from None
     except (Interrupted, KeyboardInterrupt, *STOPS) as e:
         show_error(e)
         if isinstance(e, STOPS) and in_multirun():

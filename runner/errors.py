@@ -64,6 +64,25 @@ class ServerGone(UserError):
     exit_code = 3
 
 
+class DiskFull(UserError):
+    """The store's disk (or quota) is full. What was stored stays (lines are appended whole or
+    cut on the next open; files are replaced atomically): free space and rerun."""
+
+    exit_code = 3
+
+
+def disk_full(e: BaseException, store: object) -> DiskFull | None:
+    """A full disk or quota as one sentence naming the store, else None."""
+    import errno
+
+    if not isinstance(e, OSError) or e.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return None
+    what = f" (writing {e.filename})" if e.filename else ""
+    return DiskFull(f"No space left on the disk of the store {store}{what}: free some space "
+                    "there, or set store.root to another disk, then rerun the same command; "
+                    "what was stored is kept.")
+
+
 # The errors that end a job with one sentence (no traceback); in a sweep, the next job runs.
 STOPS = (UserError, RunFailed, EngineFailed, StartFailed)
 

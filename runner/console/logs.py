@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from runner.console import console
-from runner.errors import EngineFailed, Interrupted, RunFailed, StartFailed, UserError
+from runner.errors import EngineFailed, Interrupted, RunFailed, StartFailed, UserError, disk_full
 
 TAIL = 20  # lines shown when a run fails
 
@@ -266,6 +266,8 @@ def engine_log(root: Path, run_hash: str, target: str) -> Iterator[EngineLog]:
                 try:
                     yield log
                 except Exception as e:
+                    if (full := disk_full(e, Path(root).resolve())) is not None:
+                        raise full from None  # the user's to fix: a sentence, not a log tail
                     if not isinstance(e, (UserError, Interrupted)):
                         assert _pump is not None
                         _pump.drain()
