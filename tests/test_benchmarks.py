@@ -280,3 +280,33 @@ def test_mmmu_from_jsonl_image_forms(tmp_path: Path) -> None:
     r, b = url(f, RED), url(f, BLUE)
     assert a["messages"][0]["content"] == [I(r), T(" or "), I(b), T(" or "), I(b),
                                            T("?\nA. x\nB. y\n" + COT)]
+
+
+def test_preset_imports_on_first_use_and_writes_requests(tmp_path: Path) -> None:
+    """`prompts=mmmu prompts.source=<parquet folder>` dry run: imported into the store's cache,
+    and `dry_run_requests` holds the harness's request (parts in order, data: URLs of the
+    original bytes, temperature 0 and max_tokens 2048)."""
+    import base64
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    src = mmmu_parquet(tmp_path / "src")
+    req = tmp_path / "req.jsonl"
+    r = subprocess.run([sys.executable, "-m", "runner", "model=pixtral_tiny", "prompts=mmmu",
+                        f"prompts.source={src.parent.parent}", f"store.root={tmp_path / 'out'}",
+                        "prompts.limit=1", "dry_run=true", f"dry_run_requests={req}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = " ".join((r.stdout + r.stderr).split())
+    assert "importing mmmu" in out and "1 requests written" in out
+    assert list((tmp_path / "out" / ".cache" / "benchmarks").glob("mmmu-*/mmmu/set.yaml"))
+    (line,) = [json.loads(x) for x in req.read_text().splitlines()]
+    assert line["custom_id"] == "validation_Art_Theory_1"
+    body = line["body"]
+    assert (body["temperature"], body["max_tokens"]) == (0.0, 2048)
+    r_, b_ = (f"data:image/png;base64,{base64.b64encode(x).decode()}" for x in (RED, BLUE))
+    assert body["messages"] == [{"role": "user", "content": [
+        T("Compare "), I(r_), T(" and "), I(b_), T(". Which is larger?\nA. "), I(r_),
+        T("\nB. the second "), I(b_), T("\nC. same\n" + COT)]}]
