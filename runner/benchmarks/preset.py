@@ -1,7 +1,8 @@
 """`prompts=mmmu` (conf/prompts/<bench>.yaml): a benchmark preset, imported on first use into
-the store's cache (<store.root>/.cache/benchmarks/<bench>-<key>/<name>/), then planned like any
-set. The key covers the benchmark, the source (and a local source's size and mtime) and
-`prompts.limit`, so a changed source or a larger limit imports again; the first `limit` rows
+the store's cache (<store.root>/.cache/benchmarks/<name>/), then planned like any set. One
+root for every benchmark, so a multirun over them keeps one engine (its media root). The
+set's `imported.json` holds a key of the benchmark, the source (a local one's files, sizes and
+mtimes) and `prompts.limit`: a changed source or limit imports again. The first `limit` rows
 are the subset (deterministic: the source's order)."""
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from runner.benchmarks.build import import_benchmark
 from runner.benchmarks.importers import PROTOCOL
 from runner.console import console
 from runner.errors import UserError
-from runner.files import locked
+from runner.files import atomic_write, locked, read_json
 
 
 def _stamp(source: str) -> list[Any]:
@@ -40,12 +41,20 @@ def resolve(cfg: DictConfig) -> None:
         raise UserError(f"prompts.benchmark={bench} is not one of {', '.join(PROTOCOL)}.")
     source = p.get("source") or PROTOCOL[bench]["dataset"]
     key = hashlib.sha256(json.dumps([bench, _stamp(source), p.get("limit")]).encode())
-    root = Path(cfg.store.root) / ".cache" / "benchmarks" / f"{bench}-{key.hexdigest()[:12]}"
+    root = Path(cfg.store.root) / ".cache" / "benchmarks"
     set_dir = root / str(p.name)
-    if not (set_dir / "set.yaml").exists():
-        with locked(root.parent / f"{root.name}.lock"):
-            if not (set_dir / "set.yaml").exists():  # another process may have imported it
-                console.print(f"importing {bench} from {source} into {set_dir} (first use)")
+    stamp = set_dir / "imported.json"
+    want = {"benchmark": bench, "source": source, "limit": p.get("limit"),
+            "key": key.hexdigest()}
+
+    def fresh() -> bool:
+        return (set_dir / "set.yaml").exists() and read_json(stamp) == want
+
+    if not fresh():
+        with locked(root / f".{p.name}.lock"):
+            if not fresh():  # another process may have imported it meanwhile
+                console.print(f"importing {bench} from {source} into {set_dir}")
                 import_benchmark(bench, source, set_dir, limit=p.get("limit"), force=True)
+                atomic_write(stamp, json.dumps(want))
     with open_dict(cfg):
         cfg.prompts.root = str(root)
