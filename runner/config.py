@@ -145,6 +145,10 @@ class PromptsConfig:
     on_item_error: str = field(default="skip", metadata=RUNTIME)  # skip | fail
     # The error budget (runner/job/budget.py): a fraction of the items, null for none.
     max_error_rate: float | None = field(default=None, metadata=RUNTIME)
+    # A benchmark preset (conf/prompts/<bench>.yaml, runner/benchmarks/preset.py): imported on
+    # first use from `source` (default: the harness's dataset id) into the store's cache.
+    benchmark: str | None = field(default=None, metadata=RUNTIME)
+    source: str | None = field(default=None, metadata=RUNTIME)
 
 
 @dataclass
@@ -189,6 +193,8 @@ class RunConfig:
     shard: ShardConfig = field(default_factory=ShardConfig)
     log: LogConfig = field(default_factory=LogConfig)
     dry_run: bool = False  # plan and report what would run; never starts the engine
+    # With dry_run: write the OpenAI batch input file of the requests (runner/plan/batchfile.py)
+    dry_run_requests: str | None = None
     # Retry the run's error records (runner/job/retry.py): true, or the kinds to retry
     # (runner/kinds.py), e.g. [engine_death,stall]. Not hashed (top level).
     retry_errors: Any = False

@@ -252,3 +252,40 @@ def test_batch_bodies_are_honored_on_the_same_engine(sweep):
           for n in ("receipts", "batch")]  # one engine for both: no start in between
     assert all(m["reused"] for m in ms) and ms[0]["starts_in_process"] == ms[1][
         "starts_in_process"]
+
+
+def test_two_imported_benchmarks_run_and_make_a_card(real, tmp_path: Path):
+    """ChartQA and DocVQA imported from local parquet in their hub schema (built by
+    tests/test_benchmarks.py's helpers) under the session's prompts root, so both runs share
+    the session engine (one media root), with the harness's sampling; then their card."""
+    import datasets
+    from test_benchmarks import BLUE, RED, img, parquet
+
+    from runner.benchmarks.build import import_benchmark
+    from runner.results.card import card
+    from runner.results.runs import load_run
+
+    S, V = datasets.Value("string"), datasets.Image()
+    cq = parquet(tmp_path / "cq.parquet", {
+        "type": ["human_test", "augmented_test"], "question": ["Which color?", "Any text?"],
+        "answer": ["Red", "No"], "image": [img(RED), img(BLUE)]},
+        {"type": S, "question": S, "answer": S, "image": V})
+    dv = parquet(tmp_path / "dv.parquet", {
+        "questionId": ["1", "2"], "question": ["What is the color?", "What is written?"],
+        "answers": [["red"], ["nothing"]], "image": [img(RED), img(BLUE)]},
+        {"questionId": S, "question": S, "answers": datasets.Sequence(S), "image": V})
+    runs = []
+    for name, src in (("chartqa", cq), ("docvqa", dv)):
+        import_benchmark(name, str(src), real.prompts / name, force=True)
+        d, s, text = real.run(f"prompts.name={name}")
+        recs = results(d)
+        assert set(recs) == ({"chartqa_00000", "chartqa_00001"} if name == "chartqa"
+                             else {"1", "2"})
+        want = 2048 if name == "chartqa" else 10  # the harness's max_tokens, from the set
+        assert all(r["sampling"]["max_tokens"] == want and r["sampling"]["temperature"] == 0.0
+                   for r in recs.values()), recs
+        runs.append(load_run(d))
+    rows = {r["benchmark"]: r for r in card(runs)["rows"]}
+    assert set(rows) == {"chartqa", "docvqa"}
+    assert rows["chartqa"]["metric"] == "explicit_prompt_relaxed_correctness"
+    assert rows["docvqa"]["metric"] == "anls" and rows["docvqa"]["n"] == 2

@@ -3,8 +3,6 @@ converter. No engine: run folders and exports are written here."""
 
 from __future__ import annotations
 
-import base64
-import io
 import json
 import os
 import subprocess
@@ -13,11 +11,8 @@ from pathlib import Path
 
 import pytest
 import yaml
-from PIL import Image
 
 import fakes
-from runner.benchmarks.mmmu import convert
-from runner.errors import UserError
 from runner.results.score import score_run
 from runner.results.scorers import check_spec, parse_choice, score_output
 
@@ -157,84 +152,13 @@ def test_cli_rescores_by_hash_without_vllm(tmp_path: Path) -> None:
               [{"id": "a", "output": "Berlin", "expected": "berlin", "tags": ["t"]}])
     code = ("import sys, runpy; sys.argv = ['x', '0123', '--root', 'outputs'];"
             "import runner.results.cli as c; rc = c.main(['score', *sys.argv[1:]]);"
-            "import runner.results.html, runner.benchmarks.mmmu;"
+            "import runner.results.html, runner.benchmarks.build;"
             "assert not {'vllm', 'torch'} & set(sys.modules), 'engine imported'; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)
     assert r.returncode == 0, r.stderr
     assert "0123456789abcdef: accuracy 100.0% (1/1 scored, 0 errors)  t 100%" in r.stdout
     assert (tmp_path / "outputs" / "0123456789abcdef" / "metrics.json").exists()
-
-
-def png(color: tuple[int, int, int]) -> bytes:
-    buf = io.BytesIO()
-    Image.new("RGB", (8, 6), color).save(buf, "PNG")
-    return buf.getvalue()
-
-
-def test_mmmu_converter(tmp_path: Path) -> None:
-    """Fake MMMU records: images as a path, base64 and {"bytes": base64}; options as a string
-    repr and as a list; an open question."""
-    exp = tmp_path / "export"
-    exp.mkdir()
-    (exp / "pic.png").write_bytes(png((255, 0, 0)))
-    b64 = base64.b64encode(png((0, 255, 0))).decode()
-    recs = [
-        {"id": "validation_Art_Theory_1", "question": "<image 1> Which city is shown?",
-         "options": "['London', 'Paris', 'Berlin']", "answer": "B", "image_1": "pic.png",
-         "image_2": None, "subfield": "Architecture", "question_type": "multiple-choice"},
-        {"id": "validation_Math_2", "question": "Compare <image 1> and <image 2>.",
-         "options": ["same", "different"], "answer": "A", "image_1": b64,
-         "image_2": {"bytes": b64, "path": None}, "subfield": "Geometry"},
-        {"id": "validation_Math_3", "question": "How long is x?", "options": "[]",
-         "answer": "['1.5', '3/2']", "question_type": "open"},
-    ]
-    (exp / "val.jsonl").write_text("".join(json.dumps(r) + "\n" for r in recs))
-    out = tmp_path / "prompts" / "mmmu_fake"
-    f = convert([exp], out)
-    doc = yaml.safe_load(f.read_text())
-    assert doc["name"] == "mmmu_fake" and doc["scorer"] == "choice"
-    a, b, c = doc["items"]
-    assert a["text"] == ("<image 1> Which city is shown?\nA. London\nB. Paris\nC. Berlin\n"
-                         "Answer with the option's letter from the given choices directly.")
-    assert a["images"] == ["images/validation_Art_Theory_1_1.png"] and a["expected"] == "B"
-    assert a["tags"] == ["Art_Theory", "Architecture"]
-    assert a["metadata"]["options"] == ["London", "Paris", "Berlin"]
-    assert (out / a["images"][0]).read_bytes() == (exp / "pic.png").read_bytes()
-    assert len(b["images"]) == 2 and all((out / p).is_file() for p in b["images"])
-    assert (c["expected"], c["scorer"], c["metadata"]["answers"]) == \
-        ("1.5", "numeric:0.01", ["1.5", "3/2"])
-    assert "images" not in c
-    with pytest.raises(UserError, match="exists"):
-        convert([exp], out)
-
-    # a run on the converted set scores with its options, even when the model names the text
-    d = write_run(tmp_path / "run", [
-        {"id": a["id"], "output": "This is Paris.", "expected": "B"},
-        {"id": b["id"], "output": "The answer is (B).", "expected": "A"},
-        {"id": c["id"], "output": "x = 1.50", "expected": "1.5"}])
-    m = score_run(d, f)
-    assert (m["scored"], m["correct"]) == (3, 2)
-
-
-def test_mmmu_converter_errors(tmp_path: Path) -> None:
-    bad = tmp_path / "bad.jsonl"
-    bad.write_text(json.dumps({"id": "x", "question": "?", "options": "[1, 2]",
-                               "image_1": "no such file!"}) + "\n")
-    with pytest.raises(UserError, match="neither an image file nor base64"):
-        convert([bad], tmp_path / "out")
-
-
-def test_converted_set_plans(tmp_path: Path) -> None:
-    """The converted set (with `scorer` and `metadata` keys) loads with the planner."""
-    from runner.plan.load import load_set
-
-    (tmp_path / "e.jsonl").write_text(json.dumps(
-        {"id": "q1", "question": "Which?", "options": ["a", "b"], "answer": "A",
-         "image_1": base64.b64encode(png((1, 2, 3))).decode()}) + "\n")
-    f = convert([tmp_path / "e.jsonl"], tmp_path / "set")
-    plan = load_set(str(f), tmp_path)
-    assert [it.id for it in plan.items] == ["q1"] and plan.items[0].expected == "A"
 
 
 def test_set_the_planner_refuses_is_read_as_yaml(tmp_path: Path) -> None:

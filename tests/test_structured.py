@@ -245,22 +245,6 @@ def test_csv_export_flattens_json_outputs(tmp_path: Path):
     assert c["output"] == "not json" and c["output.merchant"] == ""
 
 
-def test_mmmu_converter_constrains_choices(tmp_path: Path):
-    from runner.benchmarks.mmmu import convert
-
-    exp = tmp_path / "export.jsonl"
-    exp.write_text(json.dumps({"id": "validation_Art_1", "question": "Which?",
-                               "options": ["x", "y", "z"], "answer": "B"}) + "\n"
-                   + json.dumps({"id": "validation_Math_2", "question": "How long?",
-                                 "options": "[]", "answer": "3"}) + "\n")
-    f = convert([exp], tmp_path / "mmmu", constrain=True)
-    a, b = yaml.safe_load(f.read_text())["items"]
-    assert a["sampling"] == {"structured_outputs": {"choice": ["A", "B", "C"]}}
-    assert "sampling" not in b  # open questions stay free
-    plan = load_set(str(f))
-    assert plan.items[0].sampling == a["sampling"]
-
-
 def test_receipts_set_plans(tmp_path: Path):
     shutil.copytree(RECEIPTS, tmp_path / "receipts")
     plan = load_set("receipts", tmp_path)

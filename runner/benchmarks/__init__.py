@@ -1,5 +1,3 @@
-"""Benchmarks as prompt sets: a benchmark's export -> a prompt set folder under prompts/.
-
-Takes a dataset export (for MMMU: JSONL or parquet rows); gives a set.yaml with its images,
-references and scorer, which the plan reads like any other set.
-"""
+"""Benchmarks as prompt sets: `python -m runner.benchmarks import NAME --source SRC --out DIR`
+turns a benchmark's rows into a set whose items are the requests Mistral's evaluation harness
+sends (harness.yaml: prompts, sampling, metrics; docs/evaluations.md)."""

@@ -4,6 +4,7 @@ Everything else is config."""
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig
@@ -52,6 +53,13 @@ class Job:
 
             self.prepare()
             show_plan(cfg, self.plan, plan_tokens(cfg, self.plan), stored=self.stored)
+            if cfg.get("dry_run_requests"):
+                from runner.plan.batchfile import write_requests
+
+                n = write_requests(Path(cfg.dry_run_requests), self.plan, self.sampling,
+                                   cfg.model.get("hf_repo") or cfg.model.name)
+                console.print(f"{n} requests written to {cfg.dry_run_requests} "
+                              "(OpenAI batch input)")
             return self._ended("planned")
         from runner.console.logs import engine_log
 
@@ -102,6 +110,9 @@ class Job:
 
     def prepare(self, show: bool = True) -> list[Item]:
         cfg = self.cfg
+        from runner.benchmarks.preset import resolve
+
+        resolve(cfg)  # a benchmark preset: imported into the store's cache on first use
         self.plan = load_plan(cfg, show)
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
         if self.feed is None:  # else made before the plan, and maybe starting beside it

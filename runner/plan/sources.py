@@ -129,6 +129,9 @@ def spec_from_item(raw: Any, where: str, base: Path, reads: Any = None) -> Spec:
         for t in raw["messages"]:
             if not isinstance(t, dict) or t.get("role") not in ("user", "assistant", "system"):
                 raise UserError(f"{where}: each turn needs role user, assistant or system.")
+            if "content" in t:  # OpenAI-style parts, in their order (interleaved images)
+                turns.append((t["role"], _openai_parts(t["content"], where)))
+                continue
             turns.append((t["role"], [("text", _str(t.get("text", ""), "text", where))]
                           + images(t.get("images"))))
     elif "text" in raw:

@@ -1,0 +1,312 @@
+"""Benchmark importers (runner/benchmarks/): small parquet files in each benchmark's hub schema,
+built here, imported, and compared with the requests written down by hand from reading
+mistral-evals' eval/tasks/<bench>.py. No engine."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+from PIL import Image as PILImage
+
+from runner.benchmarks.__main__ import main
+from runner.benchmarks.build import import_benchmark
+from runner.benchmarks.importers import PROTOCOL
+from runner.errors import UserError
+from runner.plan.load import load_set
+
+datasets = pytest.importorskip("datasets")  # in requirements/cpu.lock; fails the import if gone
+COT = PROTOCOL["mmmu"]["prompt"]
+
+
+def png(color: tuple[int, int, int]) -> bytes:
+    buf = io.BytesIO()
+    PILImage.new("RGB", (8, 6), color).save(buf, "PNG")
+    return buf.getvalue()
+
+
+RED, BLUE, GREEN = png((255, 0, 0)), png((0, 0, 255)), png((0, 255, 0))
+
+
+def parquet(path: Path, rows: dict, features: dict) -> Path:
+    """A parquet file as the hub stores it (Image columns as {bytes, path} structs)."""
+    f = datasets.Features(features)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    datasets.Dataset.from_dict(rows, features=f).to_parquet(str(path))
+    return path
+
+
+def img(b: bytes | None) -> dict | None:
+    return None if b is None else {"bytes": b, "path": None}
+
+
+def items_of(set_file: Path) -> list[dict]:
+    lines = (set_file.parent / "items.jsonl").read_text().splitlines()
+    return [json.loads(x) for x in lines]
+
+
+def url(set_file: Path, data: bytes) -> str:
+    """The URL the importer gave these bytes (found by content, so the test knows no hash)."""
+    for f in (set_file.parent / "images").iterdir():
+        if f.read_bytes() == data:
+            return f"images/{f.name}"
+    raise AssertionError("image not stored")
+
+
+def I(u: str) -> dict:  # noqa: E743
+    return {"type": "image_url", "image_url": {"url": u}}
+
+
+def T(t: str) -> dict:
+    return {"type": "text", "text": t}
+
+
+S, V = datasets.Value("string"), datasets.Image()
+
+
+def mmmu_parquet(tmp: Path) -> Path:
+    feats = {"id": S, "question": S, "options": S, "explanation": S,
+             **{f"image_{k}": V for k in range(1, 8)}, "img_type": S, "answer": S,
+             "topic_difficulty": S, "question_type": S, "subfield": S}
+    rows = {
+        "id": ["validation_Art_Theory_1", "validation_Math_2"],
+        "question": ["Compare <image 1> and <image 2>. Which is larger?", "What is x? <image 1>"],
+        "options": ["['<image 1>', 'the second <image 2>', 'same']", "[]"],
+        "explanation": ["", ""],
+        "image_1": [img(RED), img(GREEN)], "image_2": [img(BLUE), None],
+        **{f"image_{k}": [None, None] for k in range(3, 8)},
+        "img_type": ["['Paintings']", "['Diagrams']"], "answer": ["A", "['1.5', '3/2']"],
+        "topic_difficulty": ["Easy", "Hard"], "question_type": ["multiple-choice", "open"],
+        "subfield": ["Art History", "Geometry"]}
+    return parquet(tmp / "mmmu" / "data" / "validation-00000-of-00001.parquet", rows, feats)
+
+
+def test_mmmu_matches_the_harness(tmp_path: Path) -> None:
+    src = mmmu_parquet(tmp_path)
+    f, n = import_benchmark("mmmu", str(src.parent.parent), tmp_path / "sets" / "mmmu")
+    a, b = items_of(f)
+    r, bl, g = url(f, RED), url(f, BLUE), url(f, GREEN)
+    # by hand from eval/tasks/mmmu.py: question + "\n" + "A. …" lines, split at <image n>
+    # (inside the options too), whitespace-only chunks dropped, PROMPT after the last text
+    assert a["messages"] == [{"role": "user", "content": [
+        T("Compare "), I(r), T(" and "), I(bl), T(". Which is larger?\nA. "), I(r),
+        T("\nB. the second "), I(bl), T("\nC. same\n" + COT)]}]
+    assert a["expected"] == ["A"]
+    assert a["metadata"]["subfield"] == "Art History"
+    assert a["metadata"]["question_type"] == "multiple-choice"
+    assert a["metadata"]["options"] == ["<image 1>", "the second <image 2>", "same"]
+    assert a["tags"] == ["Art_Theory", "Art History"]
+    # a trailing image: the prompt is a text part of its own; a list answer stays a list
+    assert b["messages"][0]["content"] == [T("What is x? "), I(g), T(COT)]
+    assert b["expected"] == ["1.5", "3/2"]
+    # three distinct images stored once each, whatever the number of parts naming them
+    assert len(list((f.parent / "images").iterdir())) == 3
+    doc = yaml.safe_load(f.read_text())
+    assert doc["sampling"] == {"temperature": 0.0, "max_tokens": 2048}
+    assert doc["scorer"] == ["explicit_prompt_relaxed_correctness",
+                             "anywhere_in_answer_relaxed_correctness"]
+    # the planner reads it: parts in the same order, the set's sampling on every item
+    plan = load_set(str(f))
+    parts = plan.items[0].messages[-1]["content"]
+    assert [p["type"] for p in parts] == ["text", "image_url", "text", "image_url", "text",
+                                          "image_url", "text", "image_url", "text"]
+    assert parts[1]["image_url"]["url"] == parts[5]["image_url"]["url"]
+    assert plan.items[0].sampling == {"temperature": 0.0, "max_tokens": 2048}
+    assert plan.items[1].expected == ["1.5", "3/2"]
+
+
+def test_mmmu_constrain_and_errors(tmp_path: Path) -> None:
+    """The old converter's intents: option letters as a choice constraint, clear errors."""
+    src = mmmu_parquet(tmp_path)
+    f, _ = import_benchmark("mmmu", str(src), tmp_path / "m", constrain=True)
+    a, b = items_of(f)
+    assert a["sampling"] == {"structured_outputs": {"choice": ["A", "B", "C"]}}
+    assert "sampling" not in b  # open questions stay free
+    assert load_set(str(f)).items[0].sampling == {"temperature": 0.0, "max_tokens": 2048,
+                                                  **a["sampling"]}
+    with pytest.raises(UserError, match="exists"):
+        import_benchmark("mmmu", str(src), tmp_path / "m")
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text(json.dumps({"id": "x", "question": "<image 1> ?", "options": "[]",
+                               "question_type": "open", "answer": "1",
+                               "image_1": "nope.png"}) + "\n")
+    with pytest.raises(UserError, match="row 'x' image_1"):
+        import_benchmark("mmmu", str(bad), tmp_path / "b")
+
+
+def test_mathvista_matches_the_harness(tmp_path: Path) -> None:
+    feats = {"pid": S, "question": S, "image": S, "decoded_image": V,
+             "choices": datasets.Sequence(S), "unit": S, "precision": datasets.Value("float64"),
+             "answer": S, "question_type": S, "answer_type": S,
+             "metadata": {"category": S, "context": S, "grade": S, "language": S,
+                          "skills": datasets.Sequence(S), "source": S, "split": S, "task": S},
+             "query": S}
+    meta = {"category": "math-targeted-vqa", "context": "geometry diagram", "grade": "high school",
+            "language": "english", "skills": ["geometry reasoning"], "source": "Geometry3K",
+            "split": "testmini", "task": "geometry problem solving"}
+    rows = {"pid": ["1", "2"], "question": ["q1", "q2"], "image": ["images/1.jpg", "images/2.jpg"],
+            "decoded_image": [img(RED), img(BLUE)], "choices": [["3", "4", "5"], None],
+            "unit": [None, "cm"], "precision": [None, 1.0], "answer": ["4", "2.5"],
+            "question_type": ["multi_choice", "free_form"],
+            "answer_type": ["text", "float"], "metadata": [meta, meta],
+            "query": ["Hint: pick.\nQuestion: q1\nChoices:\n(A) 3\n(B) 4\n(C) 5", "Q: q2"]}
+    src = parquet(tmp_path / "testmini-00000-of-00001.parquet", rows, feats)
+    f, _ = import_benchmark("mathvista", str(src), tmp_path / "mv")
+    a, b = items_of(f)
+    assert a["messages"] == [{"role": "user", "content": [
+        I(url(f, RED)), T("Hint: pick.\nQuestion: q1\nChoices:\n(A) 3\n(B) 4\n(C) 5\n" + COT)]}]
+    assert (a["expected"], b["expected"]) == ("B", "2.5")  # a choice becomes its letter
+    assert b["metadata"]["question_type"] == "free_form"
+    assert b["metadata"]["answer_type"] == "float" and b["metadata"]["task"] == \
+        "geometry problem solving"
+    assert yaml.safe_load(f.read_text())["sampling"] == {"temperature": 0.0, "max_tokens": 2048}
+
+
+def test_chartqa_matches_the_harness(tmp_path: Path) -> None:
+    feats = {"type": S, "question": S, "answer": S, "image": V}
+    rows = {"type": ["human_test", "augmented_test"], "question": ["How many?", "Max?"],
+            "answer": ["12", "Japan"], "image": [img(RED), img(RED)]}
+    src = parquet(tmp_path / "c" / "data" / "test-00000-of-00001.parquet", rows, feats)
+    f, n = import_benchmark("chartqa", str(tmp_path / "c"), tmp_path / "cq")
+    a, b = items_of(f)
+    assert n == 2 and src.exists()
+    assert a["messages"][0]["content"] == [
+        I(url(f, RED)), T("How many?\n" + PROTOCOL["chartqa"]["prompt"])]
+    assert PROTOCOL["chartqa"]["prompt"].startswith("Analyze the image and question carefully")
+    assert (a["expected"], a["metadata"], b["metadata"]) == \
+        ("12", {"type": "human_test"}, {"type": "augmented_test"})
+    assert len(list((f.parent / "images").iterdir())) == 1  # the same chart, stored once
+
+
+def test_docvqa_matches_the_harness(tmp_path: Path) -> None:
+    feats = {"questionId": S, "question": S, "question_types": datasets.Sequence(S),
+             "image": V, "docId": datasets.Value("int64"), "ucsf_document_id": S,
+             "ucsf_document_page_no": S, "answers": datasets.Sequence(S), "data_split": S}
+    rows = {"questionId": ["49153"], "question": ["What is the date?"],
+            "question_types": [["handwritten"]], "image": [img(GREEN)], "docId": [14465],
+            "ucsf_document_id": ["pybv0228"], "ucsf_document_page_no": ["81"],
+            "answers": [["1/8/93", "Jan 8 93"]], "data_split": ["val"]}
+    parquet(tmp_path / "d" / "DocVQA" / "validation-00000-of-00001.parquet", rows, feats)
+    parquet(tmp_path / "d" / "DocVQA" / "test-00000-of-00001.parquet", rows, feats)
+    f, n = import_benchmark("docvqa", str(tmp_path / "d"), tmp_path / "dv")
+    (a,) = items_of(f)
+    assert a["id"] == "49153" and n == 1  # the validation file only
+    assert a["messages"][0]["content"] == [
+        I(url(f, GREEN)), T("What is the date?\nAnswer the question using a single word or "
+                            "phrase.")]
+    assert a["expected"] == ["1/8/93", "Jan 8 93"]
+    assert a["metadata"]["question_types"] == ["handwritten"]
+    doc = yaml.safe_load(f.read_text())
+    assert doc["sampling"] == {"temperature": 0.0, "max_tokens": 10}
+    assert doc["scorer"] == ["anls"]
+
+
+def test_vqav2_matches_the_harness(tmp_path: Path) -> None:
+    ans = [{"answer": S, "answer_confidence": S, "answer_id": datasets.Value("int64")}]
+    feats = {"question_type": S, "multiple_choice_answer": S, "answers": ans,
+             "image_id": datasets.Value("int64"), "answer_type": S,
+             "question_id": datasets.Value("int64"), "question": S, "image": V}
+    answers = [{"answer": "2", "answer_confidence": "yes", "answer_id": 1},
+               {"answer": "two", "answer_confidence": "maybe", "answer_id": 2}]
+    rows = {"question_type": ["how many"], "multiple_choice_answer": ["2"],
+            "answers": [answers], "image_id": [42], "answer_type": ["number"],
+            "question_id": [42001], "question": ["How many cats?"], "image": [img(BLUE)]}
+    src = parquet(tmp_path / "validation.parquet", rows, feats)
+    f, _ = import_benchmark("vqav2", str(src), tmp_path / "vq")
+    (a,) = items_of(f)
+    assert a["messages"][0]["content"] == [
+        I(url(f, BLUE)), T("How many cats?\n" + PROTOCOL["vqav2"]["prompt"])]
+    assert a["expected"] == ["2", "two"]  # answer objects reduced to their strings
+    assert a["metadata"]["answer_type"] == "number"
+    doc = yaml.safe_load(f.read_text())
+    assert (doc["sampling"], doc["scorer"]) == ({"temperature": 0.0, "max_tokens": 10},
+                                                ["vqa_match"])
+
+
+def test_mm_mt_bench_one_item_per_turn(tmp_path: Path) -> None:
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q1"}]},
+            {"role": "assistant", "content": "R1"},
+            {"role": "user", "content": [{"type": "text", "text": "Q2"}]},
+            {"role": "assistant", "content": "R2"}]
+    feats = {"category": S, "conversation": S, "image": V}
+    rows = {"category": ["charts"], "conversation": [json.dumps(conv)], "image": [img(RED)]}
+    src = parquet(tmp_path / "eval.parquet", rows, feats)
+    f, n = import_benchmark("mm_mt_bench", str(src), tmp_path / "mt")
+    t0, t1 = items_of(f)
+    r = url(f, RED)
+    assert n == 2
+    assert t0["messages"] == [{"role": "user", "content": [I(r), T("Q1")]}]
+    assert t1["messages"] == [{"role": "user", "content": [I(r), T("Q1")]},
+                              {"role": "assistant", "content": [T("R1")]},  # the reference
+                              {"role": "user", "content": [T("Q2")]}]
+    assert (t0["expected"], t1["expected"]) == ("R1", "R2")
+    assert t1["metadata"] == {"category": "charts", "turn": 1}
+    doc = yaml.safe_load(f.read_text())
+    assert doc["sampling"] == {"temperature": 0.0, "max_tokens": 4096} and "scorer" not in doc
+    plan = load_set(str(f))
+    assert [m["role"] for m in plan.items[1].messages] == ["user", "assistant", "user"]
+
+
+def test_cli_limit_and_bad_source(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    src = mmmu_parquet(tmp_path)
+    assert main(["import", "mmmu", "--source", str(src), "--out", str(tmp_path / "o"),
+                 "--limit", "1"]) == 0
+    assert [i["id"] for i in items_of(tmp_path / "o" / "set.yaml")] == \
+        ["validation_Art_Theory_1"]
+    capsys.readouterr()
+    assert main(["import", "mmmu", "--source", str(tmp_path / "missing"), "--out",
+                 str(tmp_path / "p")]) != 0
+    err = capsys.readouterr().err
+    assert err == f"error: --source {tmp_path / 'missing'}: no such file or folder, and not a " \
+        "dataset id.\n"
+
+
+def test_mmmu_from_jsonl_image_forms(tmp_path: Path) -> None:
+    """A JSONL export: images as a path beside it, base64, and {"bytes": base64}."""
+    import base64
+
+    (tmp_path / "pic.png").write_bytes(RED)
+    b64 = base64.b64encode(BLUE).decode()
+    recs = [{"id": "validation_Art_1", "question": "<image 1> or <image 2> or <image 3>?",
+             "options": "['x', 'y']", "answer": "B", "question_type": "multiple-choice",
+             "image_1": "pic.png", "image_2": b64, "image_3": {"bytes": b64, "path": None}}]
+    src = tmp_path / "val.jsonl"
+    src.write_text("".join(json.dumps(r) + "\n" for r in recs))
+    f, _ = import_benchmark("mmmu", str(src), tmp_path / "j")
+    (a,) = items_of(f)
+    r, b = url(f, RED), url(f, BLUE)
+    assert a["messages"][0]["content"] == [I(r), T(" or "), I(b), T(" or "), I(b),
+                                           T("?\nA. x\nB. y\n" + COT)]
+
+
+def test_preset_imports_on_first_use_and_writes_requests(tmp_path: Path) -> None:
+    """`prompts=mmmu prompts.source=<parquet folder>` dry run: imported into the store's cache,
+    and `dry_run_requests` holds the harness's request (parts in order, data: URLs of the
+    original bytes, temperature 0 and max_tokens 2048)."""
+    import base64
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    src = mmmu_parquet(tmp_path / "src")
+    req = tmp_path / "req.jsonl"
+    r = subprocess.run([sys.executable, "-m", "runner", "model=pixtral_tiny", "prompts=mmmu",
+                        f"prompts.source={src.parent.parent}", f"store.root={tmp_path / 'out'}",
+                        "prompts.limit=1", "dry_run=true", f"dry_run_requests={req}"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    out = " ".join((r.stdout + r.stderr).split())
+    assert "importing mmmu" in out and "1 requests written" in out
+    assert list((tmp_path / "out" / ".cache" / "benchmarks").glob("mmmu/set.yaml"))
+    (line,) = [json.loads(x) for x in req.read_text().splitlines()]
+    assert line["custom_id"] == "validation_Art_Theory_1"
+    body = line["body"]
+    assert (body["temperature"], body["max_tokens"]) == (0.0, 2048)
+    r_, b_ = (f"data:image/png;base64,{base64.b64encode(x).decode()}" for x in (RED, BLUE))
+    assert body["messages"] == [{"role": "user", "content": [
+        T("Compare "), I(r_), T(" and "), I(b_), T(". Which is larger?\nA. "), I(r_),
+        T("\nB. the second "), I(b_), T("\nC. same\n" + COT)]}]
