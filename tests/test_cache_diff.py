@@ -261,6 +261,10 @@ VERDICTS: dict[str, str] = {
                                           "max_image_pixels", "max_image_size",
                                           "on_item_error")},
     "prompts.max_error_rate": "not read by the plan: the job's check_plan, each run",
+    **{f"prompts.{k}": "not read by the plan: a preset's import, before the plan, re-imports "
+       "when its source or limit changes (runner/benchmarks/preset.py); the plan then reads "
+       "the imported set like any set" for k in ("benchmark", "source")},
+    "dry_run_requests": "not read by the plan: where a dry run writes what it would send",
     "store.root": "the caches live in it: a fresh store is the cold run",
     **{f"store.{k}": RUNTIME_ONLY for k in ("wait", "fsync_every", "fsync_seconds",
                                              "thumbnails")},

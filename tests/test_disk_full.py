@@ -54,13 +54,14 @@ def test_a_full_disk_is_one_sentence_and_the_rerun_completes(tmp_path: Path):
     assert f"No space left on the disk of the store {store}" in said, first[-3000:]
     assert "Traceback" not in first
 
-    (failed,) = [d for d in (out / "after_fail").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    runs = lambda s: [d for d in s.iterdir() if d.is_dir() and d.name[0] != "."]  # noqa: E731
+    (failed,) = runs(out / "after_fail")
     kept = records(failed)  # every complete line parses: nothing torn
     assert len({r["key"] for r in kept}) == len(kept) < 1000
 
     second = (out / "second.txt").read_text()
     assert (out / "second.rc").read_text().strip() == "0", second[-3000:]
-    (run,) = [d for d in (out / "final").iterdir() if d.is_dir() and not d.name.startswith(".")]
+    (run,) = runs(out / "final")
     assert run.name == failed.name  # the same command, the same run
     done = records(run)
     assert sorted(r["id"] for r in done) == [f"q{i:04d}" for i in range(1000)]
