@@ -3,8 +3,8 @@
     .venv/bin/python bench/pairs.py [--n 1000] [--max-tokens 8] [--pairs 5] [--label after]
 
 Each run is a fresh process (the runner on a fresh store); per run: wall, CPU (user + sys of
-the whole process tree: os.wait4 counts every descendant the child reaped) and peak RSS of the
-largest process (wait4's ru_maxrss: the largest of the tree). Prints, per metric, the medians
+the whole process tree, sampled from /proc) and peak RSS of the largest process (VmHWM).
+Prints, per metric, the medians
 and the median, min and max of the per-pair ratio runner / script, checks that both produced
 the same texts, and appends the result to bench/results/pairs.jsonl with the load averages.
 """
@@ -29,16 +29,61 @@ PY = sys.executable
 METRICS = ("wall_s", "cpu_s", "rss_mib")
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _children() -> dict[int, list[int]]:
+    kids: dict[int, list[int]] = {}
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                ppid = int((d / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            kids.setdefault(ppid, []).append(int(d.name))
+    return kids
+
+
 def measured(cmd: list[str]) -> dict:
+    """Wall; CPU: user + sys of every process of the tree, as last seen (sampled every
+    0.1 s: a process is followed after its parent exits, as a script's engine core is);
+    peak RSS: the largest VmHWM of any of them."""
     t = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    err = p.stderr.read()  # type: ignore[union-attr]
-    _, status, ru = os.wait4(p.pid, 0)
+    seen: dict[int, tuple[float, int]] = {}  # pid -> (cpu s, VmHWM KiB)
+    err = bytearray()
+    os.set_blocking(p.stderr.fileno(), False)  # type: ignore[union-attr]
+
+    def sample() -> None:
+        kids, todo = _children(), [p.pid, *seen]
+        while todo:
+            q = todo.pop()
+            try:
+                st = Path(f"/proc/{q}/stat").read_text().rsplit(")", 1)[1].split()
+                hwm = next(int(x.split()[1]) for x in
+                           Path(f"/proc/{q}/status").read_text().splitlines()
+                           if x.startswith("VmHWM:"))
+            except (OSError, StopIteration, IndexError):
+                continue
+            if st[0] == "Z":
+                continue
+            new = q not in seen
+            seen[q] = ((int(st[11]) + int(st[12])) / TICK, max(hwm, seen.get(q, (0, 0))[1]))
+            if new or q == p.pid:
+                todo += [k for k in kids.get(q, []) if k not in seen]
+
+    while True:
+        sample()
+        err += p.stderr.read() or b""  # type: ignore[union-attr]
+        if p.poll() is not None and not any(Path(f"/proc/{q}").exists() for q in seen
+                                            if q != p.pid):
+            break
+        time.sleep(0.1)
     wall = time.perf_counter() - t
-    p.returncode = os.waitstatus_to_exitcode(status)
     if p.returncode:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{err.decode()[-3000:]}")
-    return {"wall_s": wall, "cpu_s": ru.ru_utime + ru.ru_stime, "rss_mib": ru.ru_maxrss / 1024}
+    return {"wall_s": wall, "cpu_s": sum(c for c, _ in seen.values()),
+            "rss_mib": max(h for _, h in seen.values()) / 1024}
 
 
 def texts_of_store(store: Path) -> dict[str, str]:
