@@ -46,7 +46,7 @@ def _children() -> dict[int, list[int]]:
 
 def measured(cmd: list[str]) -> dict:
     """Wall; CPU: user + sys of every process of the tree, as last seen (sampled every
-    0.1 s: a process is followed after its parent exits, as a script's engine core is);
+    0.1 s: a process is followed after its parent exits; one living < 0.1 s is missed);
     peak RSS: the largest VmHWM of any of them."""
     t = time.perf_counter()
     p = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
