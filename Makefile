@@ -31,6 +31,8 @@ test-fast: install
 
 bench: install
 	$(PY) bench/bench.py
+	$(PY) bench/pairs.py --n 1000 --max-tokens 8
+	$(PY) bench/pairs.py --n 200 --max-tokens 256
 
 lint: install
 	$(VENV)/bin/ruff check .

@@ -6,7 +6,8 @@ and cache hits on large sets.
 
 On the tiny Pixtral on CPU, distinct 256x192 JPEGs, sampling.max_tokens=1:
   1. for each size: peak RSS of the runner's process tree (runner + engine core + worker),
-     the time from the start to the first stored result and to the engine being ready, and
+     the time to the first stored result from the start and from the engine being ready
+     (the run's manifest.json appearing: engine up and plan done), and
      the wall time (`python -m runner`, each in a fresh process);
   2. --all-at-once N: the same N images with every request queued at once
      (engine.max_in_flight larger than the set), as before the bounded window: wall ratio;
@@ -87,9 +88,11 @@ def run(args: list[str], store: Path, env: dict | None = None) -> dict:
     p = subprocess.Popen([PY, "-m", "runner", *args, f"store.root={store}"], cwd=ROOT,
                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                          env={**os.environ, **(env or {})})
-    peak, first = 0, None
+    peak, first, ready = 0, None, None
     while p.poll() is None:
         peak = max(peak, tree_rss(p.pid))
+        if ready is None and any(store.glob("*/manifest.json")):  # written once the engine
+            ready = time.perf_counter() - t0  # is up and the plan done: feeding starts
         if first is None and any(f.stat().st_size for f in store.glob("*/results.jsonl")):
             first = time.perf_counter() - t0
         time.sleep(0.1)
@@ -101,6 +104,7 @@ def run(args: list[str], store: Path, env: dict | None = None) -> dict:
     start = ms[0]["timings"]["engine_start_s"] if ms else 0.0
     t = ms[0]["timings"] if ms else {}
     return {"wall_s": wall, "peak_rss_gb": peak / 1e9, "first_result_s": first,
+            "first_after_ready_s": None if first is None or ready is None else first - ready,
             "engine_start_s": start, "generate_s": t.get("generate_s", 0),
             "job_s": t.get("total_s", 0)}  # the job's own time: no interpreter start or exit
 
@@ -146,7 +150,9 @@ def main() -> None:
     ap.add_argument("--cache", default="10000,100000")
     ap.add_argument("--first", type=int, default=10000)
     ap.add_argument("--extra", nargs="*", default=[], help="more overrides for every run, e.g. "
-                    "engine.extra.mm_processor_cache_gb=4 (vLLM's default; engine=cpu sets 0)")
+                    "engine.extra.mm_processor_cache_gb=4 (vLLM's default; engine=cpu sets 0), "
+                    "or engine.max_num_seqs=1024 (vLLM's offline default on an H100: the "
+                    "first result after a window of 2,048 preprocessings)")
     a = ap.parse_args()
     TINY.extend(a.extra)
     out: dict = {"scale": {}, "cache_hit_s": {}, "load_before": os.getloadavg()}
@@ -158,8 +164,9 @@ def main() -> None:
             r = run([*TINY, f"prompts.name={f}"], t / f"out{n}")
             out["scale"][n] = r
             print(f"{n:>6} images: peak RSS {r['peak_rss_gb']:.2f} GB · first result "
-                  f"{r['first_result_s']:.1f} s (engine ready at ~{r['engine_start_s']:.1f} s "
-                  f"of start) · wall {r['wall_s']:.1f} s", flush=True)
+                  f"{r['first_result_s']:.1f} s, {r['first_after_ready_s']:.1f} s after "
+                  f"the engine was ready (goal <= 10 s; engine start "
+                  f"{r['engine_start_s']:.1f} s) · wall {r['wall_s']:.1f} s", flush=True)
         sizes = sorted(out["scale"])
         if len(sizes) > 1:
             lo, hi = out["scale"][sizes[0]], out["scale"][sizes[-1]]

@@ -159,7 +159,7 @@ class StoreConfig:
     wait: bool = True  # wait for another process writing the same run, else exit at once
     fsync_every: int = 16  # items per fsync of results.jsonl ...
     fsync_seconds: float = 2.0  # ... or this many seconds, whichever comes first
-    thumbnails: bool = True  # the report's thumbnails, made in the background during a run
+    thumbnails: bool = True  # the report's thumbnails, made in the background after generation
 
 
 @dataclass

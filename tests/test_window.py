@@ -72,3 +72,52 @@ def test_results_are_stored_while_later_requests_are_not_queued(tmp_path: Path):
     assert sent == 3 and got <= 3 + 4 and peak <= 4
     os.killpg(p.pid, signal.SIGKILL)  # the runner and its engine
     p.wait()
+
+
+class Recorder:
+    """The fake engine (its own process) and the sink, logging in order what the window does."""
+
+    def __init__(self, engine, log: list[tuple[str, str]]):
+        self.engine, self.log = engine, log
+        self.max_num_seqs = engine.max_num_seqs
+
+    def submit(self, key, messages, sampling):
+        self.log.append(("submit", key))
+        self.engine.submit(key, messages, sampling)
+
+    def in_flight(self):
+        return self.engine.in_flight()
+
+    def events(self, stall_timeout_s=None):
+        return self.engine.events(stall_timeout_s)
+
+    def output(self, out):
+        self.log.append(("stored", out.key))
+
+    def error(self, key, reason, kind):
+        self.log.append(("error", key))
+
+    def tokens(self, generated):
+        pass
+
+
+def test_the_first_output_is_read_before_the_window_is_full():
+    """max_num_seqs 2 in a window of 8: once 2 are queued, an output is read (and stored)
+    before the 8th request is even sent; every key still ends stored once."""
+    from runner.engine.fake import FakeEngine
+    from runner.job.window import run_window
+
+    engine, log = FakeEngine({"max_num_seqs": 2}), []
+    rec = Recorder(engine, log)
+    keys = [f"k{i:02d}" for i in range(N)]
+    try:
+        run_window(rec, keys, lambda k: ([{"role": "user", "content": k}], {"max_tokens": 4}),
+                   rec, 8, 60.0)  # type: ignore[arg-type]
+    finally:
+        engine.kill()
+    submits = [i for i, (what, _) in enumerate(log) if what == "submit"]
+    first_stored = next(i for i, (what, _) in enumerate(log) if what == "stored")
+    assert log[:2] == [("submit", "k00"), ("submit", "k01")]
+    assert first_stored < submits[7]
+    assert sorted(k for what, k in log if what == "stored") == keys
+    assert [k for what, k in log if what == "submit"] == keys

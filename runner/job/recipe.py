@@ -94,15 +94,18 @@ class Job:
         with self.rd.lock(self.cfg.store.wait, lambda holder: console.print(
                 f"[yellow]Run {self.rd.hash} is being written by {holder}; waiting…")):
             todo = self.pending()  # another process may have finished it meanwhile
-            if todo:  # the report's thumbnails, made in a thread while the engine generates
-                thumbs = ensure_beside(self.plan.items, self.cfg.store.root) \
-                    if self.cfg.store.thumbnails else None
+            if todo:
+                thumbs = None
                 try:
                     self.generate(todo)
-                    if thumbs is not None:  # a complete run has its report's thumbnails
-                        thumbs.join()
+                    # The report's thumbnails, after the last result: during generation they
+                    # took CPU from the engine (2 cores); here they overlap scoring and index.
+                    thumbs = ensure_beside(self.plan.items, self.cfg.store.root) \
+                        if self.cfg.store.thumbnails else None
                 finally:
                     self.score_and_index()
+                if thumbs is not None:  # a complete run has its report's thumbnails
+                    thumbs.join()
                 return self.summary
         return self.cached()
 

@@ -145,10 +145,10 @@ def ensure(images: Mapping[str, str | Path], cache: Path, workers: int = 1) -> i
 
 
 def ensure_beside(items: Iterable[Any], store: str | Path) -> threading.Thread:
-    """`ensure` in a daemon thread for the images of a run's plan items, while its engine
-    generates: Pillow mostly leaves the GIL, and what is not made when the process ends, the
-    report makes. The images are collected in the thread too: the items of a cached plan
-    read their images on first use, which the job need not wait for."""
+    """`ensure` in a daemon thread for the images of a run's plan items, once its engine
+    has generated (beside scoring and the index): Pillow mostly leaves the GIL, and what is
+    not made when the process ends, the report makes. The images are collected in the thread
+    too: the items of a cached plan read their images on first use."""
 
     def work() -> None:
         ensure({im.sha256: im.file for it in items for im in it.images if im.sha256},
