@@ -310,3 +310,24 @@ def test_preset_imports_on_first_use_and_writes_requests(tmp_path: Path) -> None
     assert body["messages"] == [{"role": "user", "content": [
         T("Compare "), I(r_), T(" and "), I(b_), T(". Which is larger?\nA. "), I(r_),
         T("\nB. the second "), I(b_), T("\nC. same\n" + COT)]}]
+    # The user's command line wins over the protocol, key by key; the rest stays the harness's.
+    r = subprocess.run([sys.executable, "-m", "runner", "model=pixtral_tiny", "prompts=mmmu",
+                        f"prompts.source={src.parent.parent}", f"store.root={tmp_path / 'out'}",
+                        "prompts.limit=1", "dry_run=true", f"dry_run_requests={req}",
+                        "sampling.temperature=0.7"],
+                       cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    (line,) = [json.loads(x) for x in req.read_text().splitlines()]
+    assert (line["body"]["temperature"], line["body"]["max_tokens"]) == (0.7, 2048)
+
+
+def test_the_command_line_wins_over_a_sets_sampling_key_by_key() -> None:
+    from runner.plan.sampling import command_line, merge
+
+    run = {"temperature": 0.7, "max_tokens": 16, "top_p": 1.0}
+    assert command_line(["sampling.temperature=0.7", "model=x"], run) == {"temperature": 0.7}
+    assert command_line(["sampling=sampled"], run) == run
+    assert command_line(["+sampling.top_p=1.0"], run) == {"top_p": 1.0}
+    protocol = {"temperature": 0.0, "max_tokens": 2048}
+    assert merge(run, protocol, command_line(["sampling.temperature=0.7"], run)) == {
+        "temperature": 0.7, "max_tokens": 2048, "top_p": 1.0}

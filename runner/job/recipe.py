@@ -22,7 +22,7 @@ from runner.job.sink import Sink
 from runner.kinds import parse_kinds
 from runner.plan.images import pixel_limit
 from runner.plan.load import Item, Plan, check_errors, load_plan
-from runner.plan.sampling import bound, merge, sampling_of
+from runner.plan.sampling import bound, command_line, merge, sampling_of, sources
 from runner.results.thumbs import ensure_beside
 from runner.store import manifest
 from runner.store.record import Record, counts
@@ -42,6 +42,7 @@ class Job:
         self.stored: dict[str, Any] = {}  # records already in the run folder, by key
         self.feed: Feed | None = None  # the engine side (its engine: None until started)
         self.sampling: dict[str, Any] = {}  # the run's sampling (runner/plan/sampling.py)
+        self.explicit: dict[str, Any] = {}  # of it, what the command line set
         self.writer: ResultWriter | None = None
         self.prompt_tokens: dict[str, int] = {}  # the token plan, by item key
         self.retired: dict[str, Record] = {}  # error records to retry (runner/job/retry.py)
@@ -57,7 +58,7 @@ class Job:
                 from runner.plan.batchfile import write_requests
 
                 n = write_requests(Path(cfg.dry_run_requests), self.plan, self.sampling,
-                                   cfg.model.get("hf_repo") or cfg.model.name)
+                                   cfg.model.get("hf_repo") or cfg.model.name, self.explicit)
                 console.print(f"{n} requests written to {cfg.dry_run_requests} "
                               "(OpenAI batch input)")
             return self._ended("planned")
@@ -122,6 +123,7 @@ class Job:
             self.feed = Feed(cfg)
         self.feed.knows_root(self.plan.root)
         self.sampling = sampling_of(cfg)
+        self.explicit = command_line(self.overrides, self.sampling)  # wins over a set's
         self.error_rate = rate_of(cfg.prompts.get("max_error_rate"))
         self.retry_kinds = parse_kinds(cfg.get("retry_errors"), "retry_errors")
         warn_ignored(self.plan.file, self.plan.ignored)
@@ -177,7 +179,8 @@ class Job:
         self.rd.create(self.cfg, self.overrides)
         attach(self.rd.path)  # the engine's log so far moves into <run>/engine.log
         manifest.begin(self.rd, self.cfg, self.overrides, self.plan.name, self.feed.engine,
-                       self.feed.quant)
+                       self.feed.quant,
+                       sources(self.explicit, [it.sampling for it in self.plan.items]))
         if self.retired:
             retire(self.rd, self.retired)  # before the writer opens the file it rewrites
         self.writer = self.rd.writer(self.cfg.store.fsync_every, self.cfg.store.fsync_seconds)
@@ -224,7 +227,7 @@ class Job:
 
     def effective(self, it: Item) -> dict[str, Any]:
         """The item's sampling: its set's and its own override over the run's."""
-        return merge(self.sampling, it.sampling)
+        return merge(self.sampling, it.sampling, self.explicit)
 
     # --- finish: the writer closed, the manifest's end; then scores and the index ----------
 

@@ -34,7 +34,8 @@ def _inline(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return out
 
 
-def write_requests(path: Path, plan: Plan, run_sampling: dict[str, Any], model: str) -> int:
+def write_requests(path: Path, plan: Plan, run_sampling: dict[str, Any], model: str,
+                   explicit: dict[str, Any] | None = None) -> int:
     """Write the file; the number of requests (items with a plan-time error are left out)."""
     n = 0
 
@@ -43,7 +44,8 @@ def write_requests(path: Path, plan: Plan, run_sampling: dict[str, Any], model: 
         for it in plan.items:
             if it.error:
                 continue
-            s = {k: v for k, v in merge(run_sampling, it.sampling).items() if v is not None}
+            s = merge(run_sampling, it.sampling, explicit)
+            s = {k: v for k, v in s.items() if v is not None}
             body = {"model": model, "messages": _inline(it.messages), **s}
             line = {"custom_id": it.id, "method": "POST", "url": "/v1/chat/completions",
                     "body": body}

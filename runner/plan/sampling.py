@@ -2,7 +2,7 @@
 and `structured_outputs` (vLLM's StructuredOutputsParams names), checked before the engine
 starts. No vLLM import here: the plan, the hash and the offline readers use it.
 
-Merging: item over set over run, key by key; `structured_outputs` is replaced whole (one
+Merging: a command-line key over item over set over run, key by key; `structured_outputs` is replaced whole (one
 constraint per request: an item's `choice` replaces the run's `json`, it does not conflict).
 A `json` schema given as a path to a .json file is read here, so keys and the run hash cover
 the schema's content, not its path.
@@ -198,3 +198,30 @@ def sampling_of(cfg: DictConfig) -> dict[str, Any]:
     c = OmegaConf.to_container(cfg.sampling, resolve=True)
     assert isinstance(c, dict)
     return checked_sampling(c)
+
+
+def command_line(overrides: list[str], sampling: dict[str, Any]) -> dict[str, Any]:
+    """The run's sampling keys the user set on the command line (`sampling.KEY=...`, or every
+    key of `sampling=OPTION`). They win over a set's and an item's `sampling:`, so a benchmark
+    preset runs its protocol's sampling unless the user overrides it (docs/prompt-sets.md)."""
+    keys: set[str] = set()
+    for o in overrides:
+        k = o.split("=", 1)[0].lstrip("+~")
+        if k == "sampling":
+            keys |= set(sampling)
+        elif k.startswith("sampling."):
+            keys.add(k.split(".")[1])
+    return {k: sampling[k] for k in sorted(keys) if k in sampling}
+
+
+def sources(explicit: dict[str, Any], item_sampling: list[dict[str, Any]]) -> dict[str, Any]:
+    """Where the sampling came from, for the manifest: the keys the set or its items set (each
+    with its distinct values, at most 5) and those the command line set over them."""
+    seen: dict[str, list[Any]] = {}
+    for s in item_sampling:
+        for k, v in s.items():
+            vals = seen.setdefault(k, [])
+            if v not in vals and len(vals) < 5:
+                vals.append(v)
+    return {"rule": "command line > item > set > run", "set_or_items": seen,
+            "command_line": explicit}

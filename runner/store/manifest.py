@@ -31,7 +31,8 @@ def versions() -> dict[str, str | None]:
 
 
 def begin(rd: RunDir, cfg: DictConfig, overrides: list[str], prompts: str,
-          engine: Any, quant: dict[str, Any] | None) -> None:
+          engine: Any, quant: dict[str, Any] | None,
+          sampling_from: dict[str, Any] | None = None) -> None:
     """The run is running: who runs it, with what, where (a rerun overwrites the last start)."""
 
     def change(m: dict[str, Any]) -> None:
@@ -39,7 +40,8 @@ def begin(rd: RunDir, cfg: DictConfig, overrides: list[str], prompts: str,
         m.pop("error", None)
         m |= {"status": "running", "started": now(), "model": cfg.model.name,
               "prompts": prompts, "overrides": overrides,
-              "sampling": OmegaConf.to_container(cfg.sampling), "versions": versions(),
+              "sampling": OmegaConf.to_container(cfg.sampling), "sampling_from": sampling_from,
+              "versions": versions(),
               "pid": os.getpid(), "quantization": quant,
               "watchdog": engine.watchdog if engine is not None else None,
               "platform": {"system": platform.platform(), "machine": platform.machine(),
