@@ -3,8 +3,8 @@ and `structured_outputs` (vLLM's StructuredOutputsParams names), checked before 
 starts. No vLLM import here: the plan, the hash and the offline readers use it.
 
 Merging: a command-line key over item over set over run, key by key; `structured_outputs` is
-replaced whole (one
-constraint per request: an item's `choice` replaces the run's `json`, it does not conflict).
+replaced whole (one constraint per request: an item's `choice` replaces the run's `json`, it
+does not conflict).
 A `json` schema given as a path to a .json file is read here, so keys and the run hash cover
 the schema's content, not its path.
 """
