@@ -155,6 +155,16 @@ def test_a_multi_turn_run_judged_by_the_served_tiny_model(served, tmp_path):
     assert again.returncode == 0 and json.loads(again.stdout) == m
     assert served_requests(served.state["url"]) == before  # no call the second time
 
+    # The card's line for the judged set: the judge's micro average, its interval and n.
+    c = subprocess.run([sys.executable, "-m", "runner.results", "--root", str(served.store),
+                        "card", d.name, "--json"], cwd=ROOT, text=True, capture_output=True,
+                       timeout=120)
+    assert c.returncode == 0, c.stdout + c.stderr
+    (row,) = json.loads(c.stdout)["rows"]
+    assert row["metric"] == "judge mm_mt_bench_forced: micro average", row
+    assert (row["value"], row["ci95"], row["n"]) == (
+        m["micro_average"]["mean"], m["micro_average"]["ci95"], 5), row
+
 
 @pytest.mark.parametrize(("override", "names"), [
     ("engine.dtype=float32", 'dtype="auto" (this config: "float32")'),

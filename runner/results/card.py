@@ -104,19 +104,19 @@ def run_row(run: Run) -> dict[str, Any]:
                            "errors": sum(r.get("status") != "ok" for r in run.items.values()),
                            "other_metrics": {k: _pct(sum(v.values()) / len(v))
                                              for k, v in others.items()}}
-    if not scores:
-        from runner.results.judged import judged_metrics
+    from runner.results.judged import judged_metrics
 
-        judged = judged_metrics(run.path)
-        if judged:  # a judged run (MM-MT-Bench): its micro average, on the judge's scale
-            m = judged[0]
-            micro = m.get("micro_average") or {}
-            row |= {"metric": f"judge {(m.get('judge') or {}).get('name')}: micro average",
-                    "value": micro.get("mean"), "ci95": micro.get("ci95"),
-                    "interval": "bootstrap", "n": m.get("rated", 0),
-                    "errors": row["errors"] + m.get("error", 0) + m.get("unrated", 0),
-                    "other_metrics": {"macro average": (m.get("macro_average") or {})
-                                      .get("mean")}}
+    judged = judged_metrics(run.path)
+    if judged:  # a judged run (MM-MT-Bench): the judge's micro average is its headline, on
+        m = judged[0]  # the judge's scale; a scorer's value, if any, stays beside it
+        micro = m.get("micro_average") or {}
+        beside = {metric: row["value"]} if scores and metric else {}
+        row |= {"metric": f"judge {(m.get('judge') or {}).get('name')}: micro average",
+                "value": micro.get("mean"), "ci95": micro.get("ci95"),
+                "interval": "bootstrap", "n": m.get("rated", 0),
+                "errors": row["errors"] + m.get("error", 0) + m.get("unrated", 0),
+                "other_metrics": {"macro average": (m.get("macro_average") or {}).get("mean"),
+                                  **beside, **row["other_metrics"]}}
     pub = figure(fam, bench)
     row["published"] = None if pub is None else {
         "value": pub["value"], "label": pub["label"], "model": fam, "source": pub["source"],
