@@ -331,3 +331,19 @@ def test_the_command_line_wins_over_a_sets_sampling_key_by_key() -> None:
     protocol = {"temperature": 0.0, "max_tokens": 2048}
     assert merge(run, protocol, command_line(["sampling.temperature=0.7"], run)) == {
         "temperature": 0.7, "max_tokens": 2048, "top_p": 1.0}
+
+
+def test_one_source_folder_serves_a_multirun_over_presets(tmp_path: Path) -> None:
+    """`prompts.source=DIR` with DIR/<bench>/ for each benchmark: each preset imports its own."""
+    import subprocess
+    import sys
+
+    from conftest import ROOT
+
+    mmmu_parquet(tmp_path / "mirror" / "mmmu")
+    r = subprocess.run([sys.executable, "-m", "runner", "model=pixtral_tiny", "prompts=mmmu",
+                        f"prompts.source={tmp_path / 'mirror'}", f"store.root={tmp_path / 'o'}",
+                        "dry_run=true"], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    stamp = json.loads((tmp_path / "o/.cache/benchmarks/mmmu/imported.json").read_text())
+    assert stamp["source"] == str(tmp_path / "mirror" / "mmmu")

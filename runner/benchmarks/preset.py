@@ -40,6 +40,8 @@ def resolve(cfg: DictConfig) -> None:
     if bench not in PROTOCOL:
         raise UserError(f"prompts.benchmark={bench} is not one of {', '.join(PROTOCOL)}.")
     source = p.get("source") or PROTOCOL[bench]["dataset"]
+    if (Path(source) / bench).exists():  # a folder of several benchmarks' sources, by name:
+        source = str(Path(source) / bench)  # one `prompts.source` serves a multirun over them
     key = hashlib.sha256(json.dumps([bench, _stamp(source), p.get("limit")]).encode())
     root = Path(cfg.store.root) / ".cache" / "benchmarks"
     set_dir = root / str(p.name)
