@@ -347,3 +347,21 @@ def test_one_source_folder_serves_a_multirun_over_presets(tmp_path: Path) -> Non
     assert r.returncode == 0, r.stderr
     stamp = json.loads((tmp_path / "o/.cache/benchmarks/mmmu/imported.json").read_text())
     assert stamp["source"] == str(tmp_path / "mirror" / "mmmu")
+
+
+@pytest.mark.process
+def test_a_preset_runs_on_an_engine_not_only_dry(tmp_path: Path) -> None:
+    """A preset's set is imported before the engine looks for the set's folder (its media
+    root): a real run, on the fake engine, stores every item with the harness's sampling."""
+    from conftest import FAKE, runner
+
+    mmmu_parquet(tmp_path / "src")
+    p = runner("model=pixtral_tiny", "engine=cpu", "prompts=mmmu",
+               f"prompts.source={tmp_path / 'src'}", f"store.root={tmp_path / 'o'}",
+               "model.limit_mm_per_prompt.image=7", env=FAKE)
+    assert p.returncode == 0, p.stdout + p.stderr
+    (res,) = (tmp_path / "o").glob("*/results.jsonl")
+    recs = [json.loads(x) for x in res.read_text().splitlines()]
+    assert sorted(r["id"] for r in recs) == ["validation_Art_Theory_1", "validation_Math_2"]
+    assert all(r["sampling"]["max_tokens"] == 2048 and r["sampling"]["temperature"] == 0
+               for r in recs), recs

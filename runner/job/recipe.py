@@ -49,6 +49,10 @@ class Job:
 
     def run(self) -> Summary:
         cfg = self.cfg
+        from runner.benchmarks.preset import resolve
+
+        resolve(cfg)  # a benchmark preset: imported into the store's cache on first use, so
+        # the set exists before anything (the engine's media root among them) looks for it
         if cfg.dry_run:
             from runner.plan.tokens import plan_tokens, show_plan
 
@@ -114,9 +118,6 @@ class Job:
 
     def prepare(self, show: bool = True) -> list[Item]:
         cfg = self.cfg
-        from runner.benchmarks.preset import resolve
-
-        resolve(cfg)  # a benchmark preset: imported into the store's cache on first use
         self.plan = load_plan(cfg, show)
         self.rd = RunDir(cfg.store.root, run_hash(cfg), (cfg.shard.index, cfg.shard.count))
         if self.feed is None:  # else made before the plan, and maybe starting beside it
