@@ -115,6 +115,8 @@ class EngineConfig:
     trust_server: bool = field(default=False, metadata=RUNTIME_OURS)
     # A server request with no answer for this long is an item error (kind `timeout`).
     request_timeout_s: float | None = field(default=600.0, metadata=RUNTIME_OURS)
+    # The server client's connections (one thread each), whatever max_num_seqs is.
+    max_connections: int = field(default=64, metadata=RUNTIME_OURS)
     # Requests queued in the engine at once; more are queued as outputs finish, so memory
     # stays flat and results are stored from the first one on. null: 2 x max_num_seqs (as
     # `vllm run-batch` bounds it).

@@ -170,3 +170,28 @@ def tiny_weights() -> Path:
     from runner.bundled import tiny
 
     return tiny.build(ROOT / "data" / "pixtral-tiny")
+
+
+@pytest.fixture
+def standin(tmp_path: Path, tiny_weights: Path) -> Iterator[Callable[..., tuple[str, int]]]:
+    """start(**faults) -> (url, pid) of a stand-in server; all killed at the end."""
+    procs: list[subprocess.Popen] = []
+
+    def start(**cfg: object) -> tuple[str, int]:
+        port_file = tmp_path / f"port{len(procs)}"
+        model = str((ROOT / "data" / "pixtral-tiny").resolve())
+        env = {**os.environ, "STANDIN": json.dumps({"name": "pixtral-tiny", "root": model,
+                                                     "max_model_len": 4096} | cfg)}
+        p = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin_server.py"),
+                              str(port_file)], env=env)
+        procs.append(p)
+        end = time.monotonic() + 60
+        while not port_file.exists():  # written once it listens
+            assert p.poll() is None and time.monotonic() < end, "the stand-in did not start"
+            time.sleep(0.02)
+        return f"http://127.0.0.1:{port_file.read_text()}", p.pid
+
+    yield start
+    for p in procs:
+        p.kill()
+        p.wait()

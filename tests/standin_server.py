@@ -4,12 +4,15 @@ second. `python tests/standin_server.py PORTFILE` listens on a free loopback por
 it to PORTFILE once it answers. The environment variable STANDIN (JSON) sets:
 `name`, `root`, `max_model_len` (its /v1/models card), `die_after` (exit at the request after
 that many answers), `hang` (never answer a request whose text holds this marker), `refuse`
-(HTTP 400 for a request whose text holds this marker).
+(HTTP 400 for a request whose text holds this marker), `drop` (read a request whose text holds
+this marker, then close the connection unanswered), `truncate` (for such a request, answer 200
+with half the promised body, then close), `slow` (seconds each answer takes while its tokens
+count up on /metrics as `vllm:generation_tokens_total`, which `metrics` turns on).
 As a judge (tests/test_judge.py): `judge` (answer "... Rating: [[N]]", N from a hash of the
 request, 1..10), `unrated` (answer without a rating when the text holds this marker), `key`
 (HTTP 401 unless the request carries `Authorization: Bearer <key>`), `trace` (a file: one
-line `post` per chat request received), `gate_after` + `gate` (the chat requests
-after that many answers wait until the file `gate` exists).
+line `post PORT` per chat request received, PORT the client's), `gate_after` + `gate` (the
+chat requests after that many answers wait until the file `gate` exists).
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from pathlib import Path
 
 CFG = json.loads(os.environ.get("STANDIN", "{}"))
 answered = 0
+tokens = 0  # /metrics' vllm:generation_tokens_total
 lock = threading.Lock()
 never = threading.Event()
 
@@ -62,6 +66,13 @@ class Handler(BaseHTTPRequestHandler):
             return
         if self.path == "/health":
             self._send(200, {})
+        elif self.path == "/metrics" and CFG.get("metrics"):
+            data = f'vllm:generation_tokens_total{{model_name="x"}} {tokens}.0\n'.encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "text/plain")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
         elif self.path == "/v1/models":
             self._send(200, {"object": "list", "data": [
                 {"id": CFG.get("name", "standin"), "root": CFG.get("root", "standin"),
@@ -75,7 +86,7 @@ class Handler(BaseHTTPRequestHandler):
         text = text_of(req["messages"])
         if CFG.get("trace"):
             with lock, open(CFG["trace"], "a") as f:
-                f.write("post\n")
+                f.write(f"post {self.client_address[1]}\n")
         if CFG.get("gate_after") is not None:
             with lock:
                 held = answered >= CFG["gate_after"]
@@ -86,6 +97,23 @@ class Handler(BaseHTTPRequestHandler):
                 os._exit(1)
         if CFG.get("hang") and CFG["hang"] in text:
             never.wait()
+        if CFG.get("drop") and CFG["drop"] in text:
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        if CFG.get("truncate") and CFG["truncate"] in text:
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", "400")
+            self.end_headers()
+            self.wfile.write(b'{"id": "x", "choices": [')
+            self.close_connection = True
+            self.connection.shutdown(2)
+            return
+        for _ in range(int(CFG.get("slow", 0) / 0.05)):  # generating: its tokens count up
+            never.wait(0.05)
+            with lock:
+                globals()["tokens"] += 1
         if CFG.get("refuse") and CFG["refuse"] in text:
             self._send(400, {"error": {"message": f"refused: {CFG['refuse']}", "code": 400}})
             return

@@ -8,8 +8,26 @@ from conftest import ROOT, TINY, runner
 
 
 def imported_vllm(stderr: str) -> bool:
-    return any(line.rsplit("|", 1)[-1].strip().startswith(("vllm", "torch"))
+    return any(line.rsplit("|", 1)[-1].strip().split(".")[0] in ("vllm", "torch")
                for line in stderr.splitlines() if line.startswith("import time:"))
+
+
+@pytest.mark.parametrize("module,imported", [("vllm.engine", True), ("torch", True),
+                                              ("json", False), ("vllmish", False)])
+def test_imported_vllm_sees_an_import_it_is_shown(tmp_path: Path, module: str, imported: bool):
+    """The detector's positive control, on real `-X importtime` output: stand-in packages
+    named vllm and torch (so no 5 s import of the real ones), imported in a real process."""
+    import subprocess
+    import sys
+
+    for name in ("vllm", "vllm/engine", "torch", "vllmish"):
+        (tmp_path / name).mkdir(parents=True, exist_ok=True)
+        (tmp_path / name / "__init__.py").write_text("")
+    p = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
+                       cwd=tmp_path, text=True, capture_output=True, timeout=60,
+                       env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert imported_vllm(p.stderr) is imported
 
 
 def test_help_and_cfg_job_do_not_import_vllm():

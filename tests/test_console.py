@@ -178,7 +178,8 @@ def test_the_sweep_table_shows_values_at_80_columns(tmp_path: Path):
 def test_ctrl_c_on_the_terminal_stops_the_engine_in_order(tmp_path: Path):
     """Ctrl-C typed on the terminal mid-generation (the engine holds at a gate that never
     opens, 20 items still to run): the run is interrupted (130) and the engine shuts down in
-    order, visible with log.engine=console."""
+    order, visible with log.engine=console. The Ctrl-C reaches the runner only: the fake
+    engine records every SIGINT it receives, and it received none."""
     d = tmp_path / "prompts" / "long"
     shutil.copytree(ROOT / "prompts/sample/images", d / "images")
     imgs = sorted(p.name for p in (d / "images").iterdir())
@@ -193,9 +194,12 @@ def test_ctrl_c_on_the_terminal_stops_the_engine_in_order(tmp_path: Path):
 
     rc, out = in_pty(*TINY, "prompts.name=long", f"prompts.root={tmp_path / 'prompts'}",
                      "engine.max_num_seqs=4", f"store.root={store}", "log.engine=console",
-                     env=fake_env(gate_after=4, gate=str(tmp_path / "never")),
+                     env=fake_env(gate_after=4, gate=str(tmp_path / "never"),
+                                  sigints=str(tmp_path / "sigints")),
                      ctrl_c_when=lambda: stored() >= 4)
     assert rc == 130, out[-3000:]
+    sigints = tmp_path / "sigints"  # created as the engine starts
+    assert sigints.exists() and sigints.read_text() == "", "the Ctrl-C reached the engine"
     (m,) = [json.loads(f.read_text()) for f in store.glob("*/manifest.json")]
     assert m["status"] == "interrupted" and m["counts"]["stored"] == 4
     assert "fake engine: shut down" in out  # the engine was shut down, not killed

@@ -82,6 +82,38 @@ def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real
             == (c.text, c.finish_reason, len(c.token_ids), len(o.prompt_token_ids)), it.id
 
 
+def test_the_vllm_internals_the_watchdog_and_progress_rely_on(sample, real):
+    """Run, not looked up, on the session engine (after the sample run): an exception put on
+    the core client's outputs_queue is raised by get_output() (how the watchdog wakes a step
+    that waits for ever); the token metrics progress sums; the engine core processes' pid,
+    exitcode and kill; ModelConfig.hf_config and .quantization (the manifest's quantization)."""
+    import os
+
+    eng = real.slot.engine
+    llm = eng.llm
+    names = {m.name for m in llm.get_metrics()}
+    assert {"vllm:prompt_tokens", "vllm:generation_tokens"} <= names, sorted(names)
+    prompt, generated = eng._counts()
+    assert prompt > 0 and generated > 0  # the sample run's tokens, read back
+    assert eng.dog.off is None and eng.dog.procs
+    for proc in eng.dog.procs:
+        assert proc.exitcode is None and callable(proc.kill)
+        assert isinstance(proc.pid, int) and os.path.exists(f"/proc/{proc.pid}")
+    mc = llm.llm_engine.model_config
+    assert mc.hf_config is not None and mc.quantization is None  # the tiny model: unquantized
+    core = llm.llm_engine.engine_core
+    injected = RuntimeError("put on outputs_queue by the test")
+    core.outputs_queue.put_nowait(injected)
+    raised, before = None, 0  # outputs the engine queued before ours (idle ones) come first
+    while raised is None and before < 1000:
+        try:
+            core.get_output()
+            before += 1
+        except RuntimeError as e:
+            raised = e
+    assert raised is injected, before
+
+
 def test_rerun_is_a_cache_hit_that_imports_no_engine(sample, real):
     d, _, _ = sample
     before = (d / "results.jsonl").read_bytes()

@@ -58,14 +58,20 @@ def test_a_failed_engine_start_restores_the_env(monkeypatch: pytest.MonkeyPatch)
     assert VAR not in os.environ
 
 
-def test_pillow_pixel_limit_is_raised_for_the_plan_only(tmp_path: Path):
+def test_pillow_pixel_limit_is_raised_for_the_plan_only(tmp_path: Path,
+                                                        monkeypatch: pytest.MonkeyPatch):
+    """With Pillow's own limit below the image (8x8 = 64 pixels > 2 x 16: Pillow refuses it),
+    the plan still reads it under prompts.max_image_pixels=100 (raised), and Pillow's limit is
+    16 again afterwards (for the plan only)."""
     Image.new("RGB", (8, 8)).save(tmp_path / "a.png")
     (tmp_path / "set.yaml").write_text("items:\n  - {id: a, text: hi, images: [a.png]}\n")
-    before = Image.MAX_IMAGE_PIXELS
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 16)
+    with pytest.raises(Image.DecompressionBombError):  # the control: Pillow alone refuses it
+        Image.open(tmp_path / "a.png")
     plan = load_set(str(tmp_path / "set.yaml"), tmp_path,
-                    images=ImageOptions(max_image_pixels=(before or 0) * 4))
+                    images=ImageOptions(max_image_pixels=100))
     assert plan.items[0].error is None
-    assert Image.MAX_IMAGE_PIXELS == before
+    assert Image.MAX_IMAGE_PIXELS == 16
 
 
 def test_gc_paused_freezes_nothing_and_restores_the_collector_across_threads():

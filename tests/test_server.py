@@ -10,8 +10,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -24,30 +22,6 @@ pytestmark = pytest.mark.process  # the runner's processes on the fake engine: f
 
 MODEL = str((ROOT / "data" / "pixtral-tiny").resolve())
 HANG, REFUSE = "XQZHANGQZX", "XQZREFUSEQZX"
-
-
-@pytest.fixture
-def standin(tmp_path: Path, tiny_weights: Path) -> Iterator[Callable[..., tuple[str, int]]]:
-    """start(**faults) -> (url, pid) of a stand-in server; all killed at the end."""
-    procs: list[subprocess.Popen] = []
-
-    def start(**cfg: object) -> tuple[str, int]:
-        port_file = tmp_path / f"port{len(procs)}"
-        env = {**os.environ, "STANDIN": json.dumps({"name": "pixtral-tiny", "root": MODEL,
-                                                     "max_model_len": 4096} | cfg)}
-        p = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin_server.py"),
-                              str(port_file)], env=env)
-        procs.append(p)
-        end = time.monotonic() + 60
-        while not port_file.exists():  # written once it listens
-            assert p.poll() is None and time.monotonic() < end, "the stand-in did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{port_file.read_text()}", p.pid
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
 
 
 def text_set(root: Path, n: int, marks: dict[int, str] | None = None) -> Path:

@@ -1,6 +1,14 @@
 """A vLLM OpenAI-compatible server behind the Engine interface (api.py): each request is one
-POST /v1/chat/completions from one of `window` worker threads, so at most `window` requests
-are in flight; answers come back as the same events as from an in-process engine.
+POST /v1/chat/completions from one of min(`window`, engine.max_connections) worker threads,
+each with one kept-alive connection, so the pool is bounded whatever max_num_seqs is; answers
+come back as the same events as from an in-process engine.
+
+Under faults: anything that goes wrong with one request is that item's error; a POST is sent
+once (a connection lost after it was sent may have been read, so it is never resent: the
+item's error, which `retry_errors` repairs); the run stops (ServerGone) only when /health
+fails, or when the server makes no progress at all for engine.stall_timeout_s (no answer and
+its /metrics token counters still; a server without /metrics counts as progressing while its
+/health answers, each request being bounded by engine.request_timeout_s).
 
 Before anything is sent, `connect` checks that the server serves the configured model and,
 when `python -m runner.serve` started it, that the engine arguments that change outputs
@@ -13,13 +21,15 @@ from __future__ import annotations
 import http.client
 import json
 import queue
+import re
+import select
 import socket
 import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 from runner.engine.api import Event, Failed, Finished, Sample
@@ -29,6 +39,7 @@ from runner.plan.images import inline_images
 
 SPEC = "runner_server"  # the key of the client's settings in the engine kwargs (slot.py)
 DEFAULT_WINDOW = 64  # in flight when neither the config nor the state file says max_num_seqs
+MAX_CONNECTIONS = 64  # the pool's bound when the spec names none (engine.max_connections)
 CHECK_TIMEOUT_S = 10.0
 START = "python -m runner.serve"
 
@@ -53,7 +64,8 @@ def spec_of(cfg: Any) -> dict[str, Any]:
     e, m = cfg.engine, cfg.model
     return {"url": e.url.rstrip("/"), "store": str(Path(cfg.store.root).resolve()),
             "trust_server": bool(e.trust_server), "request_timeout_s": e.request_timeout_s,
-            "window": e.max_num_seqs, "name": m.name, "hf_repo": m.hf_repo}
+            "window": e.max_num_seqs, "name": m.name, "hf_repo": m.hf_repo,
+            "max_connections": e.max_connections}
 
 
 @dataclass
@@ -147,7 +159,33 @@ def _error_message(body: bytes) -> str:
 
 
 class _Lost(Exception):
-    """The connection to the server failed (refused, reset, closed)."""
+    """The server is gone (refused a connection, or a request failed and /health fails)."""
+
+
+class _Dropped(Exception):
+    """The connection failed after the request was sent; the server still answers /health."""
+
+
+# vLLM's token counters on /metrics (Prometheus text); they grow while the server generates.
+_TOKENS = re.compile(rb"^vllm:(?:prompt|generation)_tokens_total(?:\{[^}]*\})?\s+([0-9.e+]+)",
+                     re.MULTILINE)
+
+
+def _progress_mark(url: str) -> float | None:
+    """The server's token counters summed (None: no /metrics); OSError if it does not answer."""
+    u = urlparse(url)
+    c = http.client.HTTPConnection(u.hostname or "127.0.0.1", u.port or 80,
+                                   timeout=CHECK_TIMEOUT_S)
+    try:
+        c.request("GET", "/metrics")
+        r = c.getresponse()
+        body = r.read()
+    except http.client.HTTPException as e:
+        raise OSError(str(e)) from None
+    finally:
+        c.close()
+    found = _TOKENS.findall(body) if r.status == 200 else []
+    return sum(float(x) for x in found) if found else None
 
 
 class ServerEngine:
@@ -171,9 +209,12 @@ class ServerEngine:
         self._conns: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
         self._dead: str | None = None
+        self.pool = min(self.max_num_seqs, int(self.spec.get("max_connections")
+                                                or MAX_CONNECTIONS))
+        self.server["connections"] = self.pool
         self._threads = [threading.Thread(target=self._worker, daemon=True,
                                           name=f"server-client-{i}")
-                         for i in range(self.max_num_seqs)]
+                         for i in range(self.pool)]
         for t in self._threads:
             t.start()
 
@@ -188,15 +229,19 @@ class ServerEngine:
         return len(self._pending)
 
     def events(self, stall_timeout_s: float | None = None) -> Iterator[Event]:
-        last = time.monotonic()
+        last = time.monotonic()  # the server's last progress
+        mark: float | None = None
         try:
             while self._pending:
                 try:
                     epoch, ev = self._out.get(timeout=0.2)
                 except queue.Empty:
                     if stall_timeout_s and time.monotonic() - last > stall_timeout_s:
-                        self._gone(f"no answer for {stall_timeout_s:g} s, "
-                                   "engine.stall_timeout_s")
+                        moved, mark = self._progressed(mark)
+                        if not moved:
+                            self._gone(f"no progress for {stall_timeout_s:g} s, "
+                                       "engine.stall_timeout_s")
+                        last = time.monotonic()
                     continue
                 now = time.monotonic()
                 self.max_gap_s, last = max(self.max_gap_s, now - last), now
@@ -210,7 +255,18 @@ class ServerEngine:
             self._abandon()
             raise
 
-    def _gone(self, reason: str) -> None:
+    def _progressed(self, mark: float | None) -> tuple[bool, float | None]:
+        """Whether the server made progress since `mark` (its token counters grew; without
+        /metrics: it answers /health), and the new mark."""
+        try:
+            now = _progress_mark(self.url)
+        except OSError as e:
+            self._gone(f"/health and /metrics fail: {e}")
+        if now is None:
+            return healthy(self.url, CHECK_TIMEOUT_S), None
+        return mark is None or now > mark, now
+
+    def _gone(self, reason: str) -> NoReturn:
         self._dead = reason
         n = len(self._pending)
         raise ServerGone(f"The vLLM server at {self.url} stopped answering ({reason}) with {n} "
@@ -261,12 +317,14 @@ class ServerEngine:
             epoch, key, messages, sampling = job
             if epoch != self._epoch:
                 continue
+            ev: Any
             try:
                 body = self._body(messages, sampling)
-            except OSError as e:
-                self._out.put((epoch, Failed(key, f"image unreadable: {e}", "image")))
+            except Exception as e:  # noqa: BLE001 - any image's failure is this item's error
+                what = "image unreadable" if isinstance(e, OSError) else \
+                    f"image unreadable: {type(e).__name__}"
+                self._out.put((epoch, Failed(key, f"{what}: {e}", "image")))
                 continue
-            ev: Any
             try:
                 conn, status, data = self._post(conn, body)
                 ev = self._answer(key, status, data, sampling)
@@ -277,7 +335,12 @@ class ServerEngine:
             except _Lost as e:
                 conn = self._close(conn)
                 ev = str(e)  # the server is gone: events() raises ServerGone
-            except Exception as e:  # noqa: BLE001 - an answer we cannot read: this item's error
+            except _Dropped as e:
+                conn = self._close(conn)
+                ev = Failed(key, f"the connection to the server was lost after the request was "
+                                 f"sent ({e}); not resent, as the server may have read it",
+                            "request")
+            except Exception as e:  # noqa: BLE001 - anything else: this item's error
                 conn = self._close(conn)
                 ev = Failed(key, f"unreadable answer from the server: {type(e).__name__}: {e}",
                             "request")
@@ -304,26 +367,43 @@ class ServerEngine:
                 self._conns.discard(c)
         return None
 
+    @staticmethod
+    def _idle_closed(c: http.client.HTTPConnection) -> bool:
+        """Whether a kept-alive connection was closed by the server while idle (readable with
+        nothing asked means EOF or junk): checked before sending, never retried after."""
+        if c.sock is None:
+            return True
+        try:
+            return bool(select.select([c.sock], [], [], 0)[0])
+        except (OSError, ValueError):
+            return True
+
     def _post(self, conn: http.client.HTTPConnection | None,
               body: bytes) -> tuple[http.client.HTTPConnection, int, bytes]:
-        """One request; a kept-alive connection the server closed meanwhile is retried once on
-        a new one (the server had not read it). Fails with _Lost or TimeoutError."""
-        for fresh in (conn is None, True):
-            if fresh:
-                conn = self._close(conn) or self._connection()
-            assert conn is not None
+        """One request, sent once. A kept-alive connection the server closed while idle is
+        replaced before anything is sent; a connection that cannot be opened is a gone server
+        (_Lost); one lost after the request went out is _Dropped while /health answers (the
+        server may have read it, so it is not resent), else _Lost. TimeoutError passes."""
+        if conn is None or self._idle_closed(conn):
+            conn = self._close(conn) or self._connection()
             try:
-                conn.request("POST", "/v1/chat/completions", body=body,
-                             headers={"Content-Type": "application/json"})
-                r = conn.getresponse()
-                return conn, r.status, r.read()
+                conn.connect()
             except TimeoutError:
                 raise
-            except (OSError, http.client.HTTPException) as e:
-                if fresh:
-                    raise _Lost(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__) \
-                        from None
-        raise AssertionError("unreachable")
+            except OSError as e:
+                raise _Lost(f"{type(e).__name__}: {e}") from None
+        try:
+            conn.request("POST", "/v1/chat/completions", body=body,
+                         headers={"Content-Type": "application/json"})
+            r = conn.getresponse()
+            return conn, r.status, r.read()
+        except TimeoutError:
+            raise
+        except (OSError, http.client.HTTPException) as e:
+            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
+            if healthy(self.url, CHECK_TIMEOUT_S):
+                raise _Dropped(why) from None
+            raise _Lost(why) from None
 
     def _answer(self, key: str, status: int, data: bytes,
                 sampling: dict[str, Any]) -> Finished | Failed:

@@ -20,6 +20,8 @@ comes from RUNNER_FAKE_ENGINE, a JSON object:
                result sent ("out <key>")
   hold_start   the start does not finish until this file exists
   watchdog_off the engine reports its watchdog off for this reason
+  sigints      a file: a line "SIGINT" per SIGINT the process receives (it ignores them
+               either way: the runner shuts it down in order)
 Outputs are deterministic: words drawn from a hash of the prompt, the seed, the temperature
 and the sample's index; `max_tokens`, `ignore_eos`, `n` and a `choice` constraint are honored.
 """
@@ -206,6 +208,9 @@ def main() -> None:
     o = options()
     window = int(sys.argv[1])
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the runner shuts it down in order
+    if o.get("sigints"):  # ... and a test can see whether a Ctrl-C reached it anyway
+        fd = os.open(o["sigints"], os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        signal.signal(signal.SIGINT, lambda *_: os.write(fd, b"SIGINT\n"))
     print(f"fake engine: pid {os.getpid()}, window {window}", file=sys.stderr, flush=True)
     if o.get("fail_start"):
         print(f"ValueError: {o['fail_start']}", file=sys.stderr, flush=True)
