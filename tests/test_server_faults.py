@@ -15,7 +15,8 @@ from test_server import HANG, manifest, one_sentence, records, said, text_set
 from conftest import TINY, make_cfg, runner
 from runner.engine.api import Failed, Finished
 from runner.engine.args import engine_spec
-from runner.engine.client import MAX_CONNECTIONS, ServerEngine
+from runner.engine.client import ServerEngine
+from runner.engine.connect import MAX_CONNECTIONS
 
 pytestmark = pytest.mark.process
 

@@ -44,7 +44,7 @@ def engine_spec(cfg: DictConfig, set_root: Path) -> tuple[dict[str, Any], dict[s
     """What identifies this config's engine: its arguments and its `engine.env`."""
     kw = engine_kwargs(cfg, media_root(cfg, set_root))
     if cfg.engine.url:  # a vLLM server instead of an engine (runner/engine/client.py)
-        from runner.engine.client import SPEC, spec_of
+        from runner.engine.connect import SPEC, spec_of
 
         return kw | {SPEC: spec_of(cfg)}, {}
     env = OmegaConf.to_container(cfg.engine.env, resolve=True)

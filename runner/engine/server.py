@@ -24,7 +24,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.console import console
 from runner.engine.args import check_engine_args, engine_kwargs, explain_start_failure
-from runner.engine.client import healthy
+from runner.engine.connect import healthy
 from runner.engine.server_state import alive, read_state, serve_dir, state_path, write_state
 from runner.engine.vllm_engine import count_start, import_vllm
 from runner.errors import StartFailed, UserError

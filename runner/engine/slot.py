@@ -25,7 +25,7 @@ W = TypeVar("W")
 def start_engine(kw: dict[str, Any]) -> Engine:
     """The real vLLM engine; a client of a vLLM server when the job asks for one (engine.url);
     the fake one when RUNNER_ENGINE=fake (tests only)."""
-    from runner.engine.client import SPEC
+    from runner.engine.connect import SPEC
 
     if SPEC in kw:
         from runner.engine.client import ServerEngine
