@@ -1,0 +1,368 @@
+"""Every command, config key, link, section reference and file path in README.md and docs/*.md
+is checked here, without listing any by hand: a new page or command is covered as it lands.
+
+A fenced block without a language is shell. The HTML comment on the line before the fence says
+how its lines are checked (docs/development.md, "Commands in the docs"):
+- no marker: each line is run as written (a dry run, `--cfg job`, `--help`, or a results
+  command against a fixture store), in this process;
+- `<!-- docs: needs gpu -->` (a GPU, downloaded weights, or a real engine): each
+  `python -m runner` line is composed as `--cfg job` would (every point of a sweep), with a
+  bundled model in place of a GPU one, each `python -m MODULE` must exist, each `make TARGET`
+  must be a target, and any other tool must be a known one (hf, pip, modelscope, ...);
+- `<!-- docs: illustration -->`: shown, not run (output, a layout, a syntax summary).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import re
+import shlex
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from omegaconf import OmegaConf
+
+from conftest import ROOT
+
+import fakes
+
+PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+CONF = ROOT / "conf"
+MARK = re.compile(r"<!--\s*docs:\s*(needs gpu|illustration)\s*-->")
+FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.S | re.M)
+TOOLS = {"hf", "pip", "modelscope", "python3", "nvidia-smi", "export", "cd", "git", "source",
+         "uv", "flock", "VLLM_USE_MODELSCOPE=True"}
+GPU_MODELS = {"pixtral_12b", "pixtral_large_w4a16"}
+GROUPS = ("model", "engine", "sampling", "prompts", "store", "shard", "log", "judge")
+FILE_EXT = ("py", "md", "json", "jsonl", "yaml", "yml", "html", "txt", "log", "sqlite", "csv",
+            "toml", "sh", "lock", "png")
+TOP = ("runner/", "conf/", "docs/", "tests/", "scripts/", "bench/", "prompts/",
+       "requirements/", "hydra_plugins/", "schemas/")
+
+
+@dataclass
+class Command:
+    page: Path
+    line: int
+    text: str
+    mark: str  # "run", "needs gpu"
+
+    def where(self) -> str:
+        return f"{self.page.relative_to(ROOT)}:{self.line}: {self.text}"
+
+
+@dataclass
+class Counts:
+    run: int = 0
+    composed: int = 0
+    illustrations: int = 0
+    keys: set[str] = field(default_factory=set)
+    links: int = 0
+    sections: int = 0
+    paths: set[str] = field(default_factory=set)
+
+
+def lineno(text: str, pos: int) -> int:
+    return text.count("\n", 0, pos) + 1
+
+
+def commands() -> tuple[list[Command], int]:
+    """Every shell line of every page (continuations joined, comments dropped)."""
+    out, illustrations = [], 0
+    for page in PAGES:
+        text = page.read_text()
+        for m in FENCE.finditer(text):
+            if m.group(1):  # yaml, json, text: not shell
+                continue
+            before = text[:m.start()].rstrip("\n").rsplit("\n", 1)[-1]
+            mark = MARK.search(before)
+            if mark and mark.group(1) == "illustration":
+                illustrations += 1
+                continue
+            start = lineno(text, m.start()) + 1
+            buf, first = "", start
+            for i, raw in enumerate(m.group(2).splitlines()):
+                if not buf:
+                    first = start + i
+                buf += raw
+                if raw.rstrip().endswith("\\"):
+                    buf = buf.rstrip()[:-1] + " "
+                    continue
+                try:
+                    words = shlex.join(shlex.split(buf, comments=True))
+                except ValueError:  # not shell: listed as a failing command
+                    words = buf
+                if words:
+                    out.append(Command(page, first, words, mark.group(1) if mark else "run"))
+                buf = ""
+    return out, illustrations
+
+
+def headings(page: Path) -> set[str]:
+    return {h.strip().lower() for h in re.findall(r"^#+ (.+)$", page.read_text(), re.M)}
+
+
+def slug(h: str) -> str:
+    return re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+
+
+# ---- the fixture store the results commands read -----------------------------------------
+
+RUNS = {"84892ccf5a8fd8fa": ("model=pixtral_tiny", "engine=cpu"),
+        "d9d8a1b2c3d4e5f6": ("model=pixtral_tiny", "engine=cpu", "sampling.temperature=0.7")}
+
+
+def fixture_store(root: Path) -> None:
+    for name, overrides in RUNS.items():
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfg = compose(config_name="config", overrides=list(overrides))
+        recs = [fakes.record("chart", "Q3", expected="Q3", tags=["chart"]),
+                fakes.record("receipt", "4.30", expected="4.30", tags=["document"]),
+                fakes.record("table", "x", expected="y", tags=["table"])]
+        fakes.write_run(root, name, recs, config=cfg, overrides=list(overrides),
+                        model=cfg.model.name)
+    run_results(["--root", str(root), "score", *RUNS])  # scored, as a finished job leaves it
+
+
+# ---- running and composing ---------------------------------------------------------------
+
+
+def compose_points(args: list[str], substitute: bool) -> list:
+    """The configs `python -m runner ARGS --cfg job` would print (each point of a sweep)."""
+    ov = [a for a in args if not a.startswith("-")]
+    if "-m" in args or "--multirun" in args:
+        parsed = OverridesParser.create().parse_overrides(ov)
+        points = BasicSweeper.split_arguments(parsed, None)[0]
+    else:
+        points = [ov]
+    cfgs = []
+    for p in points:
+        if substitute:  # a bundled model in place of a GPU one (same keys, no weights)
+            p = [o for o in p if not o.startswith("model=")] + ["model=pixtral_tiny"] \
+                if any(o == f"model={m}" for o in p for m in GPU_MODELS) or \
+                not any(o.startswith("model=") for o in p) else p
+            p = [o for o in p if not o.startswith("model.path=")]
+        with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+            cfgs.append(compose(config_name="config", overrides=p))
+    return cfgs
+
+
+def run_runner(args: list[str], store: Path) -> None:
+    """`python -m runner ARGS` as written: a dry run (in this process), `--cfg job` or
+    `--help` (composition); anything else would start an engine."""
+    if "--help" in args or "--cfg" in args:
+        compose_points([a for a in args if a not in ("--cfg", "job", "--help")], False)
+        return
+    assert "dry_run=true" in args, "starts an engine: mark the block <!-- docs: needs gpu -->"
+    from runner.job.recipe import Job
+
+    for cfg in compose_points([*args, f"store.root={store}"], False):
+        s = Job(cfg, [a for a in args if "=" in a]).run()
+        assert s.status == "planned", s
+
+
+def run_results(args: list[str]) -> None:
+    from runner.results.cli import main
+
+    try:
+        code = main(args)
+    except SystemExit as e:  # --help
+        code = e.code or 0
+    assert code == 0, f"exit {code}"
+
+
+def check_static(cmd: list[str]) -> None:
+    if cmd[:2] == ["python", "-m"]:
+        mod = cmd[2]
+        assert importlib.util.find_spec(mod) is not None, f"no module {mod}"
+        if mod in ("runner", "runner.serve"):
+            compose_points(cmd[3:], True)
+    elif cmd[0] == "make":
+        targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
+        assert set(cmd[1:]) <= targets, f"no make target {set(cmd[1:]) - targets}"
+    elif cmd[0] == "python" and cmd[1].endswith(".py"):
+        assert (ROOT / cmd[1]).is_file(), f"no script {cmd[1]}"
+    else:
+        assert cmd[0] in TOOLS, f"unknown tool {cmd[0]}: add it to TOOLS or mark the block"
+
+
+# ---- keys, links, section references, paths ----------------------------------------------
+
+
+def composed_keys() -> set[str]:
+    keys: set[str] = set()
+
+    def walk(node: object, prefix: str) -> None:
+        keys.add(prefix)
+        if isinstance(node, dict) and not prefix.endswith((".extra", ".env", ".extra_body")):
+            for k, v in node.items():
+                walk(v, f"{prefix}.{k}" if prefix else str(k))
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        run = OmegaConf.to_container(compose(config_name="config"), resolve=False)
+        judging = OmegaConf.to_container(compose(config_name="judging"), resolve=False)
+    walk(run, "")
+    walk(judging, "")
+    return keys
+
+
+def named_keys(text: str) -> list[str]:
+    pat = rf"(?<![\w./-])\+?((?:{'|'.join(GROUPS)})\.[a-z_][\w]*(?:\.[a-z_]\w*)*)"
+    out = []
+    for k in re.findall(pat, text):
+        if k.rsplit(".", 1)[-1] in FILE_EXT or k.split(".", 1)[1] in FILE_EXT:
+            continue
+        parts = k.split(".")
+        for free in ("extra", "env", "extra_body", "limit_mm_per_prompt"):
+            if free in parts[:-1]:  # free-form dicts: the key up to them
+                parts = parts[:parts.index(free) + 1]
+        out.append(".".join(parts))
+    return out
+
+
+def named_paths(text: str) -> list[str]:
+    out = []
+    for span in re.findall(r"`([^`\n]+)`", text):
+        p = span.split(":")[0].split(" ")[0].rstrip(".,")
+        if p.startswith(TOP) or p in ("Makefile", "pyproject.toml", "README.md"):
+            if not re.search(r"[<>*{}\[\]$]|\.\.\.|NAME|\bN\b", p):
+                out.append(p)
+    return out
+
+
+@dataclass
+class Ref:
+    start: int
+    name: str
+    page: str | None  # another page's file name, or None: this page
+    direction: str | None  # "above", "below" or None
+
+
+REFS = [  # (pattern, group of the name, group of the direction, group of the page)
+    (r"\b(below|above)[:,]?\s+\"([^\"]+)\"", 2, 1, None),
+    (r"\"([^\"]+)\",?\s+(below|above)\b", 1, 2, None),
+    (r"\(([A-Z][^()\"`]*?),\s+(below|above)\)", 1, 2, None),
+    (r"\b(?:see|in)\s+(?:\[[^\]]*\]\()?(?:docs/)?([\w-]+\.md)\)?,?\s+\"([^\"]+)\"", 2, None, 1),
+    (r"\bsee\s+\"([^\"]+)\"", 1, None, None),
+]
+
+
+def section_refs(text: str) -> list[Ref]:
+    seen: dict[int, Ref] = {}
+    for pat, name, direction, page in REFS:
+        for m in re.finditer(pat, text):
+            r = Ref(m.start(), " ".join(m.group(name).split()),
+                    m.group(page) if page else None, m.group(direction) if direction else None)
+            if not any(abs(r.start - s) < 80 and o.name == r.name for s, o in seen.items()):
+                seen[m.start()] = r
+    return list(seen.values())
+
+
+def norm(h: str) -> str:
+    return " ".join(h.replace("`", "").lower().split()).rstrip(".")
+
+
+def unresolved(page: Path, text: str, ref: Ref) -> str | None:
+    """Why `ref` does not resolve (None: it does): its heading on the page it names, in the
+    direction it says."""
+    dest = (ROOT / "docs" / ref.page) if ref.page else page
+    if not dest.exists():
+        return f"section \"{ref.name}\": no page {ref.page}"
+    want = norm(ref.name)
+    body = dest.read_text()
+    for m in re.finditer(r"^#+ (.+)$", body, re.M):
+        h = norm(m.group(1))
+        if h == want or h.startswith((want + ":", want + " (")):
+            if ref.direction == "below" and m.start() < ref.start:
+                return f"section \"{ref.name}\" is above, not below"
+            if ref.direction == "above" and m.start() > ref.start:
+                return f"section \"{ref.name}\" is below, not above"
+            return None
+    return f"section \"{ref.name}\" is not a heading of {dest.relative_to(ROOT)}"
+
+
+def test_every_command_key_link_section_and_path_in_the_docs(tmp_path, monkeypatch, capsys):
+    cmds, illustrations = commands()
+    n = Counts(illustrations=illustrations)
+    failures: list[str] = []
+    template = tmp_path / "template"
+    fixture_store(template)
+    for i, c in enumerate(cmds):
+        here = tmp_path / str(i)  # each command in its own folder, on its own copy of the store
+        here.mkdir()
+        (here / "prompts").symlink_to(ROOT / "prompts")
+        monkeypatch.chdir(here)  # the results commands read ./outputs, write files here
+        try:
+            argv = shlex.split(c.text)
+            if c.mark == "needs gpu":
+                check_static(argv)
+                n.composed += 1
+            elif argv[:3] == ["python", "-m", "runner"]:
+                run_runner(argv[3:], here / "outputs")
+                n.run += 1
+            elif argv[:3] == ["python", "-m", "runner.results"]:
+                shutil.copytree(template, here / "outputs")
+                run_results(argv[3:])
+                n.run += 1
+            else:
+                raise AssertionError("not a command the docs test can run: mark the block "
+                                     "<!-- docs: needs gpu --> or <!-- docs: illustration -->")
+        except Exception as e:  # noqa: BLE001 - every failing line is listed at once
+            failures.append(f"{c.where()}\n    -> {type(e).__name__}: {e}")
+    capsys.readouterr()
+
+    keys = composed_keys()
+    for page in [*PAGES, *sorted(CONF.rglob("*.yaml")), *sorted(ROOT.glob("prompts/*/set.yaml"))]:
+        text = page.read_text()
+        rel = page.relative_to(ROOT)
+        for k in named_keys(text):
+            n.keys.add(k)
+            if k not in keys and f"+{k}" not in text:
+                failures.append(f"{rel}: config key {k} is not in the composed config")
+        base = page.parent
+        for p in named_paths(text):
+            n.paths.add(p)
+            if not (ROOT / p).exists() and not (base / p).exists():
+                failures.append(f"{rel}: path {p} does not exist")
+        if page.suffix != ".md":
+            continue
+        for m in re.finditer(r"\]\(([^)\s]+)\)", text):
+            target = m.group(1)
+            if target.startswith(("http://", "https://", "mailto:")):
+                continue
+            n.links += 1
+            file, _, anchor = target.partition("#")
+            dest = (base / file).resolve() if file else page
+            if not dest.exists():
+                failures.append(f"{rel}:{lineno(text, m.start())}: link {target}: no such file")
+            elif anchor and dest.suffix == ".md" and anchor not in {
+                    slug(h) for h in headings(dest)}:
+                failures.append(f"{rel}:{lineno(text, m.start())}: link {target}: no heading")
+        for ref in section_refs(text):
+            n.sections += 1
+            if (bad := unresolved(page, text, ref)) is not None:
+                failures.append(f"{rel}:{lineno(text, ref.start)}: {bad}")
+    print(f"docs test: {n.run} commands run, {n.composed} composed or checked (needs gpu), "
+          f"{n.illustrations} illustration blocks, {len(n.keys)} config keys, {n.links} links, "
+          f"{n.sections} section references, {len(n.paths)} paths")
+    assert not failures, "\n".join(failures)
+    assert n.run and n.composed and n.keys and n.links and n.paths
+
+
+def test_the_checker_catches_what_it_claims_to(tmp_path):
+    """The parsers find a command, a key, a path and a section reference that are wrong."""
+    assert named_keys("set `engine.tensor_paralel_size=2` or `model.py`") == [
+        "engine.tensor_paralel_size"]
+    assert "engine.tensor_paralel_size" not in composed_keys()
+    assert named_paths("see `runner/tiny_hf.py: build`") == ["runner/tiny_hf.py"]
+    with pytest.raises(AssertionError, match="unknown tool"):
+        check_static(["curl", "x"])
+    with pytest.raises(AssertionError, match="starts an engine"):
+        run_runner(["model=pixtral_tiny"], tmp_path)
+    with pytest.raises(Exception, match="letters"):
+        run_runner(["prompts.name=letters", "dry_run=true", "model=pixtral_tiny"], tmp_path)
