@@ -27,16 +27,15 @@ from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from omegaconf import OmegaConf
 
-from conftest import ROOT
-
 import fakes
+from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONF = ROOT / "conf"
 MARK = re.compile(r"<!--\s*docs:\s*(needs gpu|illustration)\s*-->")
-FENCE = re.compile(r"^```(\S*)\n(.*?)^```", re.S | re.M)
+FENCE = re.compile(r"^[ \t]*```(\S*)\n(.*?)^[ \t]*```", re.S | re.M)
 TOOLS = {"hf", "pip", "modelscope", "python3", "nvidia-smi", "export", "cd", "git", "source",
-         "uv", "flock", "VLLM_USE_MODELSCOPE=True"}
+         "uv", "flock", "ray", "kubectl"}
 GPU_MODELS = {"pixtral_12b", "pixtral_large_w4a16"}
 GROUPS = ("model", "engine", "sampling", "prompts", "store", "shard", "log", "judge")
 FILE_EXT = ("py", "md", "json", "jsonl", "yaml", "yml", "html", "txt", "log", "sqlite", "csv",
@@ -176,12 +175,21 @@ def run_results(args: list[str]) -> None:
     assert code == 0, f"exit {code}"
 
 
+CREATED: set[str] = set()  # sets an earlier command writes (`--out prompts/NAME`)
+
+
 def check_static(cmd: list[str]) -> None:
+    if "--out" in cmd and cmd[cmd.index("--out") + 1].startswith("prompts/"):
+        CREATED.add(cmd[cmd.index("--out") + 1].split("/", 1)[1])
     if cmd[:2] == ["python", "-m"]:
         mod = cmd[2]
         assert importlib.util.find_spec(mod) is not None, f"no module {mod}"
         if mod in ("runner", "runner.serve"):
-            compose_points(cmd[3:], True)
+            from runner.plan.load import find_set
+
+            for cfg in compose_points(cmd[3:], True):  # the set it names ships
+                if cfg.prompts.root == "prompts" and cfg.prompts.name not in CREATED:
+                    find_set(cfg.prompts.name, ROOT / "prompts")
     elif cmd[0] == "make":
         targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
         assert set(cmd[1:]) <= targets, f"no make target {set(cmd[1:]) - targets}"
@@ -364,5 +372,9 @@ def test_the_checker_catches_what_it_claims_to(tmp_path):
         check_static(["curl", "x"])
     with pytest.raises(AssertionError, match="starts an engine"):
         run_runner(["model=pixtral_tiny"], tmp_path)
-    with pytest.raises(Exception, match="letters"):
-        run_runner(["prompts.name=letters", "dry_run=true", "model=pixtral_tiny"], tmp_path)
+    with pytest.raises(Exception, match="nope"):
+        check_static(["python", "-m", "runner", "prompts.name=nope"])
+    with pytest.raises(AssertionError, match="not a heading"):
+        text = 'a key (the runner\'s, below: "When the engine dies")'
+        raise AssertionError(unresolved(ROOT / "docs/configuration.md", text,
+                                        section_refs(text)[0]))
