@@ -233,14 +233,18 @@ def named_keys(text: str) -> list[str]:
     return out
 
 
+BARE = re.compile(r"(?<![\w/.<>-])((?:runner|conf|docs|tests|scripts|bench|requirements|"
+                  r"hydra_plugins)/[\w./-]*\.(?:py|md|yaml|json|jsonl|txt|sh|toml|lock))\b")
+
+
 def named_paths(text: str) -> list[str]:
-    out = []
+    out = [p for p in BARE.findall(text) if not re.search(r"\.\.\.|NAME", p)]
     for span in re.findall(r"`([^`\n]+)`", text):
         p = span.split(":")[0].split(" ")[0].rstrip(".,")
         if p.startswith(TOP) or p in ("Makefile", "pyproject.toml", "README.md"):
             if not re.search(r"[<>*{}\[\]$]|\.\.\.|NAME|\bN\b", p):
                 out.append(p)
-    return out
+    return list(dict.fromkeys(out))
 
 
 @dataclass
@@ -368,6 +372,7 @@ def test_the_checker_catches_what_it_claims_to(tmp_path):
         "engine.tensor_paralel_size"]
     assert "engine.tensor_paralel_size" not in composed_keys()
     assert named_paths("see `runner/tiny_hf.py: build`") == ["runner/tiny_hf.py"]
+    assert named_paths("# a twin (runner/tiny_hf.py): the same") == ["runner/tiny_hf.py"]
     with pytest.raises(AssertionError, match="unknown tool"):
         check_static(["curl", "x"])
     with pytest.raises(AssertionError, match="starts an engine"):
