@@ -268,6 +268,8 @@ def section_refs(text: str) -> list[Ref]:
     seen: dict[int, Ref] = {}
     for pat, name, direction, page in REFS:
         for m in re.finditer(pat, text):
+            if "<" in m.group(name):  # a placeholder, as in docs/development.md
+                continue
             r = Ref(m.start(), " ".join(m.group(name).split()),
                     m.group(page) if page else None, m.group(direction) if direction else None)
             if not any(abs(r.start - s) < 80 and o.name == r.name for s, o in seen.items()):
