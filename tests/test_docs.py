@@ -5,7 +5,8 @@ A fenced block without a language is shell. The HTML comment on the line before 
 how its lines are checked (docs/development.md, "Commands in the docs"):
 - no marker: each line is run as written (a dry run, `--cfg job`, `--help`, or a results
   command against a fixture store), in this process;
-- `<!-- docs: needs gpu -->` (a GPU, downloaded weights, or a real engine): each
+- `<!-- docs: needs gpu -->` (a GPU or downloaded weights), or `<!-- docs: needs engine -->`
+  (a real engine on CPU, minutes here), checked alike: each
   `python -m runner` line is composed as `--cfg job` would (every point of a sweep), with a
   bundled model in place of a GPU one, each `python -m MODULE` must exist, each `make TARGET`
   must be a target, and any other tool must be a known one (hf, pip, modelscope, ...);
@@ -32,7 +33,7 @@ from conftest import ROOT
 
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 CONF = ROOT / "conf"
-MARK = re.compile(r"<!--\s*docs:\s*(needs gpu|illustration)\s*-->")
+MARK = re.compile(r"<!--\s*docs:\s*(needs gpu|needs engine|illustration)\s*-->")
 FENCE = re.compile(r"^[ \t]*```(\S*)\n(.*?)^[ \t]*```", re.S | re.M)
 TOOLS = {"hf", "pip", "modelscope", "python3", "nvidia-smi", "export", "cd", "git", "source",
          "uv", "flock", "ray", "kubectl"}
@@ -97,7 +98,8 @@ def commands() -> tuple[list[Command], int]:
                 except ValueError:  # not shell: listed as a failing command
                     words = buf
                 if words:
-                    out.append(Command(page, first, words, mark.group(1) if mark else "run"))
+                    kind = mark.group(1).replace("engine", "gpu") if mark else "run"
+                    out.append(Command(page, first, words, kind))
                 buf = ""
     return out, illustrations
 
@@ -361,9 +363,9 @@ def test_every_command_key_link_section_and_path_in_the_docs(tmp_path, monkeypat
             n.sections += 1
             if (bad := unresolved(page, text, ref)) is not None:
                 failures.append(f"{rel}:{lineno(text, ref.start)}: {bad}")
-    print(f"docs test: {n.run} commands run, {n.composed} composed or checked (needs gpu), "
-          f"{n.illustrations} illustration blocks, {len(n.keys)} config keys, {n.links} links, "
-          f"{n.sections} section references, {len(n.paths)} paths")
+    print(f"docs test: {n.run} commands run, {n.composed} composed or checked (needs gpu or "
+          f"engine), {n.illustrations} illustration blocks, {len(n.keys)} config keys, "
+          f"{n.links} links, {n.sections} section references, {len(n.paths)} paths")
     assert not failures, "\n".join(failures)
     assert n.run and n.composed and n.keys and n.links and n.paths
 
