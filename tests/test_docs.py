@@ -61,6 +61,7 @@ class Counts:
     run: int = 0
     composed: int = 0
     illustrations: int = 0
+    inline: int = 0
     keys: set[str] = field(default_factory=set)
     links: int = 0
     sections: int = 0
@@ -330,6 +331,17 @@ def test_every_command_key_link_section_and_path_in_the_docs(tmp_path, monkeypat
                                      "<!-- docs: needs gpu --> or <!-- docs: illustration -->")
         except Exception as e:  # noqa: BLE001 - every failing line is listed at once
             failures.append(f"{c.where()}\n    -> {type(e).__name__}: {e}")
+    for page in PAGES:  # inline `python -m ...` spans: the module exists, overrides compose
+        text = page.read_text()
+        for m in re.finditer(r"`(python -m [^`]+)`", text):
+            if re.search(r"\.\.\.|[<\[|]|HASH|COMMAND|MODULE", m.group(1)):
+                continue
+            n.inline += 1
+            try:
+                check_static(shlex.split(m.group(1)))
+            except Exception as e:  # noqa: BLE001
+                failures.append(f"{page.relative_to(ROOT)}:{lineno(text, m.start())}: "
+                                f"{m.group(1)}\n    -> {type(e).__name__}: {e}")
     capsys.readouterr()
 
     keys = composed_keys()
@@ -364,7 +376,8 @@ def test_every_command_key_link_section_and_path_in_the_docs(tmp_path, monkeypat
             if (bad := unresolved(page, text, ref)) is not None:
                 failures.append(f"{rel}:{lineno(text, ref.start)}: {bad}")
     print(f"docs test: {n.run} commands run, {n.composed} composed or checked (needs gpu or "
-          f"engine), {n.illustrations} illustration blocks, {len(n.keys)} config keys, "
+          f"engine), {n.inline} inline commands composed, {n.illustrations} illustration "
+          f"blocks, {len(n.keys)} config keys, "
           f"{n.links} links, {n.sections} section references, {len(n.paths)} paths")
     assert not failures, "\n".join(failures)
     assert n.run and n.composed and n.keys and n.links and n.paths
