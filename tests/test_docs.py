@@ -359,6 +359,9 @@ def test_every_command_key_link_section_and_path_in_the_docs(tmp_path, monkeypat
                 failures.append(f"{rel}: path {p} does not exist")
         if page.suffix != ".md":
             continue
+        for m in re.finditer(r"\bissue \d+", text):  # a tracker number means nothing to a user
+            failures.append(f"{rel}:{lineno(text, m.start())}: \"{m.group(0)}\": say what "
+                            "changed instead")
         for m in re.finditer(r"\]\(([^)\s]+)\)", text):
             target = m.group(1)
             if target.startswith(("http://", "https://", "mailto:")):
