@@ -18,6 +18,7 @@ from __future__ import annotations
 import copy
 import functools
 import importlib.util
+import os
 import re
 import shlex
 import shutil
@@ -401,10 +402,13 @@ def test_every_command_key_link_section_and_path_in_the_docs(tmp_path, monkeypat
             n.sections += 1
             if (bad := unresolved(page, text, ref)) is not None:
                 failures.append(f"{rel}:{lineno(text, ref.start)}: {bad}")
-    print(f"docs test: {n.run} commands run, {n.composed} composed or checked (needs gpu or "
+    line = (f"docs test: {n.run} commands run, {n.composed} composed or checked (needs gpu or "
           f"engine), {n.inline} inline commands composed, {n.illustrations} illustration "
           f"blocks, {len(n.keys)} config keys, "
           f"{n.links} links, {n.sections} section references, {len(n.paths)} paths")
+    print(line)
+    if os.environ.get("RUNNER_DOCS_COUNTS"):  # shown under the lane's summary (conftest.py)
+        Path(os.environ["RUNNER_DOCS_COUNTS"]).write_text(line + "\n")
     assert not failures, "\n".join(failures)
     assert n.run and n.composed and n.keys and n.links and n.paths
 
