@@ -41,7 +41,7 @@ MARK = re.compile(r"<!--\s*docs:\s*(needs gpu|needs engine|illustration)\s*-->")
 FENCE = re.compile(r"^[ \t]*```(\S*)\n(.*?)^[ \t]*```", re.S | re.M)
 TOOLS = {"hf", "pip", "modelscope", "python3", "nvidia-smi", "export", "cd", "git", "source",
          "uv", "flock", "ray", "kubectl"}
-GPU_MODELS = {"pixtral_12b", "pixtral_large_w4a16"}
+GPU_MODELS = {"pixtral_12b": "pixtral_tiny", "pixtral_large_w4a16": "pixtral_large_w4a16_tiny"}
 GROUPS = ("model", "engine", "sampling", "prompts", "store", "shard", "log", "judge")
 FILE_EXT = ("py", "md", "json", "jsonl", "yaml", "yml", "html", "txt", "log", "sqlite", "csv",
             "toml", "sh", "lock", "png")
@@ -161,11 +161,10 @@ def compose_points(args: list[str], substitute: bool) -> list:
         points = [ov]
     cfgs = []
     for p in points:
-        if substitute:  # a bundled model in place of a GPU one (same keys, no weights)
-            p = [o for o in p if not o.startswith("model=")] + ["model=pixtral_tiny"] \
-                if any(o == f"model={m}" for o in p for m in GPU_MODELS) or \
-                not any(o.startswith("model=") for o in p) else p
-            p = [o for o in p if not o.startswith("model.path=")]
+        if substitute:  # the bundled twin in place of a GPU model (same keys, no weights)
+            model = next((o[6:] for o in p if o.startswith("model=")), "pixtral_12b")
+            p = [o for o in p if not o.startswith(("model=", "model.path="))]
+            p.append(f"model={GPU_MODELS.get(model, model)}")
         cfgs.append(composed(tuple(p)))
     return cfgs
 
@@ -204,11 +203,14 @@ def check_static(cmd: list[str]) -> None:
         mod = cmd[2]
         assert importlib.util.find_spec(mod) is not None, f"no module {mod}"
         if mod in ("runner", "runner.serve"):
+            from runner.engine.args import check_engine_args, engine_spec
             from runner.plan.load import find_set
 
             for cfg in compose_points(cmd[3:], True):  # the set it names ships
                 if cfg.prompts.root == "prompts" and cfg.prompts.name not in CREATED:
                     find_set(cfg.prompts.name, ROOT / "prompts")
+                if not cfg.engine.url:  # engine.extra: vLLM's argument names
+                    check_engine_args(engine_spec(cfg, ROOT / "prompts")[0])
     elif cmd[0] == "make":
         targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))
         assert set(cmd[1:]) <= targets, f"no make target {set(cmd[1:]) - targets}"
@@ -424,6 +426,8 @@ def test_the_checker_catches_what_it_claims_to(tmp_path, hydra_once):
         check_static(["curl", "x"])
     with pytest.raises(AssertionError, match="starts an engine"):
         run_runner(["model=pixtral_tiny"], tmp_path)
+    with pytest.raises(Exception, match="did you mean kv_cache_dtype"):
+        check_static(["python", "-m", "runner", "+engine.extra.kv_cache_dtyp=fp8"])
     with pytest.raises(Exception, match="nope"):
         check_static(["python", "-m", "runner", "prompts.name=nope"])
     with pytest.raises(AssertionError, match="not a heading"):
