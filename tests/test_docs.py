@@ -138,7 +138,20 @@ def fixture_store(root: Path) -> None:
 
 
 def composed(overrides: tuple[str, ...], name: str = "config") -> DictConfig:
-    return copy.deepcopy(_composed(overrides, name))  # a job may not change the cached one
+    """Hydra's composition of `overrides`. Group choices, `+`/`~` and hydra's own keys go to
+    Hydra (one composition per distinct set of them); plain `a.b=value` overrides are then set
+    as Hydra sets them: the value parsed by Hydra's grammar, the key and its type checked by
+    the typed schema (struct mode). A composition costs ~0.2 s; most commands differ only in
+    plain values."""
+    parsed = OverridesParser.create().parse_overrides(list(overrides))
+    plain = [o for o in parsed if not o.is_add() and not o.is_delete() and not o.is_force_add()
+             and "." in o.key_or_group and not o.key_or_group.startswith("hydra")
+             and "/" not in o.key_or_group]
+    rest = tuple(o.input_line for o in parsed if o not in plain)
+    cfg = copy.deepcopy(_composed(rest, name))  # a job may not change the cached one
+    for o in plain:
+        OmegaConf.update(cfg, o.key_or_group, o.value(), merge=True)
+    return cfg
 
 
 @functools.cache
