@@ -42,14 +42,24 @@ register()
 STARTS = pytest.StashKey[Path]()
 
 
+DOCS_COUNTS = pytest.StashKey[Path]()  # tests/test_docs.py writes what it checked here
+
+
 def pytest_configure(config: pytest.Config) -> None:
     if not os.environ.get("RUNNER_ENGINE_STARTS_LOG"):  # `make test` sets it and prints it
         f = tempfile.NamedTemporaryFile(prefix="engine-starts-", delete=False)
         os.environ["RUNNER_ENGINE_STARTS_LOG"] = f.name
         config.stash[STARTS] = Path(f.name)
+    if not os.environ.get("RUNNER_DOCS_COUNTS"):  # set before the xdist workers start
+        f = tempfile.NamedTemporaryFile(prefix="docs-counts-", delete=False)
+        os.environ["RUNNER_DOCS_COUNTS"] = f.name
+        config.stash[DOCS_COUNTS] = Path(f.name)
 
 
 def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    if (f := config.stash.get(DOCS_COUNTS, None)) is not None and f.exists():
+        for line in f.read_text().splitlines():
+            terminalreporter.write_line(line)
     if (f := config.stash.get(STARTS, None)) is not None:
         n = len(f.read_text().splitlines()) if f.exists() else 0
         terminalreporter.write_line(f"real vLLM engine starts: {n}")

@@ -53,6 +53,31 @@ def test_missing_weights_is_one_sentence_and_writes_nothing(tmp_path: Path):
     assert not out.exists()
 
 
+def test_a_dry_run_before_the_download_plans_and_says_what_is_missing(tmp_path: Path):
+    p = runner("dry_run=true", "model.path=/nowhere/Pixtral-12B-2409", f"store.root={tmp_path}")
+    assert p.returncode == 0, p.stderr[-2000:]
+    msg = " ".join(p.stderr.split())
+    assert "/nowhere/Pixtral-12B-2409 does not exist" in msg
+    assert "hf download mistralai/Pixtral-12B-2409 --local-dir /nowhere/Pixtral-12B-2409" in msg
+    assert "modelscope download --model mistralai/Pixtral-12B-2409" in msg
+    assert "tokenizer not there yet" in msg and "not a Mistral-format model" not in msg
+    assert "plan · sample" in msg and "5 planned" in msg  # the plan is still shown
+
+
+def test_a_dry_run_checks_engine_extra_without_vllm(tmp_path: Path):
+    import subprocess
+    import sys
+
+    p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *TINY,
+                        "dry_run=true", "+engine.extra.kv_cache_dtyp=fp8",
+                        f"store.root={tmp_path}"], cwd=ROOT, text=True, capture_output=True,
+                       timeout=120)
+    assert p.returncode == 2
+    assert "Not a vLLM engine argument: kv_cache_dtyp (did you mean kv_cache_dtype?)" in \
+        " ".join(p.stderr.split())
+    assert not imported_vllm(p.stderr)
+
+
 def test_unknown_prompt_set_exits_2(tmp_path: Path):
     p = runner(*TINY, "prompts.name=nope", f"store.root={tmp_path}")
     assert p.returncode == 2 and "Unknown prompt set 'nope'" in p.stderr

@@ -48,3 +48,14 @@ def _dist(name: str) -> bool:
         return True
     except metadata.PackageNotFoundError:
         return False
+
+
+def test_the_kept_engine_argument_names_equal_the_installed_vllms():
+    """engine.extra is checked against runner/engine/engine_args.txt without importing vLLM;
+    this keeps that list equal to the installed vLLM's EngineArgs fields."""
+    from runner.engine.args import engine_arg_names, vllm_engine_arg_names
+
+    kept, installed = engine_arg_names(), vllm_engine_arg_names()
+    assert kept == installed, (
+        f"runner/engine/engine_args.txt is stale (missing {sorted(installed - kept)[:5]}, "
+        f"gone {sorted(kept - installed)[:5]}): run python -m runner.engine.args")

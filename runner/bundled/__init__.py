@@ -21,19 +21,29 @@ def build(kind: str, path: Path) -> Path:
     return (tiny if kind == "tiny" else tiny_hf).build(path)
 
 
+def missing_weights(m: DictConfig) -> str | None:
+    """None when the weights of `m` are there (or it is a bundled model, built on first use);
+    else one sentence naming the path and how to download them (Hugging Face or ModelScope)."""
+    if m.build in KINDS:
+        return None
+    p = Path(m.path)
+    need = "params.json" if m.config_format == "mistral" else "config.json"
+    if (p / need).is_file():
+        return None
+    where = f"no {need} in {p}" if p.is_dir() else f"{p} does not exist"
+    get = (f"download them with `hf download {m.hf_repo} --local-dir {p}` (or `modelscope "
+           f"download --model {m.hf_repo} --local_dir {p}`), or " if m.hf_repo else "")
+    return (f"Model weights for '{m.name}' not found ({where}): {get}"
+            f"set model.path=/path/to/{p.name} (docs/gpu.md).")
+
+
 def ensure_weights(m: DictConfig) -> None:
     """Build a bundled tiny model on first use; for any other, say exactly what is missing."""
-    p = Path(m.path)
     if m.build in KINDS:
-        build(m.build, p)
+        build(m.build, Path(m.path))
         return
-    need = "params.json" if m.config_format == "mistral" else "config.json"
-    if not (p / need).is_file():
-        where = f"no {need} in {p}" if p.is_dir() else f"{p} does not exist"
-        get = (f"download it with `hf download {m.hf_repo} --local-dir {p}` or "
-               if m.hf_repo else "")
-        raise UserError(f"Model weights for '{m.name}' not found ({where}): {get}"
-                        f"set model.path=/path/to/{p.name}.")
+    if (why := missing_weights(m)) is not None:
+        raise UserError(why)
 
 
 def mistral_common_file(name: str = BUNDLED_TOKENIZER) -> Path:

@@ -52,17 +52,42 @@ def engine_spec(cfg: DictConfig, set_root: Path) -> tuple[dict[str, Any], dict[s
     return kw, env
 
 
-def check_engine_args(kw: dict[str, Any]) -> None:
-    """Every key must be a vLLM EngineArgs field: a typo is one error, before anything loads."""
+NAMES = Path(__file__).with_name("engine_args.txt")  # vLLM's EngineArgs fields, one a line
+
+
+def vllm_engine_arg_names() -> set[str]:
+    """The installed vLLM's EngineArgs fields (imports vLLM: the contract test and --write)."""
     from vllm.engine.arg_utils import EngineArgs
 
-    known = {f.name for f in dataclasses.fields(EngineArgs)}
+    return {f.name for f in dataclasses.fields(EngineArgs)}
+
+
+def engine_arg_names() -> set[str]:
+    """vLLM's EngineArgs fields from the list kept in the repo: no vLLM import, so a dry run
+    checks engine.extra before any download or install of vLLM."""
+    lines = NAMES.read_text().splitlines()
+    return {ln.strip() for ln in lines if ln.strip() and not ln.startswith("#")}
+
+
+def check_engine_args(kw: dict[str, Any]) -> None:
+    """Every key must be a vLLM EngineArgs field: a typo is one error, before anything loads."""
+    known = engine_arg_names()
     bad = sorted(set(kw) - known)
     if bad:
         hints = [f"{b} (did you mean {m[0]}?)" if (m := difflib.get_close_matches(b, known, 1))
                  else b for b in bad]
         raise UserError(f"Not a vLLM engine argument: {', '.join(hints)}; "
                         "fix the key under engine.extra.")
+
+
+def write_names() -> None:
+    """Rewrite engine_args.txt from the installed vLLM (after a vLLM upgrade)."""
+    import vllm
+
+    head = (f"# vLLM {vllm.__version__} EngineArgs fields, one a line: engine.extra is checked "
+            "against these without importing vLLM.\n# tests/test_engine_contract.py keeps this "
+            "list equal to the installed vLLM (regenerate: python -m runner.engine.args).\n")
+    NAMES.write_text(head + "\n".join(sorted(vllm_engine_arg_names())) + "\n")
 
 
 @contextmanager
@@ -121,3 +146,7 @@ def explain_start_failure(e: BaseException, log: str, path: str) -> str:
         return (f"vLLM rejected the engine arguments ({d}): fix the engine.* or model.* key "
                 "it names.")
     return f"The vLLM engine failed to start ({d}); the engine's log has the details."
+
+
+if __name__ == "__main__":
+    write_names()

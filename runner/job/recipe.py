@@ -29,6 +29,19 @@ from runner.store.record import Record, counts
 from runner.store.rundir import ResultWriter, RunDir, run_hash
 
 
+def check_before_download(cfg: DictConfig, set_root: Any) -> None:
+    """What a dry run can tell before any download or vLLM install: engine.extra against
+    vLLM's argument names (the list in runner/engine/engine_args.txt), and missing weights as
+    one line (the plan is still shown)."""
+    from runner.bundled import missing_weights
+    from runner.engine.args import check_engine_args, engine_spec
+
+    if not cfg.engine.url:
+        check_engine_args(engine_spec(cfg, set_root)[0])
+    if (why := missing_weights(cfg.model)) is not None:
+        console.print(f"[yellow]{why}")
+
+
 class Job:
     """One config's run: prepare -> generate -> finish. It owns the plan, the run folder,
     the result writer, the engine and the summary; `run` says in which order they happen."""
@@ -57,6 +70,7 @@ class Job:
             from runner.plan.tokens import plan_tokens, show_plan
 
             self.prepare()
+            check_before_download(cfg, self.plan.root)
             show_plan(cfg, self.plan, plan_tokens(cfg, self.plan), stored=self.stored)
             if cfg.get("dry_run_requests"):
                 from runner.plan.batchfile import write_requests

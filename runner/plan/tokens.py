@@ -161,6 +161,15 @@ def plan_tokens(cfg: Any, plan: Plan, items: Iterable[Item] | None = None) -> li
     return out
 
 
+def estimate_label(model: Any) -> str:
+    """Why the counts are estimates: a Mistral-format model whose tekken.json is not there
+    yet (not downloaded), or a model in the Hugging Face layout."""
+    if model.get("tokenizer_mode") == "mistral":
+        return (f"ESTIMATE (tokenizer not there yet: no tekken.json in "
+                f"{model.get('tokenizer') or model.path}; counted with {BUNDLED})")
+    return "ESTIMATE (not a Mistral-format model)"
+
+
 def totals(tokens: list[ItemTokens], stored: Collection[str] = ()) -> dict[str, Any]:
     return {"items": len(tokens), "images": sum(t.images for t in tokens),
             "image_tokens": sum(t.image_tokens for t in tokens),
@@ -179,7 +188,7 @@ def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection
     from runner.console import console
 
     tot = totals(tokens, stored)
-    kind = "exact (mistral-common)" if tot["exact"] else "ESTIMATE (not a Mistral-format model)"
+    kind = "exact (mistral-common)" if tot["exact"] else estimate_label(cfg.model)
     t = Table(title=f"plan · {plan.name} ({plan.format}) · {cfg.model.name} · tokens {kind}",
               title_justify="left")
     for c, j in (("id", "left"), ("images", "right"), ("image tok", "right"),
@@ -206,6 +215,8 @@ def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection
     lim = cfg.model.get("limit_mm_per_prompt") or {}
     console.print(f"max_model_len {cfg.model.get('max_model_len')} · images per prompt ≤ "
                   f"{lim.get('image')} · tokens: " + ("exact, the model's tekken.json"
-                  if tot["exact"] else "estimate: the bundled Pixtral tokenizer and the "
-                  "model's vision config, not the model's own processor"))
+                  if tot["exact"] else "estimate: the bundled Pixtral tokenizer "
+                  + ("(the model's own is not downloaded yet)"
+                     if cfg.model.get("tokenizer_mode") == "mistral" else
+                     "and the model's vision config, not the model's own processor")))
     return tot
