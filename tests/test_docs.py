@@ -229,7 +229,11 @@ def check_static(cmd: list[str]) -> None:
             from runner.plan.load import find_set
 
             for cfg in compose_points(cmd[3:], True):  # the set it names ships
-                if cfg.prompts.root == "prompts" and cfg.prompts.name not in CREATED:
+                if cfg.prompts.get("benchmark"):  # a preset: imported on first use
+                    from runner.benchmarks.importers import PROTOCOL
+
+                    assert cfg.prompts.benchmark in PROTOCOL, cfg.prompts.benchmark
+                elif cfg.prompts.root == "prompts" and cfg.prompts.name not in CREATED:
                     find_set(cfg.prompts.name, ROOT / "prompts")
                 if not cfg.engine.url:  # engine.extra: vLLM's argument names
                     check_engine_args(engine_spec(cfg, ROOT / "prompts")[0])
