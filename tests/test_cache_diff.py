@@ -65,7 +65,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     served.mkdir()
     handler = functools.partial(_Quiet, directory=str(served))
     srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
-    thread = threading.Thread(target=srv.serve_forever, daemon=True)
+    thread = threading.Thread(target=srv.serve_forever, args=(0.01,), daemon=True)  # quick stop
     thread.start()
     d = tmp_path / "set"
     (d / "img").mkdir(parents=True)
