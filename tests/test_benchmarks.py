@@ -294,11 +294,14 @@ def test_preset_imports_on_first_use_and_writes_requests(tmp_path: Path) -> None
 
     src = mmmu_parquet(tmp_path / "src")
     req = tmp_path / "req.jsonl"
+    # the source: a folder holding each benchmark's source by name (one for a multirun)
     r = subprocess.run([sys.executable, "-m", "runner", "model=pixtral_tiny", "prompts=mmmu",
-                        f"prompts.source={src.parent.parent}", f"store.root={tmp_path / 'out'}",
+                        f"prompts.source={tmp_path / 'src'}", f"store.root={tmp_path / 'out'}",
                         "prompts.limit=1", "dry_run=true", f"dry_run_requests={req}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
+    stamp = json.loads((tmp_path / "out/.cache/benchmarks/mmmu/imported.json").read_text())
+    assert stamp["source"] == str(src.parent.parent)
     out = " ".join((r.stdout + r.stderr).split())
     assert "importing mmmu" in out and "1 requests written" in out
     assert list((tmp_path / "out" / ".cache" / "benchmarks").glob("mmmu/set.yaml"))
@@ -311,12 +314,16 @@ def test_preset_imports_on_first_use_and_writes_requests(tmp_path: Path) -> None
         T("Compare "), I(r_), T(" and "), I(b_), T(". Which is larger?\nA. "), I(r_),
         T("\nB. the second "), I(b_), T("\nC. same\n" + COT)]}]
     # The user's command line wins over the protocol, key by key; the rest stays the harness's.
-    r = subprocess.run([sys.executable, "-m", "runner", "model=pixtral_tiny", "prompts=mmmu",
-                        f"prompts.source={src.parent.parent}", f"store.root={tmp_path / 'out'}",
-                        "prompts.limit=1", "dry_run=true", f"dry_run_requests={req}",
-                        "sampling.temperature=0.7"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
+    from conftest import make_cfg
+    from runner.plan.batchfile import write_requests
+    from runner.plan.load import load_plan
+    from runner.plan.sampling import command_line, sampling_of
+
+    over = ["sampling.temperature=0.7"]
+    cfg = make_cfg("model=pixtral_tiny", "prompts.name=mmmu", "prompts.limit=1",
+                   f"prompts.root={tmp_path / 'out/.cache/benchmarks'}", *over)
+    run = sampling_of(cfg)
+    write_requests(req, load_plan(cfg, show=False), run, "m", command_line(over, run))
     (line,) = [json.loads(x) for x in req.read_text().splitlines()]
     assert (line["body"]["temperature"], line["body"]["max_tokens"]) == (0.7, 2048)
 
@@ -331,22 +338,6 @@ def test_the_command_line_wins_over_a_sets_sampling_key_by_key() -> None:
     protocol = {"temperature": 0.0, "max_tokens": 2048}
     assert merge(run, protocol, command_line(["sampling.temperature=0.7"], run)) == {
         "temperature": 0.7, "max_tokens": 2048, "top_p": 1.0}
-
-
-def test_one_source_folder_serves_a_multirun_over_presets(tmp_path: Path) -> None:
-    """`prompts.source=DIR` with DIR/<bench>/ for each benchmark: each preset imports its own."""
-    import subprocess
-    import sys
-
-    from conftest import ROOT
-
-    mmmu_parquet(tmp_path / "mirror" / "mmmu")
-    r = subprocess.run([sys.executable, "-m", "runner", "model=pixtral_tiny", "prompts=mmmu",
-                        f"prompts.source={tmp_path / 'mirror'}", f"store.root={tmp_path / 'o'}",
-                        "dry_run=true"], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stderr
-    stamp = json.loads((tmp_path / "o/.cache/benchmarks/mmmu/imported.json").read_text())
-    assert stamp["source"] == str(tmp_path / "mirror" / "mmmu")
 
 
 @pytest.mark.process
