@@ -304,6 +304,7 @@ def test_preset_imports_on_first_use_and_writes_requests(tmp_path: Path) -> None
     assert stamp["source"] == str(src.parent.parent)
     out = " ".join((r.stdout + r.stderr).split())
     assert "importing mmmu" in out and "1 requests written" in out
+    assert "sampling: the run's, under the set's or items' {'temperature': [0.0]" in out
     assert list((tmp_path / "out" / ".cache" / "benchmarks").glob("mmmu/set.yaml"))
     (line,) = [json.loads(x) for x in req.read_text().splitlines()]
     assert line["custom_id"] == "validation_Art_Theory_1"

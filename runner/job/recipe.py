@@ -72,6 +72,11 @@ class Job:
             self.prepare()
             check_before_download(cfg, self.plan.root)
             show_plan(cfg, self.plan, plan_tokens(cfg, self.plan), stored=self.stored)
+            src = sources(self.explicit, [it.sampling for it in self.plan.items])
+            if src["set_or_items"] or src["command_line"]:  # which sampling runs, from where
+                console.print(f"sampling: the run's, under the set's or items' "
+                              f"{src['set_or_items']}, under the command line's "
+                              f"{src['command_line']}", highlight=False)
             if cfg.get("dry_run_requests"):
                 from runner.plan.batchfile import write_requests
 
