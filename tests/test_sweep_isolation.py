@@ -37,7 +37,7 @@ def test_a_failed_point_leaves_no_request_for_the_next(tmp_path: Path):
     make_sets(prompts)
     hold, gate, trace = tmp_path / "hold", tmp_path / "gate", tmp_path / "trace"
     p = spawn("-m", *TINY, "prompts.name=a,b", f"prompts.root={prompts}", f"store.root={store}",
-              "engine.max_num_seqs=1", "engine.max_in_flight=3",
+              "engine.max_num_seqs=3", "engine.max_in_flight=3",  # all 3 queued at once
               env=fake_env(hold_start=str(hold), gate_after=0, gate=str(gate), trace=str(trace)))
     # Point a is planned (its converted copy exists) while its engine's start is held: the copy
     # goes away, so queuing item `three` fails after `one` and `two` are in the engine.
