@@ -28,7 +28,7 @@ from runner.files import LockBusy, atomic_write, locked
 from runner.results import index
 from runner.results.evaluate import cmd_card, cmd_compare, cmd_judge, cmd_score, judged_line
 from runner.results.export import export_text, openai_split
-from runner.results.runs import Run, dict_diff, load_run, resolve, sweep_runs
+from runner.results.runs import Run, dict_diff, load_run, named_runs, resolve
 from runner.results.stats import headline
 from runner.results.tables import err, expected_text, fmt, item_text, out, stats_table
 
@@ -235,10 +235,7 @@ def cmd_rm(a: argparse.Namespace) -> None:
 
 
 def cmd_report(a: argparse.Namespace) -> None:
-    dirs = [resolve(a.root, h) for h in a.hashes]
-    if a.sweep:
-        dirs += sweep_runs(a.root, a.sweep)
-    dirs = list(dict.fromkeys(dirs))
+    dirs = named_runs(a.root, a.hashes, a.sweep)
     if not dirs:
         raise UserError("Name the runs to report: run hashes, --sweep DIR, or both.")
     from runner.results import html

@@ -9,17 +9,14 @@ from typing import Any
 from rich.text import Text
 
 from runner.errors import UserError
-from runner.results.runs import load_run, resolve, sweep_runs
+from runner.results.runs import load_run, named_runs, resolve
 from runner.results.tables import compare_tables, err, out
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
     from runner.results.compare import as_json, compare_runs, load_scored
 
-    dirs = [resolve(a.root, h) for h in a.hashes]
-    if a.sweep:
-        dirs += sweep_runs(a.root, a.sweep)
-    dirs = list(dict.fromkeys(dirs))
+    dirs = named_runs(a.root, a.hashes, a.sweep)
     if len(dirs) < 2:
         raise UserError("Name at least two runs to compare: BASE OTHER [OTHER...], or --sweep "
                         "DIR with two points or more.")
@@ -35,10 +32,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 def cmd_card(a: argparse.Namespace) -> None:
     from runner.results.card import card, tables
 
-    dirs = [resolve(a.root, h) for h in a.hashes]
-    if a.sweep:
-        dirs += sweep_runs(a.root, a.sweep)
-    dirs = list(dict.fromkeys(dirs))
+    dirs = named_runs(a.root, a.hashes, a.sweep)
     if not dirs:
         raise UserError("Name the runs for the card: run hashes, --sweep DIR, or both.")
     result = card([load_run(d) for d in dirs], a.by)

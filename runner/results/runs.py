@@ -103,3 +103,11 @@ def sweep_runs(root: Path, sweep: str) -> list[Path]:
                         "at the end of a sweep); pass the run hashes instead.")
     # a failed point (hash null) has no run
     return [resolve(root, str(x["hash"])) for x in listed if isinstance(x, dict) and x.get("hash")]
+
+
+def named_runs(root: Path, hashes: list[str], sweep: str | None) -> list[Path]:
+    """The runs a command names: hash prefixes or folders, then a sweep's points; each once."""
+    dirs = [resolve(root, h) for h in hashes]
+    if sweep:
+        dirs += sweep_runs(root, sweep)
+    return list(dict.fromkeys(dirs))
