@@ -183,15 +183,14 @@ def tiny_weights() -> Path:
 
 
 @pytest.fixture
-def standin(tmp_path: Path, tiny_weights: Path) -> Iterator[Callable[..., tuple[str, int]]]:
-    """start(**faults) -> (url, pid) of a stand-in server; all killed at the end."""
+def standins(tmp_path: Path) -> Iterator[Callable[..., tuple[str, int]]]:
+    """start(config) -> (url, pid) of a stand-in server (tests/standin_server.py) with this
+    config; all killed at the end."""
     procs: list[subprocess.Popen] = []
 
-    def start(**cfg: object) -> tuple[str, int]:
+    def start(config: dict) -> tuple[str, int]:
         port_file = tmp_path / f"port{len(procs)}"
-        model = str((ROOT / "data" / "pixtral-tiny").resolve())
-        env = {**os.environ, "STANDIN": json.dumps({"name": "pixtral-tiny", "root": model,
-                                                     "max_model_len": 4096} | cfg)}
+        env = {**os.environ, "STANDIN": json.dumps(config)}
         p = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin_server.py"),
                               str(port_file)], env=env)
         procs.append(p)
@@ -205,3 +204,24 @@ def standin(tmp_path: Path, tiny_weights: Path) -> Iterator[Callable[..., tuple[
     for p in procs:
         p.kill()
         p.wait()
+
+
+@pytest.fixture
+def standin(standins: Callable[..., tuple[str, int]],
+            tiny_weights: Path) -> Callable[..., tuple[str, int]]:
+    """start(**faults) -> (url, pid) of a stand-in vLLM server for the tiny model."""
+    model = str((ROOT / "data" / "pixtral-tiny").resolve())
+    return lambda **cfg: standins({"name": "pixtral-tiny", "root": model,
+                                   "max_model_len": 4096} | cfg)
+
+
+@pytest.fixture
+def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """The fake engine for jobs run in this process, shut down after the test."""
+    from runner.engine import SLOT
+
+    monkeypatch.setenv("RUNNER_ENGINE", "fake")
+    try:
+        yield
+    finally:
+        SLOT.shutdown()

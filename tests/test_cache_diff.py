@@ -304,17 +304,6 @@ def test_the_plan_reads_no_engine_or_log_field():
     assert "cfg.engine" not in src and "cfg.log" not in src
 
 
-@pytest.fixture
-def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    from runner.engine import SLOT
-
-    monkeypatch.setenv("RUNNER_ENGINE", "fake")
-    try:
-        yield
-    finally:
-        SLOT.shutdown()
-
-
 @pytest.mark.process
 def test_a_stale_entry_sends_every_item_and_retry_errors_repairs_an_old_run(
         tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fake_engine: None):

@@ -14,7 +14,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -90,25 +90,9 @@ def test_the_aggregates_are_mistral_evals_with_unrated_left_out():
 
 
 @pytest.fixture
-def standin(tmp_path: Path) -> Iterator[Callable[..., str]]:
-    procs: list[subprocess.Popen] = []
-
-    def start(**cfg: object) -> str:
-        port_file = tmp_path / f"port{len(procs)}"
-        env = {**os.environ, "STANDIN": json.dumps({"name": "judge", "judge": True} | cfg)}
-        p = subprocess.Popen([sys.executable, str(ROOT / "tests" / "standin_server.py"),
-                              str(port_file)], env=env)
-        procs.append(p)
-        end = time.monotonic() + 60
-        while not port_file.exists():  # written once it listens
-            assert p.poll() is None and time.monotonic() < end, "the stand-in did not start"
-            time.sleep(0.02)
-        return f"http://127.0.0.1:{port_file.read_text()}"
-
-    yield start
-    for p in procs:
-        p.kill()
-        p.wait()
+def standin(standins: Callable[..., tuple[str, int]]) -> Callable[..., str]:
+    """start(**faults) -> the URL of a stand-in judge."""
+    return lambda **cfg: standins({"name": "judge", "judge": True} | cfg)[0]
 
 
 @pytest.fixture(scope="module")
@@ -232,7 +216,6 @@ def posts(trace: Path, n: int) -> int:
     """The POSTs the stand-in traced, once it has traced `n` (or 30 s passed): a request the
     judge gave up on (its timeout) may still wait in the server's backlog when the judge exits;
     the server reads it and traces it then."""
-    import time
 
     end = time.monotonic() + 30
     while trace.read_text().count("post") < n and time.monotonic() < end:

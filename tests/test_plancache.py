@@ -9,7 +9,6 @@ import json
 import os
 import pickle
 import stat
-from collections.abc import Iterator
 from pathlib import Path
 
 import hostile as h
@@ -206,18 +205,6 @@ def test_a_damaged_entry_is_a_cold_cache(tmp_path: Path, planned: list[Path]):
     (entry,) = (cache / "plans").iterdir()
     entry.write_bytes(entry.read_bytes()[:100])
     assert [it.key for it in plan(s, cache).items] == keys and planned == [s, s]
-
-
-@pytest.fixture
-def fake_engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
-    """The fake engine for jobs run in this process, shut down after the test."""
-    from runner.engine import SLOT
-
-    monkeypatch.setenv("RUNNER_ENGINE", "fake")
-    try:
-        yield
-    finally:
-        SLOT.shutdown()
 
 
 @pytest.mark.process
