@@ -83,6 +83,7 @@ def measured(cmd: list[str]) -> dict:
     if p.returncode:
         sys.exit(f"failed ({p.returncode}): {' '.join(cmd)}\n{err.decode()[-3000:]}")
     return {"wall_s": wall, "cpu_s": sum(c for c, _ in seen.values()),
+            "main_cpu_s": seen[p.pid][0],  # the command's own process (the engine core apart)
             "rss_mib": max(h for _, h in seen.values()) / 1024}
 
 

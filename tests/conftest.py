@@ -34,9 +34,12 @@ ROOT = Path(__file__).resolve().parent.parent
 CONF = ROOT / "conf"
 TINY = ["model=pixtral_tiny", "engine=cpu"]
 # The engine arguments of the session's real engine: the structured-outputs route (xgrammar,
-# no free whitespace) and at most 2 images per prompt (the hostile set's too_many_images).
+# no free whitespace), at most 2 images per prompt (the hostile set's too_many_images) and
+# vLLM's stats on (off by default): the live token counters. Every other real engine runs
+# with the default.
 ROUTE = "+engine.extra.structured_outputs_config={backend:xgrammar,disable_any_whitespace:true}"
-REAL = [*TINY, ROUTE, "model.limit_mm_per_prompt.image=2"]
+REAL = [*TINY, ROUTE, "model.limit_mm_per_prompt.image=2",
+        "+engine.extra.disable_log_stats=false"]
 
 register()
 STARTS = pytest.StashKey[Path]()

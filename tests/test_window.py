@@ -80,6 +80,7 @@ class Recorder:
     def __init__(self, engine, log: list[tuple[str, str]]):
         self.engine, self.log = engine, log
         self.max_num_seqs = engine.max_num_seqs
+        self.steps = engine.steps
 
     def submit(self, key, messages, sampling):
         self.log.append(("submit", key))
@@ -121,3 +122,55 @@ def test_the_first_output_is_read_before_the_window_is_full():
     assert first_stored < submits[7]
     assert sorted(k for what, k in log if what == "stored") == keys
     assert [k for what, k in log if what == "submit"] == keys
+
+
+class Stepping:
+    """An engine whose submit works in the runner's thread (vLLM's preprocessing): each
+    events() call takes one step, which finishes the oldest request queued before it, or
+    says it stepped (Stepped)."""
+
+    steps = True
+    max_num_seqs = 64
+
+    def __init__(self, log: list[tuple[str, str]]):
+        self.log, self.queued, self.running = log, [], []
+
+    def submit(self, key, messages, sampling):
+        self.log.append(("submit", key))
+        self.queued.append(key)
+
+    def in_flight(self):
+        return len(self.queued) + len(self.running)
+
+    def events(self, stall_timeout_s=None):
+        from runner.engine.api import Finished, Sample, Stepped
+
+        while self.in_flight():
+            done, self.running, self.queued = self.running[:1], self.running[1:] + self.queued, []
+            yield Finished(done[0], 3, [Sample("x", "stop", 1)]) if done else Stepped()
+
+    output, error, tokens = Recorder.output, Recorder.error, Recorder.tokens
+
+
+def test_a_batch_is_queued_in_chunks_with_outputs_read_between_them():
+    """max_num_seqs 64: the engine steps between chunks of CHUNK submits, so the first output
+    is stored long before the batch is full; nothing is lost, sent twice or over the window."""
+    from runner.job.window import CHUNK, run_window
+
+    log: list[tuple[str, str]] = []
+    eng = Stepping(log)
+    keys = [f"k{i:03d}" for i in range(300)]
+    peak = 0
+
+    def request(k):
+        nonlocal peak
+        peak = max(peak, eng.in_flight() + 1)
+        return [{"role": "user", "content": k}], {"max_tokens": 1}
+
+    run_window(eng, keys, request, eng, 128, 60.0)  # type: ignore[arg-type]
+    submits = [i for i, (what, _) in enumerate(log) if what == "submit"]
+    first_stored = next(i for i, (what, _) in enumerate(log) if what == "stored")
+    assert CHUNK < 64 and first_stored < submits[2 * CHUNK]
+    assert [k for what, k in log if what == "submit"] == keys
+    assert sorted(k for what, k in log if what == "stored") == keys
+    assert 64 <= peak <= 128

@@ -47,7 +47,13 @@ class Failed:
     kind: str
 
 
-Event = Finished | Tokens | Failed
+@dataclass(frozen=True)
+class Stepped:
+    """The engine took a step and nothing finished: a point where the job may queue more
+    (yielded only by engines with `steps`)."""
+
+
+Event = Finished | Tokens | Failed | Stepped
 
 
 class Refused(Exception):
@@ -69,6 +75,9 @@ class Engine(Protocol):
     max_num_seqs: int  # requests it runs at once (vLLM's, resolved)
     watchdog: str  # "on", or "off: <why>" when a dying engine could hang the run
     max_gap_s: float  # the longest wait for a step so far (sizes engine.stall_timeout_s)
+    # events() yields Stepped between steps: its submit works in this process (vLLM's
+    # preprocessing), so the job queues a batch in chunks and reads outputs in between
+    steps: bool
 
     def submit(self, key: str, messages: list[dict[str, Any]],
                sampling: dict[str, Any]) -> None: ...

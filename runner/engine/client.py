@@ -76,6 +76,7 @@ def _progress_mark(url: str) -> float | None:
 
 class ServerEngine:
     kind = "server"
+    steps = False
     watchdog = "on"  # a dead server refuses connections; a hung one times requests out
 
     def __init__(self, kw: dict[str, Any]):

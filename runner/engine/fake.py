@@ -56,6 +56,7 @@ def options() -> dict[str, Any]:
 
 class FakeEngine:
     kind = "fake"
+    steps = False
 
     def __init__(self, kw: dict[str, Any]):
         self.max_num_seqs = int(kw.get("max_num_seqs") or 4)

@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from typing import Any
 
 from runner.console.logs import watch_phases
-from runner.engine.api import Event, Finished, Refused, Sample, Tokens
+from runner.engine.api import Event, Finished, Refused, Sample, Stepped, Tokens
 from runner.engine.args import check_engine_args
 from runner.engine.watchdog import Watchdog
 from runner.errors import EngineDied, UserError
@@ -69,16 +69,17 @@ def count_start() -> None:
 
 class VllmEngine:
     kind = "vllm"
+    steps = True
 
     def __init__(self, kw: dict[str, Any]):
         vllm = import_vllm()
         check_engine_args(kw)
         count_start()
         watch_phases(START_PHASES)
-        # The probe lets describe() name the linear kernel in use; stats on (vLLM's default
-        # is off for LLM) for the progress counters.
-        self.llm = vllm.LLM(**({"worker_extension_cls": PROBE, "disable_log_stats": False}
-                               | kw))
+        # The probe lets describe() name the linear kernel in use. Stats stay at LLM's
+        # default (off): they cost CPU every step; engine.extra.disable_log_stats=false turns
+        # on the live token counters.
+        self.llm = vllm.LLM(**({"worker_extension_cls": PROBE} | kw))
         self.engine = self.llm.llm_engine
         self.max_num_seqs = int(self.engine.vllm_config.scheduler_config.max_num_seqs)
         self.dog = Watchdog(self.engine.engine_core)
@@ -133,14 +134,14 @@ class VllmEngine:
                 except Exception as e:  # noqa: BLE001 - EngineDeadError, or our watchdog's
                     raise self._died(e) from None
                 self.dog.stepping(True)
-                for out in outs:
-                    if out.finished:
-                        self.dog.pause()  # the consumer's work is not the engine's time
-                        yield Finished(self._ids.pop(out.request_id),
-                                       len(out.prompt_token_ids or []),
-                                       [Sample(c.text, c.finish_reason, len(c.token_ids))
-                                        for c in out.outputs])
-                        self.dog.resume()
+                done = [out for out in outs if out.finished]
+                for out in done or [None]:
+                    self.dog.pause()  # the consumer's work is not the engine's time
+                    yield Stepped() if out is None else \
+                        Finished(self._ids.pop(out.request_id), len(out.prompt_token_ids or []),
+                                 [Sample(c.text, c.finish_reason, len(c.token_ids))
+                                  for c in out.outputs])
+                    self.dog.resume()
                 if base is not None and time.monotonic() - polled >= TOKENS_EVERY_S:
                     polled, c = time.monotonic(), self._counts()
                     if c is not None and last is not None:
@@ -152,8 +153,8 @@ class VllmEngine:
             self.dog.stepping(False)
 
     def _counts(self) -> tuple[int, int] | None:
-        """(prompt, generated) tokens from vLLM's metrics; None when stats are off
-        (engine.extra.disable_log_stats=true)."""
+        """(prompt, generated) tokens from vLLM's metrics; None when stats are off (LLM's
+        default; engine.extra.disable_log_stats=false turns them on)."""
         try:
             ms = self.llm.get_metrics()
         except (AssertionError, AttributeError):

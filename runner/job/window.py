@@ -8,7 +8,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-from runner.engine.api import Engine, Failed, Finished, Refused
+from runner.engine.api import Engine, Failed, Finished, Refused, Tokens
 from runner.errors import EngineDied
 from runner.job.sink import Sink
 from runner.kinds import classify
@@ -16,6 +16,10 @@ from runner.kinds import classify
 # Requests queued per event once the engine runs a full batch: one replaces what finished,
 # the other grows the buffer towards the window.
 GROW = 2
+# Requests queued between two steps while the batch fills, on an engine whose submit
+# preprocesses images in this thread (Engine.steps): at vLLM's GPU default of 1,024 seqs,
+# queueing the batch at once kept the first outputs unread, and unstored, for as long.
+CHUNK = 16
 
 
 def run_window(engine: Engine, keys: list[str],
@@ -37,11 +41,10 @@ def run_window(engine: Engine, keys: list[str],
                 sink.error(k, str(e), e.kind)
 
     try:
-        # What the engine runs at once first; the rest of the window, its buffer, grows by
-        # GROW per event after that. Each submit preprocesses its images here, so queueing
-        # the whole window first (2,048 with vLLM's GPU default of 1024 seqs) kept finished
-        # outputs unread, and unstored, for as long.
-        fill(batch)
+        # What the engine runs at once first (in chunks between steps, when its submit
+        # preprocesses here); the rest of the window, its buffer, grows by GROW per event.
+        first = min(batch, CHUNK) if engine.steps else batch
+        fill(first)
         while engine.in_flight():
             for ev in engine.events(stall_timeout_s):
                 if isinstance(ev, Finished):
@@ -49,9 +52,9 @@ def run_window(engine: Engine, keys: list[str],
                 elif isinstance(ev, Failed):  # a server refused it or timed it out
                     sink.error(ev.key, ev.reason,
                                classify(ev.reason, ev.kind) if ev.kind == "request" else ev.kind)
-                else:
+                elif isinstance(ev, Tokens):
                     sink.tokens(ev.generated)
-                fill(GROW)
-            fill(batch)
+                fill(first if engine.in_flight() < batch else GROW)
+            fill(first)
     except EngineDied as d:
         raise EngineDied(d.reason, d.unfinished + list(todo)) from None
