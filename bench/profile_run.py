@@ -1,82 +1,104 @@
-"""Where the runner's CPU goes: `python -m runner ARGS` in this process, every thread under
-its own cProfile with a per-thread CPU clock (time.thread_time: waiting costs nothing), then
-CPU-seconds per phase. The engine core is another process: not in this table.
+"""Where the runner's CPU goes: `python -m runner ARGS` in this process, with CPU-seconds per
+phase from per-thread CPU clocks (time.thread_time at each phase function's entry and exit, in
+whichever thread runs it). No profiler: the run costs what
+it costs unprofiled. The engine core is another process: not in this table (bench/pairs.py
+gives the whole tree and the command's own process).
 
     .venv/bin/python bench/profile_run.py model=pixtral_tiny engine=cpu prompts.name=SET ...
 
-Phases are the inclusive CPU of their functions, in whichever thread ran them; a phase
-nested in another (image hashing in the plan, writing in the feeding) is taken out of it.
+A phase nested in another (image hashing in the plan, writing in the feeding) is taken out of
+it. Prints one JSON line on stderr; PROFILE_OUT=FILE writes it to FILE too.
 """
 
 from __future__ import annotations
 
 import atexit
-import cProfile
+import functools
+import importlib
 import json
 import os
-import pstats
 import runpy
 import sys
 import threading
 import time
 
 T_START = time.process_time()  # the interpreter's start, before this line
-PROFILES: list[tuple[str, cProfile.Profile]] = []
-_run = threading.Thread.run
 
-
-def _profiled_run(self: threading.Thread) -> None:
-    p = cProfile.Profile(time.thread_time)
-    PROFILES.append((self.name, p))
-    p.enable()
-    try:
-        _run(self)
-    finally:
-        p.disable()
-
-
-# (phase, file suffix, function name); the first listed phases are taken out of later ones
+# (phase, module, attribute path); a phase listed in NESTED is taken out of its outer phase
 ROOTS = [
-    ("image hashing and probing", "runner/plan/images.py", "_resolve"),
-    ("token plan", "runner/plan/tokens.py", "plan_tokens"),
-    ("plan (without hashing)", "runner/plan/load.py", "load_plan"),
-    ("engine start", "runner/job/feed.py", "start"),
-    ("writing records", "runner/job/sink.py", "output"),
-    ("feeding (submit: vLLM's preprocessing; reading outputs)", "runner/job/window.py",
+    ("image hashing and probing", "runner.plan.images", "Images._resolve"),
+    ("token plan (tokenizer load, counting)", "runner.plan.tokens", "plan_tokens"),
+    ("plan (without hashing)", "runner.plan.load", "load_plan"),
+    ("engine start (main thread: vLLM's import, LLM())", "runner.job.feed", "Feed.start"),
+    ("writing records", "runner.job.sink", "Sink.output"),
+    ("feeding (submit: vLLM's preprocessing; stepping, reading outputs)", "runner.job.window",
      "run_window"),
-    ("thumbnails", "runner/results/thumbs.py", "ensure"),
-    ("scoring and index", "runner/job/recipe.py", "score_and_index"),
-    ("engine stop", "runner/job/feed.py", "stop"),
+    ("thumbnails (after the last result)", "runner.results.thumbs", "ensure"),
+    ("scoring and index", "runner.job.recipe", "Job.score_and_index"),
+    ("engine stop", "runner.job.feed", "Feed.stop"),
 ]
 NESTED = {"plan (without hashing)": ["image hashing and probing"],
-          "feeding (submit: vLLM's preprocessing; reading outputs)": ["writing records"]}
+          "feeding (submit: vLLM's preprocessing; stepping, reading outputs)":
+              ["writing records"]}
+SPENT: dict[str, float] = {ph: 0.0 for ph, _, _ in ROOTS}
+COVERED: dict[str, float] = {}  # thread name -> CPU inside its outermost phases
+_local = threading.local()
+_lock = threading.Lock()
 
 
-def cum(stats: pstats.Stats, suffix: str, name: str) -> float:
-    return sum(v[3] for (f, _, fn), v in stats.stats.items()  # type: ignore[attr-defined]
-               if fn == name and f.endswith(suffix))
+def _timed(phase: str, fn):  # noqa: ANN001, ANN202
+    @functools.wraps(fn)
+    def run(*a, **kw):  # noqa: ANN002, ANN003, ANN202
+        stack = _local.__dict__.setdefault("stack", [])
+        again = phase in stack  # recursion: counted once, at the outermost call
+        stack.append(phase)
+        t = time.thread_time()
+        try:
+            return fn(*a, **kw)
+        finally:
+            stack.pop()
+            dt = time.thread_time() - t
+            with _lock:
+                if not again:
+                    SPENT[phase] += dt
+                if not stack:
+                    name = threading.current_thread().name
+                    COVERED[name] = COVERED.get(name, 0.0) + dt
+    return run
 
 
-def report(t_job_end: float) -> None:
+def instrument() -> None:
+    """Each root wrapped where it is defined and wherever a runner module bound it by name."""
+    for phase, mod, path in ROOTS:
+        m = importlib.import_module(mod)
+        owner, _, name = path.rpartition(".")
+        holder = getattr(m, owner) if owner else m
+        orig = getattr(holder, name)
+        wrapped = _timed(phase, orig)
+        setattr(holder, name, wrapped)
+        if not owner:
+            for other in list(sys.modules.values()):
+                if getattr(other, "__name__", "").startswith("runner") and \
+                        getattr(other, name, None) is orig:
+                    setattr(other, name, wrapped)
+
+
+def report(main_cpu: float, job_cpu: float) -> None:
     t_exit = time.process_time()
-    rows: dict[str, float] = {ph: 0.0 for ph, _, _ in ROOTS}
-    rest_main = rest_other = 0.0
-    for i, (_, p) in enumerate(PROFILES):
-        s = pstats.Stats(p)
-        own = {ph: cum(s, suf, fn) for ph, suf, fn in ROOTS}
-        for ph, inner in NESTED.items():
-            own[ph] = max(0.0, own[ph] - sum(own[x] for x in inner))
-        for ph, v in own.items():
-            rows[ph] += v
-        rest = s.total_tt - sum(own.values())  # type: ignore[attr-defined]
-        rest_main, rest_other = (rest_main + rest, rest_other) if i == 0 else \
-            (rest_main, rest_other + rest)
-    rows = {"interpreter start (before the profile)": T_START,
-            "Hydra, config and the rest of the main thread": rest_main, **rows,
-            "other threads' rest (vLLM's client threads, pools)": rest_other,
-            "shutdown (after the job: interpreter exit, atexit)": t_exit - t_job_end}
-    out = {"phases_cpu_s": {k: round(v, 2) for k, v in rows.items()},
-           "process_cpu_s": round(t_exit, 2), "threads": len(PROFILES)}
+    rows = dict(SPENT)
+    for ph, inner in NESTED.items():
+        rows[ph] = max(0.0, rows[ph] - sum(SPENT[x] for x in inner))
+    main = threading.main_thread().name
+    out = {"phases_cpu_s": {
+        "interpreter start (before the profile)": round(T_START, 2),
+        "Hydra, config, the rest of the main thread": round(main_cpu - COVERED.get(main, 0.0),
+                                                            2),
+        **{k: round(v, 2) for k, v in rows.items()},
+        "other threads, outside the phases (vLLM's client threads, the log pump, the "
+        "watchdog, native threads)": round(job_cpu - T_START - main_cpu - sum(
+            v for k, v in COVERED.items() if k != main), 2),
+        "shutdown (after the job: interpreter exit, atexit)": round(t_exit - job_cpu, 2)},
+        "process_cpu_s": round(t_exit, 2)}
     print(json.dumps(out), file=sys.stderr, flush=True)
     if os.environ.get("PROFILE_OUT"):
         with open(os.environ["PROFILE_OUT"], "w") as fh:
@@ -84,21 +106,19 @@ def report(t_job_end: float) -> None:
 
 
 def main() -> None:
-    threading.Thread.run = _profiled_run  # type: ignore[method-assign]
-    p = cProfile.Profile(time.thread_time)
-    PROFILES.append(("MainThread", p))
     sys.argv = ["runner", *sys.argv[1:]]
+    sys.path.insert(0, os.getcwd())
+    importlib.import_module("runner.job.recipe")  # every module a root is bound in
+    instrument()
     state: dict[str, float] = {}
     # registered first: runs last, after vLLM's and the runner's own exit handlers
-    atexit.register(lambda: report(state["job_end"]))
-    p.enable()
+    atexit.register(lambda: report(state["main"], state["job"]))
     try:
         runpy.run_module("runner", run_name="__main__", alter_sys=True)
     except SystemExit:
         pass
     finally:
-        p.disable()
-        state["job_end"] = time.process_time()
+        state["main"], state["job"] = time.thread_time(), time.process_time()
 
 
 if __name__ == "__main__":

@@ -131,7 +131,7 @@ def first_run(t: Path, n: int) -> dict:
           f"generation + 2 = {bound:.1f} s "
           f"({'met' if r['wall_s'] <= bound else 'NOT met'}); load average "
           f"{os.getloadavg()[0]:.1f}", flush=True)
-    # the run made the report's thumbnails beside the engine: the report decodes no image
+    # a first report: it makes the thumbnails (store.thumbnails is off by default)
     store = t / f"first{n}"
     h = next(store.glob("*/manifest.json")).parent.name
     t0 = time.perf_counter()

@@ -161,7 +161,9 @@ class StoreConfig:
     wait: bool = True  # wait for another process writing the same run, else exit at once
     fsync_every: int = 16  # items per fsync of results.jsonl ...
     fsync_seconds: float = 2.0  # ... or this many seconds, whichever comes first
-    thumbnails: bool = True  # the report's thumbnails, made in the background after generation
+    # the report's thumbnails, made by the run after its last result; off: the report makes
+    # them (a process pool) on its first build, and the run's CPU and wall go to the engine
+    thumbnails: bool = False
 
 
 @dataclass

@@ -130,7 +130,8 @@ def test_every_set_format_runs_on_the_same_engine_and_a_report_compares_them(sam
     names = ["examples/items", "examples/folder", "examples/stream", "examples/batch"]
     runs = []
     for n in names:
-        d, s, _ = real.run(f"prompts.name={n}", "sampling.max_tokens=8")
+        d, s, _ = real.run(f"prompts.name={n}", "sampling.max_tokens=8",
+                           "store.thumbnails=true")
         assert s.status == "complete" and s.engine_reused, s
         recs = results(d)
         assert recs and all(  # a batch body's own max_tokens wins over the run's
@@ -138,7 +139,7 @@ def test_every_set_format_runs_on_the_same_engine_and_a_report_compares_them(sam
             <= (x.get("sampling") or {}).get("max_tokens", 8) for x in recs.values())
         assert (d / "metrics.json").exists()
         runs.append(d)
-    # a complete run made its report's thumbnails: the report decodes no image
+    # a complete run with store.thumbnails=true made its report's thumbnails
     shas = {im["sha256"] for d in runs for x in results(d).values()
             for im in x.get("images") or []}
     thumbs = real.store / ".cache" / "thumbs"
