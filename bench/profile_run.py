@@ -6,8 +6,7 @@ gives the whole tree and the command's own process).
 
     .venv/bin/python bench/profile_run.py model=pixtral_tiny engine=cpu prompts.name=SET ...
 
-A phase nested in another (image hashing in the plan, writing in the feeding) is taken out of
-it. Prints one JSON line on stderr; PROFILE_OUT=FILE writes it to FILE too.
+Prints one JSON line on stderr; PROFILE_OUT=FILE writes it to FILE too.
 """
 
 from __future__ import annotations
@@ -24,7 +23,8 @@ import time
 
 T_START = time.process_time()  # the interpreter's start, before this line
 
-# (phase, module, attribute path); a phase listed in NESTED is taken out of its outer phase
+# (phase, module, attribute path); a phase run inside another in the same thread (writing in
+# the feeding) is taken out of it; one run in a pool's threads (hashing) never was in it
 ROOTS = [
     ("image hashing and probing", "runner.plan.images", "Images._resolve"),
     ("token plan (tokenizer load, counting)", "runner.plan.tokens", "plan_tokens"),
@@ -37,9 +37,6 @@ ROOTS = [
     ("scoring and index", "runner.job.recipe", "Job.score_and_index"),
     ("engine stop", "runner.job.feed", "Feed.stop"),
 ]
-NESTED = {"plan (without hashing)": ["image hashing and probing"],
-          "feeding (submit: vLLM's preprocessing; stepping, reading outputs)":
-              ["writing records"]}
 SPENT: dict[str, float] = {ph: 0.0 for ph, _, _ in ROOTS}
 COVERED: dict[str, float] = {}  # thread name -> CPU inside its outermost phases
 _local = threading.local()
@@ -61,6 +58,8 @@ def _timed(phase: str, fn):  # noqa: ANN001, ANN202
             with _lock:
                 if not again:
                     SPENT[phase] += dt
+                    if stack:  # inside another phase, in this thread: not that one's own
+                        SPENT[stack[-1]] -= dt
                 if not stack:
                     name = threading.current_thread().name
                     COVERED[name] = COVERED.get(name, 0.0) + dt
@@ -86,8 +85,6 @@ def instrument() -> None:
 def report(main_cpu: float, job_cpu: float) -> None:
     t_exit = time.process_time()
     rows = dict(SPENT)
-    for ph, inner in NESTED.items():
-        rows[ph] = max(0.0, rows[ph] - sum(SPENT[x] for x in inner))
     main = threading.main_thread().name
     out = {"phases_cpu_s": {
         "interpreter start (before the profile)": round(T_START, 2),
