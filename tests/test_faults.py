@@ -177,21 +177,31 @@ def test_start_failures_name_their_root_cause(line: str, words: list[str]):
 # --- the real engine ------------------------------------------------------------------------
 
 @pytest.mark.engine
-def test_the_real_engine_core_killed_mid_run_restarts_and_the_run_finishes(tmp_path: Path):
-    """vLLM's EngineCore is SIGKILLed while it holds in a test logits processor as item 4
-    joins the batch (a gate only the test opens, after the kill): the watchdog sees the death,
-    the runner restarts the engine and stores the rest, each item once; the console stays
-    quiet."""
+def test_the_real_engine_core_killed_then_stalled_restarts_and_the_run_finishes(tmp_path: Path):
+    """Two faults of vLLM's EngineCore, each while it holds in a test logits processor as
+    item 4 joins the batch (a gate only the test opens): first the test SIGKILLs it (the
+    watchdog sees the death); then the restarted core holds again and nobody kills it: with
+    engine.stall_timeout_s=30 the watchdog finds no progress, kills the core itself and says
+    so. The third engine gets the open gate and the rest; each item is stored once and the
+    console stays quiet."""
     n = 12
     prompts, store = make_set(tmp_path / "p", n, {4: GATE}), tmp_path / "s"
     gate = tmp_path / "gate"
+    held = Path(f"{gate}.held")
     p = start(prompts, store, *ARGS, "+engine.extra.logits_processors=['poison:Gate']",
+              "engine.stall_timeout_s=30",
               env={"PYTHONPATH": f"{PLUGINS}:{ROOT}", "GATE_IDS": marker_ids(GATE),
                    "GATE_FILE": str(gate)})
-    wait_for(p, lambda: Path(f"{gate}.held").exists(), "the engine to hold at the gate")
+    wait_for(p, held.exists, "the first engine to hold at the gate")
     at_kill = len(stored(store))  # what finished before item 4 joined the batch
     (core,) = engine_procs(p.pid)
+    held.unlink()
     os.kill(core, signal.SIGKILL)
+    wait_for(p, held.exists, "the restarted engine to hold at the gate", 900)
+    (stalled,) = engine_procs(p.pid)
+    assert stalled != core
+    wait_for(p, lambda: stalled not in engine_procs(p.pid), "the watchdog to kill the stalled "
+             "engine core", 900)
     gate.touch()
     assert finish(p) == 0, output(p)[-3000:]
     assert at_kill < n  # the kill landed mid-run
@@ -200,19 +210,22 @@ def test_the_real_engine_core_killed_mid_run_restarts_and_the_run_finishes(tmp_p
     assert all(r["status"] == "ok" and r["completion_tokens"] == 32 for r in recs)
     m = manifest(store)
     assert m["status"] == "complete" and m["counts"]["stored"] == n and m["watchdog"] == "on"
-    (r,) = m["restarts"]
-    assert "SIGKILL" in r["reason"] and r["mode"] == "restart" and 1 <= r["in_flight"] <= 4
+    killed, stall = m["restarts"]
+    assert "SIGKILL" in killed["reason"] and killed["mode"] == "restart"
+    assert 1 <= killed["in_flight"] <= 4
+    assert stall["reason"].startswith("no progress for ") and \
+        "(engine.stall_timeout_s=30)" in stall["reason"], stall
     out = output(p)
     assert "The engine died" in out and "Traceback" not in out and "WARNING" not in out
     (run,) = run_dirs_of(store)
     log = (run / "engine.log").read_text()
-    assert log.count("Initializing a V1 LLM engine") == 2  # vLLM's lines, both engines
-    # the second engine was shut down in vLLM's order (its executor's shutdown lines), not
+    assert log.count("Initializing a V1 LLM engine") == 3  # vLLM's lines, every engine
+    # the last engine was shut down in vLLM's order (its executor's shutdown lines), not
     # reported dead, and its core was not force-killed (how fast its own workers exit under
     # load is vLLM's business; vLLM logs its client's shutdown lines once a process)
-    second = log.split("Initializing a V1 LLM engine")[-1]
-    assert "[shutdown] Executor:" in second
-    assert "force killing" not in second and "exited unexpectedly" not in second
+    last = log.split("Initializing a V1 LLM engine")[-1]
+    assert "[shutdown] Executor:" in last
+    assert "force killing" not in last and "exited unexpectedly" not in last
 
 
 @pytest.mark.engine

@@ -294,3 +294,8 @@ def test_quantized_twin_runs_the_sample_set(twin_run: Path | None):
     assert (q["method"], q["weight_bits"], q["group_size"]) == (
         "compressed-tensors", 4, tiny_hf.GROUP_SIZE)
     assert q["kernel"] is None or q["kernel"].endswith("WNA16LinearKernel")  # CPU or Zen
+    # read from the loaded layers (runner/engine/probe.py): each linear layer's quant_method,
+    # and the scheme compressed-tensors puts on the quantized ones; the ignored vision tower,
+    # projector and lm_head stay unquantized
+    assert q["scheme"] == "CompressedTensorsWNA16", q
+    assert q["quantized_linear_layers"] > 0 and q["unquantized_linear_layers"] > 0, q

@@ -62,24 +62,60 @@ def test_run_writes_config_manifest_and_results(sample, real):
 
 
 def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real):
-    """The same engine, the same five requests queued at once: vLLM's own `LLM.chat` gives
-    what the runner stored, token for token."""
-    from runner.engine.vllm_engine import make_params
-    from runner.plan.load import load_plan
-    from runner.plan.sampling import sampling_of
+    """The same engine, the same five requests queued at once, written here by hand as the
+    seed's script writes them (conf/sampling/greedy.yaml; prompts/sample/set.yaml, each image
+    a base64 data: URL): vLLM's own `LLM.chat` gives what the runner stored, token for
+    token. Nothing of the runner builds the reference, so a request-building bug shows."""
+    import base64
+
+    from vllm import SamplingParams  # noqa: TID251 - the reference: vLLM itself, by hand
 
     d, _, _ = sample
-    cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
-    plan = load_plan(cfg)
-    llm = real.slot.engine.llm
-    outs = llm.chat([it.messages for it in plan.items], make_params(sampling_of(cfg)),
-                    use_tqdm=False)
+    folder = real.prompts / "sample"
+
+    def user(text: str, *images: str) -> list[dict]:
+        if not images:
+            return [{"role": "user", "content": text}]
+        urls = ["data:image/png;base64," + base64.b64encode((folder / im).read_bytes()).decode()
+                for im in images]
+        return [{"role": "user", "content": [{"type": "text", "text": text}, *[
+            {"type": "image_url", "image_url": {"url": u}} for u in urls]]}]
+
+    items = {
+        "bar_chart": user("Which quarter had the highest revenue, and how much was it?",
+                          "images/bar_chart.png"),
+        "receipt_total": user("What is the total amount on this receipt?",
+                              "images/receipt.png"),
+        "table_lookup": user("According to the table, which city has the largest population?",
+                             "images/table.png"),
+        "compare_shapes": user("What differs between the first and the second image?",
+                               "images/shapes_left.png", "images/shapes_right.png"),
+        "text_only": user("Name three things a vision-language model can read in a scanned "
+                          "document."),
+    }
+    outs = real.slot.engine.llm.chat(list(items.values()),
+                                     SamplingParams(temperature=0.0, max_tokens=256),
+                                     use_tqdm=False)
     rs = results(d)
-    for it, o in zip(plan.items, outs, strict=True):
-        c = o.outputs[0]
-        r = rs[it.id]
+    assert set(rs) == set(items)
+    for i, o in zip(items, outs, strict=True):
+        c, r = o.outputs[0], rs[i]
         assert (r["output"], r["finish_reason"], r["completion_tokens"], r["prompt_tokens"]) \
-            == (c.text, c.finish_reason, len(c.token_ids), len(o.prompt_token_ids)), it.id
+            == (c.text, c.finish_reason, len(c.token_ids), len(o.prompt_token_ids)), i
+
+
+def test_two_samples_per_item_through_vllm(real):
+    """sampling.n=2 through runner/engine/vllm_engine.py: each item stores both samples, the
+    first as its output, and the tokens of both."""
+    d, s, _ = real.run("prompts.name=sample", "sampling.n=2", "sampling.temperature=0.8",
+                       "sampling.max_tokens=6")
+    rs = results(d)
+    assert set(rs) == SAMPLE_IDS and s.computed == 5 and s.errors == 0
+    for r in rs.values():
+        outs = r["outputs"]
+        assert len(outs) == 2 and r["output"] == outs[0]["text"], r
+        assert all(o["finish_reason"] in ("stop", "length") for o in outs), r
+        assert 2 <= r["completion_tokens"] <= 2 * 6, r
 
 
 def test_the_vllm_internals_the_watchdog_and_progress_rely_on(sample, real):

@@ -10,6 +10,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
@@ -175,3 +176,61 @@ def test_a_config_the_server_does_not_match_is_refused(served, override: str, na
     said = " ".join((r.stdout + r.stderr).split())
     assert r.returncode == 2, said
     assert names in said and "Traceback" not in said, said
+
+
+def test_what_the_server_client_reads_from_vllm_serve(served):
+    """Run, not looked up, on vLLM's own server: /health answers 200 (runner/engine/connect.py),
+    and a chat completion with n=2 and return_token_ids carries usage.prompt_tokens and
+    usage.completion_tokens and, per choice, its token_ids (runner/engine/client.py reads
+    them for each sample's token count)."""
+    import urllib.request
+
+    from runner.engine.connect import healthy
+
+    url = served.state["url"]
+    assert healthy(url)
+    with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as r:
+        model = json.load(r)["data"][0]["id"]
+    body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "n": 2,
+            "temperature": 0.8, "max_tokens": 4, "return_token_ids": True}
+    req = urllib.request.Request(f"{url}/v1/chat/completions", json.dumps(body).encode(),
+                                 {"Content-Type": "application/json"})
+    with urllib.request.urlopen(req, timeout=120) as r:
+        d = json.load(r)
+    choices, usage = d["choices"], d["usage"]
+    assert len(choices) == 2 and usage["prompt_tokens"] > 0, d
+    ids = [c["token_ids"] for c in choices]
+    assert all(isinstance(t, int) for x in ids for t in x) and all(1 <= len(x) <= 4 for x in ids)
+    assert usage["completion_tokens"] == sum(len(x) for x in ids), d
+
+
+def test_a_submit_to_a_dead_engine_is_a_death_not_an_item_error(real):
+    """The session engine's last use (no later test file uses it): its engine core SIGKILLed,
+    vLLM flags it dead, then a submit is held as unsent (not stored as an item error) and
+    events() raises EngineDied naming it, with the core's own end as the reason."""
+    from runner.engine.vllm_engine import VllmEngine
+    from runner.errors import EngineDied
+
+    engine = real.slot.engine
+    if engine is None:  # this file ran alone: the session engine starts here
+        cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
+        env = OmegaConf.to_container(cfg.engine.env, resolve=True)
+        engine, _, _ = real.slot.get(engine_kwargs(cfg, real.prompts.resolve()), env)
+    assert isinstance(engine, VllmEngine) and engine.in_flight() == 0
+    (core,) = engine.dog.procs
+    os.kill(core.pid, signal.SIGKILL)
+    core.join(60)
+    end = time.monotonic() + 60  # vLLM's monitor thread marks the client dead: wait for it
+    while not engine.dog.resources.engine_dead:
+        assert time.monotonic() < end, "vLLM never flagged its dead engine core"
+        time.sleep(0.05)
+    try:
+        engine.submit("after-death", [{"role": "user", "content": "Say hi."}],
+                      {"max_tokens": 4, "temperature": 0.0})
+        assert engine.in_flight() == 1  # held as unsent: events() hands it out as a death
+        with pytest.raises(EngineDied) as died:
+            list(engine.events(60.0))
+        assert died.value.unfinished == ["after-death"]
+        assert "SIGKILL" in died.value.reason, died.value.reason
+    finally:
+        real.slot.shutdown()  # a dead engine: freed, never reused
