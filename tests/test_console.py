@@ -217,3 +217,35 @@ def test_sigterm_while_the_engine_starts_leaves_the_terminal_echoing(tmp_path: P
                      echo=echo)
     assert rc == 143, out[-3000:]
     assert echo == [True], out[-3000:]
+
+
+VLLM_LIKE = """
+import logging, sys
+from pathlib import Path
+from runner.console import logs
+lg = logging.getLogger("enginelike")  # as vLLM configures its own: a handler on sys.stdout
+lg.addHandler(logging.StreamHandler(sys.stdout)); lg.setLevel(logging.INFO); lg.propagate = False
+with logs.engine_log(Path(sys.argv[1]), "0123456789abcdef", "file"):
+    if sys.argv[2] == "pumped":
+        logs.loggers_to_pump("enginelike")
+    lg.info("inside the run")
+lg.info("after the run: a thread the stopped start left")
+print("the runner's own line")
+"""
+
+
+@pytest.mark.parametrize("pumped", [True, False])
+def test_engine_lines_logged_after_a_stopped_start_stay_off_the_console(tmp_path: Path,
+                                                                         pumped: bool):
+    """vLLM's multi-modal warmup runs in a thread that outlives a start the plan stopped, and
+    logs after fd 1/2 point back at the terminal (seen: `Multi-modal warmup completed` on
+    stdout). A logger handed to loggers_to_pump keeps off the console after the run's scope
+    too; without it (the control) the line shows."""
+    import subprocess
+
+    p = subprocess.run([sys.executable, "-c", VLLM_LIKE, str(tmp_path),
+                        "pumped" if pumped else "plain"], cwd=ROOT, text=True,
+                       capture_output=True, timeout=60)
+    assert p.returncode == 0, p.stderr
+    assert "inside the run" not in p.stdout and "the runner's own line" in p.stdout
+    assert ("after the run" in p.stdout) is not pumped, p.stdout

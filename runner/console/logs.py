@@ -94,6 +94,55 @@ def watch_phases(phases: list[tuple[re.Pattern[str], str]]) -> None:
     _phases[:] = phases
 
 
+class _OffConsole:
+    """A handler filter: outside a redirected scope, a record goes to the pump instead of the
+    handler (which writes to fd 1/2, the terminal again)."""
+
+    def __init__(self) -> None:
+        import logging
+
+        self.fmt = logging.Formatter("(%(processName)s pid=%(process)d) %(levelname)s "
+                                     "%(asctime)s [%(filename)s:%(lineno)d] %(message)s")
+
+    def filter(self, record: object) -> bool:
+        if _redirected_depth or _pump is None or not _off_console:
+            return True
+        try:
+            os.write(_pump.w, (self.fmt.format(record) + "\n").encode(  # type: ignore[arg-type]
+                errors="replace"))
+        except OSError:
+            pass
+        return False
+
+
+_off_console = False  # captured engine output (log.engine=file): these loggers stay off it
+_pumped: set[str] = set()  # the loggers (vLLM's) kept off the console
+_redirected_depth = 0
+
+
+def loggers_to_pump(*names: str) -> None:
+    """These loggers (vLLM's, in this process) keep off the console for good: a thread vLLM
+    leaves running after a start the plan stopped (its multi-modal warmup) logs after fd 1/2
+    point back at the terminal. Their handlers get the filter when a redirected scope ends
+    (vLLM configures its logging inside the start, and again in the next). Only while the
+    engine's output is captured."""
+    global _off_console
+    log = current()
+    if _pump is None or log is None or not log.capture:
+        return
+    _off_console = True
+    _pumped.update(names)
+
+
+def _guard_handlers() -> None:
+    import logging
+
+    for name in _pumped:
+        for h in logging.getLogger(name).handlers:
+            if not any(isinstance(f, _OffConsole) for f in h.filters):
+                h.addFilter(_OffConsole())  # type: ignore[arg-type]
+
+
 def _flush() -> None:
     for s in (sys.stdout, sys.stderr):
         try:
@@ -117,9 +166,13 @@ def redirected() -> Iterator[None]:
         console.size = (size.columns, size.lines or 25)  # rich reads fd 0/1/2 (a pipe soon)
     os.dup2(_pump.w, 1)
     os.dup2(_pump.w, 2)
+    global _redirected_depth
+    _redirected_depth += 1
     try:
         yield
     finally:
+        _guard_handlers()
+        _redirected_depth -= 1
         _flush()
         _pump.drain()
         os.dup2(saved[0], 1)
@@ -252,8 +305,9 @@ def engine_log(root: Path, run_hash: str, target: str) -> Iterator[EngineLog]:
     console (target "console"). Another failure than a user error or an interrupt is written
     to the log with its traceback and re-raised as RunFailed, which names the log; the start
     log outside the run folder is kept only then."""
-    global _current
+    global _current, _off_console
     log = _current = EngineLog(root, run_hash, capture=target == "file")
+    _off_console = _off_console and log.capture  # log.engine=console: vLLM's lines show
     lines: list[str] = []
     try:
         if not log.capture:

@@ -16,7 +16,7 @@ import time
 from collections.abc import Iterator
 from typing import Any
 
-from runner.console.logs import watch_phases
+from runner.console.logs import loggers_to_pump, watch_phases
 from runner.engine.api import Event, Finished, Refused, Sample, Stepped, Tokens
 from runner.engine.args import check_engine_args
 from runner.engine.watchdog import Watchdog
@@ -73,6 +73,7 @@ class VllmEngine:
 
     def __init__(self, kw: dict[str, Any]):
         vllm = import_vllm()
+        loggers_to_pump("vllm")  # its background threads may log after a stopped start
         check_engine_args(kw)
         count_start()
         watch_phases(START_PHASES)
