@@ -2,7 +2,7 @@
 judge server (tests/standin_server.py): the prompt as mistral-evals builds it, ratings stored
 and never asked twice, an unparsable judge, a refusal, a timeout, an unreachable judge, the error
 budget, and a kill -9 mid-scoring then the resume. Generations come from the fake engine; the real
-judge (runner.serve of the tiny Pixtral) is in test_server_engine.py."""
+judge (runner.serve of the tiny Pixtral) is in test_real_engine.py."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Runs against a vLLM server (engine.url, engine=server), on a stand-in server process
 (tests/standin_server.py): the checks before anything is sent, the state file of
 `python -m runner.serve`, a request timeout, a refused request, a server that dies mid-run
-and the rerun that resumes. The real vLLM server is in test_server_engine.py."""
+and the rerun that resumes. The real vLLM server is in test_real_engine.py."""
 
 from __future__ import annotations
 
