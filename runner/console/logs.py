@@ -105,7 +105,7 @@ class _OffConsole:
                                      "%(asctime)s [%(filename)s:%(lineno)d] %(message)s")
 
     def filter(self, record: object) -> bool:
-        if _redirected_depth or _pump is None or not _off_console:
+        if _redirected_depth or _pump is None or not _pumped:
             return True
         try:
             os.write(_pump.w, (self.fmt.format(record) + "\n").encode(  # type: ignore[arg-type]
@@ -115,8 +115,7 @@ class _OffConsole:
         return False
 
 
-_off_console = False  # captured engine output (log.engine=file): these loggers stay off it
-_pumped: set[str] = set()  # the loggers (vLLM's) kept off the console
+_pumped: set[str] = set()  # the loggers (vLLM's) kept off the console; empty: log.engine=console
 _redirected_depth = 0
 
 
@@ -126,11 +125,9 @@ def loggers_to_pump(*names: str) -> None:
     point back at the terminal. Their handlers get the filter when a redirected scope ends
     (vLLM configures its logging inside the start, and again in the next). Only while the
     engine's output is captured."""
-    global _off_console
     log = current()
     if _pump is None or log is None or not log.capture:
         return
-    _off_console = True
     _pumped.update(names)
 
 
@@ -305,9 +302,10 @@ def engine_log(root: Path, run_hash: str, target: str) -> Iterator[EngineLog]:
     console (target "console"). Another failure than a user error or an interrupt is written
     to the log with its traceback and re-raised as RunFailed, which names the log; the start
     log outside the run folder is kept only then."""
-    global _current, _off_console
+    global _current
     log = _current = EngineLog(root, run_hash, capture=target == "file")
-    _off_console = _off_console and log.capture  # log.engine=console: vLLM's lines show
+    if not log.capture:  # log.engine=console: vLLM's lines show, the filters let them pass
+        _pumped.clear()
     lines: list[str] = []
     try:
         if not log.capture:
