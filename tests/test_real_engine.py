@@ -20,6 +20,7 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
+from typing import Any
 
 import jsonschema
 import pytest
@@ -401,6 +402,14 @@ def served(real, tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimpleNam
     assert not alive(state["pid"])  # vLLM's api_server (and its engine core, its child)
 
 
+def session_engine(real: SimpleNamespace) -> Any:
+    """The session engine, as a job with REAL's arguments gets it (started here when a test
+    runs alone: not by a run of the sample config, which would make its run a cache hit)."""
+    cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
+    env = OmegaConf.to_container(cfg.engine.env, resolve=True)
+    return real.slot.get(engine_kwargs(cfg, real.prompts.resolve()), env)[0]
+
+
 def records(store: Path) -> dict[str, dict]:
     return {r["id"]: r for f in store.glob("*/results.jsonl")
             for r in map(json.loads, f.read_text().splitlines())}
@@ -432,12 +441,8 @@ def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_tim
     assert m["server"]["started_by"] == "runner.serve" and m["server"]["in_flight"] == 1
     assert m["server"]["trust_server"] is False
 
-    # The session engine, as a job with these arguments gets it (started here if no test has
-    # yet; a run of the sample config would make test_real_engine's run a cache hit).
     cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
-    env = OmegaConf.to_container(cfg.engine.env, resolve=True)
-    engine, _, _ = real.slot.get(engine_kwargs(cfg, real.prompts.resolve()), env)
-    llm, params = engine.llm, make_params(sampling_of(cfg))
+    llm, params = session_engine(real).llm, make_params(sampling_of(cfg))
     plan = load_plan(cfg)
     assert set(rs) == {it.id for it in plan.items}
     for it in plan.items:
@@ -561,11 +566,7 @@ def test_a_submit_to_a_dead_engine_is_a_death_not_an_item_error(real):
     from runner.engine.vllm_engine import VllmEngine
     from runner.errors import EngineDied
 
-    engine = real.slot.engine
-    if engine is None:  # this file ran alone: the session engine starts here
-        cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
-        env = OmegaConf.to_container(cfg.engine.env, resolve=True)
-        engine, _, _ = real.slot.get(engine_kwargs(cfg, real.prompts.resolve()), env)
+    engine = session_engine(real)
     assert isinstance(engine, VllmEngine) and engine.in_flight() == 0
     (core,) = engine.dog.procs
     os.kill(core.pid, signal.SIGKILL)
