@@ -33,7 +33,7 @@ ROOTS = [
     ("writing records", "runner.job.sink", "Sink.output"),
     ("feeding (submit: vLLM's preprocessing; stepping, reading outputs)", "runner.job.window",
      "run_window"),
-    ("thumbnails (after the last result)", "runner.results.thumbs", "ensure"),
+    ("thumbnails (after the last result)", "runner.results.report.thumbs", "ensure"),
     ("scoring and index", "runner.job.recipe", "Job.score_and_index"),
     ("engine stop", "runner.job.feed", "Feed.stop"),
 ]

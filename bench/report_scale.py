@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
 from browser import Browser  # noqa: E402
 
-from runner.results.html import build_report  # noqa: E402
-from runner.results.score import score_run  # noqa: E402
-from runner.results.thumbs import render  # noqa: E402
+from runner.results.report.html import build_report  # noqa: E402
+from runner.results.report.thumbs import render  # noqa: E402
+from runner.results.scoring.score import score_run  # noqa: E402
 
 WORDS = "the a chart shows revenue quarter table city receipt total of in is and with".split()
 W, H = 256, 192

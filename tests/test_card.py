@@ -14,11 +14,11 @@ from pathlib import Path
 import pytest
 
 from fakes import record, write_run
-from runner.results import stats
-from runner.results.card import card
-from runner.results.cli import main
-from runner.results.runs import load_run
-from runner.results.score import score_run
+from runner.results.card.card import card
+from runner.results.cli.main import main
+from runner.results.runs.load import load_run
+from runner.results.scoring import stats
+from runner.results.scoring.score import score_run
 
 Z = 1.959963984540054
 E, W = "explicit_prompt_relaxed_correctness", "anywhere_in_answer_relaxed_correctness"
@@ -160,7 +160,7 @@ def test_by_subfield_recomputed(store):
 def test_cli_text_and_json(store, capsys, monkeypatch):
     from rich.console import Console
 
-    from runner.results import evaluate
+    from runner.results.cli import evaluate
 
     monkeypatch.setattr(evaluate, "out", Console(width=200, highlight=False))  # no wrapping
     root, (a, _), (b, _), (c, _) = store

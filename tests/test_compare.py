@@ -21,10 +21,10 @@ from rich.console import Console
 from conftest import ROOT
 from fakes import record, write_run
 from runner.launch.sweep import table
-from runner.results import stats
-from runner.results.cli import main
-from runner.results.compare import compare_runs, item_samples, load_scored
-from runner.results.score import score_run
+from runner.results.card.compare import compare_runs, item_samples, load_scored
+from runner.results.cli.main import main
+from runner.results.scoring import stats
+from runner.results.scoring.score import score_run
 
 Z = 1.959963984540054
 
@@ -229,7 +229,7 @@ def test_compare_user_errors_are_one_sentence(tmp_path, capsys):
 
 def test_compare_never_imports_vllm_or_torch(tmp_path):
     dirs, _ = letter_runs(tmp_path)
-    code = ("import sys; from runner.results.cli import main; main(sys.argv[1:]); "
+    code = ("import sys; from runner.results.cli.main import main; main(sys.argv[1:]); "
             "assert not {'vllm', 'torch'} & set(sys.modules), 'heavy import'")
     p = subprocess.run([sys.executable, "-c", code, "--root", str(tmp_path), "compare",
                         dirs[0].name, dirs[1].name], cwd=ROOT, text=True, capture_output=True,

@@ -197,7 +197,7 @@ def run_runner(args: list[str], store: Path) -> None:
 
 
 def run_results(args: list[str]) -> None:
-    from runner.results.cli import main
+    from runner.results.cli.main import main
 
     try:
         code = main(args)

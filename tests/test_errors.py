@@ -166,7 +166,7 @@ def test_every_kind_from_one_run_is_stored_and_counted_everywhere(tmp_path: Path
     assert metrics["errors_by_kind"] == order
     show = results(store, "show", run.name).stdout
     assert f"10 stored (6 errors: {text})" in " ".join(show.split())
-    from runner.results.html import build_report
+    from runner.results.report.html import build_report
 
     page = build_report([run], tmp_path / "r.html").read_text()
     assert f'"errors":"6 ({text})"' in page

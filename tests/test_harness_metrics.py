@@ -1,4 +1,4 @@
-"""The harness's metrics (runner/results/metrics.py) against the corpus in
+"""The harness's metrics (runner/results/scoring/metrics.py) against the corpus in
 tests/data/harness_metrics.yaml: each case's score was worked out from mistral-evals'
 eval/metrics.py (the line that decides it is named beside it). No engine."""
 
@@ -10,9 +10,9 @@ import pytest
 import yaml
 
 from fakes import record, write_run
-from runner.results.metrics import levenshtein
-from runner.results.score import score_run
-from runner.results.scorers import check_spec, score_output
+from runner.results.scoring.metrics import levenshtein
+from runner.results.scoring.score import score_run
+from runner.results.scoring.scorers import check_spec, score_output
 
 CORPUS = yaml.safe_load((Path(__file__).parent / "data" / "harness_metrics.yaml").read_text())
 NAMES = {"E": "explicit_prompt_relaxed_correctness", "W": "anywhere_in_answer_relaxed_correctness"}
@@ -101,7 +101,7 @@ def test_a_set_may_name_a_list_of_metrics_and_the_planner_keeps_it(tmp_path):
 
 
 def test_results_score_prints_each_metric(tmp_path, capsys):
-    from runner.results.cli import main
+    from runner.results.cli.main import main
 
     both = [NAMES["E"], NAMES["W"]]
     d = write_run(tmp_path, "n" * 16, [

@@ -1,5 +1,6 @@
-"""The LLM judge (`python -m runner.results judge`, runner/results/judge.py) against a stand-in
-judge server (tests/standin_server.py): the prompt as mistral-evals builds it, ratings stored
+"""The LLM judge (`python -m runner.results judge`, runner/results/judging/judge.py) against
+a stand-in judge server (tests/standin_server.py): the prompt as mistral-evals builds it, ratings
+stored
 and never asked twice, an unparsable judge, a refusal, a timeout, an unreachable judge, the error
 budget, and a kill -9 mid-scoring then the resume. Generations come from the fake engine; the real
 judge (runner.serve of the tiny Pixtral) is in test_real_engine.py."""
@@ -23,8 +24,8 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import CONF, FAKE, ROOT, TINY, run_dirs_of, runner, wait_for
-from runner.results.judge import judge_prompt, parse_rating, turns_of
-from runner.results.judged import aggregate
+from runner.results.judging.judge import judge_prompt, parse_rating, turns_of
+from runner.results.judging.judged import aggregate
 
 UNRATED, REFUSE, HANG = "XQZUNRATEDQZX", "XQZREFUSEQZX", "XQZHANGQZX"
 

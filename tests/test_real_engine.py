@@ -29,7 +29,7 @@ from omegaconf import OmegaConf
 from conftest import REAL, ROOT, make_cfg, runner, wait_for
 from runner.engine.args import engine_kwargs
 from runner.engine.server_state import alive, read_state, state_path
-from runner.results.thumbs import cache_key
+from runner.results.report.thumbs import cache_key
 from test_cli import imported_vllm
 
 pytestmark = pytest.mark.engine
@@ -344,8 +344,8 @@ def test_two_imported_benchmarks_run_and_make_a_card(real, tmp_path: Path):
     from test_benchmarks import BLUE, RED, img, parquet
 
     from runner.benchmarks.build import import_benchmark
-    from runner.results.card import card
-    from runner.results.runs import load_run
+    from runner.results.card.card import card
+    from runner.results.runs.load import load_run
 
     S, V = datasets.Value("string"), datasets.Image()
     cq = parquet(tmp_path / "cq.parquet", {

@@ -15,10 +15,10 @@ from browser import Browser
 from PIL import Image
 
 import fakes
-from runner.results.compare import compare_runs
-from runner.results.html import CUT, build_report, config_diff
-from runner.results.runs import load_run
-from runner.results.score import score_run
+from runner.results.card.compare import compare_runs
+from runner.results.report.html import CUT, build_report, config_diff
+from runner.results.runs.load import load_run
+from runner.results.scoring.score import score_run
 
 N_ITEMS = 130  # more than a page (100): the second page is checked too
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -233,7 +233,7 @@ def test_big_report_is_a_folder_of_chunks_with_cached_thumbnails(
 
     assert len(list(cache.iterdir())) == 40
 
-    import runner.results.thumbs as th
+    import runner.results.report.thumbs as th
 
     def fail(file: Path) -> None:
         raise AssertionError(f"thumbnail of {file} recomputed")
@@ -337,7 +337,7 @@ def test_read_only_store_keeps_its_thumbnails_elsewhere(
         runs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """A store the user cannot write to still gets a report; the thumbnails go to the
     user's own cache in the temp folder."""
-    import runner.results.thumbs as th
+    import runner.results.report.thumbs as th
 
     monkeypatch.setattr(th.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
     monkeypatch.setattr(th.os, "access", lambda p, mode: False)

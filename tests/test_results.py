@@ -17,7 +17,7 @@ import pytest
 
 import fakes
 from conftest import ROOT, make_cfg
-from runner.results import index
+from runner.results.runs import index
 from runner.store.rundir import RunDir, run_hash
 
 TINY = ("model=pixtral_tiny", "engine=cpu")
@@ -182,7 +182,7 @@ def test_upsert_and_rebuild_api(store):
 UPSERTS = """
 import sys
 from pathlib import Path
-from runner.results import index
+from runner.results.runs import index
 root = Path(sys.argv[1])
 for i in range(15):
     for h in sys.argv[2:]:
@@ -321,13 +321,13 @@ import sys, types
 from pathlib import Path
 fake = {fake!r}
 if fake:
-    m = types.ModuleType("runner.results.html")
+    m = types.ModuleType("runner.results.report.html")
     def build_report(run_dirs: list, out: Path, **options) -> Path:
         out.write_text("\\n".join(p.name for p in run_dirs))
         return out
     m.build_report = build_report
-    sys.modules["runner.results.html"] = m
-from runner.results.cli import main
+    sys.modules["runner.results.report.html"] = m
+from runner.results.cli.main import main
 sys.exit(main(sys.argv[1:]))
 """
 

@@ -13,8 +13,8 @@ import pytest
 import yaml
 
 import fakes
-from runner.results.score import score_run
-from runner.results.scorers import check_spec, parse_choice, score_output
+from runner.results.scoring.score import score_run
+from runner.results.scoring.scorers import check_spec, parse_choice, score_output
 
 ROOT = Path(__file__).resolve().parent.parent
 OPTS = ["London", "Paris", "Berlin", "Madrid"]
@@ -151,8 +151,8 @@ def test_cli_rescores_by_hash_without_vllm(tmp_path: Path) -> None:
     write_run(tmp_path / "outputs" / "0123456789abcdef",
               [{"id": "a", "output": "Berlin", "expected": "berlin", "tags": ["t"]}])
     code = ("import sys, runpy; sys.argv = ['x', '0123', '--root', 'outputs'];"
-            "import runner.results.cli as c; rc = c.main(['score', *sys.argv[1:]]);"
-            "import runner.results.html, runner.benchmarks.build;"
+            "import runner.results.cli.main as c; rc = c.main(['score', *sys.argv[1:]]);"
+            "import runner.results.report.html, runner.benchmarks.build;"
             "assert not {'vllm', 'torch'} & set(sys.modules), 'engine imported'; sys.exit(rc)")
     r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True,
                        text=True, env={"PYTHONPATH": str(ROOT)}, timeout=60)

@@ -18,10 +18,10 @@ from conftest import ROOT, TINY, make_cfg
 from runner.errors import UserError
 from runner.plan.load import load_set
 from runner.plan.sampling import from_batch_body
-from runner.results.export import export_text
-from runner.results.runs import load_run
-from runner.results.score import score_run
-from runner.results.scorers import score_output
+from runner.results.runs.export import export_text
+from runner.results.runs.load import load_run
+from runner.results.scoring.score import score_run
+from runner.results.scoring.scorers import score_output
 from runner.store.rundir import hashed_config, run_hash
 
 RECEIPTS = ROOT / "prompts" / "receipts"

@@ -12,9 +12,9 @@ import pytest
 from PIL import Image, ImageDraw, ImageFilter
 
 import fakes
-import runner.results.thumbs as th
-from runner.results.html import build_report
-from runner.results.score import score_run
+import runner.results.report.thumbs as th
+from runner.results.report.html import build_report
+from runner.results.scoring.score import score_run
 
 WORDS = "the a chart shows revenue quarter table city receipt total of in is and with".split()
 

@@ -23,7 +23,7 @@ from runner.kinds import parse_kinds
 from runner.plan.images import pixel_limit
 from runner.plan.load import Item, Plan, check_errors, load_plan
 from runner.plan.sampling import bound, command_line, merge, sampling_of, sources
-from runner.results.thumbs import ensure_beside
+from runner.results.report.thumbs import ensure_beside
 from runner.store import manifest
 from runner.store.record import Record, counts
 from runner.store.rundir import ResultWriter, RunDir, run_hash
@@ -264,7 +264,8 @@ class Job:
         """Score the stored results (cheap, no engine: a changed scorer never regenerates)
         and register the run in the index."""
         if self.rd.exists():
-            from runner.results import index, score
+            from runner.results.runs import index
+            from runner.results.scoring import score
 
             m = score.score_run(self.rd.path, self.plan.file)
             index.upsert(self.rd.root, self.rd.path)

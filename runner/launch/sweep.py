@@ -22,7 +22,7 @@ from rich.table import Table
 from runner.console import console
 from runner.console.summary import Summary
 from runner.files import atomic_write, read_json
-from runner.results.stats import half_width
+from runner.results.scoring.stats import half_width
 
 
 def point(s: Summary) -> dict[str, Any]:
@@ -73,10 +73,10 @@ class SweepSummary(Callback):
 
 
 def benchmark_card(rows: list[dict[str, Any]]) -> list[Table]:
-    """The report card (runner.results.card) of the points whose set is a benchmark (mmmu,
+    """The report card (runner.results.card.card) of the points whose set is a benchmark (mmmu,
     mathvista, chartqa, docvqa, vqav2, mm_mt_bench); nothing when no point ran one."""
-    from runner.results.card import BENCHMARKS, benchmark_of, card, tables
-    from runner.results.runs import is_run, load_run
+    from runner.results.card.card import BENCHMARKS, benchmark_of, card, tables
+    from runner.results.runs.load import is_run, load_run
 
     runs = [load_run(Path(r["folder"])) for r in rows
             if r.get("folder") and is_run(Path(r["folder"]))]
@@ -102,8 +102,8 @@ def versus_first(rows: list[dict[str, Any]]) -> list[bool | None]:
     """Per point: whether its paired difference from the first point has p < 0.05 (exact
     McNemar on right/wrong scores; docs/compare.md); None where there is nothing to
     compare (the first point, a point without stored scores)."""
-    from runner.results.compare import pair_stats, significant
-    from runner.results.runs import Run, load_run
+    from runner.results.card.compare import pair_stats, significant
+    from runner.results.runs.load import Run, load_run
 
     runs: list[Run | None] = [
         load_run(Path(r["folder"])) if r.get("folder")

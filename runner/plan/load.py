@@ -40,7 +40,7 @@ class Item:
     tags: list[str] = field(default_factory=list)
     key: str = ""  # digest of the content, image bytes and normalization included
     metadata: dict[str, Any] = field(default_factory=dict)
-    scorer: str | list[str] | None = None  # read by runner.results.score
+    scorer: str | list[str] | None = None  # read by runner.results.scoring.score
     error: str | None = None  # set at plan time: stored as an error, never sent to the engine
     # The set's and the item's `sampling:` merged (not the run's): in the key when not empty.
     sampling: dict[str, Any] = field(default_factory=dict)

@@ -1,3 +1,4 @@
-"""Offline readers of stored runs: the CLI (`python -m runner.results`), the run loader and
-resolver (`runs`), the index, scoring and the HTML report. Never imports vLLM or torch (a
-ruff rule in this folder's ruff.toml enforces it)."""
+"""Offline readers of stored runs, one room per concern: `runs/` (load, resolve, index, export),
+`scoring/`, `judging/`, `card/` (card and compare), `report/` (HTML) and `cli/`
+(`python -m runner.results`). Never imports vLLM or torch (a ruff rule in this folder's
+ruff.toml enforces it)."""

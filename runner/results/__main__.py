@@ -1,5 +1,5 @@
 import sys
 
-from runner.results.cli import main
+from runner.results.cli.main import main
 
 sys.exit(main())

@@ -20,8 +20,8 @@ from typing import Any
 import yaml
 
 from runner.files import atomic_write, read_json, read_yaml
-from runner.results.scorers import DEFAULT_SCORER, Score, normalize, score_output
-from runner.results.stats import majority, pass_at_k
+from runner.results.scoring.scorers import DEFAULT_SCORER, Score, normalize, score_output
+from runner.results.scoring.stats import majority, pass_at_k
 from runner.store.record import Record, counts, latest_by_id, read_records
 
 # --- a run ----------------------------------------------------------------------------------

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
-from runner.results.runs import Run, load_run
-from runner.results.score import samples_metrics
-from runner.results.stats import mcnemar_p, paired_bootstrap, wilson
+from runner.results.runs.load import Run, load_run
+from runner.results.scoring.score import samples_metrics
+from runner.results.scoring.stats import mcnemar_p, paired_bootstrap, wilson
 
 SIGNIFICANT = 0.05  # the sweep table marks points below it
 

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from runner.files import atomic_write, read_json, read_jsonl
-from runner.results.stats import RESAMPLES, SEED, paired_bootstrap
+from runner.results.scoring.stats import RESAMPLES, SEED, paired_bootstrap
 from runner.store.record import Record, latest_by_id, read_records
 
 

@@ -11,7 +11,7 @@ from datetime import datetime
 from typing import Any
 
 from runner.kinds import kind_of
-from runner.results.runs import Run, flatten
+from runner.results.runs.load import Run, flatten
 from runner.store.record import Record
 
 CSV_FIELDS = ("id", "status", "output", "finish_reason", "prompt_tokens", "completion_tokens",

@@ -18,8 +18,8 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from runner.results import metrics
-from runner.results.runs import flatten
+from runner.results.runs.load import flatten
+from runner.results.scoring import metrics
 
 DEFAULT_SCORER = "exact"
 

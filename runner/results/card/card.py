@@ -23,10 +23,10 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from runner.results.compare import item_scores
-from runner.results.published import family, figure
-from runner.results.runs import Run
-from runner.results.stats import paired_bootstrap, paired_ratio_bootstrap, wilson
+from runner.results.card.compare import item_scores
+from runner.results.card.published import family, figure
+from runner.results.runs.load import Run
+from runner.results.scoring.stats import paired_bootstrap, paired_ratio_bootstrap, wilson
 
 # A set is benchmark X when its name (prompts.name), lowercased without punctuation, is one of:
 BENCHMARKS = {"mmmu": "mmmu", "mathvista": "mathvista", "chartqa": "chartqa",
@@ -104,7 +104,7 @@ def run_row(run: Run) -> dict[str, Any]:
                            "errors": sum(r.get("status") != "ok" for r in run.items.values()),
                            "other_metrics": {k: _pct(sum(v.values()) / len(v))
                                              for k, v in others.items()}}
-    from runner.results.judged import judged_metrics
+    from runner.results.judging.judged import judged_metrics
 
     judged = judged_metrics(run.path)
     if judged:  # a judged run (MM-MT-Bench): the judge's micro average is its headline, on

@@ -21,12 +21,12 @@ from urllib.parse import quote
 
 from runner.files import atomic_write, data_url
 from runner.plan.sources import image_base
-from runner.results.compare import compare_runs, item_samples
-from runner.results.judged import judgements_by_key
-from runner.results.page import TEMPLATE
-from runner.results.runs import Run, config_diff, flatten, load_run
-from runner.results.score import set_file_of
-from runner.results.thumbs import cache_key, thumbnails
+from runner.results.card.compare import compare_runs, item_samples
+from runner.results.judging.judged import judgements_by_key
+from runner.results.report.page import TEMPLATE
+from runner.results.report.thumbs import cache_key, thumbnails
+from runner.results.runs.load import Run, config_diff, flatten, load_run
+from runner.results.scoring.score import set_file_of
 from runner.store.record import Record, counts
 
 CHUNK = 2000  # rows per chunk file; a report of at most this many items is one file

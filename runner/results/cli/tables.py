@@ -14,7 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from runner.kinds import kinds_text
-from runner.results.runs import ABSENT, Run
+from runner.results.runs.load import ABSENT, Run
 from runner.store.record import counts
 
 # Piped output is not cut to 80 columns: hashes and ids must stay whole for grep.
@@ -93,7 +93,7 @@ def compare_tables(runs: list[Run], result: dict[str, Any], limit: int) -> list[
     """`compare`'s text view: the runs (with the config values that differ), their samples
     (sampling.n > 1), the pairs, and the ids of each pair's flips (at most `limit` per
     direction; 0: all)."""
-    from runner.results.runs import config_diff, flatten
+    from runner.results.runs.load import config_diff, flatten
 
     keys = config_diff([r.config for r in runs])
     t = compact_table("runs (the first is the base)", "run", "n", "accuracy", "95% CI (Wilson)",

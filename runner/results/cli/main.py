@@ -25,12 +25,12 @@ from rich.text import Text
 
 from runner.errors import UserError
 from runner.files import LockBusy, atomic_write, locked
-from runner.results import index
-from runner.results.evaluate import cmd_card, cmd_compare, cmd_judge, cmd_score, judged_line
-from runner.results.export import export_text, openai_split
-from runner.results.runs import Run, dict_diff, load_run, named_runs, resolve
-from runner.results.stats import headline
-from runner.results.tables import err, expected_text, fmt, item_text, out, stats_table
+from runner.results.cli.evaluate import cmd_card, cmd_compare, cmd_judge, cmd_score, judged_line
+from runner.results.cli.tables import err, expected_text, fmt, item_text, out, stats_table
+from runner.results.runs import index
+from runner.results.runs.export import export_text, openai_split
+from runner.results.runs.load import Run, dict_diff, load_run, named_runs, resolve
+from runner.results.scoring.stats import headline
 
 STATUSES = ("running", "complete", "interrupted", "failed")
 
@@ -128,7 +128,7 @@ def cmd_show(a: argparse.Namespace) -> None:
         for k, d, v in diff:
             t.add_row(Text(k), Text(fmt(d)), Text(fmt(v)))
         out.print(t)
-    from runner.results.judged import judged_metrics, judgements_by_key
+    from runner.results.judging.judged import judged_metrics, judgements_by_key
 
     for m in judged_metrics(run.path):
         out.print(Text(judged_line("judged", m)))
@@ -238,7 +238,7 @@ def cmd_report(a: argparse.Namespace) -> None:
     dirs = named_runs(a.root, a.hashes, a.sweep)
     if not dirs:
         raise UserError("Name the runs to report: run hashes, --sweep DIR, or both.")
-    from runner.results import html
+    from runner.results.report import html
 
     if a.chunk is not None and a.chunk < 1:
         raise UserError(f"--chunk takes a positive number of rows, not {a.chunk}.")

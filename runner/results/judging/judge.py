@@ -27,7 +27,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.errors import OverBudget, ServerGone, UserError
 from runner.files import LockBusy, atomic_write, cut_torn_tail, locked, read_yaml
-from runner.results.judged import folder, read_lines, request_hash, write_aggregates
+from runner.results.judging.judged import folder, read_lines, request_hash, write_aggregates
 from runner.store.record import Record, latest_by_id, now, read_records
 
 HASHED = ("system", "start", "user", "reference", "answer", "end", "rating_pattern", "scale",

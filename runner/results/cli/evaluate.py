@@ -9,12 +9,12 @@ from typing import Any
 from rich.text import Text
 
 from runner.errors import UserError
-from runner.results.runs import load_run, named_runs, resolve
-from runner.results.tables import compare_tables, err, out
+from runner.results.cli.tables import compare_tables, err, out
+from runner.results.runs.load import load_run, named_runs, resolve
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
-    from runner.results.compare import as_json, compare_runs, load_scored
+    from runner.results.card.compare import as_json, compare_runs, load_scored
 
     dirs = named_runs(a.root, a.hashes, a.sweep)
     if len(dirs) < 2:
@@ -30,7 +30,7 @@ def cmd_compare(a: argparse.Namespace) -> None:
 
 
 def cmd_card(a: argparse.Namespace) -> None:
-    from runner.results.card import card, tables
+    from runner.results.card.card import card, tables
 
     dirs = named_runs(a.root, a.hashes, a.sweep)
     if not dirs:
@@ -44,7 +44,7 @@ def cmd_card(a: argparse.Namespace) -> None:
 
 
 def cmd_score(a: argparse.Namespace) -> None:
-    from runner.results.score import score_run
+    from runner.results.scoring.score import score_run
 
     for d in [resolve(a.root, h) for h in a.hashes]:
         m = score_run(d, a.set, force=True)
@@ -81,7 +81,7 @@ def judge_config(overrides: list[str]) -> Any:
 
 
 def cmd_judge(a: argparse.Namespace) -> None:
-    from runner.results.judge import judge_run
+    from runner.results.judging.judge import judge_run
 
     refs = [x for x in a.args if "=" not in x]
     j = judge_config([x for x in a.args if "=" in x])

@@ -1,0 +1,2 @@
+"""`python -m runner.results`: the commands (`main`, `evaluate`) and their terminal tables
+(`tables`)."""

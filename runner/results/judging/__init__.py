@@ -1,0 +1,1 @@
+"""An LLM judge (`judge`) and the judgements it stores (`judged`), docs/judges.md."""

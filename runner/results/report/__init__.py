@@ -1,0 +1,1 @@
+"""The HTML report: the page (`html`, `page`) and its image thumbnails (`thumbs`)."""
