@@ -19,6 +19,9 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 
+# Benchmark imports, by the key of what produced each, under store.root (runner/benchmarks/)
+BENCHMARK_CACHE = ".cache/benchmarks"
+
 RUNTIME = {"hash": False}  # a runtime knob: does not change results
 OURS = {"vllm": False}  # ours, not a vLLM engine argument (changes results)
 RUNTIME_OURS = RUNTIME | OURS  # ours, and does not change results
@@ -83,6 +86,8 @@ class ModelConfig:
     limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 4})
     # What this model needs; engine.tensor_parallel_size defaults to it.
     tensor_parallel_size: int = field(default=1, metadata=RUNTIME_OURS)
+    # A quantized model's base (its hf_repo or name): the card's recovery % pairs only these
+    quantized_from: str | None = field(default=None, metadata=RUNTIME_OURS)
 
 
 @dataclass

@@ -300,12 +300,13 @@ def test_preset_imports_on_first_use_and_writes_requests(tmp_path: Path) -> None
                         "prompts.limit=1", "dry_run=true", f"dry_run_requests={req}"],
                        cwd=ROOT, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    stamp = json.loads((tmp_path / "out/.cache/benchmarks/mmmu/imported.json").read_text())
+    (imported,) = (tmp_path / "out/.cache/benchmarks").glob("*/mmmu/imported.json")
+    stamp = json.loads(imported.read_text())
     assert stamp["source"] == str(src.parent.parent)
     out = " ".join((r.stdout + r.stderr).split())
     assert "importing mmmu" in out and "1 requests written" in out
     assert "sampling: the run's, under the set's or items' {'temperature': [0.0]" in out
-    assert list((tmp_path / "out" / ".cache" / "benchmarks").glob("mmmu/set.yaml"))
+    assert (imported.parent / "set.yaml").is_file()
     (line,) = [json.loads(x) for x in req.read_text().splitlines()]
     assert line["custom_id"] == "validation_Art_Theory_1"
     body = line["body"]
@@ -322,7 +323,7 @@ def test_preset_imports_on_first_use_and_writes_requests(tmp_path: Path) -> None
 
     over = ["sampling.temperature=0.7"]
     cfg = make_cfg("model=pixtral_tiny", "prompts.name=mmmu", "prompts.limit=1",
-                   f"prompts.root={tmp_path / 'out/.cache/benchmarks'}", *over)
+                   f"prompts.root={imported.parent.parent}", *over)
     run = sampling_of(cfg)
     write_requests(req, load_plan(cfg, show=False), run, "m", command_line(over, run))
     (line,) = [json.loads(x) for x in req.read_text().splitlines()]

@@ -253,6 +253,7 @@ VERDICTS: dict[str, str] = {
                                         "max_model_len", "limit_mm_per_prompt")},
     "model.name": "not read by the plan: a label (the run hash has it)",
     "model.hf_repo": "not read by the plan: told when the path is missing",
+    "model.quantized_from": "not read by the plan: the card's recovery % pairs on it",
     "model.build": "not read by the plan: builds the model folder before the plan",
     **{f"model.{k}": "not read by the plan: the engine's loading knob" for k in (
         "config_format", "load_format", "quantization", "revision", "trust_remote_code",

@@ -12,9 +12,11 @@ import random
 from pathlib import Path
 
 import pytest
+import yaml
 
 from fakes import record, write_run
-from runner.results.card.card import card
+from runner.errors import UserError
+from runner.results.card.card import card, tables
 from runner.results.cli.main import main
 from runner.results.runs.load import load_run
 from runner.results.scoring import stats
@@ -82,7 +84,9 @@ def store(tmp_path):
     a, ta = mmmu_run(tmp_path, "a" * 16, {"name": "pixtral-12b-2409",
                                           "hf_repo": "mistralai/Pixtral-12B-2409"}, base_right)
     b, tb = mmmu_run(tmp_path, "b" * 16, {"name": "pixtral-large-instruct-2411-w4a16",
-                                          "quantization": "compressed-tensors"}, other_right)
+                                          "quantization": "compressed-tensors",
+                                          "quantized_from":
+                                          "mistralai/Pixtral-Large-Instruct-2411"}, other_right)
     outs = [rnd.choice(list(ANLS)) for _ in range(50)]
     recs = [record(f"d{i}", o, expected=["paris", "Paris"], scorer="anls")
             for i, o in enumerate(outs)]
@@ -97,8 +101,9 @@ def test_rows_recomputed(store):
     root, (a, ta), (b, tb), (c, anls) = store
     got = card([load_run(d) for d in (a, b, c)])
     ra, rb, rc = got["rows"]
-    assert list(ra) == ["benchmark", "run", "model", "metric", "value", "ci95", "interval", "n",
-                        "errors", "other_metrics", "published", "vs_published"]
+    assert list(ra) == ["benchmark", "run", "ref", "model", "metric", "value", "ci95",
+                        "interval", "n", "errors", "other_metrics", "view", "subset",
+                        "published", "vs_published"]
     x, n = sum(ta.values()), len(ta)
     assert (ra["benchmark"], ra["metric"], ra["n"], ra["errors"]) == ("mmmu", E, 61, 1) == \
         ("mmmu", E, n, 1)
@@ -119,8 +124,28 @@ def test_rows_recomputed(store):
     assert rc["vs_published"] == round(rc["value"] - 90.7, 2)
 
 
+def test_recovery_only_for_a_quantized_model_against_its_base(store):
+    """Pixtral-12B against Pixtral-Large W4A16 is a delta, not a recovery: the W4A16 model
+    names its base (model.quantized_from), and 12B is not it."""
+    root, (a, _), (b, _), _ = store
+    (p,) = card([load_run(a), load_run(b)])["pairs"]
+    assert p["delta"] is not None and (p["recovery"], p["recovery_ci95"]) == (None, None)
+    text = " ".join(str(t.columns[-1]._cells) for t in tables(card([load_run(a), load_run(b)]))
+                    [1:2])
+    assert "not a quantization of the base" in text
+
+
+def as_base(d: Path) -> None:
+    """Make run `d` a run of the unquantized Pixtral-Large (the W4A16 model's base)."""
+    cfg = yaml.safe_load((d / "config.yaml").read_text())
+    cfg["model"] = {"name": "pixtral-large-instruct-2411",
+                    "hf_repo": "mistralai/Pixtral-Large-Instruct-2411"}
+    (d / "config.yaml").write_text(yaml.safe_dump(cfg))
+
+
 def test_pair_delta_and_recovery_recomputed(store):
     root, (a, ta), (b, tb), _ = store
+    as_base(a)
     (p,) = card([load_run(a), load_run(b)])["pairs"]
     ids = [i for i in ta if i in tb]
     xa, xb = [ta[i] for i in ids], [tb[i] for i in ids]
@@ -175,20 +200,56 @@ def test_cli_text_and_json(store, capsys, monkeypatch):
     assert main(["--root", str(root), "card"]) == 2
 
 
-def test_a_judged_run_shows_its_micro_average(tmp_path):
+def judged_store(tmp_path: Path) -> Path:
+    """A judged MM-MT-Bench run rated by two judges: a local one (ratings 2, 3, 4) and the
+    published one (gpt-4o-2024-05-13: 5, 6, 7), as `results judge` stores them."""
+    from runner.results.judging.judged import request_hash
+
     recs = [record(f"t{i}", "an answer", expected="a reference") for i in range(3)]
     d = write_run(tmp_path, "j" * 16, recs, config={"prompts": {"name": "mm_mt_bench"},
                                                     "model": {"name": "pixtral-12b-2409"}},
                   model="pixtral-12b-2409")
     (d / "judgements").mkdir()
-    (d / "judgements" / "x.metrics.json").write_text(json.dumps({
-        "judge": {"name": "mm_mt_bench"}, "rated": 3, "unrated": 0, "error": 0,
-        "micro_average": {"mean": 6.0, "ci95": [5.0, 7.0], "n": 3},
-        "macro_average": {"mean": 6.5, "ci95": [5.5, 7.5]}}))
+    for jid, name, model, base in (("aaa111", "local", "some-local-model", 2),
+                                   ("bbb222", "mm_mt_bench", "gpt-4o-2024-05-13", 5)):
+        (d / "judgements" / f"{jid}.json").write_text(json.dumps(
+            {"id": jid, "name": name, "model": model}))
+        (d / "judgements" / f"{jid}.jsonl").write_text("".join(json.dumps(
+            {"id": r["id"], "key": r["key"], "request": request_hash(jid, r), "judge": jid,
+             "status": "rated", "rating": float(base + i)}) + "\n" for i, r in enumerate(recs)))
+    return d
+
+
+def test_a_judged_run_shows_its_micro_average(tmp_path):
+    d = judged_store(tmp_path)
     (row,) = card([load_run(d)])["rows"]
-    assert (row["benchmark"], row["value"], row["ci95"], row["n"]) == ("mm_mt_bench", 6.0,
-                                                                       [5.0, 7.0], 3)
+    # the benchmark's configured judge (mm_mt_bench), whichever metrics file is newest
+    assert (row["benchmark"], row["value"], row["n"]) == ("mm_mt_bench", 6.0, 3)
+    assert row["judge"] == {"id": "bbb222", "name": "mm_mt_bench",
+                            "model": "gpt-4o-2024-05-13", "published": True}
+    assert row["ci95"][0] <= 6.0 <= row["ci95"][1]
     assert row["published"]["value"] == 6.05 and row["vs_published"] == -0.05
+    assert "note" not in row["published"]
+    # another judge, named: its ratings, and the row says it is not the published judge
+    (other,) = card([load_run(d)], judge="local")["rows"]
+    assert (other["value"], other["judge"]["id"]) == (3.0, "aaa111")
+    assert "not gpt-4o-2024-05-13" in other["published"]["note"]
+    with pytest.raises(UserError, match="rated by local"):
+        card([load_run(d)], judge="nobody")
+
+
+def test_judged_pairs_are_on_the_judges_ratings(tmp_path):
+    """Two judged runs pair on the judge's ratings (the judge's scale), never on `exact`."""
+    d1 = judged_store(tmp_path / "one")
+    d2 = judged_store(tmp_path / "two")
+    cfg = yaml.safe_load((d2 / "config.yaml").read_text())
+    cfg["model"] = {"name": "pixtral-large-instruct-2411"}
+    (d2 / "config.yaml").write_text(yaml.safe_dump(cfg))
+    lines = d2 / "judgements" / "bbb222.jsonl"
+    rows = [json.loads(x) for x in lines.read_text().splitlines()]
+    lines.write_text("".join(json.dumps(r | {"rating": r["rating"] + 1}) + "\n" for r in rows))
+    (p,) = card([load_run(d1), load_run(d2)])["pairs"]
+    assert (p["n_paired"], p["delta"], p["recovery"]) == (3, 1.0, None)
 
 
 def test_ratio_bootstrap_agrees_with_plain_resampling():

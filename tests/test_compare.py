@@ -155,11 +155,17 @@ def test_compare_json_is_the_documented_shape_and_every_number_checks(tmp_path, 
     base = truth[dirs[0].name]
     assert len(got["pairs"]) == 2
     for pair, d in zip(got["pairs"], dirs[1:], strict=True):
-        assert list(pair) == ["base", "other", "n_paired", "delta", "ci95", "mcnemar_p",
-                              "right_to_wrong", "wrong_to_right"]
+        assert list(pair) == ["base", "other", "n_paired", "n_base", "n_other", "warning",
+                              "delta", "ci95", "mcnemar_p", "right_to_wrong", "wrong_to_right"]
         other = truth[d.name]
-        ids = [i for i in base if i in other]
-        assert (pair["base"], pair["other"], pair["n_paired"]) == (dirs[0].name, d.name, 80)
+        # pairs are by item key: the second run's q007 was edited (another key), so it is
+        # another question and not paired
+        ids = [i for i in base if i in other and not (d == dirs[1] and i == "q007")]
+        assert (pair["base"], pair["other"], pair["n_paired"]) == (dirs[0].name, d.name,
+                                                                   len(ids))
+        # each side's n beside n_paired, and a warning: items of each are not in the other
+        assert (pair["n_base"], pair["n_other"]) == (81, 81)
+        assert pair["warning"].startswith(f"paired on {len(ids)} items of 81 and 81")
         b = sum(base[i] and not other[i] for i in ids)
         c = sum(other[i] and not base[i] for i in ids)
         assert (pair["right_to_wrong"], pair["wrong_to_right"]) == (b, c)
@@ -237,7 +243,8 @@ def test_compare_never_imports_vllm_or_torch(tmp_path):
     assert p.returncode == 0, p.stderr
     assert "McNemar p" in p.stdout
     lines = p.stdout.splitlines()
-    assert all(len(x) <= 80 for x in lines) and sum(dirs[1].name in x for x in lines) == 4
+    # its row, its pairing warning (q007 edited), its flips both ways, and the runs table
+    assert all(len(x) <= 80 for x in lines) and sum(dirs[1].name in x for x in lines) == 5
 
 
 # ---- sampling.n > 1 ------------------------------------------------------------------------

@@ -56,7 +56,8 @@ def make_run(root: Path, name: str, set_file: Path, prompts: dict, temperature: 
     doc = yaml.safe_load(set_file.read_text())
     recs = []
     for i, it in enumerate(doc["items"][:n]):
-        fields = {"key": f"{name}-{i}", "prompt": it["text"], "expected": it["expected"],
+        # the same item in every run has the same key (its content), as the job writes it
+        fields = {"key": f"item-{i}", "prompt": it["text"], "expected": it["expected"],
                   "tags": it["tags"], "prompt_tokens": 10, "completion_tokens": 5,
                   "images": [{"path": p, "sha256": f"sha-{p}"} for p in it.get("images", [])]}
         fields |= (extra or {}).get(i, {})

@@ -323,7 +323,7 @@ fake = {fake!r}
 if fake:
     m = types.ModuleType("runner.results.report.html")
     def build_report(run_dirs: list, out: Path, **options) -> Path:
-        out.write_text("\\n".join(p.name for p in run_dirs))
+        out.write_text("\\n".join(p.path.name for p in run_dirs))
         return out
     m.build_report = build_report
     sys.modules["runner.results.report.html"] = m

@@ -1,9 +1,14 @@
 """Write an imported benchmark as a prompt set: <out>/set.yaml (name, metrics as `scorer`, the
-harness's sampling as the set's `sampling:`) + <out>/items.jsonl + <out>/images/."""
+harness's sampling as the set's `sampling:`) + <out>/items.jsonl + <out>/images/ +
+<out>/imported.json (where it came from). Built in a folder beside <out> and put in place in
+one step, the stamp written last: a failed or killed import leaves no set behind."""
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
+import shutil
 from pathlib import Path
 from typing import IO, Any
 
@@ -14,26 +19,57 @@ from runner.benchmarks.sources import rows
 from runner.errors import UserError
 from runner.files import atomic_write
 
+CODE = [Path(__file__).with_name(f) for f in ("build.py", "importers.py", "sources.py")]
+
+
+def importer_code() -> str:
+    """Digest of the code that turns rows into items: a fix in an importer imports again."""
+    h = hashlib.sha256()
+    for f in CODE:
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
 
 def import_benchmark(name: str, source: str, out: Path, split: str | None = None,
                      limit: int | None = None, force: bool = False,
-                     constrain: bool = False) -> tuple[Path, int]:
-    """Import `name` from `source` into the set folder `out`; (set file, item count)."""
+                     constrain: bool = False,
+                     stamp: dict[str, Any] | None = None) -> tuple[Path, int]:
+    """Import `name` from `source` into the set folder `out`; (set file, item count).
+    `stamp`: more to record in imported.json (the preset's key and source identity)."""
     if name not in CONVERTERS:
         raise UserError(f"unknown benchmark '{name}'; one of {', '.join(CONVERTERS)}.")
-    proto = PROTOCOL[name]
     out = Path(out)
+    if (out / "set.yaml").exists() and not force:
+        raise UserError(f"{out / 'set.yaml'} exists; pick another --out or pass --force.")
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    try:
+        count = _build(name, source, tmp, out.name, split, limit, constrain, stamp or {})
+        old = out.with_name(f".{out.name}.{os.getpid()}.old")
+        if out.exists():  # --force over an existing set: aside, then the new one in place
+            os.replace(out, old)
+        os.replace(tmp, out)
+        shutil.rmtree(old, ignore_errors=True)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out / "set.yaml", count
+
+
+def _build(name: str, source: str, out: Path, set_name: str, split: str | None,
+           limit: int | None, constrain: bool, stamp: dict[str, Any]) -> int:
+    proto = PROTOCOL[name]
     set_file = out / "set.yaml"
-    if set_file.exists() and not force:
-        raise UserError(f"{set_file} exists; pick another --out or pass --force.")
     split = split or proto["split"]
     img = Images(out)
     convert = CONVERTERS[name]
-    count, ids = 0, set()
+    count, ids, sizes = 0, set(), {}
+    read = 0
 
     def write(fh: IO[bytes]) -> None:
-        nonlocal count
-        for n, row in enumerate(rows(source, split, proto.get("config"), limit)):
+        nonlocal count, read
+        for n, row in enumerate(rows(source, split, proto.get("config"), limit, sizes)):
+            read = n + 1
             for item in convert(row, n, img, constrain=constrain):
                 if item["id"] in ids:
                     raise UserError(f"{source}: duplicate id '{item['id']}'; ids must be unique.")
@@ -46,7 +82,7 @@ def import_benchmark(name: str, source: str, out: Path, split: str | None = None
         raise UserError(f"{source}: no rows in split '{split}'.")
     src = proto["source"]
     doc: dict[str, Any] = {
-        "name": out.name,
+        "name": set_name,
         "description": f"{name} ({proto['dataset']}) imported from {source}, split {split}"
                        f"{f', first {limit} rows' if limit else ''}; requests, sampling and "
                        f"metrics as {src['repo']} {src['path']}@{src['commit'][:12]} builds "
@@ -59,4 +95,10 @@ def import_benchmark(name: str, source: str, out: Path, split: str | None = None
         doc["scorer"] = list(proto["metrics"])
     atomic_write(set_file, f"# Imported by `python -m runner.benchmarks import {name}`.\n"
                  + yaml.safe_dump(doc, sort_keys=False, allow_unicode=True, width=1000))
-    return set_file, count
+    # last: where the items came from (the run's manifest carries it: docs/evaluations.md)
+    origin = {"benchmark": name, "source": source, "split": split,
+              "split_rows": sizes.get("split_rows"), "rows_planned": read, "items": count,
+              "limit": limit, "protocol": {"harness": "runner/benchmarks/harness.yaml", **src},
+              "importer": importer_code(), **stamp}
+    atomic_write(out / "imported.json", json.dumps(origin, indent=2, sort_keys=True) + "\n")
+    return count

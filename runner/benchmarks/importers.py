@@ -21,6 +21,7 @@ from PIL import Image, UnidentifiedImageError
 
 from runner.benchmarks.sources import image_bytes
 from runner.errors import UserError
+from runner.files import atomic_write
 
 PROTOCOL: dict[str, dict[str, Any]] = yaml.safe_load(
     (Path(__file__).with_name("harness.yaml")).read_text(encoding="utf-8"))
@@ -51,7 +52,7 @@ class Images:
             name = f"images/{sha[:20]}.{'jpg' if fmt == 'jpeg' else fmt}"
             f = self.dir.parent / name
             if not f.exists():
-                f.write_bytes(data)
+                atomic_write(f, data)  # a kill mid-write leaves no truncated image
             self.seen[sha] = name
         return {"type": "image_url", "image_url": {"url": name}}
 

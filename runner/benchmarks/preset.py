@@ -1,62 +1,110 @@
 """`prompts=mmmu` (conf/prompts/<bench>.yaml): a benchmark preset, imported on first use into
-the store's cache (<store.root>/.cache/benchmarks/<name>/), then planned like any set. One
-root for every benchmark, so a multirun over them keeps one engine (its media root). The
-set's `imported.json` holds a key of the benchmark, the source (a local one's files, sizes and
-mtimes) and `prompts.limit`: a changed source or limit imports again. The first `limit` rows
-are the subset (deterministic: the source's order)."""
+the store's cache, then planned like any set.
+
+Each import is addressed by what produces it (as the store addresses runs): the benchmark,
+its protocol entry in harness.yaml, the importer's code, the source (a local file's content,
+or a hub id with its resolved revision) and `prompts.limit`. It lives in
+<store.root>/.cache/benchmarks/<key>/<name>/ and is never changed once there, so a run's
+recorded set file stays what produced it, and two configs importing other versions at once
+never see each other's. The first `limit` rows are the subset (the source's order)."""
 
 from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from runner.benchmarks.build import import_benchmark
+from runner.benchmarks.build import import_benchmark, importer_code
 from runner.benchmarks.importers import PROTOCOL
+from runner.config import BENCHMARK_CACHE
 from runner.console import console
 from runner.errors import UserError
 from runner.files import atomic_write, locked, read_json
 
+KEY_LEN = 16
 
-def _stamp(source: str) -> list[Any]:
+
+def _sha256(f: Path, memo: dict[str, Any]) -> str:
+    """A file's SHA-256, remembered by (path, size, mtime): a big parquet is read once."""
+    st = f.stat()
+    k = f"{f.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    if k not in memo:
+        h = hashlib.sha256()
+        with open(f, "rb") as fh:
+            while chunk := fh.read(1 << 20):
+                h.update(chunk)
+        memo[k] = h.hexdigest()
+    return memo[k]
+
+
+def _revision(repo: str) -> str | None:
+    """The hub dataset's commit: asked of the hub unless offline, else the local cache's."""
+    try:
+        from huggingface_hub import HfApi, constants
+
+        if not constants.HF_HUB_OFFLINE:
+            return HfApi().dataset_info(repo, timeout=10).sha
+    except Exception:  # noqa: BLE001 - offline or unreachable: the cache's, if any
+        pass
+    try:
+        from huggingface_hub import constants
+
+        ref = Path(constants.HF_HUB_CACHE) / f"datasets--{repo.replace('/', '--')}"
+        return (ref / "refs" / "main").read_text().strip() or None
+    except Exception:  # noqa: BLE001
+        return None
+
+
+def source_id(source: str, cache: Path) -> dict[str, Any]:
+    """What the source is: a local file or folder by content, a hub id by revision."""
     p = Path(source)
     if not p.exists():
-        return [source]
+        return {"hub": source, "revision": _revision(source)}
+    memo_file = cache / ".sha256.json"
+    memo = read_json(memo_file, {})
     files = [p] if p.is_file() else sorted(x for x in p.rglob("*") if x.is_file())
-    return [str(p.resolve())] + [[str(f), f.stat().st_size, f.stat().st_mtime_ns]
-                                 for f in files]
+    digests = {str(f.relative_to(p) if f != p else f.name): _sha256(f, memo) for f in files}
+    atomic_write(memo_file, json.dumps(memo))
+    whole = hashlib.sha256(json.dumps(digests, sort_keys=True).encode()).hexdigest()
+    return {"path": str(p.resolve()), "sha256": whole if len(files) != 1 else
+            next(iter(digests.values())), "files": len(files)}
 
 
-def resolve(cfg: DictConfig) -> None:
-    """Import `prompts.benchmark` if its set is not in the cache yet; point `prompts.root`
-    at it. A no-op for ordinary sets."""
+def resolve(cfg: DictConfig) -> dict[str, Any]:
+    """Import `prompts.benchmark` if this import is not in the cache yet; point `prompts.root`
+    at it. Returns where its items came from (the run's view records it); {} for
+    ordinary sets."""
     p = cfg.prompts
     bench = p.get("benchmark")
     if not bench:
-        return
+        return {}
     if bench not in PROTOCOL:
         raise UserError(f"prompts.benchmark={bench} is not one of {', '.join(PROTOCOL)}.")
     source = p.get("source") or PROTOCOL[bench]["dataset"]
     if (Path(source) / bench).exists():  # a folder of several benchmarks' sources, by name:
         source = str(Path(source) / bench)  # one `prompts.source` serves a multirun over them
-    key = hashlib.sha256(json.dumps([bench, _stamp(source), p.get("limit")]).encode())
-    root = Path(cfg.store.root) / ".cache" / "benchmarks"
-    set_dir = root / str(p.name)
-    stamp = set_dir / "imported.json"
-    want = {"benchmark": bench, "source": source, "limit": p.get("limit"),
-            "key": key.hexdigest()}
-
-    def fresh() -> bool:
-        return (set_dir / "set.yaml").exists() and read_json(stamp) == want
-
-    if not fresh():
-        with locked(root / f".{p.name}.lock"):
-            if not fresh():  # another process may have imported it meanwhile
-                console.print(f"importing {bench} from {source} into {set_dir}")
-                import_benchmark(bench, source, set_dir, limit=p.get("limit"), force=True)
-                atomic_write(stamp, json.dumps(want))
+    cache = Path(cfg.store.root) / BENCHMARK_CACHE
+    cache.mkdir(parents=True, exist_ok=True)
+    with locked(cache / f".{bench}.lock"):  # one importer of a benchmark at a time
+        ident = source_id(source, cache)
+        key = hashlib.sha256(json.dumps(
+            [bench, PROTOCOL[bench], importer_code(), ident, p.get("limit")],
+            sort_keys=True).encode()).hexdigest()[:KEY_LEN]
+        set_dir = cache / key / str(p.name)
+        stamp = read_json(set_dir / "imported.json", {})
+        if stamp.get("key") != key:
+            for stale in (cache / key).glob(".*.tmp"):  # a killed import's leftovers
+                shutil.rmtree(stale, ignore_errors=True)
+            console.print(f"importing {bench} from {source} into {set_dir}")
+            import_benchmark(bench, source, set_dir, limit=p.get("limit"), force=True,
+                             stamp={"key": key, "source_id": ident})
+            stamp = read_json(set_dir / "imported.json", {})
     with open_dict(cfg):
-        cfg.prompts.root = str(root)
+        cfg.prompts.root = str(cache / key)
+    return {k: stamp.get(k) for k in ("benchmark", "source", "source_id", "split",
+                                      "split_rows", "rows_planned", "protocol", "importer",
+                                      "key")}

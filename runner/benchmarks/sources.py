@@ -34,16 +34,18 @@ def _parquet_files(folder: Path, split: str, config: str | None) -> list[Path]:
     return named or ([] if len(files) > 1 else files)
 
 
-def rows(src: str, split: str, config: str | None = None,
-         limit: int | None = None) -> Iterator[dict[str, Any]]:
+def rows(src: str, split: str, config: str | None = None, limit: int | None = None,
+         sizes: dict[str, int] | None = None) -> Iterator[dict[str, Any]]:
     """The first `limit` rows of `src`'s split, each a dict; a JSONL row gets `_base`, the
-    folder its relative image paths resolve against."""
+    folder its relative image paths resolve against. `sizes["split_rows"]`: the split's rows."""
     p = Path(src)
+    sizes = {} if sizes is None else sizes
     if p.suffix == ".jsonl" and p.is_file():
         with open(p, encoding="utf-8") as fh:
             n = 0
             for k, line in enumerate(fh, 1):
-                if limit is not None and n >= limit:
+                if limit is not None and n >= limit:  # the rest only counted
+                    sizes["split_rows"] = n + sum(1 for x in fh if x.strip()) + bool(line.strip())
                     return
                 if line.strip():
                     try:
@@ -53,6 +55,7 @@ def rows(src: str, split: str, config: str | None = None,
                     rec["_base"] = str(p.parent)
                     n += 1
                     yield rec
+        sizes["split_rows"] = n
         return
     import datasets
 
@@ -74,6 +77,7 @@ def rows(src: str, split: str, config: str | None = None,
     else:
         raise UserError(f"--source {src}: no such file or folder, and not a dataset id.")
     ds = _undecoded(ds)
+    sizes["split_rows"] = len(ds)
     if limit is not None:
         ds = ds.select(range(min(limit, len(ds))))
     yield from ds

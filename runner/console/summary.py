@@ -26,6 +26,7 @@ class Summary:
     restarts: int = 0  # engine restarts after deaths (not counting the poison search)
     error_kinds: dict[str, int] = field(default_factory=dict)  # this invocation's, by kind
     error: str | None = None  # a user error that failed this job (in a sweep)
+    view: str | None = None  # the items this config planned (runner/store/view.py): its figures'
 
     @property
     def tokens_per_s(self) -> float:

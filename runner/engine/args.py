@@ -14,7 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import engine_args, field_names
+from runner.config import BENCHMARK_CACHE, engine_args, field_names
 from runner.errors import UserError
 
 
@@ -34,9 +34,13 @@ def engine_kwargs(cfg: DictConfig, media_root: Path) -> dict[str, Any]:
 
 def media_root(cfg: DictConfig, set_root: Path) -> Path:
     """Where vLLM may read local images (its allowed_local_media_path): prompts.root when
-    the set lies under it, so a sweep over the sets there keeps one engine; else the set's
-    own root. The plan already refused images outside the set's root."""
+    the set lies under it, so a sweep over the sets there keeps one engine (for benchmark
+    imports, each in its own folder, the folder of them all); else the set's own root. The
+    plan already refused images outside the set's root."""
     root = Path(cfg.prompts.root).resolve()
+    imports = (Path(cfg.store.root) / BENCHMARK_CACHE).resolve()
+    if root.is_relative_to(imports):
+        root = imports
     return root if set_root.resolve().is_relative_to(root) else set_root
 
 

@@ -3,6 +3,7 @@ Everything else is config."""
 
 from __future__ import annotations
 
+import functools
 import time
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from runner.results.report.thumbs import ensure_beside
 from runner.store import manifest
 from runner.store.record import Record, counts
 from runner.store.rundir import ResultWriter, RunDir, run_hash
+from runner.store.view import View, register
 
 
 def check_before_download(cfg: DictConfig, set_root: Any) -> None:
@@ -59,13 +61,15 @@ class Job:
         self.writer: ResultWriter | None = None
         self.prompt_tokens: dict[str, int] = {}  # the token plan, by item key
         self.retired: dict[str, Record] = {}  # error records to retry (runner/job/retry.py)
+        self.origin: dict[str, Any] = {}  # a benchmark's provenance (runner/benchmarks/preset)
 
     def run(self) -> Summary:
         cfg = self.cfg
         from runner.benchmarks.preset import resolve
 
-        resolve(cfg)  # a benchmark preset: imported into the store's cache on first use, so
-        # the set exists before anything (the engine's media root among them) looks for it
+        # a benchmark preset: imported into the store's cache on first use, so the set exists
+        # before anything (the engine's media root among them) looks for it
+        self.origin = resolve(cfg)
         if cfg.dry_run:
             from runner.plan.tokens import plan_tokens, show_plan
 
@@ -109,6 +113,9 @@ class Job:
         """Nothing left to compute: the stored run's summary, its scores and the index."""
         self.plan.remember()
         self._ended("cached")
+        if self.rd.exists():
+            register(self.rd.path, self.view)
+            manifest.viewed(self.rd, self.view)
         self.score_and_index()
         return self.summary
 
@@ -197,10 +204,12 @@ class Job:
         from runner.console.logs import attach
 
         self.rd.create(self.cfg, self.overrides)
+        register(self.rd.path, self.view)
         attach(self.rd.path)  # the engine's log so far moves into <run>/engine.log
         manifest.begin(self.rd, self.cfg, self.overrides, self.plan.name, self.feed.engine,
                        self.feed.quant,
                        sources(self.explicit, [it.sampling for it in self.plan.items]))
+        manifest.viewed(self.rd, self.view)
         if self.retired:
             retire(self.rd, self.retired)  # before the writer opens the file it rewrites
         self.writer = self.rd.writer(self.cfg.store.fsync_every, self.cfg.store.fsync_seconds)
@@ -245,6 +254,14 @@ class Job:
             raise Interrupted(f"Interrupted: {self.summary.computed} items stored in "
                               f"{self.rd.path}; rerun the same command to finish the rest.")
 
+    @functools.cached_property
+    def view(self) -> View:
+        """The items this config plans, every shard's: what its figures cover."""
+        p, whole = self.cfg.prompts, self.plan.whole or [(it.id, it.key) for it in self.plan.items]
+        source = {"set": self.plan.name, "file": str(self.plan.file), "limit": p.limit,
+                  "shards": self.cfg.shard.count, **self.origin}
+        return View([k for _, k in whole], [i for i, _ in whole], source)
+
     def effective(self, it: Item) -> dict[str, Any]:
         """The item's sampling: its set's and its own override over the run's."""
         return merge(self.sampling, it.sampling, self.explicit)
@@ -257,8 +274,9 @@ class Job:
         if self.writer is not None:
             self.writer.close()
         self._ended(status)
+        keys = set(self.view.keys)  # this config's items, not the folder's
         manifest.end(self.rd, self.summary, error, SLOT.starts,
-                     counts(self.rd.read_results().values()))
+                     counts(r for k, r in self.rd.read_results().items() if k in keys))
 
     def score_and_index(self) -> None:
         """Score the stored results (cheap, no engine: a changed scorer never regenerates)
@@ -267,10 +285,12 @@ class Job:
             from runner.results.runs import index
             from runner.results.scoring import score
 
-            m = score.score_run(self.rd.path, self.plan.file)
+            m = score.score_run(self.rd.path, self.plan.file, view=self.view)
+            self.summary.view = self.view.id
             index.upsert(self.rd.root, self.rd.path)
             if m.get("scored"):
-                console.print(f"scored {m['scored']} items: accuracy {m.get('accuracy', 0):.3f}")
+                console.print(f"scored {m['scored']} items (of {self.view.n} planned): "
+                              f"accuracy {m.get('accuracy', 0):.3f}")
 
     def _ended(self, status: str) -> Summary:
         self.summary.status, self.summary.total_s = status, time.perf_counter() - self.t0

@@ -27,11 +27,13 @@ from runner.results.scoring.stats import half_width
 
 def point(s: Summary) -> dict[str, Any]:
     """A sweep point's row in runs.json, from the job's typed summary."""
-    return {"hash": s.hash, "folder": s.folder,
+    top = None if not s.folder else Path(s.folder) if not s.view else \
+        Path(s.folder) / "views" / s.view  # the point's own items, not the folder's
+    return {"hash": s.hash, "view": s.view, "folder": s.folder,
             "status": {"complete": "computed"}.get(s.status, s.status),
             "items": s.planned, "computed": s.computed, "errors": s.errors,
             "tokens_per_s": round(s.tokens_per_s, 1), "error": s.error,
-            "metrics": read_json(Path(s.folder) / "metrics.json") if s.folder else None}
+            "metrics": read_json(top / "metrics.json") if top else None}
 
 
 def _write(path: Path, value: Any) -> None:
@@ -76,9 +78,9 @@ def benchmark_card(rows: list[dict[str, Any]]) -> list[Table]:
     """The report card (runner.results.card.card) of the points whose set is a benchmark (mmmu,
     mathvista, chartqa, docvqa, vqav2, mm_mt_bench); nothing when no point ran one."""
     from runner.results.card.card import BENCHMARKS, benchmark_of, card, tables
-    from runner.results.runs.load import is_run, load_run
+    from runner.results.runs.load import Ref, is_run, load_run
 
-    runs = [load_run(Path(r["folder"])) for r in rows
+    runs = [load_run(Ref(Path(r["folder"]), r.get("view"))) for r in rows
             if r.get("folder") and is_run(Path(r["folder"]))]
     runs = [r for r in runs if benchmark_of(r) in BENCHMARKS.values()]
     return tables(card(runs)) if runs else []
@@ -103,13 +105,14 @@ def versus_first(rows: list[dict[str, Any]]) -> list[bool | None]:
     McNemar on right/wrong scores; docs/compare.md); None where there is nothing to
     compare (the first point, a point without stored scores)."""
     from runner.results.card.compare import pair_stats, significant
-    from runner.results.runs.load import Run, load_run
+    from runner.results.runs.load import Ref, Run, load_run
 
     runs: list[Run | None] = [
-        load_run(Path(r["folder"])) if r.get("folder")
+        load_run(Ref(Path(r["folder"]), r.get("view"))) if r.get("folder")
         and (Path(r["folder"]) / "scores.jsonl").is_file() else None for r in rows]
     base = runs[0] if runs else None
-    return [None if base is None or run is None or i == 0 else
+    # two views of one run (e.g. prompts.limit=2,5) share their outputs: never a pair
+    return [None if base is None or run is None or i == 0 or run.path == base.path else
             significant(pair_stats(base, run)) for i, run in enumerate(runs)]
 
 

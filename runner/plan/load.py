@@ -86,6 +86,9 @@ class Plan:
     images: Images | None = field(default=None, repr=False)
     # A fresh plan's entry in the plan cache (saved by `remember`); None for a cached plan.
     cache: PlanCache | None = field(default=None, repr=False)
+    # (id, key) of every item the config plans, every shard's: the run's view
+    # (runner/store/view.py); `items` is this shard's
+    whole: list[tuple[str, str]] = field(default_factory=list, repr=False)
 
     @property
     def errors(self) -> list[Item]:
@@ -271,6 +274,7 @@ def load_plan(cfg: Any, show: bool = True) -> Plan:
     plan = load_set(p.name, p.root, p.system, p.limit, images=opts, max_images=lim.get("image"),
                     cache=Path(cfg.store.root) / ".cache", show=show)
     check_errors(plan.items, p.get("on_item_error", "skip"))
+    plan.whole = [(it.id, it.key) for it in plan.items]
     if cfg.shard.count > 1:  # this shard's items (the plan cache keeps the whole set's)
         plan.items = [it for it in plan.items if in_shard(it.key, cfg.shard)]
     return plan

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from runner.console.summary import Summary
 from runner.store.record import Counts, now
 from runner.store.rundir import RunDir
+from runner.store.view import View
 
 
 def versions() -> dict[str, str | None]:
@@ -89,3 +90,11 @@ def end(rd: RunDir, s: Summary, error: str | None, starts: int, stored: Counts) 
                        "errors_by_kind": stored.by_kind}
 
     rd.update_manifest(change)
+
+
+def viewed(rd: RunDir, view: View) -> None:
+    """The run's latest view: what its metrics.json covers (runner/store/view.py). Written only
+    when it changes, so a cached rerun leaves the manifest (a scoring input) as it is."""
+    brief = view.brief()
+    if rd.manifest().get("view") != brief:
+        rd.update_manifest(lambda m: m.__setitem__("view", brief))

@@ -23,7 +23,8 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from runner.results.card.compare import item_scores
+from runner.errors import UserError
+from runner.results.card.compare import key_scores, pairing
 from runner.results.card.published import family, figure
 from runner.results.runs.load import Run
 from runner.results.scoring.stats import paired_bootstrap, paired_ratio_bootstrap, wilson
@@ -31,6 +32,7 @@ from runner.results.scoring.stats import paired_bootstrap, paired_ratio_bootstra
 # A set is benchmark X when its name (prompts.name), lowercased without punctuation, is one of:
 BENCHMARKS = {"mmmu": "mmmu", "mathvista": "mathvista", "chartqa": "chartqa",
               "docvqa": "docvqa", "vqav2": "vqav2", "mmmtbench": "mm_mt_bench"}
+PUBLISHED_JUDGE = "gpt-4o-2024-05-13"  # mistral-evals' judge of MM-MT-Bench (docs/judges.md)
 NONE = "(none)"  # the --by group of items without that metadata field
 
 
@@ -43,14 +45,31 @@ def benchmark_of(run: Run) -> str:
 
 def _model(run: Run) -> tuple[str | None, str | None]:
     """The published family the run's model is (or quantizes), and its quantization."""
-    m = run.config.get("model") or {}
-    m = m if isinstance(m, dict) else {}
+    m = _model_cfg(run)
     names = [str(m.get(k) or "") for k in ("hf_repo", "name", "path")] + [run.model]
     return family(names), m.get("quantization")
 
 
-def _pct(x: float | None) -> float | None:
-    return None if x is None else round(100 * x, 2)
+def _model_cfg(run: Run) -> dict[str, Any]:
+    m = run.config.get("model") or {}
+    return m if isinstance(m, dict) else {}
+
+
+def base_of(base: Run, other: Run) -> bool:
+    """Whether `other` is a quantization of `base`'s model: its model config's
+    `quantized_from` names the base's (hf_repo, name or path's folder), and the base is not
+    quantized itself. Only such a pair has a recovery %."""
+    mb, mo = _model_cfg(base), _model_cfg(other)
+    origin = str(mo.get("quantized_from") or "")
+    if not origin or not mo.get("quantization") or mb.get("quantization"):
+        return False
+    names = {str(mb.get("hf_repo") or ""), str(mb.get("name") or ""),
+             str(mb.get("path") or "").rstrip("/").rsplit("/", 1)[-1]} - {""}
+    return origin in names or origin.rsplit("/", 1)[-1] in names
+
+
+def _pct(x: float | None, scale: float = 100) -> float | None:
+    return None if x is None else round(scale * x, 2 if scale == 100 else 4)
 
 
 def summary(values: list[float]) -> dict[str, Any]:
@@ -65,104 +84,161 @@ def summary(values: list[float]) -> dict[str, Any]:
             "interval": "wilson" if binary else "bootstrap", "n": n}
 
 
-def paired(a: dict[str, float], b: dict[str, float]) -> dict[str, Any]:
-    """Other (b) against base (a) on the items both scored: the delta of means (points) with
-    its paired bootstrap interval, and the recovery % (mean b / mean a x 100) with its own."""
-    ids = [i for i in a if i in b]
-    if not ids:
-        return {"n_paired": 0, "delta": None, "ci95": None, "recovery": None,
-                "recovery_ci95": None}
-    xa, xb = [a[i] for i in ids], [b[i] for i in ids]
+def paired(a: dict[str, float], b: dict[str, float], recovery: bool = True,
+           scale: float = 100) -> dict[str, Any]:
+    """Other (b) against base (a) on the items both scored (by item key): the delta of means
+    (points, or the judge's scale) with its paired bootstrap interval, n of each side and a
+    warning when the pair leaves items out; with `recovery` (a quantized model against its
+    base) the recovery % (mean b / mean a x 100) with its own."""
+    keys = [k for k in a if k in b]
+    out: dict[str, Any] = {"n_paired": len(keys), **pairing(len(a), len(b), len(keys))}
+    if not keys:
+        return out | {"delta": None, "ci95": None, "recovery": None, "recovery_ci95": None}
+    xa, xb = [a[k] for k in keys], [b[k] for k in keys]
     lo, hi = paired_bootstrap([y - x for x, y in zip(xa, xb, strict=True)])
-    ma, mb = sum(xa) / len(ids), sum(xb) / len(ids)
-    rci = paired_ratio_bootstrap(xa, xb)
-    return {"n_paired": len(ids), "delta": _pct(mb - ma), "ci95": [_pct(lo), _pct(hi)],
-            "recovery": _pct(mb / ma) if ma else None,
-            "recovery_ci95": [_pct(rci[0]), _pct(rci[1])] if rci else None}
+    ma, mb = sum(xa) / len(keys), sum(xb) / len(keys)
+    out |= {"delta": _pct(mb - ma, scale), "ci95": [_pct(lo, scale), _pct(hi, scale)],
+            "recovery": None, "recovery_ci95": None}
+    if recovery:
+        rci = paired_ratio_bootstrap(xa, xb)
+        out |= {"recovery": _pct(mb / ma) if ma else None,
+                "recovery_ci95": [_pct(rci[0]), _pct(rci[1])] if rci else None}
+    return out
 
 
 def _scores(run: Run) -> tuple[str | None, dict[str, float], dict[str, dict[str, float]]]:
     """The run's headline scorer (the first of each item's, the most common), each item's
-    score by id, and every other metric's scores by id."""
-    rows = item_scores(run)
+    score by item key, and every other metric's scores by item key."""
+    rows = key_scores(run)
     metric = Counter(r.get("scorer") for r in rows.values()).most_common(1)[0][0] if rows \
         else None
     others: dict[str, dict[str, float]] = defaultdict(dict)
-    for i, r in rows.items():
+    for k, r in rows.items():
         for name, v in (r.get("metrics") or {}).items():
             if name != r.get("scorer"):
-                others[name][i] = v
-    return metric, {i: float(r["score"]) for i, r in rows.items()}, dict(others)
+                others[name][k] = v
+    return metric, {k: float(r["score"]) for k, r in rows.items()}, dict(others)
 
 
-def run_row(run: Run) -> dict[str, Any]:
+def pick_judge(run: Run, want: str | None = None) -> dict[str, Any] | None:
+    """The judge behind a judged headline, chosen deterministically: `want` (an id or a
+    name), else the benchmark's configured judge (conf/judge/<benchmark>.yaml's name), else
+    the first by id; None for a run no judge rated."""
+    from runner.results.judging.judged import judges
+
+    js = judges(run.path)
+    if not js:
+        return None
+    if want:
+        hit = [d for d in js if want in (d.get("id"), d.get("name"))]
+        if not hit:
+            raise UserError(f"--judge {want}: run {run.hash} was rated by "
+                            + ", ".join(f"{d.get('name')} ({d.get('id')})" for d in js) + ".")
+        return hit[0]
+    named = [d for d in js if d.get("name") == benchmark_of(run)]
+    return (named or js)[0]
+
+
+def _judged(run: Run, want: str | None) -> tuple[dict[str, Any], dict[str, float]] | None:
+    """The chosen judge's aggregates over the run's view, and its ratings by item key."""
+    from runner.results.judging.judged import aggregates, ratings
+
+    j = pick_judge(run, want)
+    if j is None:
+        return None
+    items = list(run.items.values())
+    return aggregates(run.path, j["id"], items), ratings(run.path, j["id"], items)
+
+
+def run_row(run: Run, judge: str | None = None) -> dict[str, Any]:
     bench = benchmark_of(run)
     fam, quant = _model(run)
     metric, scores, others = _scores(run)
-    row: dict[str, Any] = {"benchmark": bench, "run": run.hash, "model": run.model,
-                           "metric": metric, **summary(list(scores.values())),
+    view = run.view.brief() if run.view else None
+    row: dict[str, Any] = {"benchmark": bench, "run": run.hash, "ref": run.ref,
+                           "model": run.model, "metric": metric,
+                           **summary(list(scores.values())),
                            "errors": sum(r.get("status") != "ok" for r in run.items.values()),
                            "other_metrics": {k: _pct(sum(v.values()) / len(v))
-                                             for k, v in others.items()}}
-    from runner.results.judging.judged import judged_metrics
-
-    judged = judged_metrics(run.path)
+                                             for k, v in others.items()},
+                           "view": view, "subset": bool(view and view["subset"])}
+    judged = _judged(run, judge)
     if judged:  # a judged run (MM-MT-Bench): the judge's micro average is its headline, on
         m = judged[0]  # the judge's scale; a scorer's value, if any, stays beside it
-        micro = m.get("micro_average") or {}
+        micro, j = m.get("micro_average") or {}, m.get("judge") or {}
         beside = {metric: row["value"]} if scores and metric else {}
-        row |= {"metric": f"judge {(m.get('judge') or {}).get('name')}: micro average",
+        row |= {"metric": f"judge {j.get('name')}: micro average",
+                "judge": j | {"published": j.get("model") == PUBLISHED_JUDGE},
                 "value": micro.get("mean"), "ci95": micro.get("ci95"),
                 "interval": "bootstrap", "n": m.get("rated", 0),
                 "errors": row["errors"] + m.get("error", 0) + m.get("unrated", 0),
                 "other_metrics": {"macro average": (m.get("macro_average") or {}).get("mean"),
                                   **beside, **row["other_metrics"]}}
     pub = figure(fam, bench)
+    notes = ([f"published for the unquantized model ({quant} here)"] if quant else []) + \
+        ([f"this run is a subset ({view['n']} items)"] if row["subset"] else []) + \
+        ([f"judged by {row['judge']['model']}, not {PUBLISHED_JUDGE}"]
+         if judged and not row["judge"]["published"] else [])
     row["published"] = None if pub is None else {
         "value": pub["value"], "label": pub["label"], "model": fam, "source": pub["source"],
-        **({"note": f"published for the unquantized model ({quant} here)"} if quant else {})}
+        **({"note": "; ".join(notes)} if notes else {})}
     row["vs_published"] = (round(row["value"] - pub["value"], 2)
                            if pub and row["value"] is not None else None)
     return row
 
 
 def _groups(run: Run, scores: dict[str, float], field: str) -> dict[str, dict[str, float]]:
+    by_key = {r["key"]: r for r in run.items.values()}
     out: dict[str, dict[str, float]] = defaultdict(dict)
-    for i, v in scores.items():
-        g = ((run.items.get(i) or {}).get("metadata") or {}).get(field)
-        out[NONE if g is None else str(g)][i] = v
+    for k, v in scores.items():
+        g = ((by_key.get(k) or {}).get("metadata") or {}).get(field)
+        out[NONE if g is None else str(g)][k] = v
     return dict(sorted(out.items()))
 
 
-def card(runs: list[Run], by: str | None = None) -> dict[str, Any]:
-    """The card of these runs: a row per run; per benchmark run by two runs or more, the first
-    (in the order given) against each other; with `by`, the same per metadata value."""
-    rows = [run_row(r) for r in runs]
-    scores = {r.hash: _scores(r)[1] for r in runs}
-    bench: dict[str, list[Run]] = defaultdict(list)
+def card(runs: list[Run], by: str | None = None, judge: str | None = None) -> dict[str, Any]:
+    """The card of these runs: a row per run (per view: HASH@VIEW); per benchmark run by two
+    runs or more, the first (in the order given) against each other, never two views of one
+    run (they share their outputs); a judged benchmark paired on the judge's ratings; the
+    recovery % only for a quantized model against its base (base_of). With `by`, the same
+    per metadata value."""
+    rows = [run_row(r, judge) for r in runs]
+    scores: list[dict[str, float]] = []  # by position: two stores may hold one hash
+    scale: list[float] = []
     for r, row in zip(runs, rows, strict=True):
-        bench[row["benchmark"]].append(r)
-    pairs = []
-    for b, rs in bench.items():
-        scored = [r for r in rs if scores[r.hash]]
-        for other in scored[1:]:
-            pairs.append({"benchmark": b, "base": scored[0].hash, "other": other.hash,
-                          **paired(scores[scored[0].hash], scores[other.hash])})
+        judged = _judged(r, judge) if row.get("judge") else None
+        scores.append(judged[1] if judged else _scores(r)[1])
+        scale.append(1 if judged else 100)
+    bench: dict[str, list[int]] = defaultdict(list)
+    for i, row in enumerate(rows):
+        bench[row["benchmark"]].append(i)
+    pairs, bases = [], []
+    for b, ix in bench.items():
+        scored = [i for i in ix if scores[i]]
+        for o in scored[1:]:
+            base, other = runs[scored[0]], runs[o]
+            if other.path == base.path:  # two views of one run: not a comparison
+                continue
+            bases.append((scored[0], o))
+            pairs.append({"benchmark": b, "base": base.hash, "other": other.hash,
+                          "base_ref": base.ref, "other_ref": other.ref,
+                          **paired(scores[scored[0]], scores[o], base_of(base, other),
+                                   scale[o])})
     result: dict[str, Any] = {"rows": rows, "pairs": pairs}
     if by:
         grows, gpairs = [], []
-        for r, row in zip(runs, rows, strict=True):
-            for g, s in _groups(r, scores[r.hash], by).items():
-                grows.append({"benchmark": row["benchmark"], "run": r.hash, "group": g,
-                              **summary(list(s.values()))})
-        for p in pairs:
-            base = next(r for r in runs if r.hash == p["base"])
-            other = scores[p["other"]]
-            for g, s in _groups(base, scores[p["base"]], by).items():
-                if any(i in other for i in s):  # groups with paired items only
+        for i, (r, row) in enumerate(zip(runs, rows, strict=True)):
+            for g, s in _groups(r, scores[i], by).items():
+                grows.append({"benchmark": row["benchmark"], "run": r.hash, "ref": r.ref,
+                              "group": g, **summary(list(s.values()))})
+        for p, (ib, io) in zip(pairs, bases, strict=True):
+            other, rec = scores[io], p["recovery"] is not None
+            for g, s in _groups(runs[ib], scores[ib], by).items():
+                if any(k in other for k in s):  # groups with paired items only
                     gpairs.append({"benchmark": p["benchmark"], "base": p["base"],
                                    "other": p["other"], "group": g,
-                                   **paired(s, {i: other[i] for i in s if i in other})})
+                                   **paired(s, {k: other[k] for k in s if k in other}, rec,
+                                            scale[io])})
         result["by"] = {"field": by, "rows": grows, "pairs": gpairs}
     return result
 
@@ -196,29 +272,48 @@ def _t(title: str, *cols: str) -> Table:
     return t
 
 
+def _short(ref: str) -> str:
+    """HASH@VIEW shortened: 8 digits of the hash, 6 of the view."""
+    h, _, v = ref.partition("@")
+    return h[:8] + (f"@{v[:6]}" if v else "")
+
+
 def tables(result: dict[str, Any]) -> list[Table]:
     t = _t("report card (95 % intervals)", "benchmark", "run", "model", "metric",
            "value [95 %]", "n", "err", "pub.", "Δ pub.")
+    views = Counter(r["run"] for r in result["rows"])  # a hash twice: name its views
     for r in result["rows"]:
         pub = r["published"]
         metric = SHORT.get(r["metric"], r["metric"] or "not scored")
-        t.add_row(r["benchmark"], r["run"][:8], r["model"], metric,
-                  _iv(r["value"], r["ci95"]), str(r["n"]), str(r["errors"]),
-                  "-" if pub is None else f"{pub['value']:g}",
-                  "-" if r["vs_published"] is None else f"{r['vs_published']:+.2f}")
+        mark = "†" if pub is not None and pub.get("note") else ""
+        t.add_row(r["benchmark"], _short(r["ref"]) if views[r["run"]] > 1 else r["run"][:8],
+                  r["model"], metric, _iv(r["value"], r["ci95"]), str(r["n"]), str(r["errors"]),
+                  "-" if pub is None else f"{pub['value']:g}{mark}",
+                  "-" if r["vs_published"] is None else f"{r['vs_published']:+.2f}{mark}")
     out = [t]
     sources = {f"{p['model']}: {p['source']}" for r in result["rows"] if (p := r["published"])}
     notes = [x for r in result["rows"] if (x := _also(r))]
+    marked = [f"{r['benchmark']} {r['run'][:8]}: {r['published']['note']}"
+              for r in result["rows"] if r["published"] and r["published"].get("note")]
     notes = (["also: " + "; ".join(notes)] if notes else []) + \
-        (["published (pub.): " + "; ".join(sorted(sources))] if sources else [])
+        (["published (pub.): " + "; ".join(sorted(sources))] if sources else []) + \
+        (["† not comparable as it stands: " + "; ".join(marked)] if marked else [])
     if notes:
         t.caption, t.caption_justify = "\n".join(notes), "left"
     if result["pairs"]:
-        p = _t("paired: other against base on the items both scored", "benchmark", "base",
-               "other", "paired", "Δ points [95 %]", "recovery % [95 %]")
+        p = _t("paired: other against base on the items both scored (by item key)",
+               "benchmark", "base", "other", "paired", "Δ [95 %]", "recovery % [95 %]")
+        warn = [f"{x['benchmark']} {x['other'][:8]}: {x['warning']}"
+                for x in result["pairs"] if x.get("warning")]
         for x in result["pairs"]:
-            p.add_row(x["benchmark"], x["base"][:8], x["other"][:8], str(x["n_paired"]),
-                      _iv(x["delta"], x["ci95"]), _iv(x["recovery"], x["recovery_ci95"]))
+            p.add_row(x["benchmark"], _short(x["base_ref"]), _short(x["other_ref"]),
+                      f"{x['n_paired']} of {x['n_base']}/{x['n_other']}",
+                      _iv(x["delta"], x["ci95"]),
+                      _iv(x["recovery"], x["recovery_ci95"]) if x["recovery"] is not None
+                      else "- (not a quantization of the base)")
+        p.caption = "\n".join(["Δ: points; a judged benchmark on the judge's scale",
+                               *warn])
+        p.caption_justify = "left"
         out.append(p)
     if "by" in result:
         f = result["by"]["field"]

@@ -16,9 +16,10 @@ from pathlib import Path
 from typing import Any
 
 from runner.errors import UserError
-from runner.results.runs.load import Run, load_run
+from runner.results.runs.load import Ref, Run, load_run
 from runner.results.scoring.score import samples_metrics
 from runner.results.scoring.stats import mcnemar_p, paired_bootstrap, wilson
+from runner.store.view import folder as view_folder
 
 SIGNIFICANT = 0.05  # the sweep table marks points below it
 
@@ -55,18 +56,35 @@ def run_stats(run: Run) -> dict[str, Any]:
     return out
 
 
+def key_scores(run: Run) -> dict[str, dict[str, Any]]:
+    """Each scored item's scores.jsonl row by item key: the same messages, images and
+    sampling (an id may be a row position, which two sources or orders do not share)."""
+    return {r["key"]: run.scores[r["key"]] for r in run.items.values() if r["key"] in run.scores}
+
+
+def pairing(n_base: int, n_other: int, n_paired: int) -> dict[str, Any]:
+    """n of each side beside n_paired, and a warning when the pair leaves items out."""
+    out: dict[str, Any] = {"n_base": n_base, "n_other": n_other}
+    if n_paired < max(n_base, n_other):
+        out["warning"] = (f"paired on {n_paired} items of {n_base} and {n_other}: the others "
+                          "differ in messages, images or sampling")
+    return out
+
+
 def pair_stats(base: Run, other: Run) -> dict[str, Any]:
-    """Other against base on the items scored in both (by id). Right/wrong scores: the exact
-    McNemar p; scores between 0 and 1 (the json scorer's share of fields): no McNemar, the
-    bootstrap interval is the test."""
-    a, b = item_scores(base), item_scores(other)
-    ids = [i for i in a if i in b]
-    diffs = [b[i]["score"] - a[i]["score"] for i in ids]
-    r2w = [i for i in ids if a[i]["correct"] and not b[i]["correct"]]
-    w2r = [i for i in ids if not a[i]["correct"] and b[i]["correct"]]
-    binary = all(x[i]["score"] in (0.0, 1.0) for i in ids for x in (a, b))
+    """Other against base on the items scored in both (by item key). Right/wrong scores: the
+    exact McNemar p; scores between 0 and 1 (the json scorer's share of fields): no McNemar,
+    the bootstrap interval is the test. Flips are listed by item id."""
+    a, b = key_scores(base), key_scores(other)
+    keys = [k for k in a if k in b]
+    diffs = [b[k]["score"] - a[k]["score"] for k in keys]
+    r2w = [a[k]["id"] for k in keys if a[k]["correct"] and not b[k]["correct"]]
+    w2r = [a[k]["id"] for k in keys if not a[k]["correct"] and b[k]["correct"]]
+    binary = all(x[k]["score"] in (0.0, 1.0) for k in keys for x in (a, b))
+    ids = keys
     lo, hi = paired_bootstrap(diffs) if ids else (None, None)
     return {"base": base.hash, "other": other.hash, "n_paired": len(ids),
+            **pairing(len(a), len(b), len(ids)),
             "delta": sum(diffs) / len(ids) if ids else None,
             "ci95": [lo, hi] if ids else None,
             "mcnemar_p": mcnemar_p(len(r2w), len(w2r)) if ids and binary else None,
@@ -95,10 +113,11 @@ def significant(pair: dict[str, Any]) -> bool:
     return bool(ci) and (ci[0] > 0 or ci[1] < 0)
 
 
-def load_scored(path: Path) -> Run:
+def load_scored(ref: Path | Ref) -> Run:
     """A run with its stored scores; a run never scored is one sentence saying what to do."""
-    run = load_run(path)
-    if not (run.path / "scores.jsonl").is_file():
-        raise UserError(f"Run {run.hash} has no scores.jsonl (no item has an expected answer, "
-                        f"or it was never scored): `python -m runner.results score {run.hash}`.")
+    run = load_run(ref)
+    top = run.path if run.view is None else view_folder(run.path, run.view.id)
+    if not (top / "scores.jsonl").is_file():
+        raise UserError(f"Run {run.ref} has no scores.jsonl (no item has an expected answer, "
+                        f"or it was never scored): `python -m runner.results score {run.ref}`.")
     return run

@@ -10,7 +10,7 @@ from rich.text import Text
 
 from runner.errors import UserError
 from runner.results.cli.tables import compare_tables, err, out
-from runner.results.runs.load import load_run, named_runs, resolve
+from runner.results.runs.load import load_run, named_runs, ref_of
 
 
 def cmd_compare(a: argparse.Namespace) -> None:
@@ -35,7 +35,7 @@ def cmd_card(a: argparse.Namespace) -> None:
     dirs = named_runs(a.root, a.hashes, a.sweep)
     if not dirs:
         raise UserError("Name the runs for the card: run hashes, --sweep DIR, or both.")
-    result = card([load_run(d) for d in dirs], a.by)
+    result = card([load_run(d) for d in dirs], a.by, a.judge)
     if a.json:
         print(json.dumps(result))
         return
@@ -45,9 +45,13 @@ def cmd_card(a: argparse.Namespace) -> None:
 
 def cmd_score(a: argparse.Namespace) -> None:
     from runner.results.scoring.score import score_run
+    from runner.store.view import read_view
 
-    for d in [resolve(a.root, h) for h in a.hashes]:
-        m = score_run(d, a.set, force=True)
+    for ref in [ref_of(a.root, h) for h in a.hashes]:
+        view = read_view(ref.path, ref.view)
+        if ref.view and view is None:
+            raise UserError(f"Run {ref.path.name} has no view '{ref.view}'.")
+        m = score_run(ref.path, a.set, view=view, force=True)
         accuracy = "n/a" if m["accuracy"] is None else f"{m['accuracy']:.1%}"
         tags = "  ".join(f"{t} {v['accuracy']:.0%}" for t, v in m["by_tag"].items())
         fields = "  ".join(f"{f} {v['accuracy']:.0%}" for f, v in (m.get("fields") or {}).items())
@@ -59,7 +63,8 @@ def cmd_score(a: argparse.Namespace) -> None:
         if len(m.get("by_metric") or {}) > 1:  # several scorers (the harness's metrics)
             valid += "  " + "  ".join(f"{k} {v['mean']:.1%}" for k, v in m["by_metric"].items()
                                       if v["mean"] is not None)
-        out.print(Text(f"{d.name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
+        name = ref.path.name + (f"@{view.id}" if view else "")
+        out.print(Text(f"{name}: accuracy {accuracy} ({m['correct']}/{m['scored']} scored, "
                        f"{m['errors']} errors)  {tags}".rstrip() + valid
                        + (f"\n  fields: {fields}" if fields else "")))
 
@@ -88,11 +93,16 @@ def cmd_judge(a: argparse.Namespace) -> None:
     if not refs:
         raise UserError("Name the runs to judge: a hash prefix or a run folder, then judge "
                         "overrides (judge=mm_mt_bench judge.url=...).")
-    for d in [resolve(a.root, h) for h in refs]:
+    from runner.store.view import read_view
+
+    for ref in [ref_of(a.root, h) for h in refs]:
+        d, view = ref.path, read_view(ref.path, ref.view)
+        if ref.view and view is None:
+            raise UserError(f"Run {d.name} has no view '{ref.view}'.")
         seen = iter(range(1, 1 << 62))
         tick = None if a.json else (lambda _line, d=d, seen=seen: (n := next(seen)) % 50 or
                                     err.print(f"{d.name}: {n} judged"))
-        m = judge_run(d, j, on_line=tick)
+        m = judge_run(d, j, on_line=tick, view=view)
         if a.json:
             print(json.dumps(m))
             continue

@@ -29,7 +29,7 @@ from runner.results.cli.evaluate import cmd_card, cmd_compare, cmd_judge, cmd_sc
 from runner.results.cli.tables import err, expected_text, fmt, item_text, out, stats_table
 from runner.results.runs import index
 from runner.results.runs.export import export_text, openai_split
-from runner.results.runs.load import Run, dict_diff, load_run, named_runs, resolve
+from runner.results.runs.load import Run, dict_diff, load_run, named_runs, ref_of, resolve
 from runner.results.scoring.stats import headline
 
 STATUSES = ("running", "complete", "interrupted", "failed")
@@ -113,7 +113,7 @@ def defaults_for(run: Run) -> dict[str, Any]:
 
 
 def cmd_show(a: argparse.Namespace) -> None:
-    run = load_run(resolve(a.root, a.hash))
+    run = load_run(ref_of(a.root, a.hash), getattr(a, 'all', False))
     out.print(stats_table(run))
     out.rule("resolved config (config.yaml)")
     out.print(Syntax(yaml.safe_dump(run.config, sort_keys=False), "yaml", theme="ansi_dark"))
@@ -130,7 +130,7 @@ def cmd_show(a: argparse.Namespace) -> None:
         out.print(t)
     from runner.results.judging.judged import judged_metrics, judgements_by_key
 
-    for m in judged_metrics(run.path):
+    for m in judged_metrics(run.path, run.items.values()):
         out.print(Text(judged_line("judged", m)))
     judged = judgements_by_key(run.path)
     items = list(run.items.values())[: a.n]
@@ -150,7 +150,7 @@ def cmd_show(a: argparse.Namespace) -> None:
 
 
 def cmd_diff(a: argparse.Namespace) -> None:
-    ra, rb = (load_run(resolve(a.root, h)) for h in (a.a, a.b))
+    ra, rb = (load_run(ref_of(a.root, h)) for h in (a.a, a.b))
     na, nb = ra.hash[:8], rb.hash[:8]
     diff = dict_diff(ra.config, rb.config)
     t = Table("key", na, nb, title=f"config: {len(diff)} difference{'s' * (len(diff) != 1)}",
@@ -188,7 +188,7 @@ def cmd_export(a: argparse.Namespace) -> None:
     if a.errors and a.format != "openai":
         raise UserError(f"--errors writes the OpenAI Batch API's error file: add --format "
                         f"openai (not {a.format}), or drop --errors.")
-    run = load_run(resolve(a.root, a.hash))
+    run = load_run(ref_of(a.root, a.hash), a.all)
     text, n = export_text(run, a.format), len(run.items)
     if a.errors:  # OpenAI's layout: successes in the output file, failures in the error file
         text, errors = openai_split(run)
@@ -279,6 +279,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("hash")
     s.add_argument("--n", type=int, default=5, help="outputs to show (default 5)")
     s.add_argument("--width", type=int, default=300, help="cut outputs to this many chars (0: all)")
+    s.add_argument("--all", action="store_true", help="every record in the run folder, not "
+                   "only the items its latest config planned (its view)")
     s = cmd("diff", cmd_diff, "Two runs: config differences, then outputs side by side.")
     s.add_argument("a", metavar="HASH")
     s.add_argument("b", metavar="HASH")
@@ -289,6 +291,8 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("hash")
     s.add_argument("--format", choices=("jsonl", "csv", "openai"), default="jsonl")
     s.add_argument("--out", help="file to write (default: stdout)")
+    s.add_argument("--all", action="store_true", help="every record in the run folder, not "
+                   "only the items its latest config planned (its view)")
     s.add_argument("--errors", metavar="FILE", help="with --format openai: write the error "
                    "lines to FILE as OpenAI's Batch API error file; the output holds only the "
                    "successes")
@@ -327,6 +331,8 @@ def parser() -> argparse.ArgumentParser:
                    ".sweeps/)")
     s.add_argument("--by", metavar="FIELD", help="also break down by this item metadata field "
                    "(e.g. subfield)")
+    s.add_argument("--judge", metavar="ID|NAME", help="the judge behind a judged headline "
+                   "(default: the benchmark's configured judge)")
     s.add_argument("--json", action="store_true", help="print the card as JSON")
     s = cmd("score", cmd_score, "(Re)score stored runs; nothing is regenerated.")
     s.add_argument("hashes", nargs="+", metavar="HASH")

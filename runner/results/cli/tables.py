@@ -50,12 +50,16 @@ def stats_table(run: Run) -> Table:
     t = kv_table(f"run {run.hash} · {run.model} · {m.get('prompts', '?')}")
     last, tok = m.get("counts") or {}, m.get("tokens") or {}
     c = counts(run.items.values())
+    v = run.view
+    planned = v.n if v else last.get("planned", "?")
     rows = [("status", m.get("status", "no manifest")), ("folder", str(run.path)),
             ("created", m.get("created")), ("finished", m.get("finished")),
+            ("view", view_text(run)),
             ("items", f"{c.stored} stored ({c.errors} errors"
                       + (f": {kinds_text(c.by_kind)}" if c.by_kind else "")
-                      + f") of {last.get('planned', '?')} planned; last invocation computed "
+                      + f") of {planned} planned; last invocation computed "
                       f"{last.get('computed', '?')}"),
+            ("source", source_text(v.source) if v else None),
             ("tokens", f"{c.prompt_tokens} prompt · {c.completion_tokens} "
                        f"generated (last invocation: {tok.get('prompt', '?')} · "
                        f"{tok.get('completion', '?')})"),
@@ -70,6 +74,37 @@ def stats_table(run: Run) -> Table:
         if v:
             t.add_row(k, Text(str(v)))
     return t
+
+def view_text(run: Run) -> str:
+    """Which items the figures cover: the view's id, n and key digest, and the others."""
+    from runner.store.view import views
+
+    others = [x for x in views(run.path) if not run.view or x != run.view.id]
+    if run.view is None:
+        return (f"every record in the folder (--all; views: {', '.join(others)})" if others
+                else "every record in the folder (stored before views)")
+    v = run.view
+    return (f"{v.id}: {v.n} items planned by the latest config{' (a subset)' * v.subset}, "
+            f"keys sha256 {v.digest[:16]}…" + (f"; other views: {', '.join(others)} "
+                                                 f"(HASH@VIEW, or --all)" if others else ""))
+
+
+def source_text(src: dict[str, Any]) -> str:
+    """Where a view's items came from: the set file, and a benchmark's origin."""
+    parts = [f"set {src.get('set')} ({src.get('file')})"]
+    if src.get("benchmark"):
+        ident = src.get("source_id") or {}
+        rev = ident.get("revision") or ident.get("sha256") or "unresolved"
+        proto = src.get("protocol") or {}
+        parts.append(f"{src['benchmark']} from {src.get('source')} "
+                     f"({'revision' if 'hub' in ident else 'sha256'} {str(rev)[:16]}), split "
+                     f"{src.get('split')}: {src.get('rows_planned')} of "
+                     f"{src.get('split_rows', '?')} rows; protocol {proto.get('harness')} "
+                     f"({proto.get('repo')} {proto.get('path')}@{str(proto.get('commit'))[:12]})")
+    if src.get("limit"):
+        parts.append(f"prompts.limit={src['limit']}")
+    return "; ".join(parts)
+
 
 def num(x: float | None, signed: bool = False) -> str:
     return "—" if x is None else f"{x:+.3f}" if signed else f"{x:.3f}"
@@ -122,6 +157,8 @@ def compare_tables(runs: list[Run], result: dict[str, Any], limit: int) -> list[
                               ci_text(q["ci95"], True),
                               "—" if q["mcnemar_p"] is None else f"{q['mcnemar_p']:.3g}",
                               str(q["right_to_wrong"]), str(q["wrong_to_right"]))))
+        if q.get("warning"):
+            out.append(Text(f"{q['other']}: {q['warning']}", style="yellow"))
         for way, ids in q["flips"].items():
             if ids:
                 shown = ids if limit <= 0 else ids[:limit]

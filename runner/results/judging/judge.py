@@ -29,6 +29,7 @@ from runner.errors import OverBudget, ServerGone, UserError
 from runner.files import LockBusy, atomic_write, cut_torn_tail, locked, read_yaml
 from runner.results.judging.judged import folder, read_lines, request_hash, write_aggregates
 from runner.store.record import Record, latest_by_id, now, read_records
+from runner.store.view import View, read_view
 
 HASHED = ("system", "start", "user", "reference", "answer", "end", "rating_pattern", "scale",
           "max_tokens", "temperature", "extra_body", "reasks")  # + the model served
@@ -232,12 +233,17 @@ def judge_id(j: Any, model: str) -> str:
 # --- judging a run ----------------------------------------------------------------------------
 
 
-def _conversations(run_dir: Path, records: list[Record]) -> dict[str, list[dict[str, Any]]]:
-    """Each record key's messages as the model got them, from the run's plan (its set)."""
+def _conversations(run_dir: Path, records: list[Record],
+                   view: View | None) -> dict[str, list[dict[str, Any]]]:
+    """Each record key's messages as the model got them, from the set file the view recorded
+    (a benchmark import is never changed once made: runner/benchmarks/preset.py), not from
+    whatever the config's set is now."""
     from runner.plan.load import load_plan
 
     cfg = OmegaConf.create(read_yaml(Path(run_dir) / "config.yaml", {}))
     cfg.shard = {"index": 0, "count": 1}  # every shard's items: the run folder holds them all
+    if view is not None and view.source.get("file"):
+        cfg.prompts.name, cfg.prompts.limit = view.source["file"], view.source.get("limit")
     try:
         plan = load_plan(cfg, show=False)
     except UserError as e:
@@ -250,13 +256,18 @@ def _conversations(run_dir: Path, records: list[Record]) -> dict[str, list[dict[
     return by_key
 
 
-def judge_run(run_dir: Path, j: Any, on_line: Any = None) -> dict[str, Any]:
-    """Judge every stored output with a reference answer that this judge has not judged yet
-    (at most `judge.in_flight` requests at a time), then return the aggregates (judged.py),
-    also written to judgements/<id>.metrics.json. `on_line(line)` sees each new line."""
+def judge_run(run_dir: Path, j: Any, on_line: Any = None,
+              view: View | None = None) -> dict[str, Any]:
+    """Judge every stored output of the view (default: the run's latest) with a reference
+    answer that this judge has not judged yet (at most `judge.in_flight` requests at a time),
+    then return the view's aggregates (judged.py), also written to
+    judgements/<id>.metrics.json. `on_line(line)` sees each new line."""
     run_dir = Path(run_dir)
     cfg = read_yaml(run_dir / "config.yaml", {})
-    records = [r for r in latest_by_id(read_records(run_dir).values()).values()
+    view = view or read_view(run_dir)
+    stored = read_records(run_dir)
+    mine = stored.values() if view is None else [stored[k] for k in view.keys if k in stored]
+    records = [r for r in latest_by_id(mine).values()
                if r.get("status") == "ok" and r.get("expected") is not None]
     # With judge.model named, a judge whose every line is stored needs no server at all.
     ep = None if j.model else Endpoint(j, run_dir.parent)
@@ -278,19 +289,20 @@ def judge_run(run_dir: Path, j: Any, on_line: Any = None) -> dict[str, Any]:
                     ep = Endpoint(j, run_dir.parent)
                     ep.model()  # one sentence now if nothing answers
                 _ask_all(run_dir, j, ep, model, jid, path, todo, len(records),
-                         cfg.get("prompts") or {}, on_line)
+                         cfg.get("prompts") or {}, on_line, view)
     except LockBusy as e:
         raise UserError(f"Run {run_dir.name} is being judged by this judge in {e.holder}; "
                         "wait for it.") from None
-    return write_aggregates(run_dir, jid)
+    return write_aggregates(run_dir, jid, records)
 
 
 def _ask_all(run_dir: Path, j: Any, ep: Endpoint, model: str, jid: str, path: Path,
-             todo: list[Record], total: int, prompts: dict[str, Any], on_line: Any) -> None:
+             todo: list[Record], total: int, prompts: dict[str, Any], on_line: Any,
+             view: View | None = None) -> None:
     from runner.plan.images import inline_images
     from runner.store.rundir import ResultWriter
 
-    convs = _conversations(run_dir, todo)
+    convs = _conversations(run_dir, todo, view)
     rate = prompts.get("max_error_rate")
     errors = 0  # this invocation's: a stored error line is being asked again
     stop = threading.Event()

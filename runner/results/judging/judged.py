@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 from collections import defaultdict
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -103,11 +104,15 @@ def aggregate(items: list[dict[str, Any]]) -> dict[str, Any]:
                               **{f"{k}_average": v["mean"] for k, v in turns.items()}}}
 
 
-def judged_items(run_dir: Path, jid: str) -> list[dict[str, Any]]:
-    """Every item with an output and a reference, with this judge's line (or `missing`)."""
+def judged_items(run_dir: Path, jid: str,
+                 records: Iterable[Record] | None = None) -> list[dict[str, Any]]:
+    """Every item (of `records`, default the whole folder) with an output and a reference,
+    with this judge's line (or `missing`)."""
     lines = read_lines(run_dir, jid)
     out = []
-    for r in latest_by_id(read_records(run_dir).values()).values():
+    if records is None:
+        records = latest_by_id(read_records(run_dir).values()).values()
+    for r in records:
         if r.get("status") != "ok" or r.get("expected") is None:
             continue
         x = lines.get(request_hash(jid, r)) or {"status": "missing", "rating": None}
@@ -120,8 +125,31 @@ def judged_items(run_dir: Path, jid: str) -> list[dict[str, Any]]:
     return out
 
 
-def write_aggregates(run_dir: Path, jid: str) -> dict[str, Any]:
-    items = judged_items(run_dir, jid)
+def judges(run_dir: Path) -> list[dict[str, Any]]:
+    """The judge configurations that rated this run (judgements/<id>.json), by id."""
+    return [d for f in sorted(folder(run_dir).glob("*.json"))
+            if not f.name.endswith(".metrics.json") and (d := read_json(f, {}))]
+
+
+def aggregates(run_dir: Path, jid: str,
+               records: Iterable[Record] | None = None) -> dict[str, Any]:
+    """A judge's aggregates over `records` (a view's items; default the whole folder)."""
+    items = judged_items(run_dir, jid, records)
+    desc = read_json(folder(run_dir) / f"{jid}.json", {})
+    return {"judge": {k: desc.get(k) for k in ("id", "name", "model")}, **aggregate(items),
+            "cost": {k: sum(x[k] for x in items)
+                     for k in ("asks", "prompt_tokens", "completion_tokens")}}
+
+
+def ratings(run_dir: Path, jid: str, records: Iterable[Record]) -> dict[str, float]:
+    """Each rated item's rating by item key (what a judged pair is paired on)."""
+    return {x["key"]: float(x["rating"]) for x in judged_items(run_dir, jid, records)
+            if x["status"] == "rated"}
+
+
+def write_aggregates(run_dir: Path, jid: str,
+                     records: Iterable[Record] | None = None) -> dict[str, Any]:
+    items = judged_items(run_dir, jid, records)
     desc = read_json(folder(run_dir) / f"{jid}.json", {})
     agg = {"judge": {k: desc.get(k) for k in ("id", "name", "model")}, **aggregate(items),
            "cost": {k: sum(x[k] for x in items)
@@ -143,9 +171,9 @@ def judgements_by_key(run_dir: Path) -> dict[str, list[dict[str, Any]]]:
     return out
 
 
-def judged_metrics(run_dir: Path) -> list[dict[str, Any]]:
-    """Every judge configuration's stored aggregates (judgements/<id>.metrics.json): what the
-    card, `results show` and the report read; newest first."""
-    fs = sorted(folder(run_dir).glob("*.metrics.json"), key=lambda p: p.stat().st_mtime,
-                reverse=True)
-    return [m for m in (read_json(f, {}) for f in fs) if m]
+def judged_metrics(run_dir: Path, records: Iterable[Record] | None = None
+                   ) -> list[dict[str, Any]]:
+    """Every judge configuration's aggregates over `records` (a view's items; default the
+    whole folder), by judge id: what `results show` and the report print."""
+    rs = None if records is None else list(records)
+    return [aggregates(run_dir, d["id"], rs) for d in judges(run_dir) if d.get("id")]

@@ -25,7 +25,7 @@ from runner.results.card.compare import compare_runs, item_samples
 from runner.results.judging.judged import judgements_by_key
 from runner.results.report.page import TEMPLATE
 from runner.results.report.thumbs import cache_key, thumbnails
-from runner.results.runs.load import Run, config_diff, flatten, load_run
+from runner.results.runs.load import Ref, Run, config_diff, flatten, load_run
 from runner.results.scoring.score import set_file_of
 from runner.store.record import Record, counts
 
@@ -138,7 +138,7 @@ def _comparison(runs: list[Run], info: list[dict[str, Any]]
 class Report:
     """Rows, flags and images of runs compared item by item, ready to write."""
 
-    def __init__(self, run_dirs: list[Path], cache: Path | None = None):
+    def __init__(self, run_dirs: list[Path | Ref], cache: Path | None = None):
         self.runs = [load_run(d) for d in run_dirs]
         runs = self.runs
         roots = {r.path: image_base(set_file_of(r.path)) for r in runs}
@@ -193,7 +193,7 @@ class Report:
             differ = len(runs) > 1 and len({_text(rec) for rec in recs}) > 1
             flags.append(chr(48 + WRONG * wrong + DIFFER * differ + FLIP * (i in flipped)))
         self.flags = "".join(flags)
-        got = thumbnails(cache or run_dirs[0].parent / ".cache" / "thumbs", wanted)
+        got = thumbnails(cache or self.runs[0].path.parent / ".cache" / "thumbs", wanted)
         self.thumbs = {self.names[k]: p for k, p in got.items() if p is not None}
         for r in self.rows:  # an unreadable original has no thumbnail: listed as missing
             r["im"] = [[n if n in self.thumbs else None, p] for n, p in r["im"]]
@@ -281,13 +281,13 @@ def write_folder(rep: Report, folder: Path, chunk: int, full_images: bool) -> Pa
     return folder / "index.html"
 
 
-def build_report(run_dirs: list[Path], out: Path, *, chunk: int = CHUNK,
+def build_report(run_dirs: list[Path | Ref], out: Path, *, chunk: int = CHUNK,
                  full_images: bool = False, cache: Path | None = None) -> Path:
     """Write the report of `run_dirs` and return the page to open: `out` itself for a
     report of at most `chunk` items, else `<out without .html>/index.html`. Thumbnails are
     cached in `cache` (default: the store's `.cache/thumbs/`)."""
     out = Path(out)
-    rep = Report([Path(d) for d in run_dirs], cache)
+    rep = Report([d if isinstance(d, Ref) else Path(d) for d in run_dirs], cache)
     if len(rep.rows) <= chunk:
         return write_single(rep, out, full_images)
     return write_folder(rep, out.with_suffix("") if out.suffix == ".html" else out, chunk,

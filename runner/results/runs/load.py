@@ -1,15 +1,21 @@
-"""One run loader and one run resolver for every offline reader, and the config differ."""
+"""One run loader and one run resolver for every offline reader, and the config differ.
+
+A run is read through one of its views (runner/store/view.py): the items one config planned.
+`HASH@VIEW` names a view; a bare hash is the run's latest; `everything=True` (`--all`) reads
+every record in the folder."""
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 from runner.errors import UserError
 from runner.files import read_json, read_jsonl, read_yaml
 from runner.store.record import Record, latest_by_id, read_records
+from runner.store.view import View, read_view
+from runner.store.view import folder as view_folder
 
 ABSENT = object()  # a key missing on one side of a diff
 
@@ -23,27 +29,62 @@ class Run:
     items: dict[str, Record]  # by item id, the latest record of each, in file order
     metrics: dict[str, Any]
     scores: dict[str, dict[str, Any]]  # scores.jsonl rows by item key
+    view: View | None = None  # None: a run stored before views, or --all
 
     @property
     def hash(self) -> str:
         return self.path.name
 
     @property
+    def ref(self) -> str:
+        """HASH@VIEW: what names this run's figures (two views of a run are two columns)."""
+        return f"{self.hash}@{self.view.id}" if self.view else self.hash
+
+    @property
     def model(self) -> str:
         return self.manifest.get("model") or (self.config.get("model") or {}).get("name") or "?"
 
 
-def load_run(path: Path) -> Run:
-    path = Path(path)
+class Ref(NamedTuple):
+    path: Path
+    view: str | None = None  # a view id (prefix); None: the run's latest
+
+
+def load_run(ref: Path | Ref, everything: bool = False) -> Run:
+    """A run as one view sees it: its items, scores and metrics (views/<id>/); a run before
+    views, or `everything`, sees every record of the folder."""
+    path, vid = (ref.path, ref.view) if isinstance(ref, Ref) else (Path(ref), None)
+    records = read_records(path)
+    view = None if everything else read_view(path, vid)
+    if vid and view is None and not everything:
+        raise UserError(f"Run {path.name} has no view '{vid}' (views: "
+                        f"{', '.join(views_of(path)) or 'none'}).")
+    top = path if view is None else view_folder(path, view.id)
+    scores = {s["key"]: s for s in read_jsonl(top / "scores.jsonl") if "key" in s}
+    if view is not None:
+        records = {k: records[k] for k in view.keys if k in records}
+    elif everything:
+        scores = {}  # a folder-wide view has no stored scores: `results score --all` makes them
     return Run(path, read_json(path / "manifest.json", {}), read_yaml(path / "config.yaml", {}),
-               read_yaml(path / "overrides.yaml", []),
-               latest_by_id(read_records(path).values()), read_json(path / "metrics.json", {}),
-               {s["key"]: s for s in read_jsonl(path / "scores.jsonl") if "key" in s})
+               read_yaml(path / "overrides.yaml", []), latest_by_id(records.values()),
+               read_json(top / "metrics.json", {}) if not everything else {}, scores, view)
+
+
+def views_of(path: Path) -> list[str]:
+    from runner.store.view import views
+
+    return views(path)
 
 
 def is_run(path: Path) -> bool:
     return path.is_dir() and any((path / f).exists() for f in (
         "manifest.json", "config.yaml", "results.jsonl"))
+
+
+def ref_of(root: Path, ref: str) -> Ref:
+    """`HASH[@VIEW]` (a hash prefix or a run folder, and a view id prefix) -> a Ref."""
+    head, _, vid = ref.rpartition("@") if "@" in ref else (ref, "", "")
+    return Ref(resolve(root, head), vid or None)
 
 
 def resolve(root: Path, ref: str) -> Path:
@@ -90,7 +131,7 @@ def config_diff(configs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({json.dumps(f.get(k, ABSENT), default=str) for f in flat}) > 1]
 
 
-def sweep_runs(root: Path, sweep: str) -> list[Path]:
+def sweep_runs(root: Path, sweep: str) -> list[Ref]:
     """Runs of a Hydra multirun folder, from the runs.json the runner writes there."""
     d = Path(sweep)
     if not d.is_dir() and (root / ".sweeps" / sweep).is_dir():
@@ -101,13 +142,17 @@ def sweep_runs(root: Path, sweep: str) -> list[Path]:
     if not listed:
         raise UserError(f"{d} has no readable runs.json (a list of {{\"hash\": ...}} written "
                         "at the end of a sweep); pass the run hashes instead.")
-    # a failed point (hash null) has no run
-    return [resolve(root, str(x["hash"])) for x in listed if isinstance(x, dict) and x.get("hash")]
+    # a failed point (hash null) has no run; each point is read through its own view
+    return [Ref(resolve(root, str(x["hash"])), x.get("view")) for x in listed
+            if isinstance(x, dict) and x.get("hash")]
 
 
-def named_runs(root: Path, hashes: list[str], sweep: str | None) -> list[Path]:
-    """The runs a command names: hash prefixes or folders, then a sweep's points; each once."""
-    dirs = [resolve(root, h) for h in hashes]
+def named_runs(root: Path, hashes: list[str], sweep: str | None) -> list[Ref]:
+    """The runs a command names: HASH[@VIEW] or folders, then a sweep's points; each once."""
+    dirs = [ref_of(root, h) for h in hashes]
     if sweep:
         dirs += sweep_runs(root, sweep)
-    return list(dict.fromkeys(dirs))
+    # a bare hash is its latest view: the same run named twice is read once
+    latest = [Ref(d.path, d.view or (read_json(d.path / "manifest.json", {}).get("view")
+                                     or {}).get("id")) for d in dirs]
+    return list(dict.fromkeys(latest))

@@ -8,6 +8,7 @@ metrics): the first is the item's `score`, each one's is in the row's `metrics`.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 import sys
@@ -23,6 +24,8 @@ from runner.files import atomic_write, read_json, read_yaml
 from runner.results.scoring.scorers import DEFAULT_SCORER, Score, normalize, score_output
 from runner.results.scoring.stats import majority, pass_at_k
 from runner.store.record import Record, counts, latest_by_id, read_records
+from runner.store.view import View, read_view
+from runner.store.view import folder as view_folder
 
 # --- a run ----------------------------------------------------------------------------------
 
@@ -74,39 +77,63 @@ def read_set_meta(set_file: Path | None) -> SetMeta:
     return SetMeta(doc.get("scorer"), items, (f.parent / str(doc.get("root", "."))).resolve())
 
 
-def _up_to_date(run_dir: Path, set_file: Path | None) -> dict[str, Any] | None:
-    """Stored metrics if they are newer than every input, this module included (so a cached
-    rerun of a big set skips re-reading it, and a changed scorer still rescores)."""
+SCORING = Path(__file__).parent  # every module that computes a score lives here
+
+
+def scoring_code() -> str:
+    """Digest of the scoring code (every module of runner/results/scoring/): stored metrics are
+    reused only while it is unchanged, so a fix in a metric rescores every run."""
+    h = hashlib.sha256()
+    for f in sorted(SCORING.glob("*.py")):
+        h.update(f.name.encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()[:16]
+
+
+def _up_to_date(run_dir: Path, out: Path, set_file: Path | None) -> dict[str, Any] | None:
+    """Stored metrics if the scoring code that made them is this one and they are newer than
+    every input (so a cached rerun of a big set skips re-reading it)."""
     try:
-        done = min((run_dir / n).stat().st_mtime_ns for n in ("scores.jsonl", "metrics.json"))
-        inputs = [*run_dir.glob("results*.jsonl"), run_dir / "manifest.json", Path(__file__)]
+        done = min((out / n).stat().st_mtime_ns for n in ("scores.jsonl", "metrics.json"))
+        inputs = [*run_dir.glob("results*.jsonl"), run_dir / "manifest.json"]
         if any(p.exists() and p.stat().st_mtime_ns >= done
                for p in inputs + ([Path(set_file)] if set_file else [])):
             return None
     except OSError:
         return None
-    return read_json(run_dir / "metrics.json", {}) or None
+    stored = read_json(out / "metrics.json", {})
+    return stored if stored.get("scoring_code") == scoring_code() else None
 
 
-def score_run(run_dir: Path, set_file: Path | None = None, *,
+def score_run(run_dir: Path, set_file: Path | None = None, *, view: View | None = None,
               force: bool = False) -> dict[str, Any]:
-    """Score every record with an expected answer; write scores.jsonl and metrics.json.
+    """Score the records of one view with an expected answer; write its scores.jsonl and
+    metrics.json (in views/<id>/, and at the top of the run for its latest view).
 
-    Without `set_file`, the set named by the run's config.yaml is used when it exists (for
-    set-level scorers and choice options). Metrics count each id once (its latest record);
-    an error record with an expected answer scores 0. Unless `force`, stored metrics newer
-    than the results, the manifest, the set file and the scorers are returned as they are.
+    `view`: the run's latest (its manifest's) unless given; a run stored before views has
+    none, and every record counts. Without `set_file`, the set named by the run's config.yaml
+    is used when it exists (for set-level scorers and choice options). Metrics count each id
+    once (its latest record); an error record with an expected answer scores 0. Unless
+    `force`, stored metrics newer than the results, the manifest and the set file, made by
+    this scoring code, are returned as they are.
     """
     run_dir = Path(run_dir)
     set_file = set_file or set_file_of(run_dir)
-    if not force and (stored := _up_to_date(run_dir, set_file)) is not None:
+    latest = read_view(run_dir)
+    view = view or latest
+    out = run_dir if view is None else view_folder(run_dir, view.id)
+    top = view is None or (latest is not None and latest.id == view.id)
+    if not force and (stored := _up_to_date(run_dir, out, set_file)) is not None:
+        if top and out != run_dir and read_json(run_dir / "metrics.json", {}) != stored:
+            _publish(out, run_dir)
         return stored
     meta_set = read_set_meta(set_file)
     set_scorer, items = meta_set.scorer, meta_set.items
-    records = list(read_records(run_dir).values())
+    stored_records = read_records(run_dir)
+    records = list(stored_records.values()) if view is None else \
+        [stored_records[k] for k in view.keys if k in stored_records]
     n = (read_yaml(run_dir / "config.yaml", {}).get("sampling") or {}).get("n") or 1
     multi = n > 1 or any(r.get("outputs") for r in records)  # sampling.n > 1: every sample
-    scores, latest = [], {}
+    scores, by_id = [], {}
     for r in records:
         if r.get("expected") is None:
             continue
@@ -131,15 +158,27 @@ def score_run(run_dir: Path, set_file: Path | None = None, *,
         if multi:
             row |= _samples(spec, r, s, meta.get("options"))
         scores.append(row)
-        latest[r["id"]] = (row, r.get("tags") or [])
-    atomic_write(run_dir / "scores.jsonl",
-                  "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in scores))
-    metrics = _metrics(records, list(latest.values()), run_dir)
+        by_id[r["id"]] = (row, r.get("tags") or [])
+    atomic_write(out / "scores.jsonl",
+                 "".join(json.dumps(s, ensure_ascii=False) + "\n" for s in scores))
+    metrics = _metrics(records, list(by_id.values()), run_dir)
     metrics |= schema_metrics(latest_by_id(records).values(), run_dir)
     if multi:
-        metrics["samples"] = samples_metrics([row for row, _ in latest.values()])
-    atomic_write(run_dir / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        metrics["samples"] = samples_metrics([row for row, _ in by_id.values()])
+    if view is not None:  # what the figures cover: n planned, and how many are not stored yet
+        metrics["view"] = {"id": view.id, "planned": view.n, "missing": view.n - len(records),
+                           "subset": view.subset}
+    metrics["scoring_code"] = scoring_code()
+    atomic_write(out / "metrics.json", json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    if top and out != run_dir:
+        _publish(out, run_dir)
     return metrics
+
+
+def _publish(out: Path, run_dir: Path) -> None:
+    """The latest view's scores and metrics as the run's own (the documented layout)."""
+    for name in ("scores.jsonl", "metrics.json"):
+        atomic_write(run_dir / name, (out / name).read_bytes())
 
 
 def _score(spec: str, output: str, expected: Any, options: Sequence[str] | None) -> Score:
