@@ -13,6 +13,12 @@ request, 1..10), `unrated` (answer without a rating when the text holds this mar
 (HTTP 401 unless the request carries `Authorization: Bearer <key>`), `trace` (a file: one
 line `post PORT` per chat request received, PORT the client's), `gate_after` + `gate` (the
 chat requests after that many answers wait until the file `gate` exists).
+As a faulty gateway (tests/test_judge.py): `log` (a file: one JSON line per request received,
+its method, path and headers), `redirect` (a base URL: every request but /health is answered
+302 to it, the path kept), `answers` ({marker: [answer, ...]}: the n-th chat request whose
+text holds the marker, or any with the marker `*`, gets the n-th answer, then the normal one;
+`GET /v1/models` marks that GET. An answer is {"status", "headers", "body"}: the body as
+written, or null to echo the request's headers, as a gateway that reports them does).
 """
 
 from __future__ import annotations
@@ -41,11 +47,48 @@ def text_of(messages: list[dict]) -> str:
     return " ".join(out)
 
 
+scripted: dict[str, int] = {}  # answers given per marker
+
+
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"  # keep-alive, as uvicorn
 
     def log_message(self, *args: object) -> None:
         pass
+
+    def _gateway(self, text: str | None) -> bool:
+        """The faulty gateway's part (`log`, `redirect`, `answers`): True if it answered."""
+        if CFG.get("log"):
+            with lock, open(CFG["log"], "a") as f:
+                f.write(json.dumps({"method": self.command, "path": self.path,
+                                    "headers": dict(self.headers)}) + "\n")
+        if CFG.get("redirect"):
+            self.send_response(302)
+            self.send_header("Location", CFG["redirect"] + self.path)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return True
+        for marker, answers in (CFG.get("answers") or {}).items():
+            hit = (marker == f"GET {self.path}" if text is None
+                   else marker == "*" or marker in text)
+            with lock:
+                n = scripted.get(marker, 0)
+                if not hit or n >= len(answers):
+                    continue
+                scripted[marker] = n + 1
+            a = answers[n]
+            body = a["body"] if a.get("body") is not None else json.dumps(
+                {"error": {"message": f"echo: {dict(self.headers)}"}})
+            data = body.encode()
+            self.send_response(a.get("status", 200))
+            for k, v in (a.get("headers") or {}).items():
+                self.send_header(k, v)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            self.end_headers()
+            self.wfile.write(data)
+            return True
+        return False
 
     def _send(self, status: int, body: dict) -> None:
         data = json.dumps(body).encode()
@@ -62,6 +105,8 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:
+        if self.path != "/health" and self._gateway(None):
+            return
         if self.path != "/health" and self._unauthorized():
             return
         if self.path == "/health":
@@ -84,6 +129,8 @@ class Handler(BaseHTTPRequestHandler):
         global answered
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = text_of(req["messages"])
+        if self._gateway(text):
+            return
         if CFG.get("trace"):
             with lock, open(CFG["trace"], "a") as f:
                 f.write(f"post {self.client_address[1]}\n")

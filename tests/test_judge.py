@@ -1,9 +1,10 @@
 """The LLM judge (`python -m runner.results judge`, runner/results/judging/judge.py) against
 a stand-in judge server (tests/standin_server.py): the prompt as mistral-evals builds it, ratings
-stored
-and never asked twice, an unparsable judge, a refusal, a timeout, an unreachable judge, the error
-budget, and a kill -9 mid-scoring then the resume. Generations come from the fake engine; the real
-judge (runner.serve of the tiny Pixtral) is in test_real_engine.py."""
+stored and never asked twice, an unparsable judge, a refusal, a timeout, an unreachable judge,
+the error budget, and a kill -9 mid-scoring then the resume; the client against a faulty gateway
+(a redirect to another host, JSON that is not an object, Retry-After, a 4xx, an error body that
+echoes the key). Generations come from the fake engine; the real judge (runner.serve of the tiny
+Pixtral) is in test_real_engine.py."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from types import SimpleNamespace
@@ -24,7 +26,9 @@ import yaml
 from omegaconf import OmegaConf
 
 from conftest import CONF, FAKE, ROOT, TINY, run_dirs_of, runner, wait_for
-from runner.results.judging.judge import judge_prompt, parse_rating, turns_of
+from runner.errors import UserError
+from runner.results.cli.evaluate import judge_config
+from runner.results.judging.judge import Endpoint, JudgeFailed, judge_prompt, parse_rating, turns_of
 from runner.results.judging.judged import aggregate
 
 UNRATED, REFUSE, HANG = "XQZUNRATEDQZX", "XQZREFUSEQZX", "XQZHANGQZX"
@@ -192,8 +196,8 @@ def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated
 
 
 @pytest.mark.process
-def test_a_refusal_and_a_timeout_are_retried_then_the_items_judge_errors(standin, generated,
-                                                                       tmp_path):
+def test_a_timeout_is_retried_a_refusal_is_not_then_the_items_judge_errors(
+        standin, generated, tmp_path):
     trace = tmp_path / "trace"
     url = standin(trace=str(trace), refuse=REFUSE, hang=HANG)
     run = copy_of(generated, tmp_path)
@@ -203,14 +207,15 @@ def test_a_refusal_and_a_timeout_are_retried_then_the_items_judge_errors(standin
     m = json.loads(r.stdout)
     ls = {x["id"]: x for x in lines(run)}
     assert ls["marked1"]["status"] == "error" and "HTTP 400" in ls["marked1"]["reason"]
-    assert "(after 3 tries)" in ls["marked1"]["reason"]
+    assert "(not retried)" in ls["marked1"]["reason"]  # a 400 would be refused again
     assert ls["marked2"]["status"] == "error"
     assert "no answer within judge.timeout_s=1" in ls["marked2"]["reason"]
+    assert "(after 3 tries)" in ls["marked2"]["reason"]
     assert (m["error"], m["rated"]) == (2, 6)  # counted, out of the means
-    assert posts(trace, 6 + 3 + 3) == 6 + 3 + 3
+    assert posts(trace, 6 + 1 + 3) == 6 + 1 + 3
     # a rerun asks the errors again, and only them
     r = judge(run, *args, prompts=generated.prompts)
-    assert posts(trace, 12 + 6) == 12 + 6
+    assert posts(trace, 10 + 4) == 10 + 4
 
 
 def posts(trace: Path, n: int) -> int:
@@ -284,3 +289,159 @@ def test_kill_9_mid_scoring_then_the_rerun_loses_and_repeats_nothing(standin, ge
     assert len(ids) == len(set(ids)) == 8  # nothing lost, nothing judged twice
     assert trace.read_text().count("post") == 4 + 5
     assert json.loads(r.stdout)["rated"] == 8
+
+
+# --- the client against a faulty gateway (issue 39, Must have 8) ------------------------------
+
+KEY = "sk-XQZ-5f1e9c3b7a2d48e6"
+
+
+def endpoint(url: str, *overrides: str) -> Endpoint:
+    """The judge client for this stand-in (the key from JUDGE_KEY), its waits recorded instead
+    of slept."""
+    ep = Endpoint(judge_config([f"judge.url={url}", "judge.api_key_env=JUDGE_KEY",
+                                "judge.backoff_s=0.5", *overrides]), Path("unused"))
+    ep.waits = []  # type: ignore[attr-defined]
+    ep.sleep = ep.waits.append  # type: ignore[attr-defined]
+    return ep
+
+
+def chat(text: str) -> dict:
+    return {"model": "judge", "messages": [{"role": "user", "content": text}]}
+
+
+def logged(log: Path) -> list[dict]:
+    return [json.loads(x) for x in log.read_text().splitlines()] if log.exists() else []
+
+
+@pytest.mark.process
+def test_a_redirect_is_not_followed_so_the_key_never_reaches_another_host(
+        standins, generated, tmp_path, monkeypatch):
+    """Stand-in A answers 302 to stand-in B: B must not see the key on the /v1/models GET, on
+    the chat POST, or at all; the models check says so in one sentence."""
+    log_b = tmp_path / "b.log"
+    b, _ = standins({"name": "judge", "judge": True, "log": str(log_b)})
+    a, _ = standins({"name": "judge", "judge": True, "redirect": b})
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    ep = endpoint(a, "judge.retries=2")
+    said = []
+    for call in (ep.model, lambda: ep.ask(chat("hello"))):
+        try:
+            said.append(str(call()))
+        except (UserError, JudgeFailed) as e:
+            said.append(str(e))
+    assert [r for r in logged(log_b) if KEY in json.dumps(r)] == [], said
+    assert logged(log_b) == []  # nothing at all goes to the other host
+    assert f"answered HTTP 302 to /v1/models (a redirect to {b}/v1/models" in said[0], said
+    assert "HTTP 302 to " in said[1] and "not followed" in said[1], said
+    assert ep.waits == []  # a redirect is not retried
+    # the CLI: one sentence, exit 2, nothing written, and still nothing at B
+    run = copy_of(generated, tmp_path)
+    r = judge(run, f"judge.url={a}", "judge.api_key_env=JUDGE_KEY", prompts=generated.prompts,
+              env={"JUDGE_KEY": KEY})
+    out = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 2 and "redirect" in out and "Traceback" not in out, out
+    assert logged(log_b) == []
+
+
+def test_no_redirect_handler_follows_https_to_http():
+    """Every redirect is refused, so https -> http is too (no TLS stand-in needed)."""
+    from runner.results.judging.judge import NoRedirect
+
+    req = urllib.request.Request("https://judge.example/v1/models",
+                                 headers={"Authorization": f"Bearer {KEY}"})
+    for code in (301, 302, 303, 307, 308):
+        assert NoRedirect().redirect_request(req, None, code, "Moved", {},
+                                             "http://other.example/v1/models") is None
+
+
+@pytest.mark.process
+def test_json_that_is_not_an_object_is_a_judge_error_not_a_traceback(standins, generated,
+                                                                      tmp_path, monkeypatch):
+    url, _ = standins({"name": "judge", "judge": True, "answers": {
+        "GET /v1/models": [{"body": "[]"}], "not-an-object": [{"body": "[]"}, {"body": "null"}],
+        UNRATED: [{"body": "[]"}, {"body": "null"}, {"body": '{"choices": [1]}'}]}})
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    ep = endpoint(url, "judge.retries=1")
+    with pytest.raises(UserError, match=r"/v1/models with JSON that is not an object"):
+        ep.model()
+    with pytest.raises(JudgeFailed, match=r"not a JSON object \(null\) \(after 2 tries\)"):
+        ep.ask(chat("not-an-object"))
+    # through the CLI: that item's line is an error, counted; the others are rated
+    run = copy_of(generated, tmp_path)
+    r = judge(run, f"judge.url={url}", "judge.model=judge", "judge.retries=2",
+              "judge.backoff_s=0", prompts=generated.prompts)
+    out = " ".join((r.stdout + r.stderr).split())
+    assert r.returncode == 0 and "Traceback" not in out, out
+    ls = {x["id"]: x for x in lines(run)}
+    assert ls["marked0"]["status"] == "error", ls["marked0"]
+    assert "not a JSON object" in ls["marked0"]["reason"]
+    assert json.loads(r.stdout)["error"] == 1
+
+
+@pytest.mark.process
+def test_retry_after_is_honoured_on_429_and_503_and_bounded(standins, tmp_path, monkeypatch):
+    """The waits are recorded by an injected sleep, the HTTP date read against an injected
+    clock: no wall clock in the test."""
+    from email.utils import formatdate
+
+    t0 = 1_800_000_000.0
+    log = tmp_path / "log"
+    url, _ = standins({"name": "judge", "judge": True, "log": str(log), "answers": {
+        "busy": [{"status": 429, "headers": {"Retry-After": "7"}, "body": "{}"},
+                 {"status": 503, "headers": {"Retry-After": formatdate(t0 + 30, usegmt=True)},
+                  "body": "{}"},
+                 {"status": 503, "body": "{}"}],
+        "quota": [{"status": 429, "headers": {"Retry-After": "86400"}, "body": "{}"}]}})
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    ep = endpoint(url, "judge.retries=3")
+    ep.clock = lambda: t0  # type: ignore[attr-defined]
+    assert "Rating: [[" in ep.ask(chat("busy"))["choices"][0]["message"]["content"]
+    # backoff 0.5 doubles (0.5, 1, 2); Retry-After raises a wait, never lowers it
+    assert ep.waits == [7.0, 30.0, 2.0], ep.waits
+    assert len(logged(log)) == 4
+    ep.waits.clear()
+    with pytest.raises(JudgeFailed, match=r"HTTP 429: .*Retry-After 86400 s, over the "
+                                          r"bound of 300 s"):
+        ep.ask(chat("quota"))
+    assert ep.waits == [] and len(logged(log)) == 5
+
+
+@pytest.mark.process
+def test_a_4xx_is_not_retried_but_408_429_and_5xx_are(standins, tmp_path, monkeypatch):
+    log = tmp_path / "log"
+    codes = (400, 401, 403, 404, 422, 408, 429, 500, 502)
+    url, _ = standins({"name": "judge", "judge": True, "log": str(log), "answers": {
+        f"S{c}": 3 * [{"status": c, "body": json.dumps({"error": {"message": f"no {c}"}})}]
+        for c in codes}})
+    monkeypatch.setenv("JUDGE_KEY", KEY)
+    ep = endpoint(url, "judge.retries=2")
+    asked = {}
+    for c in codes:
+        before = len(logged(log))
+        with pytest.raises(JudgeFailed) as e:
+            ep.ask(chat(f"S{c}"))
+        asked[c] = len(logged(log)) - before
+        assert f"HTTP {c}: no {c}" in str(e.value)
+    assert asked == {400: 1, 401: 1, 403: 1, 404: 1, 422: 1, 408: 3, 429: 3, 500: 3, 502: 3}
+
+
+@pytest.mark.process
+def test_an_error_body_that_echoes_the_key_is_stored_redacted(standins, generated, tmp_path):
+    """A gateway that reports the request's headers in its error body (HTTP 400 and 502): the
+    key appears nowhere under the store after the run."""
+    echo = [{"status": 400, "body": None}]
+    url, _ = standins({"name": "judge", "judge": True, "key": KEY, "answers": {
+        REFUSE: 3 * echo, UNRATED: 3 * [{"status": 502, "body": None}]}})
+    run = copy_of(generated, tmp_path)
+    r = judge(run, f"judge.url={url}", "judge.api_key_env=JUDGE_KEY", "judge.retries=2",
+              "judge.backoff_s=0", prompts=generated.prompts, env={"JUDGE_KEY": KEY})
+    assert r.returncode == 0, r.stdout + r.stderr
+    ls = {x["id"]: x for x in lines(run)}
+    assert ls["marked1"]["status"] == ls["marked0"]["status"] == "error"
+    assert "echo: " in ls["marked1"]["reason"] and "'Authorization'" in ls["marked1"]["reason"]
+    # no piece of it either: a reason cut to its first 200 characters must not keep a prefix
+    pieces = {KEY[i:i + 8].encode() for i in range(len(KEY) - 7)}
+    assert [(f.name, p) for f in run.parent.rglob("*") if f.is_file() for p in pieces
+            if p in f.read_bytes()] == []
+    assert not [p for p in pieces if p.decode() in r.stdout + r.stderr]

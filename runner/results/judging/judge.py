@@ -11,6 +11,7 @@ Standard library HTTP (urllib), no vLLM. The prompt is built as mistral-evals bu
 
 from __future__ import annotations
 
+import email.utils
 import hashlib
 import json
 import os
@@ -19,7 +20,9 @@ import threading
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +37,8 @@ from runner.store.view import View, read_view
 HASHED = ("system", "start", "user", "reference", "answer", "end", "rating_pattern", "scale",
           "max_tokens", "temperature", "extra_body", "reasks")  # + the model served
 CHECK_TIMEOUT_S = 10.0
+RETRIED_4XX = (408, 429)  # the client errors that may succeed when asked again (and every 5xx)
+MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After (a spent quota) fails the item: no stalled run
 
 
 class Unreachable(Exception):
@@ -136,26 +141,49 @@ def _api(base: str, path: str) -> str:
     return base + (path if base.endswith("/v1") else "/v1" + path)
 
 
+class NoRedirect(urllib.request.HTTPRedirectHandler):
+    """Follows no redirect: urllib's own handler copies every header, Authorization included,
+    to whatever URL a 3xx names (another host, https to http). The 3xx is an HTTPError then."""
+
+    def redirect_request(self, req: Any, fp: Any, code: int, msg: str, headers: Any,
+                         newurl: str) -> None:
+        return None
+
+
 class Endpoint:
     def __init__(self, j: Any, store: Path):
         self.j = j
         self.base = endpoint_url(str(j.url), store)
         self.headers = {"Content-Type": "application/json"}
+        self.key = ""
         if j.api_key_env:
-            key = os.environ.get(str(j.api_key_env))
-            if not key:
+            self.key = os.environ.get(str(j.api_key_env)) or ""
+            if not self.key:
                 raise UserError(f"judge.api_key_env names {j.api_key_env}, which is not set: "
                                 "export the API key in that variable.")
-            self.headers["Authorization"] = f"Bearer {key}"
+            self.headers["Authorization"] = f"Bearer {self.key}"
+        self.open = urllib.request.build_opener(NoRedirect).open
+        self.sleep: Callable[[float], None] = time.sleep  # tests record the waits instead
+        self.clock: Callable[[], float] = time.time  # "now" for a Retry-After date
+
+    def redact(self, text: str) -> str:
+        """`text` without the key: a server's words go to the store (a gateway may echo the
+        request's headers). Before any cut, or a prefix of the key would stay."""
+        return text.replace(self.key, "[redacted]") if self.key else text
 
     def model(self) -> str:
         """The model to ask, checked against /v1/models (an API may not list it: then as
         configured). One sentence when nothing answers."""
         try:
             req = urllib.request.Request(_api(self.base, "/models"), headers=self.headers)
-            with urllib.request.urlopen(req, timeout=CHECK_TIMEOUT_S) as r:
-                ids = [m.get("id") for m in json.loads(r.read()).get("data") or []]
+            with self.open(req, timeout=CHECK_TIMEOUT_S) as r:
+                doc = json.loads(r.read())
         except urllib.error.HTTPError as e:
+            if 300 <= e.code < 400:
+                raise UserError(f"The judge at {self.base} answered HTTP {e.code} to /v1/models "
+                                f"(a redirect to {self.redact(str(e.headers.get('Location')))}"
+                                "), which is not followed, so that the API key goes to judge.url "
+                                "only: set judge.url to the address that answers.") from None
             if e.code in (401, 403):
                 raise UserError(f"The judge at {self.base} refused the request (HTTP {e.code}): "
                                 f"check the API key in {self.j.api_key_env or 'judge.api_key_env'}."
@@ -165,60 +193,112 @@ class Endpoint:
             raise UserError(f"The judge at {self.base} answered HTTP {e.code} to /v1/models; "
                             "set judge.model.") from None
         except (OSError, ValueError) as e:
-            raise UserError(f"The judge at {self.base} does not answer ({_why(e)}): start it, "
-                            "or set judge.url to a server that runs.") from None
+            raise UserError(f"The judge at {self.base} does not answer ({self.redact(_why(e))}): "
+                            "start it, or set judge.url to a server that runs.") from None
         if self.j.model:
             return str(self.j.model)
+        if not isinstance(doc, dict) or not isinstance(doc.get("data"), list):
+            raise UserError(f"The judge at {self.base} answered /v1/models with JSON that is not "
+                            "an object with a `data` list; set judge.model.")
+        ids = [m.get("id") for m in doc["data"] if isinstance(m, dict)]
         if len(ids) != 1:
             raise UserError(f"The judge at {self.base} serves {len(ids)} models "
                             f"({', '.join(map(str, ids[:5]))}); name one with judge.model.")
         return str(ids[0])
 
     def ask(self, body: dict[str, Any]) -> dict[str, Any]:
-        """One chat completion, retried `retries` times with doubling backoff on an HTTP error
-        (refusal, rate limit, server error), a timeout or an answer without text."""
+        """One chat completion: {"choices": [{"message": {"content"}}], "usage"}, the text
+        redacted. Retried `retries` times with doubling backoff, raised to the server's
+        Retry-After on 429 and 503, on a timeout, an answer without text, HTTP 408, 429 or a
+        5xx. A redirect or another 4xx fails at once: asked again, it fails again."""
         data, wait, last = json.dumps(body).encode(), float(self.j.backoff_s), ""
-        for attempt in range(int(self.j.retries) + 1):
+        tries, after = int(self.j.retries) + 1, 0.0
+        for attempt in range(tries):
             if attempt:
-                time.sleep(wait)
+                self.sleep(max(wait, after))
                 wait *= 2
+            after = 0.0
             req = urllib.request.Request(_api(self.base, "/chat/completions"), data=data,
                                          headers=self.headers)
             try:
-                with urllib.request.urlopen(req, timeout=float(self.j.timeout_s)) as r:
+                with self.open(req, timeout=float(self.j.timeout_s)) as r:
                     out = json.loads(r.read())
-                choice = (out.get("choices") or [{}])[0]
-                if not isinstance((choice.get("message") or {}).get("content"), str):
-                    last = f"no text in the answer (finish_reason {choice.get('finish_reason')})"
+                text, why = _text(out)
+                if text is None:
+                    last = why
                     continue
-                return out
+                usage = out.get("usage") if isinstance(out.get("usage"), dict) else {}
+                return {"choices": [{"message": {"content": self.redact(text)}}],
+                        "usage": {k: v for k, v in usage.items() if isinstance(v, int)}}
             except urllib.error.HTTPError as e:
-                last = f"HTTP {e.code}: {_body(e)}"
+                last = f"HTTP {e.code}: {self._body(e)}"
+                if 300 <= e.code < 400:
+                    raise JudgeFailed(f"HTTP {e.code} to {e.headers.get('Location')}: a redirect "
+                                      "is not followed, so that the API key goes to judge.url "
+                                      "only; set judge.url to the address that answers") from None
+                if e.code < 500 and e.code not in RETRIED_4XX:
+                    raise JudgeFailed(f"{last} (not retried)") from None
+                if e.code in (429, 503):
+                    after = retry_after(e.headers.get("Retry-After"), self.clock())
+                    if after > MAX_RETRY_AFTER_S:
+                        raise JudgeFailed(f"{last}; Retry-After {after:g} s, over the bound of "
+                                          f"{MAX_RETRY_AFTER_S:g} s") from None
             except TimeoutError:
                 last = f"no answer within judge.timeout_s={self.j.timeout_s}"
             except urllib.error.URLError as e:
                 if isinstance(e.reason, TimeoutError):
                     last = f"no answer within judge.timeout_s={self.j.timeout_s}"
                 else:
-                    last = _why(e)
-                    if attempt == int(self.j.retries):
+                    last = self.redact(_why(e))
+                    if attempt == tries - 1:
                         raise Unreachable(last) from None
             except (OSError, ValueError) as e:  # reset mid-answer, a body that is not JSON
-                last = _why(e)
-        raise JudgeFailed(f"{last} (after {int(self.j.retries) + 1} tries)")
+                last = self.redact(_why(e))
+        raise JudgeFailed(f"{last} (after {tries} tries)")
+
+    def _body(self, e: urllib.error.HTTPError) -> str:
+        """An error's message, redacted, then cut to 200 characters."""
+        try:
+            d = json.loads(e.read())
+            err = d.get("error") if isinstance(d, dict) else None
+            said = str((err.get("message") if isinstance(err, dict) else None) or d)
+        except (OSError, ValueError):
+            said = str(e.reason)
+        return self.redact(said)[:200]
+
+
+def _text(out: Any) -> tuple[str | None, str]:
+    """A chat completion's answer text, or None and why there is none."""
+    if not isinstance(out, dict):
+        return None, f"the answer is not a JSON object ({json.dumps(out)[:40]})"
+    choices = out.get("choices")
+    choice = choices[0] if isinstance(choices, list) and choices else {}
+    if not isinstance(choice, dict):
+        return None, "the answer's choices[0] is not a JSON object"
+    message = choice.get("message")
+    if isinstance(message, dict) and isinstance(message.get("content"), str):
+        return message["content"], ""
+    return None, f"no text in the answer (finish_reason {choice.get('finish_reason')})"
+
+
+def retry_after(value: str | None, now: float) -> float:
+    """The seconds a Retry-After header asks for: delay-seconds or an HTTP date (against `now`);
+    0 when absent or unreadable."""
+    v = (value or "").strip()
+    if v.isdigit():
+        return float(v)
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now)
 
 
 def _why(e: BaseException) -> str:
     r = getattr(e, "reason", None) or e
     return str(getattr(r, "strerror", None) or r)[:200]
-
-
-def _body(e: urllib.error.HTTPError) -> str:
-    try:
-        d = json.loads(e.read())
-        return str((d.get("error") or {}).get("message") or d)[:200]
-    except (OSError, ValueError, AttributeError):
-        return str(e.reason)[:200]
 
 
 # --- the store --------------------------------------------------------------------------------
