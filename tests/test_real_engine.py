@@ -537,13 +537,17 @@ def test_what_the_server_client_reads_from_vllm_serve(served):
     """Run, not looked up, on vLLM's own server: /health answers 200 (runner/engine/connect.py),
     and a chat completion with n=2 and return_token_ids carries usage.prompt_tokens and
     usage.completion_tokens and, per choice, its token_ids (runner/engine/client.py reads
-    them for each sample's token count)."""
+    them for each sample's token count); the progress mark the client's stall detection reads
+    from /metrics is there and grows by at least the request's tokens."""
     import urllib.request
 
+    from runner.engine.client import _progress_mark
     from runner.engine.connect import healthy
 
     url = served.state["url"]
     assert healthy(url)
+    before = _progress_mark(url)
+    assert before is not None, "no vllm:(prompt|generation)_tokens_total on /metrics"
     with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as r:
         model = json.load(r)["data"][0]["id"]
     body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "n": 2,
@@ -557,6 +561,10 @@ def test_what_the_server_client_reads_from_vllm_serve(served):
     ids = [c["token_ids"] for c in choices]
     assert all(isinstance(t, int) for x in ids for t in x) and all(1 <= len(x) <= 4 for x in ids)
     assert usage["completion_tokens"] == sum(len(x) for x in ids), d
+    # vLLM's AsyncLLM output handler records an iteration's counters before it gives the
+    # event loop back to the request's handler: they hold this request once its answer is in
+    after = _progress_mark(url)
+    assert after is not None and after - before >= usage["prompt_tokens"] + sum(map(len, ids))
 
 
 def test_a_submit_to_a_dead_engine_is_a_death_not_an_item_error(real):
