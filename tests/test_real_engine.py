@@ -163,6 +163,30 @@ def test_the_vllm_internals_the_watchdog_and_progress_rely_on(sample, real):
     assert raised is injected, before
 
 
+def test_vllms_own_lines_after_the_run_stay_off_the_console(sample, real):
+    """The real call (VllmEngine: loggers_to_pump("vllm")) on vLLM's real logging, configured
+    by the session engine's start inside the sample run: after the run's scope, as a thread
+    vLLM leaves running would, one of vLLM's module loggers logs; every handler the line
+    reaches has the filter, and the line lands in the engine log, not on the console."""
+    import logging
+
+    from runner.console import logs
+
+    assert logs.current() is None  # outside any run's scope, fd 1/2 are the terminal again
+    lg = logging.getLogger("vllm.multimodal.processing")
+    handlers, at = [], lg
+    while at is not None:  # the handlers a record of `lg` reaches (vLLM's: on "vllm")
+        handlers += at.handlers
+        at = at.parent if at.propagate else None
+    assert handlers and all(any(isinstance(f, logs._OffConsole) for f in h.filters)
+                            for h in handlers), handlers
+    marker = f"a vLLM line after the run ({os.getpid()})"
+    lg.warning(marker)
+    assert logs._pump is not None and logs._pump.sink is not None
+    logs._pump.drain()
+    assert marker in Path(logs._pump.sink.name).read_text()
+
+
 def test_rerun_is_a_cache_hit_that_imports_no_engine(sample, real):
     d, _, _ = sample
     before = (d / "results.jsonl").read_bytes()
