@@ -34,17 +34,20 @@ def mm_mt_bench() -> object:
     return OmegaConf.load(CONF / "judge" / "mm_mt_bench.yaml")
 
 
-# --- the prompt, written down by hand from mistral-evals' code --------------------------------
+# --- the prompt, written down by hand from mistral-evals' code and docs/judges.md -------------
 
 IMG = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 
 
-def test_the_mm_mt_bench_prompt_of_a_two_turn_item_is_mistral_evals():
+def test_the_mm_mt_bench_prompt_of_a_two_turn_item_is_mistral_evals_as_documented():
     """MultimodalLLMJudge._get_judge_prompt (mistralai/mistral-evals, eval/tasks/mm_mt_bench.py)
-    for the second turn of a conversation whose first user message is [image, text]: the text
-    starts with the Start marker and `### User:\\n`, the image is its own part, the rest of
-    the replay is one text part (_add_or_append_chunk merges texts), and the assistant's answer
-    follows the last reference after `\\n\\n` more (its own f-string starts with them)."""
+    as docs/judges.md says the runner builds it, its deviation included (the code as written
+    drops the image and replays whole message dicts; the runner sends the turns' content, the
+    image in its place), for the second turn of a conversation whose first user message is
+    [image, text]: the text starts with the Start marker and `### User:\\n`, the image is its
+    own part, the rest of the replay is one text part (_add_or_append_chunk merges texts), and
+    the assistant's answer follows the last reference after `\\n\\n` more (its own f-string
+    starts with them)."""
     messages = [{"role": "user", "content": [IMG, {"type": "text", "text": "What is shown?"}]},
                 {"role": "assistant", "content": "A bar chart."},
                 {"role": "user", "content": "Which bar is tallest?"}]

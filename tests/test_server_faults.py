@@ -72,7 +72,9 @@ def test_a_post_the_server_may_have_read_is_never_sent_again(standin, tmp_path: 
     assert recs["t02"]["status"] == "error" and recs["t02"]["error_kind"] == "request"
     assert "not resent" in recs["t02"]["error"]
     assert all(recs[k]["status"] == "ok" for k in ("t00", "t01", "t03"))
-    assert len(posts(trace)) == 4  # each item sent exactly once
+    ports = posts(trace)
+    assert len(ports) == 4  # each item sent exactly once
+    assert ports[0] == ports[1] == ports[2], ports  # item 2 on the kept-alive connection
 
 
 def test_a_truncated_answer_is_an_item_error_not_the_end_of_the_run(standin, tmp_path: Path):
