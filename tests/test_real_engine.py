@@ -74,17 +74,14 @@ def test_run_writes_config_manifest_and_results(sample, real):
     assert "generating 5/5 items" in out
 
 
-def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real):
-    """The same engine, the same five requests queued at once, written here by hand as the
-    seed's script writes them (conf/sampling/greedy.yaml; prompts/sample/set.yaml, each image
-    a base64 data: URL): vLLM's own `LLM.chat` gives what the runner stored, token for
-    token. Nothing of the runner builds the reference, so a request-building bug shows."""
+GREEDY = {"temperature": 0.0, "max_tokens": 256}  # conf/sampling/greedy.yaml, by hand
+
+
+def by_hand(folder: Path) -> dict[str, list[dict]]:
+    """The sample set's five requests (prompts/sample/set.yaml), written here by hand as the
+    seed's script writes them, each image a base64 data: URL: nothing of the runner builds
+    them, so a request-building bug shows against them."""
     import base64
-
-    from vllm import SamplingParams  # noqa: TID251 - the reference: vLLM itself, by hand
-
-    d, _, _ = sample
-    folder = real.prompts / "sample"
 
     def user(text: str, *images: str) -> list[dict]:
         if not images:
@@ -94,7 +91,7 @@ def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real
         return [{"role": "user", "content": [{"type": "text", "text": text}, *[
             {"type": "image_url", "image_url": {"url": u}} for u in urls]]}]
 
-    items = {
+    return {
         "bar_chart": user("Which quarter had the highest revenue, and how much was it?",
                           "images/bar_chart.png"),
         "receipt_total": user("What is the total amount on this receipt?",
@@ -106,8 +103,16 @@ def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real
         "text_only": user("Name three things a vision-language model can read in a scanned "
                           "document."),
     }
-    outs = real.slot.engine.llm.chat(list(items.values()),
-                                     SamplingParams(temperature=0.0, max_tokens=256),
+
+
+def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real):
+    """The same engine, the same five requests queued at once (by_hand, GREEDY): vLLM's own
+    `LLM.chat` gives what the runner stored, token for token."""
+    from vllm import SamplingParams  # noqa: TID251 - the reference: vLLM itself, by hand
+
+    d, _, _ = sample
+    items = by_hand(real.prompts / "sample")
+    outs = real.slot.engine.llm.chat(list(items.values()), SamplingParams(**GREEDY),
                                      use_tqdm=False)
     rs = results(d)
     assert set(rs) == set(items)
@@ -452,10 +457,9 @@ def test_the_server_state_names_its_engine_args(served, real):
 def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_time(served,
                                                                                    real):
     """Same engine arguments, one request at a time on both sides: the server's outputs are
-    the in-process engine's, token for token."""
-    from runner.engine.vllm_engine import make_params
-    from runner.plan.load import load_plan
-    from runner.plan.sampling import sampling_of
+    the in-process engine's on the requests written by hand (by_hand, GREEDY), token for
+    token."""
+    from vllm import SamplingParams  # noqa: TID251 - the reference: vLLM itself, by hand
 
     r = runner(*served.args, "engine.url=serve", "engine.max_num_seqs=1")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -465,15 +469,13 @@ def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_tim
     assert m["server"]["started_by"] == "runner.serve" and m["server"]["in_flight"] == 1
     assert m["server"]["trust_server"] is False
 
-    cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
-    llm, params = session_engine(real).llm, make_params(sampling_of(cfg))
-    plan = load_plan(cfg)
-    assert set(rs) == {it.id for it in plan.items}
-    for it in plan.items:
-        (o,) = llm.chat([it.messages], params, use_tqdm=False)
-        c, x = o.outputs[0], rs[it.id]
+    llm, items = session_engine(real).llm, by_hand(real.prompts / "sample")
+    assert set(rs) == set(items)
+    for i, messages in items.items():
+        (o,) = llm.chat([messages], SamplingParams(**GREEDY), use_tqdm=False)
+        c, x = o.outputs[0], rs[i]
         assert (x["output"], x["finish_reason"], x["completion_tokens"], x["prompt_tokens"]) \
-            == (c.text, c.finish_reason, len(c.token_ids), len(o.prompt_token_ids)), it.id
+            == (c.text, c.finish_reason, len(c.token_ids), len(o.prompt_token_ids)), i
 
 
 def test_a_constraint_reaches_the_server(served):
