@@ -143,6 +143,11 @@ def lines(run: Path) -> list[dict]:
             for x in f.read_text().splitlines()]
 
 
+def whole_lines(run: Path) -> int:
+    """The judgements written to the end of their line (one being written is not counted)."""
+    return sum(f.read_text().count("\n") for f in (run / "judgements").glob("*.jsonl"))
+
+
 @pytest.mark.process
 def test_ratings_are_stored_and_a_second_scoring_asks_nothing(standin, generated, tmp_path):
     trace = tmp_path / "trace"
@@ -275,8 +280,10 @@ def test_kill_9_mid_scoring_then_the_rerun_loses_and_repeats_nothing(standin, ge
                           f"judge.url={url}", "judge.in_flight=1"], cwd=generated.base,
                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     p.log = log  # type: ignore[attr-defined]
-    wait_for(p, lambda: trace.exists() and trace.read_text().count("post") == 4,
-             "the 4th request, held by the stand-in", 120)
+    # the worker sends the 4th request while the main thread may still be writing the 3rd
+    # judgement: wait for both (the 4th is held, so no 4th judgement can follow)
+    wait_for(p, lambda: trace.exists() and trace.read_text().count("post") == 4
+             and whole_lines(run) == 3, "the 4th request held and 3 judgements stored", 120)
     assert len(lines(run)) == 3
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()
