@@ -11,8 +11,10 @@ count up on /metrics as `vllm:generation_tokens_total`, which `metrics` turns on
 As a judge (tests/test_judge.py): `judge` (answer "... Rating: [[N]]", N from a hash of the
 request, 1..10), `unrated` (answer without a rating when the text holds this marker), `key`
 (HTTP 401 unless the request carries `Authorization: Bearer <key>`), `trace` (a file: one
-line `post PORT` per chat request received, PORT the client's), `gate_after` + `gate` (the
-chat requests after that many answers wait until the file `gate` exists).
+line `post PORT` per chat request received, PORT the client's, and `metrics PORT` per read of
+/metrics), `gate_after` + `gate` (the chat requests after that many answers wait until the file
+`gate` exists; while one waits, each read of /metrics finds the token counter grown by one, as
+a server generating: a progress that owes nothing to the clock).
 As a faulty gateway (tests/test_judge.py): `log` (a file: one JSON line per request received,
 its method, path and headers), `redirect` (a base URL: every request but /health is answered
 302 to it, the path kept), `answers` ({marker: [answer, ...]}: the n-th chat request whose
@@ -34,6 +36,7 @@ from pathlib import Path
 CFG = json.loads(os.environ.get("STANDIN", "{}"))
 answered = 0
 tokens = 0  # /metrics' vllm:generation_tokens_total
+held = 0  # chat requests waiting at the gate
 lock = threading.Lock()
 never = threading.Event()
 
@@ -105,14 +108,20 @@ class Handler(BaseHTTPRequestHandler):
         return False
 
     def do_GET(self) -> None:
+        global tokens
         if self.path != "/health" and self._gateway(None):
             return
         if self.path != "/health" and self._unauthorized():
             return
+        if self.path == "/metrics" and CFG.get("trace"):
+            with lock, open(CFG["trace"], "a") as f:
+                f.write(f"metrics {self.client_address[1]}\n")
         if self.path == "/health":
             self._send(200, {})
         elif self.path == "/metrics" and CFG.get("metrics"):
-            data = f'vllm:generation_tokens_total{{model_name="x"}} {tokens}.0\n'.encode()
+            with lock:
+                tokens += held > 0  # a request at the gate is generating
+                data = f'vllm:generation_tokens_total{{model_name="x"}} {tokens}.0\n'.encode()
             self.send_response(200)
             self.send_header("Content-Type", "text/plain")
             self.send_header("Content-Length", str(len(data)))
@@ -126,7 +135,7 @@ class Handler(BaseHTTPRequestHandler):
             self._send(404, {"error": {"message": "not found"}})
 
     def do_POST(self) -> None:
-        global answered
+        global answered, held
         req = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         text = text_of(req["messages"])
         if self._gateway(text):
@@ -136,9 +145,12 @@ class Handler(BaseHTTPRequestHandler):
                 f.write(f"post {self.client_address[1]}\n")
         if CFG.get("gate_after") is not None:
             with lock:
-                held = answered >= CFG["gate_after"]
-            while held and not os.path.exists(CFG["gate"]):
+                wait = answered >= CFG["gate_after"]
+                held += wait
+            while wait and not os.path.exists(CFG["gate"]):
                 never.wait(0.05)  # polls the gate file the test creates
+            with lock:
+                held -= wait
         with lock:
             if CFG.get("die_after") is not None and answered >= CFG["die_after"]:
                 os._exit(1)

@@ -73,6 +73,7 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
     h.png(d / "img" / "big.png", (1500, 1500))  # 2.25 megapixels
     h.cmyk_jpeg(d / "img" / "c.jpg")
     h.png(d / "img" / "wide.png", (300, 100))
+    h.truncated_png(d / "img" / "cut.png")  # a plan-stage item error: the plan cache keeps it
     (d / "schema.json").write_text('{"type": "object"}')
     url = f"http://127.0.0.1:{srv.server_address[1]}/r.png"
     h.write_set(d, [
@@ -86,8 +87,11 @@ def world(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
         {"id": "json", "text": "As JSON", "sampling": {"structured_outputs":
                                                         {"json": "schema.json"}}},
         {"id": "remote", "text": "Remote", "images": [url]},
+        {"id": "cut", "text": "Truncated", "images": ["img/cut.png"]},
     ])
     h.write_set(d / "other", [{"id": "o", "text": "Another set", "images": []}])
+    # the same relative name under another root (the prompts.root row): another set
+    h.write_set(d / "alt" / "other", [{"id": "o2", "text": "Another root", "images": []}])
     tok, bare = models
     h.png(served / "r.png", (40, 40))
     try:
@@ -176,7 +180,8 @@ def _remote_back(w: World) -> None:
 # between the two runs). {tok} and {bare}: the model folders with and without a tekken.json.
 MUTATIONS: dict[str, tuple[list[str], list[str], Action | None, Action | None]] = {
     "prompts.name": ([], ["prompts.name={d}/other/set.yaml"], None, None),
-    "prompts.root": ([], ["prompts.root={d}"], None, None),
+    "prompts.root": (["prompts.name=other", "prompts.root={d}"],
+                     ["prompts.name=other", "prompts.root={d}/alt"], None, None),
     "prompts.system": ([], ["prompts.system=Be brief."], None, None),
     "prompts.limit-lowered": ([], ["prompts.limit=3"], None, None),
     "prompts.limit-raised": (["prompts.limit=3"], [], None, None),
@@ -208,6 +213,14 @@ MUTATIONS: dict[str, tuple[list[str], list[str], Action | None, Action | None]] 
 }
 
 
+# Rows whose mutation is meant to leave the plan as it was: the caches must notice the change
+# and still plan the same. Every other row must change what the base run planned, or it tests
+# nothing (a row that plans the same before and after is passed by any cache).
+SAME_PLAN: dict[str, str] = {
+    "image-mtime": "a touched image has the same bytes: the caches re-check it, the plan stays",
+}
+
+
 def _fill(w: World, o: list[str]) -> list[str]:
     return [x.format(d=w.d, tok=w.tok, bare=w.bare) for x in o]
 
@@ -218,12 +231,16 @@ def test_a_warm_run_plans_what_a_cold_run_plans(name: str, world: World, tmp_pat
     if setup is not None:
         setup(world)
     warm_store = tmp_path / "warm"
-    observe(world, warm_store, _fill(world, before))
+    base = observe(world, warm_store, _fill(world, before))
     if change is not None:
         change(world)
     warm = observe(world, warm_store, _fill(world, after))
     cold = observe(world, tmp_path / "cold", _fill(world, after))
     assert warm == cold
+    if name in SAME_PLAN:
+        assert warm == base, f"{name} is listed as changing nothing ({SAME_PLAN[name]})"
+    else:
+        assert warm != base, f"the row {name} plans what the base run planned: it tests nothing"
 
 
 def test_a_new_code_version_plans_again(world: World, tmp_path: Path,
@@ -240,10 +257,35 @@ def test_a_new_code_version_plans_again(world: World, tmp_path: Path,
     assert all(k.startswith("v2") for _, k, err, _ in warm["plan"] if not err)
 
 
-def test_the_code_digest_covers_every_plan_module():
-    names = {f.name for f in Path(plancache.__file__).parent.glob("*.py")}
+def test_the_code_digest_covers_every_plan_module(tmp_path: Path):
+    """An edit to any module of the plan stage changes code_digest (run on a copy of the
+    package, one module edited at a time), and undoing it gives the digest back."""
+    import pkgutil
+
+    import runner.plan
+
+    modules = sorted(f"{m.name}.py" for m in pkgutil.iter_modules(runner.plan.__path__))
     assert {"load.py", "images.py", "sources.py", "sampling.py", "tokens.py",
-            "cache.py", "statcache.py"} <= names
+            "cache.py", "statcache.py"} <= set(modules)
+    copy = tmp_path / "plan"
+    shutil.copytree(Path(plancache.__file__).parent, copy,
+                    ignore=shutil.ignore_patterns("__pycache__"))
+
+    def digest() -> str:
+        plancache.code_digest.cache_clear()  # computed once per process
+        return plancache.code_digest()
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(plancache, "__file__", str(copy / "cache.py"))  # where code_digest looks
+        base = digest()
+        for name in modules:
+            f = copy / name
+            text = f.read_bytes()
+            f.write_bytes(text + b"# another version\n")
+            assert digest() != base, f"an edit to runner/plan/{name} keeps the digest"
+            f.write_bytes(text)
+        assert digest() == base
+    plancache.code_digest.cache_clear()
 
 
 # Every config field: "table" (mutated above) or why the plan and its caches do not read it.

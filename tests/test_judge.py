@@ -38,17 +38,20 @@ def mm_mt_bench() -> object:
     return OmegaConf.load(CONF / "judge" / "mm_mt_bench.yaml")
 
 
-# --- the prompt, written down by hand from mistral-evals' code --------------------------------
+# --- the prompt, written down by hand from mistral-evals' code and docs/judges.md -------------
 
 IMG = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 
 
-def test_the_mm_mt_bench_prompt_of_a_two_turn_item_is_mistral_evals():
+def test_the_mm_mt_bench_prompt_of_a_two_turn_item_is_mistral_evals_as_documented():
     """MultimodalLLMJudge._get_judge_prompt (mistralai/mistral-evals, eval/tasks/mm_mt_bench.py)
-    for the second turn of a conversation whose first user message is [image, text]: the text
-    starts with the Start marker and `### User:\\n`, the image is its own part, the rest of
-    the replay is one text part (_add_or_append_chunk merges texts), and the assistant's answer
-    follows the last reference after `\\n\\n` more (its own f-string starts with them)."""
+    as docs/judges.md says the runner builds it, its deviation included (the code as written
+    drops the image and replays whole message dicts; the runner sends the turns' content, the
+    image in its place), for the second turn of a conversation whose first user message is
+    [image, text]: the text starts with the Start marker and `### User:\\n`, the image is its
+    own part, the rest of the replay is one text part (_add_or_append_chunk merges texts), and
+    the assistant's answer follows the last reference after `\\n\\n` more (its own f-string
+    starts with them)."""
     messages = [{"role": "user", "content": [IMG, {"type": "text", "text": "What is shown?"}]},
                 {"role": "assistant", "content": "A bar chart."},
                 {"role": "user", "content": "Which bar is tallest?"}]
@@ -142,6 +145,11 @@ def compact(x: object) -> str:
 def lines(run: Path) -> list[dict]:
     return [json.loads(x) for f in (run / "judgements").glob("*.jsonl")
             for x in f.read_text().splitlines()]
+
+
+def whole_lines(run: Path) -> int:
+    """The judgements written to the end of their line (one being written is not counted)."""
+    return sum(f.read_text().count("\n") for f in (run / "judgements").glob("*.jsonl"))
 
 
 @pytest.mark.process
@@ -277,8 +285,10 @@ def test_kill_9_mid_scoring_then_the_rerun_loses_and_repeats_nothing(standin, ge
                           f"judge.url={url}", "judge.in_flight=1"], cwd=generated.base,
                          stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
     p.log = log  # type: ignore[attr-defined]
-    wait_for(p, lambda: trace.exists() and trace.read_text().count("post") == 4,
-             "the 4th request, held by the stand-in", 120)
+    # the worker sends the 4th request while the main thread may still be writing the 3rd
+    # judgement: wait for both (the 4th is held, so no 4th judgement can follow)
+    wait_for(p, lambda: trace.exists() and trace.read_text().count("post") == 4
+             and whole_lines(run) == 3, "the 4th request held and 3 judgements stored", 120)
     assert len(lines(run)) == 3
     os.killpg(p.pid, signal.SIGKILL)
     p.wait()

@@ -276,9 +276,10 @@ def twin_run(twin: Path, tmp_path_factory) -> Path | None:
 @pytest.mark.engine
 def test_quantized_twin_runs_the_sample_set(twin_run: Path | None):
     d = twin_run
-    if d is None:  # AVX2 only: refused in run_twin, asserted there
+    if d is None:  # AVX2 only: the refusal is asserted in run_twin; the twin never ran
         assert not W4A16_HERE
-        return
+        pytest.skip("an AVX2-only CPU: vLLM's CPU build has no W4A16 kernel here, so the twin "
+                    "cannot run (only the runner's refusal of it was checked)")
     m = json.loads((d / "manifest.json").read_text())
     assert m["status"] == "complete" and m["model"] == "pixtral-large-tiny-w4a16"
     assert m["counts"] == {"planned": 5, "stored": 5, "computed": 5, "errors": 0,

@@ -74,17 +74,14 @@ def test_run_writes_config_manifest_and_results(sample, real):
     assert "generating 5/5 items" in out
 
 
-def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real):
-    """The same engine, the same five requests queued at once, written here by hand as the
-    seed's script writes them (conf/sampling/greedy.yaml; prompts/sample/set.yaml, each image
-    a base64 data: URL): vLLM's own `LLM.chat` gives what the runner stored, token for
-    token. Nothing of the runner builds the reference, so a request-building bug shows."""
+GREEDY = {"temperature": 0.0, "max_tokens": 256}  # conf/sampling/greedy.yaml, by hand
+
+
+def by_hand(folder: Path) -> dict[str, list[dict]]:
+    """The sample set's five requests (prompts/sample/set.yaml), written here by hand as the
+    seed's script writes them, each image a base64 data: URL: nothing of the runner builds
+    them, so a request-building bug shows against them."""
     import base64
-
-    from vllm import SamplingParams  # noqa: TID251 - the reference: vLLM itself, by hand
-
-    d, _, _ = sample
-    folder = real.prompts / "sample"
 
     def user(text: str, *images: str) -> list[dict]:
         if not images:
@@ -94,7 +91,7 @@ def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real
         return [{"role": "user", "content": [{"type": "text", "text": text}, *[
             {"type": "image_url", "image_url": {"url": u}} for u in urls]]}]
 
-    items = {
+    return {
         "bar_chart": user("Which quarter had the highest revenue, and how much was it?",
                           "images/bar_chart.png"),
         "receipt_total": user("What is the total amount on this receipt?",
@@ -106,8 +103,16 @@ def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real
         "text_only": user("Name three things a vision-language model can read in a scanned "
                           "document."),
     }
-    outs = real.slot.engine.llm.chat(list(items.values()),
-                                     SamplingParams(temperature=0.0, max_tokens=256),
+
+
+def test_outputs_equal_a_plain_llm_chat_on_the_same_items_and_batch(sample, real):
+    """The same engine, the same five requests queued at once (by_hand, GREEDY): vLLM's own
+    `LLM.chat` gives what the runner stored, token for token."""
+    from vllm import SamplingParams  # noqa: TID251 - the reference: vLLM itself, by hand
+
+    d, _, _ = sample
+    items = by_hand(real.prompts / "sample")
+    outs = real.slot.engine.llm.chat(list(items.values()), SamplingParams(**GREEDY),
                                      use_tqdm=False)
     rs = results(d)
     assert set(rs) == set(items)
@@ -161,6 +166,30 @@ def test_the_vllm_internals_the_watchdog_and_progress_rely_on(sample, real):
         except RuntimeError as e:
             raised = e
     assert raised is injected, before
+
+
+def test_vllms_own_lines_after_the_run_stay_off_the_console(sample, real):
+    """The real call (VllmEngine: loggers_to_pump("vllm")) on vLLM's real logging, configured
+    by the session engine's start inside the sample run: after the run's scope, as a thread
+    vLLM leaves running would, one of vLLM's module loggers logs; every handler the line
+    reaches has the filter, and the line lands in the engine log, not on the console."""
+    import logging
+
+    from runner.console import logs
+
+    assert logs.current() is None  # outside any run's scope, fd 1/2 are the terminal again
+    lg = logging.getLogger("vllm.multimodal.processing")
+    handlers, at = [], lg
+    while at is not None:  # the handlers a record of `lg` reaches (vLLM's: on "vllm")
+        handlers += at.handlers
+        at = at.parent if at.propagate else None
+    assert handlers and all(any(isinstance(f, logs._OffConsole) for f in h.filters)
+                            for h in handlers), handlers
+    marker = f"a vLLM line after the run ({os.getpid()})"
+    lg.warning(marker)
+    assert logs._pump is not None and logs._pump.sink is not None
+    logs._pump.drain()
+    assert marker in Path(logs._pump.sink.name).read_text()
 
 
 def test_rerun_is_a_cache_hit_that_imports_no_engine(sample, real):
@@ -428,10 +457,9 @@ def test_the_server_state_names_its_engine_args(served, real):
 def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_time(served,
                                                                                    real):
     """Same engine arguments, one request at a time on both sides: the server's outputs are
-    the in-process engine's, token for token."""
-    from runner.engine.vllm_engine import make_params
-    from runner.plan.load import load_plan
-    from runner.plan.sampling import sampling_of
+    the in-process engine's on the requests written by hand (by_hand, GREEDY), token for
+    token."""
+    from vllm import SamplingParams  # noqa: TID251 - the reference: vLLM itself, by hand
 
     r = runner(*served.args, "engine.url=serve", "engine.max_num_seqs=1")
     assert r.returncode == 0, r.stdout + r.stderr
@@ -441,15 +469,13 @@ def test_greedy_outputs_through_the_server_equal_in_process_one_request_at_a_tim
     assert m["server"]["started_by"] == "runner.serve" and m["server"]["in_flight"] == 1
     assert m["server"]["trust_server"] is False
 
-    cfg = make_cfg(*REAL, f"prompts.root={real.prompts}")
-    llm, params = session_engine(real).llm, make_params(sampling_of(cfg))
-    plan = load_plan(cfg)
-    assert set(rs) == {it.id for it in plan.items}
-    for it in plan.items:
-        (o,) = llm.chat([it.messages], params, use_tqdm=False)
-        c, x = o.outputs[0], rs[it.id]
+    llm, items = session_engine(real).llm, by_hand(real.prompts / "sample")
+    assert set(rs) == set(items)
+    for i, messages in items.items():
+        (o,) = llm.chat([messages], SamplingParams(**GREEDY), use_tqdm=False)
+        c, x = o.outputs[0], rs[i]
         assert (x["output"], x["finish_reason"], x["completion_tokens"], x["prompt_tokens"]) \
-            == (c.text, c.finish_reason, len(c.token_ids), len(o.prompt_token_ids)), it.id
+            == (c.text, c.finish_reason, len(c.token_ids), len(o.prompt_token_ids)), i
 
 
 def test_a_constraint_reaches_the_server(served):
@@ -537,13 +563,17 @@ def test_what_the_server_client_reads_from_vllm_serve(served):
     """Run, not looked up, on vLLM's own server: /health answers 200 (runner/engine/connect.py),
     and a chat completion with n=2 and return_token_ids carries usage.prompt_tokens and
     usage.completion_tokens and, per choice, its token_ids (runner/engine/client.py reads
-    them for each sample's token count)."""
+    them for each sample's token count); the progress mark the client's stall detection reads
+    from /metrics is there and grows by at least the request's tokens."""
     import urllib.request
 
+    from runner.engine.client import _progress_mark
     from runner.engine.connect import healthy
 
     url = served.state["url"]
     assert healthy(url)
+    before = _progress_mark(url)
+    assert before is not None, "no vllm:(prompt|generation)_tokens_total on /metrics"
     with urllib.request.urlopen(f"{url}/v1/models", timeout=30) as r:
         model = json.load(r)["data"][0]["id"]
     body = {"model": model, "messages": [{"role": "user", "content": "Say hi."}], "n": 2,
@@ -557,6 +587,10 @@ def test_what_the_server_client_reads_from_vllm_serve(served):
     ids = [c["token_ids"] for c in choices]
     assert all(isinstance(t, int) for x in ids for t in x) and all(1 <= len(x) <= 4 for x in ids)
     assert usage["completion_tokens"] == sum(len(x) for x in ids), d
+    # vLLM's AsyncLLM output handler records an iteration's counters before it gives the
+    # event loop back to the request's handler: they hold this request once its answer is in
+    after = _progress_mark(url)
+    assert after is not None and after - before >= usage["prompt_tokens"] + sum(map(len, ids))
 
 
 def test_a_submit_to_a_dead_engine_is_a_death_not_an_item_error(real):

@@ -7,8 +7,9 @@ Under faults: anything that goes wrong with one request is that item's error; a 
 once (a connection lost after it was sent may have been read, so it is never resent: the
 item's error, which `retry_errors` repairs); the run stops (ServerGone) only when /health
 fails, or when the server makes no progress at all for engine.stall_timeout_s (no answer and
-its /metrics token counters still; a server without /metrics counts as progressing while its
-/health answers, each request being bounded by engine.request_timeout_s).
+its /metrics token counters still; a server without them counts as progressing while its
+/health answers, each request being bounded by engine.request_timeout_s, and a warning says so
+once).
 
 Before anything is sent, `connect.connect` finds and checks the server (connect.py).
 Standard library only: no vLLM, no torch (a warm run imports neither).
@@ -96,6 +97,7 @@ class ServerEngine:
         self._conns: set[http.client.HTTPConnection] = set()
         self._lock = threading.Lock()
         self._dead: str | None = None
+        self._told_no_mark = False  # the warning that /metrics has no token counters
         self.pool = min(self.max_num_seqs, int(self.spec.get("max_connections")
                                                 or MAX_CONNECTIONS))
         self.server["connections"] = self.pool
@@ -150,6 +152,14 @@ class ServerEngine:
         except OSError as e:
             self._gone(f"/health and /metrics fail: {e}")
         if now is None:
+            if not self._told_no_mark:  # stall detection is weaker from here on: say so once
+                self._told_no_mark = True
+                from runner.console import console
+
+                console.print(f"[yellow]warning: {self.url}/metrics has no "
+                              "vllm:prompt_tokens_total or vllm:generation_tokens_total; a "
+                              "stall is seen only when /health fails or a request outlasts "
+                              "engine.request_timeout_s.")
             return healthy(self.url, CHECK_TIMEOUT_S), None
         return mark is None or now > mark, now
 
