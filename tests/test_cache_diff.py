@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import http.server
+import json
 import os
 import shutil
 import threading
@@ -23,7 +24,7 @@ from typing import Any
 import hostile as h
 import pytest
 
-from conftest import TINY, make_cfg
+from conftest import ROOT, TINY, make_cfg
 from runner import config as config_mod
 from runner.bundled import mistral_common_file
 from runner.errors import UserError
@@ -386,3 +387,109 @@ def test_a_stale_entry_sends_every_item_and_retry_errors_repairs_an_old_run(
     assert all(not r.get("error") for r in records.values()) and len(records) == 2
     fresh = Job(make_cfg(*base, "prompts.limit=2", "sampling.seed=2"), []).run()
     assert fresh.errors == 0 and fresh.computed == 2  # the planted entry is not believed
+
+
+# ---- views: what a run reports (issue 39) ----------------------------------------------------
+# For every field that changes which items a config plans: in a store that also holds another
+# config's items (the base row's), the mutated config reports exactly what a cold run of it
+# reports in a fresh store: metrics.json, its card row, its view. Jobs on the fake engine.
+
+
+def _reported(store: Path, s: Any) -> dict[str, Any]:
+    from runner.results.card.card import card
+    from runner.results.runs.load import load_run
+
+    m = json.loads((store / s.hash / "metrics.json").read_text())
+    m.pop("completion_tokens_per_s", None)  # the last invocation's speed
+    (row,) = card([load_run(store / s.hash)])["rows"]
+    return {"view": s.view, "metrics": m,
+            "card": {k: row[k] for k in ("value", "ci95", "n", "errors", "subset")}}
+
+
+def _sets(top: Path) -> Path:
+    """The sample set under two roots: the same relative name, other texts (prompts.root)."""
+    shutil.copytree(ROOT / "prompts" / "sample", top / "a" / "sample")
+    shutil.copytree(ROOT / "prompts" / "sample", top / "b" / "sample")
+    f = top / "b" / "sample" / "set.yaml"
+    f.write_text(f.read_text().replace("What", "Which", 1))
+    return top
+
+
+VIEW_MUTATIONS: dict[str, tuple[list[str], list[str]]] = {
+    "prompts.limit-lowered": ([], ["prompts.limit=2"]),
+    "prompts.limit-raised": (["prompts.limit=2"], ["prompts.limit=4"]),
+    "prompts.max_image_size": ([], ["prompts.max_image_size=64"]),
+    "prompts.system": ([], ["prompts.system=Answer in one word."]),
+    "prompts.root": ([], ["prompts.root={top}/b"]),
+    "prompts.name": ([], ["prompts.name=letters", "prompts.root=" + str(ROOT / "prompts")]),
+    "prompts.source": (["prompts=mm_mt_bench", "prompts.source={top}/a.jsonl"],
+                       ["prompts=mm_mt_bench", "prompts.source={top}/b.jsonl"]),
+    "prompts.benchmark": (["prompts=mm_mt_bench", "prompts.source={top}/a.jsonl"],
+                          ["prompts.root={top}/a", "prompts.name=sample"]),
+}
+
+
+@pytest.mark.process  # jobs on the fake engine (a child process each): the full lane
+@pytest.mark.parametrize("name", list(VIEW_MUTATIONS))
+def test_view_diff(name: str, tmp_path: Path, fake_engine: None):
+    from test_views import mt_source
+
+    from runner.job.recipe import Job
+
+    top = _sets(tmp_path / "sets")
+    mt_source(top / "a.jsonl", "What is shown?")
+    mt_source(top / "b.jsonl", "Which colour is it?")
+    base, mutated = ([o.format(top=top) for o in x] for x in VIEW_MUTATIONS[name])
+    common = [*TINY, f"prompts.root={top}/a", "model.limit_mm_per_prompt.image=7"]
+
+    def run(store: Path, over: list[str]) -> Any:
+        args = [*common, f"store.root={store}", *over]
+        return Job(make_cfg(*args), args).run()
+
+    b = run(tmp_path / "warm", base)
+    warm = run(tmp_path / "warm", mutated)
+    cold = run(tmp_path / "cold", mutated)
+    assert warm.view != b.view, f"the row {name} plans the base's items: it tests nothing"
+    assert _reported(tmp_path / "warm", warm) == _reported(tmp_path / "cold", cold)
+
+
+@pytest.mark.process
+def test_shards_share_the_whole_configs_view(tmp_path: Path, fake_engine: None):
+    """A shard's view is its config's whole plan (every shard's items), so shards and the
+    unsharded run report one view; a shard's figures name the items not stored yet."""
+    from runner.job.recipe import Job
+
+    def run(*over: str) -> Any:
+        args = [*TINY, f"store.root={tmp_path}", *over]
+        return Job(make_cfg(*args), args).run()
+
+    s0 = run("shard.count=2", "shard.index=0")
+    m = json.loads((tmp_path / s0.hash / "metrics.json").read_text())
+    assert m["view"]["planned"] == 5 and m["view"]["missing"] == 5 - s0.planned
+    s1 = run("shard.count=2", "shard.index=1")
+    whole = run()
+    assert s0.view == s1.view == whole.view and (s0.planned + s1.planned, whole.computed) == (5, 0)
+
+
+# Which fields change the items a config plans (its view): "table" (VIEW_MUTATIONS above), or
+# why not.
+SAME_ITEMS = "the same items (keys); what changes is each item's record, not which items"
+VIEW_VERDICTS: dict[str, str] = {
+    **{f"prompts.{k}": "table" for k in ("limit", "max_image_size", "system", "root", "name",
+                                          "source", "benchmark")},
+    "prompts.allow_remote": SAME_ITEMS,
+    "prompts.max_image_pixels": SAME_ITEMS,
+    "prompts.on_item_error": "fails the run or not; the items are the same",
+    "prompts.max_error_rate": "stops a run or not; the items are the same",
+    "shard.index": "the view is every shard's items: test_shards_share_the_whole_configs_view",
+    "shard.count": "the view is every shard's items: test_shards_share_the_whole_configs_view",
+}
+
+
+def test_every_prompts_and_shard_field_has_a_view_verdict():
+    fields = {f"{g}.{f.name}" for g, cls in (("prompts", config_mod.PromptsConfig),
+                                              ("shard", config_mod.ShardConfig))
+              for f in dataclasses.fields(cls)}
+    assert fields == set(VIEW_VERDICTS), sorted(fields ^ set(VIEW_VERDICTS))
+    tabled = {k.split("-")[0] for k in VIEW_MUTATIONS}
+    assert tabled == {k for k, v in VIEW_VERDICTS.items() if v == "table"}
