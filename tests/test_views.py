@@ -135,6 +135,32 @@ def test_imports_are_keyed_by_protocol_and_importer(tmp_path, monkeypatch):
     assert imported() not in (first, second, third)
 
 
+def test_a_failed_import_leaves_the_last_one_intact(tmp_path):
+    """An import that fails (a source with no rows) leaves no set behind, and the import
+    before it still plans its own items."""
+    from runner.benchmarks.preset import resolve
+    from runner.errors import UserError
+    from runner.plan.load import load_plan
+
+    a = mt_source(tmp_path / "a.jsonl", "What is shown?")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+
+    def plan(src: Path) -> list[str]:
+        cfg = make_cfg(*TINY, "prompts=mm_mt_bench", f"prompts.source={src}",
+                       f"store.root={tmp_path / 'o'}")
+        resolve(cfg)
+        return [it.id for it in load_plan(cfg, show=False).items]
+
+    assert plan(a) == ["r0_turn0", "r1_turn0"]
+    with pytest.raises(UserError, match="no rows"):
+        plan(empty)
+    assert plan(a) == ["r0_turn0", "r1_turn0"]
+    cache = tmp_path / "o" / ".cache" / "benchmarks"
+    assert len(list(cache.glob("*/mm_mt_bench/imported.json"))) == 1
+    assert not [x for x in cache.rglob("*") if x.name.endswith((".tmp", ".old"))]
+
+
 GATED_IMPORT = """
 import os, sys
 from runner.benchmarks import importers
