@@ -20,6 +20,7 @@ WIDTH = 3.5  # inches: one column of a two-column paper
 STYLE = {"font.size": 8, "axes.titlesize": 8, "axes.labelsize": 8, "legend.fontsize": 7,
          "xtick.labelsize": 7, "ytick.labelsize": 7, "svg.fonttype": "none",
          "svg.hashsalt": "pixtral-runner", "axes.spines.top": False,
+         "font.sans-serif": ["DejaVu Sans"],  # matplotlib's own font: the same in every file
          "axes.spines.right": False, "figure.dpi": 100, "savefig.dpi": 300}
 FORMATS = ("svg", "png", "pdf")
 
@@ -125,8 +126,9 @@ def _panel(ax: Any, panel: Panel, k: int, marks: _Marks) -> None:
 
         (ax.xaxis if panel.kind in ("rows", "dots") else ax.yaxis).set_major_locator(
             MaxNLocator(integer=True))
-    if panel.title:
-        ax.set_title(panel.title, loc="left")
+    if panel.title:  # rows: the axes are narrow beside their labels; right-aligned, a long
+        # title runs left over the labels' column instead of off the figure
+        ax.set_title(panel.title, loc="right" if panel.kind in ("rows", "dots") else "left")
     if many:
         ax.legend(frameon=False)
 
@@ -158,6 +160,14 @@ def _attrs(meta: dict[str, Any]) -> str:
     return f'class="pt" {a}'
 
 
+_DIGITS = re.compile(r"(\.\d\d)\d+")
+
+
+def _coarse(m: re.Match[str]) -> str:
+    value = _DIGITS.sub(r"\1", m[2])
+    return f' {m[1]}="{value}"'
+
+
 def svg(chart: Chart, prefix: str) -> str:
     """The chart as an <svg> element for an HTML page: ids prefixed with `prefix`, each point
     a <g class="pt" data-value=... data-lo=... data-hi=... data-n=...> with a <title>."""
@@ -169,6 +179,13 @@ def svg(chart: Chart, prefix: str) -> str:
         fig.savefig(buf, format="svg", metadata={"Date": None, "Creator": None})
     s = buf.getvalue()
     s = s[s.index("<svg"):]
+    # inline in HTML the namespaces are implied, the RDF metadata is noise: no URL stays in
+    # the page (the report fetches nothing and names nothing to fetch)
+    s = re.sub(r'\s+xmlns(:\w+)?="[^"]*"', "", s, count=2)
+    s = re.sub(r"<metadata>.*?</metadata>\s*", "", s, count=1, flags=re.S)
+    s = re.sub(r' transform="rotate\(-0 [^"]*\)"', "", s)  # no-op rotations
+    s = re.sub(r"\s*\n\s*", " ", s)  # one line: a third smaller
+    s = re.sub(r' (d|x|y)="([^"]*)"', _coarse, s)  # coordinates to 1/100 pt: a quarter
     s = re.sub(r'\bid="([^"]+)"', rf'id="{prefix}-\1"', s)
     s = s.replace('href="#', f'href="#{prefix}-').replace("url(#", f"url(#{prefix}-")
     for gid, meta in marks.meta.items():
