@@ -105,12 +105,31 @@ def sweep_store(root: Path) -> Path:
         d = write_run(root, name, recs, config=cfg,
                       overrides=[f"sampling.temperature={t}"])
         score_run(d)
+        judge(d, [10 - 2 * num - i % 3 - (i % 4 == 3) * 2 for i in range(40)])
         rows.append({"num": num, "overrides": [f"sampling.temperature={t}", "prompts=sample"],
                      "hash": name, "folder": str(d), "status": "computed", "items": 40,
                      "metrics": json.loads((d / "metrics.json").read_text())})
     sweep.mkdir(parents=True)
     (sweep / "runs.json").write_text(json.dumps(rows, indent=2))
     return sweep
+
+
+JUDGE_CATEGORIES = ("charts", "documents", "photos", "tables")
+
+
+def judge(run_dir: Path, ratings: list[int]) -> dict[str, Any]:
+    """A judge's stored aggregates for the run (judgements/<id>.metrics.json, as `results
+    judge` leaves them): item i rated ratings[i], in category JUDGE_CATEGORIES[i % 4], turn
+    i % 2 + 1; aggregated by the judge's own code."""
+    from runner.results.judging.judged import aggregate, folder
+
+    items = [{"status": "rated", "rating": r, "category": JUDGE_CATEGORIES[i % 4],
+              "turn": i % 2 + 1} for i, r in enumerate(ratings)]
+    agg = {"judge": {"id": "j1", "name": "fake-judge", "model": "judge-model"},
+           **aggregate(items)}
+    folder(run_dir).mkdir(parents=True, exist_ok=True)
+    (folder(run_dir) / "j1.metrics.json").write_text(json.dumps(agg))
+    return agg
 
 
 CARD_MODELS = ({"name": "pixtral-12b-2409", "hf_repo": "mistralai/Pixtral-12B-2409"},

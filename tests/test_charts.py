@@ -98,7 +98,8 @@ def test_sweep_and_card_charts_show_the_stored_values(store, tmp_path: Path) -> 
         b.open((tmp_path / "card.html").as_uri())
         b.wait("document.body.dataset.firstMs")
         got_card = {c["name"]: c for c in b.js(READ)}
-    assert list(got) == ["sweep", "by-tag", "errors"] and list(got_card) == ["card"]
+    assert list(got) == ["sweep", "by-tag", "judge-categories", "judge-turns", "errors"]
+    assert list(got_card) == ["card"]
     for c in [*got.values(), *got_card.values()]:
         legible(c)
         assert c["table"] == len(c["points"])  # the numbers, one click away
@@ -137,6 +138,21 @@ def test_sweep_and_card_charts_show_the_stored_values(store, tmp_path: Path) -> 
     for p in t["points"]:
         if float(p["value"]) > 0:
             assert abs(p["box"][2] - x(float(p["value"]))) < 1, p  # the bar ends at its value
+
+    # the judge's breakdowns: each run's stored aggregates, sorted by the first run's
+    for what in ("categories", "turns"):
+        j = got[f"judge-{what}"]
+        x = axis(j["panels"]["panel0"]["x"], 1)
+        for i, row in enumerate(rows):
+            agg = json.loads((Path(row["folder"]) / "judgements" / "j1.metrics.json")
+                             .read_text())[what]
+            mine = [p for p in j["points"] if p["series"].endswith(row["hash"][:6])]
+            assert {p["at"]: (float(p["value"]), [float(p["lo"]), float(p["hi"])], int(p["n"]))
+                    for p in mine} == {k: (v["mean"], v["ci95"], v["n"]) for k, v in agg.items()}
+            if i == 0:
+                assert [p["at"] for p in mine] == sorted(agg, key=lambda k: -agg[k]["mean"])
+            for p in mine:
+                assert abs(p["box"][2] - x(float(p["value"]))) < 1, p
 
     # errors: each run's count per kind, from its metrics.json
     e = got["errors"]
@@ -182,7 +198,7 @@ def test_results_plot_writes_each_chart(store, tmp_path: Path) -> None:
                  "--out", str(tmp_path / "fig.svg")]) == 0
     assert main(["--root", str(root), "plot", "--sweep", str(sweep),
                  "--out", str(tmp_path / "fig.png")]) == 0
-    names = ["sweep", "by-tag", "errors"]
+    names = ["sweep", "by-tag", "judge-categories", "judge-turns", "errors"]
     for n in names:
         svg = (tmp_path / f"fig-{n}.svg").read_text()
         assert svg.startswith("<?xml") and "<svg" in svg and "font-size: 7px" in svg
@@ -198,7 +214,7 @@ def test_results_plot_writes_each_chart(store, tmp_path: Path) -> None:
 @pytest.mark.parametrize("args, says", [
     (["--out", "fig.jpg"], "name a .svg, .png or .pdf file"),
     (["--out", "fig.svg", "--chart", "card"], "No card chart for these runs; their charts: "
-                                                "sweep, by-tag, errors."),
+     "sweep, by-tag, judge-categories, judge-turns, errors."),
 ])
 def test_results_plot_errors_are_one_sentence(store, tmp_path: Path, args, says,
                                               capsys) -> None:
@@ -224,3 +240,36 @@ def test_only_drawing_imports_matplotlib(store, tmp_path: Path) -> None:
     assert "matplotlib" in imported("plot", "--sweep", str(sweep), "--out",
                                     str(tmp_path / "f.svg"))
     assert (tmp_path / "f-sweep.svg").is_file()
+
+
+def test_a_sweep_of_two_keys_draws_a_line_per_other_value_and_categories_as_bars() -> None:
+    """Points of temperature x seed: a line per seed over temperature; points of model x set:
+    grouped bars per model, a bar per set. Values and intervals from each point's metrics."""
+    from runner.results.plot.draw import svg
+    from runner.results.plot.sweep import sweep_chart, values_of
+
+    def m(correct: int) -> dict:
+        return {"accuracy": correct / 20, "scored": 20, "correct": correct}
+
+    pts = [(values_of([f"sampling.temperature={t}", f"sampling.seed={s}", "prompts=x"]),
+            m(18 - 4 * k - s), f"h{k}{s}") for k, t in enumerate((0, 0.5, 1)) for s in (0, 1)]
+    c = sweep_chart(pts)
+    (panel,) = c.panels
+    assert panel.kind == "line" and panel.at_label == "temperature"
+    assert [s.label for s in panel.series] == ["seed=0", "seed=1"]
+    assert [[(p.at, p.value, p.n) for p in s.points] for s in panel.series] == [
+        [(0.0, 90.0, 20), (0.5, 70.0, 20), (1.0, 50.0, 20)],
+        [(0.0, 85.0, 20), (0.5, 65.0, 20), (1.0, 45.0, 20)]]
+    lo, hi = wilson_roots(18, 20)
+    assert (panel.series[0].points[0].lo, panel.series[0].points[0].hi) == \
+        pytest.approx((lo, hi), abs=0.01)
+    drawn = svg(c, "t")
+    assert drawn.count('class="pt"') == 6 and drawn.count('data-series="seed=1"') == 3
+
+    cats = [(values_of([f"model={mo}", f"prompts={p}"]), m(10 + k), f"c{k}")
+            for k, (mo, p) in enumerate([("a", "s1"), ("a", "s2"), ("b", "s1"), ("b", "s2")])]
+    (bars,) = sweep_chart(cats).panels
+    assert bars.kind == "bars" and bars.at_label == "model"
+    assert [(s.label, [(p.at, p.value) for p in s.points]) for s in bars.series] == [
+        ("prompts=s1", [("a", 50.0), ("b", 60.0)]), ("prompts=s2", [("a", 55.0), ("b", 65.0)])]
+    assert sweep_chart(cats[:1]) is None  # one point: nothing to plot against

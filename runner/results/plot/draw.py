@@ -129,8 +129,6 @@ def _panel(ax: Any, panel: Panel, k: int, marks: _Marks) -> None:
     if panel.title:  # rows: the axes are narrow beside their labels; right-aligned, a long
         # title runs left over the labels' column instead of off the figure
         ax.set_title(panel.title, loc="right" if panel.kind in ("rows", "dots") else "left")
-    if many:
-        ax.legend(frameon=False)
 
 
 def _height(p: Panel) -> float:
@@ -150,6 +148,10 @@ def figure(chart: Chart) -> tuple[Any, _Marks]:
     for k, (ax, panel) in enumerate(zip(axes, chart.panels, strict=True)):
         ax.set_gid(f"panel{k}")
         _panel(ax, panel, k, marks)
+    handles, labels = axes[0].get_legend_handles_labels()
+    if handles:  # below the axes, never over a bar
+        fig.legend(handles, labels, loc="outside lower center", ncols=min(2, len(handles)),
+                   frameon=False)
     fig.suptitle(chart.title, x=0.02, ha="left", fontsize=9, fontweight="bold")
     return fig, marks
 
