@@ -273,3 +273,16 @@ def test_a_sweep_of_two_keys_draws_a_line_per_other_value_and_categories_as_bars
     assert [(s.label, [(p.at, p.value) for p in s.points]) for s in bars.series] == [
         ("prompts=s1", [("a", 50.0), ("b", 60.0)]), ("prompts=s2", [("a", 55.0), ("b", 65.0)])]
     assert sweep_chart(cats[:1]) is None  # one point: nothing to plot against
+
+
+def test_many_tags_keep_the_best_and_the_worst() -> None:
+    """40 tags: the 15 best and 15 worst of the first run, best on top, and the caption says
+    so; every run keeps the same tags."""
+    from runner.results.plot.breakdown import by_tag_chart
+
+    tags = {f"t{i:02d}": {"accuracy": i / 40, "scored": 10} for i in range(40)}
+    c = by_tag_chart([("a", {"by_tag": tags}), ("b", {"by_tag": tags})])
+    (panel,) = c.panels
+    want = [f"t{i:02d}" for i in [*range(39, 24, -1), *range(14, -1, -1)]]
+    assert [[p.at for p in s.points] for s in panel.series] == [want, want]
+    assert c.caption.endswith("the 15 best and worst of 40 groups")

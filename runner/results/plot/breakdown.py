@@ -12,13 +12,22 @@ TAG_CAPTION = "accuracy per tag (metrics.json by_tag); bars: 95 % Wilson interva
 JUDGE_CAPTION = "the judge's mean rating per group; bars: 95 % bootstrap interval; n rated"
 
 
-def _sorted(series: list[Series]) -> list[Series]:
-    """Categories by the first run's value, best first (a missing one last)."""
+MAX_ROWS = 30  # categories drawn: past it, the best and the worst half each (a chart to read)
+
+
+def _sorted(series: list[Series]) -> tuple[list[Series], str]:
+    """Categories by the first run's value, best first (a missing one last); past MAX_ROWS
+    the best and worst MAX_ROWS / 2, and a note saying so."""
     first = {p.at: p.value for p in series[0].points}
     order = sorted(dict.fromkeys(p.at for s in series for p in s.points),
                    key=lambda c: (first.get(c) is None, -(first.get(c) or 0)))
+    note = ""
+    if len(order) > MAX_ROWS:
+        note = f"; the {MAX_ROWS // 2} best and worst of {len(order)} groups"
+        order = order[:MAX_ROWS // 2] + order[-(MAX_ROWS // 2):]
     rank = {c: i for i, c in enumerate(order)}
-    return [Series(s.label, sorted(s.points, key=lambda p: rank[p.at])) for s in series]
+    return [Series(s.label, sorted((p for p in s.points if p.at in rank),
+                                   key=lambda p: rank[p.at])) for s in series], note
 
 
 def by_tag_chart(runs: list[tuple[str, dict[str, Any]]]) -> Chart | None:
@@ -31,8 +40,9 @@ def by_tag_chart(runs: list[tuple[str, dict[str, Any]]]) -> Chart | None:
             series.append(Series(label, pts))
     if not series:
         return None
+    series, note = _sorted(series)
     return Chart("by-tag", "accuracy by tag",
-                 [Panel("rows", _sorted(series), value_label="accuracy (%)")], TAG_CAPTION)
+                 [Panel("rows", series, value_label="accuracy (%)")], TAG_CAPTION + note)
 
 
 def judge_charts(runs: list[tuple[str, dict[str, Any] | None]]) -> list[Chart]:
@@ -47,9 +57,10 @@ def judge_charts(runs: list[tuple[str, dict[str, Any] | None]]) -> list[Chart]:
                 series.append(Series(label, pts))
         if series:
             judge = next((a.get("judge") or {}).get("name") for _, a in runs if a) or "judge"
+            series, note = _sorted(series)
             out.append(Chart(f"judge-{what}", f"{judge}: mean rating by {name}",
-                             [Panel("rows", _sorted(series), value_label="rating (1-10)")],
-                             JUDGE_CAPTION))
+                             [Panel("rows", series, value_label="rating (1-10)")],
+                             JUDGE_CAPTION + note))
     return out
 
 

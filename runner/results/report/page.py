@@ -46,7 +46,7 @@ img.th{max-width:160px;max-height:160px;display:block;margin-bottom:4px;cursor:z
  flex-direction:column;align-items:center;justify-content:center;cursor:zoom-out}
 #lb[hidden]{display:none}
 #charts{display:flex;flex-wrap:wrap;gap:16px;margin-top:12px}
-figure.chart{margin:0;max-width:520px}
+figure.chart{margin:0;width:min(480px,100%)}
 figure.chart svg{width:100%;height:auto}
 figure.chart figcaption{font-size:12px;color:#555}
 table.nums td,table.nums th{padding:1px 6px;font-size:12px;text-align:left;
