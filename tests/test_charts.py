@@ -121,7 +121,9 @@ def test_sweep_and_card_charts_show_the_stored_values(store, tmp_path: Path) -> 
         assert int(p["n"]) == m["scored"]
         cx, cy = centre(p["box"])
         assert abs(cx - x(t)) < 1 and abs(cy - y(100 * m["accuracy"])) < 1, (p, cx, cy)
-        assert f"= {float(p['value']):.4g} [" in p["title"]
+        assert p["title"] == (f"accuracy · temperature {t}: {float(p['value']):.4g} "
+                              f"[{float(p['lo']):.4g}, {float(p['hi']):.4g}], n={p['n']} "
+                              f"(run {row['hash']})")
     assert [round(float(p["value"]), 1) for p in s["points"]] == [80.0, 65.0, 42.5]
 
     # by tag: sorted by the first point's accuracy, best on top, with n; bar ends on the axis

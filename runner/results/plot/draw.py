@@ -29,12 +29,14 @@ def _fmt(x: float | None) -> str:
     return "-" if x is None else f"{x:.4g}"
 
 
-def hover(series: str, p: Point) -> str:
-    """A point's numbers as the hover shows them."""
+def hover(series: str, p: Point, at_label: str = "") -> str:
+    """A point's numbers as the hover shows them: `seed=1 · temperature 0.5: 65 [49.5, 77.9],
+    n=40 (run 1a2b...)`."""
     iv = f" [{_fmt(p.lo)}, {_fmt(p.hi)}]" if p.lo is not None else ""
     n = f", n={p.n}" if p.n is not None else ""
     note = f" ({p.note})" if p.note else ""
-    return f"{series}: {p.at} = {_fmt(p.value)}{iv}{n}{note}"
+    at = f"{at_label} {p.at}" if at_label else str(p.at)
+    return f"{series} · {at}: {_fmt(p.value)}{iv}{n}{note}"
 
 
 class _Marks:
@@ -43,12 +45,13 @@ class _Marks:
     def __init__(self) -> None:
         self.meta: dict[str, dict[str, Any]] = {}
 
-    def add(self, artist: Any, panel: int, series: str, p: Point, kind: str = "point") -> None:
+    def add(self, artist: Any, panel: Panel, k: int, series: str, p: Point,
+            kind: str = "point") -> None:
         gid = f"pt{len(self.meta)}"
         artist.set_gid(gid)
-        self.meta[gid] = {"panel": panel, "series": series, "at": p.at, "value": p.value,
+        self.meta[gid] = {"panel": k, "series": series, "at": p.at, "value": p.value,
                           "lo": p.lo, "hi": p.hi, "n": p.n, "kind": kind,
-                          "title": hover(series, p)}
+                          "title": hover(series, p, panel.at_label)}
 
 
 def _err(pts: list[Point]) -> list[list[float]]:
@@ -81,7 +84,7 @@ def _panel(ax: Any, panel: Panel, k: int, marks: _Marks) -> None:
                         label=s.label if many else None)
             for p in pts:
                 (m,) = ax.plot([p.at], [p.value], "o", color=f"C{j}", ms=4)
-                marks.add(m, k, s.label, p)
+                marks.add(m, panel, k, s.label, p)
         ax.set_xlabel(panel.at_label)
         ax.set_ylabel(panel.value_label)
     else:
@@ -99,17 +102,17 @@ def _panel(ax: Any, panel: Panel, k: int, marks: _Marks) -> None:
                 for p, y in zip(pts, at, strict=True):
                     (m,) = ax.plot([p.value], [y], "o", color=f"C{j}", ms=4,
                                    label=s.label if many and p is pts[0] else None)
-                    marks.add(m, k, s.label, p)
+                    marks.add(m, panel, k, s.label, p)
                 continue
             bar = ax.barh if horizontal else ax.bar
             bars = bar(at, vs, width * 0.9, color=f"C{j}", label=s.label if many else None,
                        **({"xerr" if horizontal else "yerr": err, "capsize": 2,
                            "error_kw": {"lw": 0.8}} if err else {}))
             for rect, p in zip(bars.patches, pts, strict=True):
-                marks.add(rect, k, s.label, p, "bar")
+                marks.add(rect, panel, k, s.label, p, "bar")
         for c, ref in panel.refs.items():
             (m,) = ax.plot([ref], [pos[c]], "D", color="black", mfc="none", ms=5)
-            marks.add(m, k, panel.ref_label, Point(c, ref), "ref")
+            marks.add(m, panel, k, panel.ref_label, Point(c, ref), "ref")
         ticks, labels = list(range(len(cats))), _cat_labels(panel, cats)
         if horizontal:
             ax.set_yticks(ticks, labels)
