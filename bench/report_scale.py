@@ -1,6 +1,6 @@
 """The HTML report at scale: build time, bytes per item and first paint in headless Chromium.
 
-    .venv/bin/python bench/report_scale.py [--items 8000 100000] [--dir DIR]
+    .venv/bin/python bench/report_scale.py [--items 8000 100000] [--kinds image text] [--dir DIR]
 
 For each size, a fake store on disk (no engine): a JSONL set of distinct 256x192 photo-like
 JPEGs (issue 26's measurement) and a run answering each with ~60 words, scored; and a
@@ -151,6 +151,8 @@ def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--items", type=int, nargs="+", default=[8000, 100_000])
     ap.add_argument("--dir", type=Path, help="keep the fake stores here (reused by a rerun)")
+    ap.add_argument("--kinds", nargs="+", choices=("image", "text"), default=["image", "text"],
+                    help="which fake stores (default both)")
     ap.add_argument("--warm-only", action="store_true",
                     help="keep the thumbnail cache: time only the rebuild")
     a = ap.parse_args()
@@ -158,7 +160,7 @@ def main() -> None:
     base = a.dir or Path(tmp.name)  # type: ignore[union-attr]
     with Browser(base / "profile", timeout=300) as b:
         for n in a.items:
-            for kind in ("image", "text"):
+            for kind in a.kinds:
                 d = base / f"{kind}-{n}"
                 run = make_store(d, n, kind == "image")
                 cache = d / "outputs" / ".cache" / "thumbs"

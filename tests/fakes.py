@@ -67,3 +67,94 @@ def write_run(root: Path, name: str, records: list[dict], *,
     if metrics is not None:
         (rd.path / "metrics.json").write_text(json.dumps(metrics))
     return rd.path
+
+
+# --- a store with something to chart (issue 43): a temperature sweep and a card --------------
+
+TEMPERATURES = (0.0, 0.5, 1.0)
+SWEEP_RIGHT = (32, 26, 17)  # right answers of 40 at each temperature
+SWEEP_ERRORS = ((), ("image",), ("image", "too_long", "too_long"))  # error kinds per point
+TAGS = ("chart", "doc", "photo", "table")
+
+
+def sweep_store(root: Path) -> Path:
+    """Three points of a temperature sweep over a 40-item set (exact scorer, four tags,
+    SWEEP_RIGHT right answers, SWEEP_ERRORS failed items), scored, with the sweep folder's
+    runs.json as the runner writes it. Returns the sweep folder."""
+    from runner.results.scoring.score import score_run
+
+    sweep = root / ".sweeps" / "2026-12-08_01-00-00"
+    rows = []
+    for num, (t, right, errs) in enumerate(zip(TEMPERATURES, SWEEP_RIGHT, SWEEP_ERRORS,
+                                               strict=True)):
+        recs = []
+        for i in range(40):
+            fields = {"key": f"t{num}-{i}", "expected": "yes", "scorer": "exact",
+                      "tags": [TAGS[i % 4]], "error_kind": None}
+            if i >= 40 - len(errs):  # the last items failed, one per kind
+                kind = errs[i - (40 - len(errs))]
+                recs.append(record(f"q{i}", error=f"{kind} trouble", **fields | {
+                    "error_kind": kind}))
+            else:  # right answers first, skewed towards the first tags
+                order = sorted(range(40), key=lambda j: (j % 4, j))
+                recs.append(record(f"q{i}", "yes" if order.index(i) < right else "no",
+                                   **fields))
+        name = hashlib.sha256(f"sweep-{t}".encode()).hexdigest()[:16]
+        cfg = {"model": {"name": "pixtral-tiny"}, "prompts": {"name": "sample"},
+               "sampling": {"temperature": t, "max_tokens": 16}}
+        d = write_run(root, name, recs, config=cfg,
+                      overrides=[f"sampling.temperature={t}"])
+        score_run(d)
+        judge(d, [10 - 2 * num - i % 3 - (i % 4 == 3) * 2 for i in range(40)])
+        rows.append({"num": num, "overrides": [f"sampling.temperature={t}", "prompts=sample"],
+                     "hash": name, "folder": str(d), "status": "computed", "items": 40,
+                     "metrics": json.loads((d / "metrics.json").read_text())})
+    sweep.mkdir(parents=True)
+    (sweep / "runs.json").write_text(json.dumps(rows, indent=2))
+    return sweep
+
+
+JUDGE_CATEGORIES = ("charts", "documents", "photos", "tables")
+
+
+def judge(run_dir: Path, ratings: list[int]) -> dict[str, Any]:
+    """A judge's stored aggregates for the run (judgements/<id>.metrics.json, as `results
+    judge` leaves them): item i rated ratings[i], in category JUDGE_CATEGORIES[i % 4], turn
+    i % 2 + 1; aggregated by the judge's own code."""
+    from runner.results.judging.judged import aggregate, folder
+
+    items = [{"status": "rated", "rating": r, "category": JUDGE_CATEGORIES[i % 4],
+              "turn": i % 2 + 1} for i, r in enumerate(ratings)]
+    agg = {"judge": {"id": "j1", "name": "fake-judge", "model": "judge-model"},
+           **aggregate(items)}
+    folder(run_dir).mkdir(parents=True, exist_ok=True)
+    (folder(run_dir) / "j1.metrics.json").write_text(json.dumps(agg))
+    return agg
+
+
+CARD_MODELS = ({"name": "pixtral-12b-2409", "hf_repo": "mistralai/Pixtral-12B-2409"},
+               {"name": "pixtral-12b-2409-w4a16", "hf_repo": "mistralai/Pixtral-12B-2409",
+                "quantization": "compressed-tensors"})
+CARD_RIGHT = {"mmmu": (30, 27), "docvqa": (36, 33)}  # right answers of 60 / 45 per model
+
+
+def card_store(root: Path) -> list[Path]:
+    """Two benchmarks (MMMU, 60 items, relaxed correctness; DocVQA, 45 items, ANLS) run by a
+    model and its quantized twin: four scored runs, base first for each benchmark."""
+    from runner.results.scoring.score import score_run
+
+    metric = "explicit_prompt_relaxed_correctness"
+    out = []
+    for bench, n, scorer in (("mmmu", 60, metric), ("docvqa", 45, "anls")):
+        for m, right in zip(CARD_MODELS, CARD_RIGHT[bench], strict=True):
+            recs = [record(f"{bench}{i}", ("Answer: B" if bench == "mmmu" else "paris")
+                           if i < right else ("Answer: C" if bench == "mmmu" else "rome"),
+                           key=f"{bench}-{m['name']}-{i}", scorer=scorer,
+                           expected="B" if bench == "mmmu" else ["paris"])
+                    for i in range(n)]
+            name = hashlib.sha256(f"{bench}-{m['name']}".encode()).hexdigest()[:16]
+            d = write_run(root, name, recs, config={"prompts": {"name": bench}, "model": m},
+                          model=m["name"])
+            score_run(d)
+            out.append(d)
+    return out

@@ -6,28 +6,33 @@ import pytest
 
 from conftest import ROOT, TINY, runner
 
+HEAVY = ("vllm", "torch", "matplotlib")  # imported lazily, only by what needs them
 
-def imported_vllm(stderr: str) -> bool:
-    return any(line.rsplit("|", 1)[-1].strip().split(".")[0] in ("vllm", "torch")
+
+def imported_heavy(stderr: str) -> bool:
+    """Whether `-X importtime` output shows vLLM, torch or matplotlib imported."""
+    return any(line.rsplit("|", 1)[-1].strip().split(".")[0] in HEAVY
                for line in stderr.splitlines() if line.startswith("import time:"))
 
 
 @pytest.mark.parametrize("module,imported", [("vllm.engine", True), ("torch", True),
-                                              ("json", False), ("vllmish", False)])
-def test_imported_vllm_sees_an_import_it_is_shown(tmp_path: Path, module: str, imported: bool):
+                                              ("matplotlib", True), ("json", False),
+                                              ("vllmish", False)])
+def test_imported_heavy_sees_an_import_it_is_shown(tmp_path: Path, module: str, imported: bool):
     """The detector's positive control, on real `-X importtime` output: stand-in packages
-    named vllm and torch (so no 5 s import of the real ones), imported in a real process."""
+    named vllm, torch and matplotlib (so no 5 s import of the real ones), imported in a real
+    process."""
     import subprocess
     import sys
 
-    for name in ("vllm", "vllm/engine", "torch", "vllmish"):
+    for name in ("vllm", "vllm/engine", "torch", "matplotlib", "vllmish"):
         (tmp_path / name).mkdir(parents=True, exist_ok=True)
         (tmp_path / name / "__init__.py").write_text("")
     p = subprocess.run([sys.executable, "-X", "importtime", "-c", f"import {module}"],
                        cwd=tmp_path, text=True, capture_output=True, timeout=60,
                        env={"PYTHONPATH": str(tmp_path), "PATH": "/usr/bin:/bin"})
     assert p.returncode == 0, p.stderr[-2000:]
-    assert imported_vllm(p.stderr) is imported
+    assert imported_heavy(p.stderr) is imported
 
 
 def test_help_and_cfg_job_do_not_import_vllm():
@@ -38,7 +43,7 @@ def test_help_and_cfg_job_do_not_import_vllm():
         p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *args],
                            cwd=ROOT, text=True, capture_output=True, timeout=60)
         assert p.returncode == 0, p.stderr[-2000:]
-        assert not imported_vllm(p.stderr)
+        assert not imported_heavy(p.stderr)
     assert "tensor_parallel_size: 4" in p.stdout and "compressed-tensors" in p.stdout
 
 
@@ -75,7 +80,7 @@ def test_a_dry_run_checks_engine_extra_without_vllm(tmp_path: Path):
     assert p.returncode == 2
     assert "Not a vLLM engine argument: kv_cache_dtyp (did you mean kv_cache_dtype?)" in \
         " ".join(p.stderr.split())
-    assert not imported_vllm(p.stderr)
+    assert not imported_heavy(p.stderr)
 
 
 def test_unknown_prompt_set_exits_2(tmp_path: Path):
@@ -101,7 +106,7 @@ def test_dry_run_plans_without_engine(tmp_path: Path):
     p = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *TINY, "dry_run=true",
                         f"store.root={tmp_path}"], cwd=ROOT, text=True, capture_output=True)
     assert p.returncode == 0 and "planned" in p.stderr and "5 planned" in p.stderr
-    assert not imported_vllm(p.stderr) and not any(tmp_path.iterdir())
+    assert not imported_heavy(p.stderr) and not any(tmp_path.iterdir())
     # the runner's lines only: no third-party chatter (mistral-common's tokenizer loading)
     shown = [x for x in (p.stdout + p.stderr).splitlines() if not x.startswith("import time:")]
     assert not [x for x in shown if "special tokens" in x or "vocabulary" in x], shown

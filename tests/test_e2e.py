@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from conftest import FAKE, ROOT, TINY, runner
-from test_cli import imported_vllm
+from test_cli import imported_heavy
 
 pytestmark = pytest.mark.process  # the runner's processes on the fake engine: full lane
 
@@ -62,7 +62,7 @@ def test_rerun_is_a_cache_hit_that_imports_no_engine(first: Path):
                         f"store.root={first.parent}"], cwd=ROOT, text=True, capture_output=True,
                        env={**os.environ, **FAKE})
     assert p.returncode == 0 and "5 cached" in p.stderr
-    assert not imported_vllm(p.stderr)
+    assert not imported_heavy(p.stderr)
     assert (first / "results.jsonl").read_bytes() == before
 
 
@@ -90,7 +90,7 @@ def test_sweep_starts_one_engine_per_engine_config_and_a_rerun_starts_nothing(tm
     again = subprocess.run([sys.executable, "-X", "importtime", "-m", "runner", *sweep],
                            cwd=ROOT, text=True, capture_output=True, timeout=300)
     assert again.returncode == 0, again.stderr[-3000:]
-    assert not imported_vllm(again.stderr)
+    assert not imported_heavy(again.stderr)
     rows2 = json.loads(max(tmp_path.glob(".sweeps/*/runs.json")).read_text())
     assert [r["status"] for r in rows2] == ["cached"] * 12
     assert [r["hash"] for r in rows2] == [r["hash"] for r in rows]

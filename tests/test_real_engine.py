@@ -30,7 +30,7 @@ from conftest import REAL, ROOT, make_cfg, runner, wait_for
 from runner.engine.args import engine_kwargs
 from runner.engine.server_state import alive, read_state, state_path
 from runner.results.report.thumbs import cache_key
-from test_cli import imported_vllm
+from test_cli import imported_heavy
 
 pytestmark = pytest.mark.engine
 SAMPLE_IDS = {"bar_chart", "receipt_total", "table_lookup", "compare_shapes", "text_only"}
@@ -199,7 +199,7 @@ def test_rerun_is_a_cache_hit_that_imports_no_engine(sample, real):
                         f"prompts.root={real.prompts}", f"store.root={real.store}"],
                        cwd=ROOT, text=True, capture_output=True, timeout=300)
     assert p.returncode == 0 and "5 cached" in p.stderr, p.stderr[-3000:]
-    assert not imported_vllm(p.stderr)
+    assert not imported_heavy(p.stderr)
     assert (d / "results.jsonl").read_bytes() == before
 
 

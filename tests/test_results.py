@@ -126,7 +126,7 @@ def test_ls_imports_neither_vllm_nor_torch(store):
     assert p.returncode == 0, p.stderr
     mods = {x.rsplit("|", 1)[-1].strip() for x in p.stderr.splitlines()
             if x.startswith("import time:")}
-    assert not {m for m in mods if m.split(".")[0] in ("vllm", "torch", "hydra")}
+    assert not {m for m in mods if m.split(".")[0] in ("vllm", "torch", "hydra", "matplotlib")}
 
 
 def test_index_is_rebuilt_when_deleted_corrupt_or_stale(store):

@@ -29,7 +29,15 @@ from runner.results.cli.evaluate import cmd_card, cmd_compare, cmd_judge, cmd_sc
 from runner.results.cli.tables import err, expected_text, fmt, item_text, out, stats_table
 from runner.results.runs import index
 from runner.results.runs.export import export_text, openai_split
-from runner.results.runs.load import Run, dict_diff, load_run, named_runs, ref_of, resolve
+from runner.results.runs.load import (
+    Run,
+    dict_diff,
+    load_run,
+    named_runs,
+    ref_of,
+    resolve,
+    sweep_dir,
+)
 from runner.results.scoring.stats import headline
 
 STATUSES = ("running", "complete", "interrupted", "failed")
@@ -244,10 +252,45 @@ def cmd_report(a: argparse.Namespace) -> None:
         raise UserError(f"--chunk takes a positive number of rows, not {a.chunk}.")
     try:
         chunk = {"chunk": a.chunk} if a.chunk else {}  # else html.py's default
-        done = html.build_report(dirs, Path(a.out), full_images=a.full_images, **chunk)
+        done = html.build_report(dirs, Path(a.out), full_images=a.full_images,
+                                 sweep_rows=_sweep_rows(a), **chunk)
     except OSError as e:  # a read-only folder, a full disk, --out naming a folder
         raise UserError(f"Cannot write the report to {a.out}: {e.strerror or e}.") from None
     out.print(f"Wrote {done} ({len(dirs)} run{'s' * (len(dirs) != 1)}).")
+
+
+def _sweep_rows(a: argparse.Namespace) -> list[dict[str, Any]] | None:
+    """The sweep's runs.json (its overrides name what the sweep chart plots against)."""
+    if not a.sweep:
+        return None
+    from runner.files import read_json
+
+    rows = read_json(sweep_dir(a.root, a.sweep) / "runs.json", [])
+    return rows if isinstance(rows, list) else None
+
+
+def cmd_plot(a: argparse.Namespace) -> None:
+    dirs = named_runs(a.root, a.hashes, a.sweep)
+    if not dirs:
+        raise UserError("Name the runs to plot: run hashes, --sweep DIR, or both.")
+    from runner.results.plot.charts import charts
+    from runner.results.plot.draw import save
+
+    dest = Path(a.out)
+    if dest.suffix.lower() not in (".svg", ".png", ".pdf"):
+        raise UserError(f"--out {dest}: name a .svg, .png or .pdf file.")
+    every = charts([load_run(d) for d in dirs], _sweep_rows(a))
+    found = [c for c in every if c.name == a.chart] if a.chart else every
+    if not found:
+        have = ", ".join(c.name for c in every) or "none (no metrics.json: run `results score`)"
+        raise UserError(f"No {a.chart or ''} chart for these runs; their charts: {have}.")
+    for c in found:  # one chart: --out itself; several: FILE-<chart>.svg each
+        path = dest if len(found) == 1 else dest.with_name(f"{dest.stem}-{c.name}{dest.suffix}")
+        try:
+            save(c, path)
+        except OSError as e:
+            raise UserError(f"Cannot write {path}: {e.strerror or e}.") from None
+        out.print(f"Wrote {path} ({c.title}).")
 
 
 # ---- command line -----------------------------------------------------------------------
@@ -310,6 +353,16 @@ def parser() -> argparse.ArgumentParser:
     s.add_argument("--chunk", type=int, default=None,
                    help="rows per chunk file; at most this many items make one file "
                    "(default 2000)")
+    s = cmd("plot", cmd_plot, "Charts of runs as figures to keep (the report's charts): the "
+            "sweep, the card, accuracy by tag, the judge's breakdowns, errors by kind; one file "
+            "per chart, FILE-<chart>.EXT when there are several.")
+    s.add_argument("hashes", nargs="*", metavar="HASH")
+    s.add_argument("--sweep", metavar="DIR", help="a multirun folder with runs.json")
+    s.add_argument("--out", required=True, metavar="FILE.svg|.png|.pdf",
+                   help="the file; its suffix picks the format")
+    s.add_argument("--chart", choices=("sweep", "card", "by-tag", "judge-categories",
+                                       "judge-turns", "errors"),
+                   help="only this chart, written to FILE itself")
     s = cmd("compare", cmd_compare, "Compare runs item by item against the first (the "
             "base): accuracy with its 95% Wilson interval; per pair the items scored in both, "
             "the delta, its 95% paired bootstrap interval (10,000 resamples, seed 0), the exact "

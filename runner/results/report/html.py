@@ -23,6 +23,8 @@ from runner.files import atomic_write, data_url
 from runner.plan.sources import image_base
 from runner.results.card.compare import compare_runs, item_samples
 from runner.results.judging.judged import judgements_by_key
+from runner.results.plot.charts import charts
+from runner.results.report.figures import charts_html
 from runner.results.report.page import TEMPLATE
 from runner.results.report.thumbs import cache_key, thumbnails
 from runner.results.runs.load import Ref, Run, config_diff, flatten, load_run
@@ -138,9 +140,11 @@ def _comparison(runs: list[Run], info: list[dict[str, Any]]
 class Report:
     """Rows, flags and images of runs compared item by item, ready to write."""
 
-    def __init__(self, run_dirs: list[Path | Ref], cache: Path | None = None):
+    def __init__(self, run_dirs: list[Path | Ref], cache: Path | None = None,
+                 sweep_rows: list[dict[str, Any]] | None = None):
         self.runs = [load_run(d) for d in run_dirs]
         runs = self.runs
+        self.charts = charts_html(charts(runs, sweep_rows))  # from the aggregates only
         roots = {r.path: image_base(set_file_of(r.path)) for r in runs}
         roots = {k: str(v.resolve()) if v else None for k, v in roots.items()}  # str: fast
         scorers = [{s.get("scorer") or "?" for s in r.scores.values()} for r in runs]
@@ -206,10 +210,12 @@ class Report:
                 "page": PAGE, "flags": self.flags, "cutAt": CUT, "pairs": self.pairs}
 
 
-def _page(title: str, data: dict[str, Any]) -> str:
+def _page(title: str, data: dict[str, Any], figures: str = "") -> str:
     blob = json.dumps(data, ensure_ascii=False, separators=(",", ":"))
     blob = blob.replace("<", "\\u003c")  # nothing in the data can close the <script>
-    return TEMPLATE.replace("__TITLE__", title).replace("__DATA__", blob)
+    head, rest = TEMPLATE.split("__CHARTS__")  # each filled once: no text of one is
+    mid, tail = rest.split("__DATA__")  # read as the other's placeholder
+    return head.replace("__TITLE__", title) + figures + mid + blob + tail
 
 
 def _js(call: str, k: int, data: Any) -> str:
@@ -227,7 +233,7 @@ def write_single(rep: Report, out: Path, full_images: bool) -> Path:
         "thumbs": {n: data_url(p) for n, p in rep.thumbs.items()},
         "orig": {n: data_url(rep.originals[n]) for n in rep.thumbs} if full_images else {}}
     base.mkdir(parents=True, exist_ok=True)
-    atomic_write(out, _page(rep.title(), data))
+    atomic_write(out, _page(rep.title(), data, rep.charts))
     return out
 
 
@@ -269,7 +275,7 @@ def write_folder(rep: Report, folder: Path, chunk: int, full_images: bool) -> Pa
         for k, full in by_chunk.items():
             atomic_write(tmp / "f" / f"{k}.js", _js("F", k, full), sync=False)
         data = rep.head(chunk) | {"chunks": -(-len(rep.rows) // chunk)}
-        atomic_write(tmp / "index.html", _page(rep.title(), data), sync=False)
+        atomic_write(tmp / "index.html", _page(rep.title(), data, rep.charts), sync=False)
         old = folder.with_name(f".{folder.name}.old-{os.getpid()}")
         if folder.exists():
             folder.rename(old)
@@ -282,12 +288,14 @@ def write_folder(rep: Report, folder: Path, chunk: int, full_images: bool) -> Pa
 
 
 def build_report(run_dirs: list[Path | Ref], out: Path, *, chunk: int = CHUNK,
-                 full_images: bool = False, cache: Path | None = None) -> Path:
+                 full_images: bool = False, cache: Path | None = None,
+                 sweep_rows: list[dict[str, Any]] | None = None) -> Path:
     """Write the report of `run_dirs` and return the page to open: `out` itself for a
     report of at most `chunk` items, else `<out without .html>/index.html`. Thumbnails are
-    cached in `cache` (default: the store's `.cache/thumbs/`)."""
+    cached in `cache` (default: the store's `.cache/thumbs/`). `sweep_rows`: the sweep's
+    runs.json, whose overrides name what the sweep chart plots against."""
     out = Path(out)
-    rep = Report([d if isinstance(d, Ref) else Path(d) for d in run_dirs], cache)
+    rep = Report([d if isinstance(d, Ref) else Path(d) for d in run_dirs], cache, sweep_rows)
     if len(rep.rows) <= chunk:
         return write_single(rep, out, full_images)
     return write_folder(rep, out.with_suffix("") if out.suffix == ".html" else out, chunk,

@@ -45,11 +45,17 @@ img.th{max-width:160px;max-height:160px;display:block;margin-bottom:4px;cursor:z
 #lb{position:fixed;inset:0;z-index:9;background:rgba(0,0,0,.8);display:flex;
  flex-direction:column;align-items:center;justify-content:center;cursor:zoom-out}
 #lb[hidden]{display:none}
+#charts{display:flex;flex-wrap:wrap;gap:16px;margin-top:12px}
+figure.chart{margin:0;width:min(480px,100%)}
+figure.chart svg{width:100%;height:auto}
+figure.chart figcaption{font-size:12px;color:#555}
+table.nums td,table.nums th{padding:1px 6px;font-size:12px;text-align:left;
+ font-variant-numeric:tabular-nums}
 #lb img{max-width:95vw;max-height:90vh;background:#fff}
 #lb div{color:#eee;margin-top:6px;font-size:12px}
 </style></head>
 <body>
-<header><h1>__TITLE__</h1><table id="runs"></table></header>
+<header><h1>__TITLE__</h1><table id="runs"></table>__CHARTS__</header>
 <div id="bar"><span id="count"></span>
 <button id="prev">&larr; prev</button><span id="pageinfo"></span>
 <button id="next">next &rarr;</button>

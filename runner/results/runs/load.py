@@ -131,13 +131,19 @@ def config_diff(configs: list[dict[str, Any]]) -> list[str]:
     return [k for k in keys if len({json.dumps(f.get(k, ABSENT), default=str) for f in flat}) > 1]
 
 
-def sweep_runs(root: Path, sweep: str) -> list[Ref]:
-    """Runs of a Hydra multirun folder, from the runs.json the runner writes there."""
+def sweep_dir(root: Path, sweep: str) -> Path:
+    """A multirun folder: the path given, or its name under <root>/.sweeps/."""
     d = Path(sweep)
     if not d.is_dir() and (root / ".sweeps" / sweep).is_dir():
         d = root / ".sweeps" / sweep
     if not d.is_dir():
         raise UserError(f"Sweep folder {sweep} does not exist.")
+    return d
+
+
+def sweep_runs(root: Path, sweep: str) -> list[Ref]:
+    """Runs of a Hydra multirun folder, from the runs.json the runner writes there."""
+    d = sweep_dir(root, sweep)
     listed = read_json(d / "runs.json", [])
     if not listed:
         raise UserError(f"{d} has no readable runs.json (a list of {{\"hash\": ...}} written "
