@@ -90,7 +90,8 @@ def sweep_store(root: Path) -> Path:
         recs = []
         for i in range(40):
             fields = {"key": f"t{num}-{i}", "expected": "yes", "scorer": "exact",
-                      "tags": [TAGS[i % 4]], "error_kind": None}
+                      "tags": [TAGS[i % 4]], "error_kind": None,
+                      "metadata": {"category": JUDGE_CATEGORIES[i % 4], "turn": i % 2 + 1}}
             if i >= 40 - len(errs):  # the last items failed, one per kind
                 kind = errs[i - (40 - len(errs))]
                 recs.append(record(f"q{i}", error=f"{kind} trouble", **fields | {
@@ -118,23 +119,27 @@ JUDGE_CATEGORIES = ("charts", "documents", "photos", "tables")
 
 
 def judge(run_dir: Path, ratings: list[int]) -> dict[str, Any]:
-    """A judge's stored aggregates for the run (judgements/<id>.metrics.json, as `results
-    judge` leaves them): item i rated ratings[i], in category JUDGE_CATEGORIES[i % 4], turn
-    i % 2 + 1; aggregated by the judge's own code."""
-    from runner.results.judging.judged import aggregate, folder
+    """A judge's lines for the run, as `results judge` stores them: item q<i> (each stored
+    output with a reference) rated ratings[i]; returns the aggregates the judge's own code
+    makes of them (also written to judgements/<id>.metrics.json)."""
+    from runner.results.judging.judged import folder, request_hash, write_aggregates
+    from runner.store.record import latest_by_id, read_records
 
-    items = [{"status": "rated", "rating": r, "category": JUDGE_CATEGORIES[i % 4],
-              "turn": i % 2 + 1} for i, r in enumerate(ratings)]
-    agg = {"judge": {"id": "j1", "name": "fake-judge", "model": "judge-model"},
-           **aggregate(items)}
+    recs = [r for r in latest_by_id(read_records(run_dir).values()).values()
+            if r.get("status") == "ok" and r.get("expected") is not None]
     folder(run_dir).mkdir(parents=True, exist_ok=True)
-    (folder(run_dir) / "j1.metrics.json").write_text(json.dumps(agg))
-    return agg
+    (folder(run_dir) / "j1.json").write_text(json.dumps(
+        {"id": "j1", "name": "fake-judge", "model": "judge-model"}))
+    (folder(run_dir) / "j1.jsonl").write_text("".join(json.dumps(
+        {"id": r["id"], "key": r["key"], "request": request_hash("j1", r), "judge": "j1",
+         "status": "rated", "rating": ratings[int(r["id"][1:])]}) + "\n" for r in recs))
+    return write_aggregates(run_dir, "j1", recs)
 
 
 CARD_MODELS = ({"name": "pixtral-12b-2409", "hf_repo": "mistralai/Pixtral-12B-2409"},
                {"name": "pixtral-12b-2409-w4a16", "hf_repo": "mistralai/Pixtral-12B-2409",
-                "quantization": "compressed-tensors"})
+                "quantization": "compressed-tensors",
+                "quantized_from": "mistralai/Pixtral-12B-2409"})
 CARD_RIGHT = {"mmmu": (30, 27), "docvqa": (36, 33)}  # right answers of 60 / 45 per model
 
 
@@ -149,7 +154,7 @@ def card_store(root: Path) -> list[Path]:
         for m, right in zip(CARD_MODELS, CARD_RIGHT[bench], strict=True):
             recs = [record(f"{bench}{i}", ("Answer: B" if bench == "mmmu" else "paris")
                            if i < right else ("Answer: C" if bench == "mmmu" else "rome"),
-                           key=f"{bench}-{m['name']}-{i}", scorer=scorer,
+                           key=f"{bench}-{i}", scorer=scorer,  # one item, one key
                            expected="B" if bench == "mmmu" else ["paris"])
                     for i in range(n)]
             name = hashlib.sha256(f"{bench}-{m['name']}".encode()).hexdigest()[:16]
