@@ -30,8 +30,11 @@ def card_chart(result: dict[str, Any]) -> Chart | None:
     panels = []
     for bench in dict.fromkeys(r["benchmark"] for r in rows):
         mine = [r for r in rows if r["benchmark"] == bench]
+        # a subset, or another judge, is not comparable with the published figure: said so
         pts = [Point(run_label(r), r["value"], *_ci(r), r.get("n"),
-                     note=f"{r.get('metric') or ''}, {r.get('errors', 0)} errors")
+                     note=f"{r.get('metric') or ''}, {r.get('errors', 0)} errors"
+                     + (f"; † {r['published']['note']}" if isinstance(r.get("published"), dict)
+                        and r["published"].get("note") else ""))
                for r in mine]
         refs = {run_label(r): r["published"]["value"] for r in mine
                 if isinstance(r.get("published"), dict) and r["published"].get("value")
