@@ -2,6 +2,8 @@
 `hydra_plugins` namespace package, so the classes are here; what they do is
 runner/launch/launchers.py.
 
+- `hydra/launcher=grouped` (the default): one process, Hydra's basic launcher with the points
+  grouped by engine arguments, so a sweep starts one engine per group.
 - `hydra/launcher=ray`: each job of a multirun is a Ray task on the cluster at `address`.
 - `hydra/launcher=local`: submitit's local executor, each job with its own slice of this
   node's GPUs (submitit gives every local job the same devices)."""
@@ -17,6 +19,23 @@ from hydra.plugins.launcher import Launcher
 from hydra.types import HydraContext, TaskFunction
 from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLauncher as Submitit
 from omegaconf import DictConfig, OmegaConf
+
+
+class GroupedLauncher(Launcher):
+    def __init__(self) -> None:
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.task_function: TaskFunction | None = None
+
+    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
+              config: DictConfig) -> None:
+        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
+
+    def launch(self, job_overrides: Sequence[Sequence[str]],
+               initial_job_idx: int) -> Sequence[JobReturn]:
+        from runner.launch.grouped import launch_grouped
+
+        return launch_grouped(self, job_overrides, initial_job_idx)
 
 
 class RayLauncher(Launcher):

@@ -30,6 +30,11 @@ def _stamp(source: str) -> list[Any]:
                                  for f in files]
 
 
+def cache_root(store_root: str) -> Path:
+    """Where every benchmark's set is imported: the `prompts.root` a preset runs with."""
+    return Path(store_root) / ".cache" / "benchmarks"
+
+
 def resolve(cfg: DictConfig) -> None:
     """Import `prompts.benchmark` if its set is not in the cache yet; point `prompts.root`
     at it. A no-op for ordinary sets."""
@@ -43,7 +48,7 @@ def resolve(cfg: DictConfig) -> None:
     if (Path(source) / bench).exists():  # a folder of several benchmarks' sources, by name:
         source = str(Path(source) / bench)  # one `prompts.source` serves a multirun over them
     key = hashlib.sha256(json.dumps([bench, _stamp(source), p.get("limit")]).encode())
-    root = Path(cfg.store.root) / ".cache" / "benchmarks"
+    root = cache_root(cfg.store.root)
     set_dir = root / str(p.name)
     stamp = set_dir / "imported.json"
     want = {"benchmark": bench, "source": source, "limit": p.get("limit"),

@@ -36,7 +36,9 @@ def media_root(cfg: DictConfig, set_root: Path) -> Path:
     """Where vLLM may read local images (its allowed_local_media_path): prompts.root when
     the set lies under it, so a sweep over the sets there keeps one engine; else the set's
     own root. The plan already refused images outside the set's root."""
-    root = Path(cfg.prompts.root).resolve()
+    from runner.plan.load import shipped_root
+
+    root = shipped_root(cfg.prompts.root) or Path(cfg.prompts.root).resolve()
     return root if set_root.resolve().is_relative_to(root) else set_root
 
 

@@ -47,7 +47,10 @@ class Job:
     the result writer, the engine and the summary; `run` says in which order they happen."""
 
     def __init__(self, cfg: DictConfig, overrides: list[str]):
+        from runner.engine import SLOT
+
         self.cfg, self.overrides = cfg, overrides
+        self.starts0 = SLOT.starts  # the process's engine starts before this job
         self.t0 = time.perf_counter()
         self.plan: Plan
         self.rd: RunDir
@@ -273,5 +276,8 @@ class Job:
                 console.print(f"scored {m['scored']} items: accuracy {m.get('accuracy', 0):.3f}")
 
     def _ended(self, status: str) -> Summary:
+        from runner.engine import SLOT
+
         self.summary.status, self.summary.total_s = status, time.perf_counter() - self.t0
+        self.summary.engine_starts = SLOT.starts - self.starts0
         return self.summary
