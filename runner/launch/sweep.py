@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -41,6 +43,11 @@ def _write(path: Path, value: Any) -> None:
 
 
 class SweepSummary(Callback):
+    started: float | None = None  # when this process began its current job (epoch seconds)
+
+    def on_job_start(self, config: DictConfig, **kw: Any) -> None:
+        self.started = time.time()
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kw: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
@@ -48,7 +55,9 @@ class SweepSummary(Callback):
 
         row: dict[str, Any] = {"num": config.hydra.job.num,
                                "overrides": list(job_return.overrides or []),
-                               "engine": engine_id(engine_key(config))}
+                               "engine": engine_id(engine_key(config)),
+                               # which process ran it, from when to when (a launcher's timeline)
+                               "pid": os.getpid(), "start": self.started, "end": time.time()}
         try:
             result = job_return.return_value  # the job's Summary; raises what the job raised
         except Exception as e:  # noqa: BLE001 - any failure of a job is a failed point
