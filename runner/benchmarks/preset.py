@@ -45,8 +45,11 @@ def resolve(cfg: DictConfig) -> None:
     if bench not in PROTOCOL:
         raise UserError(f"prompts.benchmark={bench} is not one of {', '.join(PROTOCOL)}.")
     source = p.get("source") or PROTOCOL[bench]["dataset"]
-    if (Path(source) / bench).exists():  # a folder of several benchmarks' sources, by name:
-        source = str(Path(source) / bench)  # one `prompts.source` serves a multirun over them
+    # a folder of several benchmarks' sources, by name (NAME/, NAME.parquet or NAME.jsonl):
+    # one `prompts.source` serves a multirun over them
+    named = [Path(source) / f"{bench}{ext}" for ext in ("", ".parquet", ".jsonl")]
+    if Path(source).is_dir() and (hit := next((n for n in named if n.exists()), None)):
+        source = str(hit)
     key = hashlib.sha256(json.dumps([bench, _stamp(source), p.get("limit")]).encode())
     root = cache_root(cfg.store.root)
     set_dir = root / str(p.name)

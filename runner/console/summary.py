@@ -27,6 +27,7 @@ class Summary:
     engine_starts: int = 0  # engines this job started (restarts included; 0: reused or none)
     error_kinds: dict[str, int] = field(default_factory=dict)  # this invocation's, by kind
     error: str | None = None  # a user error that failed this job (in a sweep)
+    plan: dict | None = None  # a dry run's needs (runner/plan/tokens.py `needs`)
 
     @property
     def tokens_per_s(self) -> float:

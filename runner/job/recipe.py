@@ -70,11 +70,18 @@ class Job:
         resolve(cfg)  # a benchmark preset: imported into the store's cache on first use, so
         # the set exists before anything (the engine's media root among them) looks for it
         if cfg.dry_run:
-            from runner.plan.tokens import plan_tokens, show_plan
+            from runner.plan.tokens import needs, plan_tokens, show_plan
 
             self.prepare()
             check_before_download(cfg, self.plan.root)
-            show_plan(cfg, self.plan, plan_tokens(cfg, self.plan), stored=self.stored)
+            toks = plan_tokens(cfg, self.plan)
+            show_plan(cfg, self.plan, toks, stored=self.stored)
+            self.summary.plan = n = needs(toks, {it.key: self.effective(it).get("max_tokens")
+                                                 for it in self.plan.items},
+                                          cfg.model.max_model_len)
+            console.print(f"needs max_model_len ≥ {n['needs_len']:,} (its largest prompt, "
+                          f"{n['max_prompt_tokens']:,} tokens, plus its max_tokens); "
+                          f"model.max_model_len is {cfg.model.max_model_len:,}", highlight=False)
             src = sources(self.explicit, [it.sampling for it in self.plan.items])
             if src["set_or_items"] or src["command_line"]:  # which sampling runs, from where
                 console.print(f"sampling: the run's, under the set's or items' "

@@ -34,7 +34,7 @@ def point(s: Summary) -> dict[str, Any]:
             "status": {"complete": "computed"}.get(s.status, s.status),
             "items": s.planned, "computed": s.computed, "errors": s.errors,
             "tokens_per_s": round(s.tokens_per_s, 1), "error": s.error,
-            "engine_starts": s.engine_starts,
+            "engine_starts": s.engine_starts, "plan": s.plan,
             "metrics": read_json(Path(s.folder) / "metrics.json") if s.folder else None}
 
 
@@ -76,6 +76,11 @@ class SweepSummary(Callback):
                             if isinstance(r := read_json(p), dict)), key=lambda r: r["num"])
         _write(sweep_dir / "runs.json", self.rows)
         console.print(table(self.rows, sweep_dir))
+        if self.rows and all(r.get("plan") for r in self.rows):  # a dry run: what it needs
+            from runner.launch.dryrun import needs_table
+
+            points, _ = _points([r["overrides"] for r in self.rows])
+            console.print(needs_table(self.rows, points))
         for t in benchmark_card(self.rows):  # points that ran benchmark sets: their card
             console.print(t)
         for r in self.rows:  # which job failed, and why
