@@ -28,14 +28,13 @@ def engine_key(cfg: DictConfig) -> str:
     the engine cannot take is a group of its own (the point fails on its own when it runs)."""
     from runner.benchmarks.preset import cache_root
     from runner.engine.args import engine_spec
-    from runner.errors import UserError
     from runner.plan.load import shipped_root
 
-    root = cache_root(cfg.store.root) if cfg.prompts.get("benchmark") else \
-        shipped_root(cfg.prompts.root) or Path(cfg.prompts.root).resolve()
     try:
+        root = cache_root(cfg.store.root) if cfg.prompts.get("benchmark") else \
+            shipped_root(cfg.prompts.root) or Path(cfg.prompts.root).resolve()
         kw, env = engine_spec(cfg, root)
-    except UserError as e:
+    except Exception as e:  # noqa: BLE001 - a config the job itself will refuse, in its words
         return f"error: {e}"
     return repr(sorted(kw.items())) + repr(sorted(env.items()))
 

@@ -246,8 +246,8 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]],
                                   why(e))
                 idle.append(w)
     except KeyboardInterrupt:
-        for ref in running:
-            ray.cancel(ref, force=True)
+        for w in workers:  # an actor's task cannot be force-cancelled: the actor goes
+            ray.kill(w)
         raise
     finally:
         stops = [w.stop.remote() for w in workers if w not in {x for x, _ in running.values()}]
