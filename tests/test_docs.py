@@ -40,8 +40,9 @@ CONF = ROOT / "conf"
 MARK = re.compile(r"<!--\s*docs:\s*(needs gpu|needs engine|illustration)\s*-->")
 FENCE = re.compile(r"^[ \t]*```(\S*)\n(.*?)^[ \t]*```", re.S | re.M)
 TOOLS = {"hf", "pip", "modelscope", "python3", "nvidia-smi", "export", "cd", "git", "source",
-         "uv", "flock", "ray", "kubectl"}
-GPU_MODELS = {"pixtral_12b": "pixtral_tiny", "pixtral_large_w4a16": "pixtral_large_w4a16_tiny"}
+         "uv", "flock", "ray", "kubectl", "vllm"}
+GPU_MODELS = {"pixtral_12b": "pixtral_tiny", "pixtral_large_w4a16": "pixtral_large_w4a16_tiny",
+              "pixtral_large": "pixtral_large_tiny"}
 GROUPS = ("model", "engine", "sampling", "prompts", "store", "shard", "log", "judge")
 FILE_EXT = ("py", "md", "json", "jsonl", "yaml", "yml", "html", "txt", "log", "sqlite", "csv",
             "toml", "sh", "lock", "png")

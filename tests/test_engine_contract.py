@@ -34,6 +34,21 @@ def test_vllm_is_pinned_to_the_tested_minor():
     major_minor = ".".join(v.split(".")[:2])
     nxt = f"{v.split('.')[0]}.{int(v.split('.')[1]) + 1}"
     assert f'"vllm>={major_minor},<{nxt}"' in text
+    assert ".".join(map(str, contract.TESTED_MINOR)) == major_minor  # what a start accepts
+
+
+@pytest.mark.parametrize("version", ["0.11.0+corex.4.3.0", "0.33.1", "0.31.0rocm", "dev"])
+def test_another_vllm_is_refused_at_start_with_the_server_way(version: str):
+    from runner.engine.vllm_engine import check_version
+    from runner.errors import UserError
+
+    with pytest.raises(UserError) as e:
+        check_version(version)
+    msg = str(e.value)
+    assert msg.startswith(f"vLLM {version} is installed, but ") and msg.count(". ") == 0
+    assert "`vllm serve MODEL_PATH" in msg and "engine=server engine.url=http://" in msg
+    check_version("0.32.0")  # the tested minor, any patch or local build
+    check_version("0.32.2+cpu")
 
 
 def test_only_the_engine_package_imports_vllm():

@@ -49,3 +49,43 @@ def test_hydra_finds_and_builds_the_launchers(name: str):
             hydra_context=None, task_function=None, config=c)  # type: ignore[arg-type]
     assert type(launcher).__name__ == {"ray": "RayLauncher", "local": "LocalLauncher"}[name]
     assert launcher.gpus_per_job is None  # null: what the engine uses
+
+
+def test_a_worker_takes_its_own_group_else_one_nobody_serves():
+    from runner.launch.launchers import pick, pool_size
+
+    keys = ["x", "y", "x", "y"]
+    assert pick([0, 1, 2, 3], keys, "y", {"x"}) == 1  # its engine's group first
+    assert pick([0, 1, 2, 3], keys, None, {"x"}) == 1  # a fresh worker: the group left alone
+    assert pick([0, 2], keys, None, {"x"}) == 0  # every group served: the next job
+    # as many workers as the GPUs hold, never more than the jobs
+    assert pool_size({"GPU": 8, "CPU": 64}, 4, 1, None, 20) == 2
+    assert pool_size({"GPU": 2, "CPU": 2}, 1, 1, None, 6) == 2
+    assert pool_size({"GPU": 8}, 1, 1, None, 3) == 3
+    assert pool_size({"CPU": 2}, 0, 1, None, 6) == 2 and pool_size({}, 0, 1, 5, 6) == 5
+
+
+def test_local_jobs_run_in_waves_of_the_node_s_gpu_slots():
+    from types import SimpleNamespace
+
+    from hydra import compose, initialize_config_dir
+
+    from conftest import CONF
+    from runner.launch.launchers import waves
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        c = compose(config_name="config", return_hydra_config=True, overrides=list(TINY))
+    loader = SimpleNamespace(load_sweep_config=lambda cfg, ov: make_cfg(*TINY, *ov))
+    ctx = SimpleNamespace(config_loader=loader)
+    jobs = [[f"shard.index={i}", "shard.count=5"] for i in range(5)]
+
+    def sizes(devices: list[str], *extra: str) -> list[tuple[int, int]]:
+        la = SimpleNamespace(hydra_context=ctx, config=c, node_devices=devices, gpus_per_job=None)
+        return [(s, len(w)) for s, w in waves(la, [[*j, *extra] for j in jobs])]
+
+    assert sizes(["0", "1"]) == [(0, 2), (2, 2), (4, 1)]
+    assert sizes(["0", "1", "2", "3"], "engine.tensor_parallel_size=2") == [(0, 2), (2, 2),
+                                                                            (4, 1)]
+    assert sizes(["0"], "engine.tensor_parallel_size=2") == [(0, 1)] * 1 + [
+        (i, 1) for i in range(1, 5)]  # fewer GPUs than a job needs: one at a time
+    assert sizes([]) == [(0, 5)]  # no GPU: engines on CPU, all at once

@@ -43,6 +43,23 @@ def test_twin_is_byte_identical_every_time(twin: Path, tmp_path: Path):
     assert set(tiny_hf.FILES) <= {p.name for p in twin.iterdir()}
 
 
+def test_the_base_twin_is_the_w4a16_twin_before_quantization(twin: Path, tmp_path: Path):
+    """model=pixtral_large_tiny: the same config without quantization_config, every weight in
+    bf16 where the twin has it packed (the pair a recovery % compares)."""
+    base = tiny_hf.build_base(tmp_path / "base")
+    q, b = (json.loads((d / "config.json").read_text()) for d in (twin, base))
+    assert "quantization_config" not in b and q.pop("quantization_config")
+    assert b == q
+    tb, tq = tensors(base), tensors(twin)
+    assert {d for d, _ in tb.values()} == {"BF16"}
+    packed = {k[:-len(".weight_packed")] for k in tq if k.endswith(".weight_packed")}
+    assert packed and all(f"{k}.weight" in tb for k in packed)
+    assert set(tb) == {k for k in tq if not k.startswith(tuple(packed))} | {
+        f"{k}.weight" for k in packed}
+    for name in ("tokenizer.json", "processor_config.json", "chat_template.jinja"):
+        assert (base / name).read_bytes() == (twin / name).read_bytes()
+
+
 def test_twin_config_is_llava_pixtral_with_llm_compressor_w4a16(twin: Path):
     cfg = json.loads((twin / "config.json").read_text())
     assert cfg["architectures"] == ["LlavaForConditionalGeneration"]

@@ -1,10 +1,11 @@
-"""Multirun jobs as Ray tasks (`hydra/launcher=ray`) on a live local Ray cluster, each job's
-engine the fake one (a child process of its Ray worker; RUNNER_ENGINE=fake reaches the workers
-through the launcher's runtime_env, as any other variable would).
+"""Multirun jobs on Ray (`hydra/launcher=ray`): one queue pulled by engine workers (Ray actors)
+on a live local Ray cluster, each worker's engine the fake one (a child process of the worker;
+RUNNER_ENGINE=fake reaches the workers through the launcher's runtime_env, as any other
+variable would). Engine starts are counted from the fake engine's trace ("start <pid>").
 
 The cluster (one per session, shut down at the end whatever happens) has 2 CPUs and 2 GPUs
-that exist only in its resource table: each job asks for 1 GPU (engine.tensor_parallel_size),
-so Ray gives each its own CUDA_VISIBLE_DEVICES.
+that exist only in its resource table: each worker asks for 1 GPU (engine.tensor_parallel_size),
+so there are 2 workers and Ray gives each its own CUDA_VISIBLE_DEVICES.
 """
 
 import json
@@ -97,7 +98,56 @@ def test_sweep_through_ray(ray_address: str, tmp_path: Path):
     assert "temperature=0.5" in p.stdout + p.stderr  # the end-of-sweep table
 
 
-def test_a_killed_ray_worker_takes_its_shard_only_and_a_rerun_finishes_it(
+def starts(trace: Path) -> int:
+    return sum(x.startswith("start ") for x in trace.read_text().splitlines())
+
+
+def most_at_once(rs: list[dict]) -> int:
+    """The most points running at the same moment, from each point's recorded start and end."""
+    events = sorted([(r["start"], 1) for r in rs] + [(r["end"], -1) for r in rs],
+                    key=lambda e: (e[0], e[1]))  # an end before a start at the same instant
+    now = most = 0
+    for _, d in events:
+        now += d
+        most = max(most, now)
+    return most
+
+
+def test_two_workers_run_six_points_on_two_engines(ray_address: str, tmp_path: Path):
+    """3 sets x 2 shards, one engine group: each worker keeps its engine across the points it
+    pulls from the queue."""
+    trace = tmp_path / "trace"
+    p = runner(*on_ray(ray_address, tmp_path / "store", "prompts.name=sample,letters,receipts",
+                       *SHARDS, trace=str(trace)), timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    assert "6 jobs on 2 Ray engine workers" in " ".join(p.stderr.split())
+    rs = rows(tmp_path / "store")
+    assert [r["status"] for r in rs] == ["computed"] * 6 and len({r["hash"] for r in rs}) == 3
+    assert starts(trace) == 2 and sum(r["engine_starts"] for r in rs) == 2
+    assert len({r["pid"] for r in rs}) == 2 and most_at_once(rs) <= 2
+    for d in {Path(r["folder"]) for r in rs}:  # each item stored once
+        got = [json.loads(x)["id"] for i in (0, 1)
+               for x in (d / f"results.{i}-of-2.jsonl").read_text().splitlines()]
+        m = json.loads((d / "manifest.json").read_text())
+        assert len(got) == len(set(got)) == m["counts"]["stored"] and m["status"] == "complete"
+
+
+def test_two_engine_groups_take_a_worker_each(ray_address: str, tmp_path: Path):
+    """Sets x max_model_len: the sweeper's order alternates the engine; each worker keeps one
+    group's engine (a worker per point in that order would switch engines at every point)."""
+    trace = tmp_path / "trace"
+    p = runner(*on_ray(ray_address, tmp_path / "store", "prompts.name=sample,letters,receipts",
+                       "model.max_model_len=4096,8192", trace=str(trace)), timeout=300)
+    assert p.returncode == 0, p.stderr[-4000:]
+    rs = rows(tmp_path / "store")
+    assert [r["status"] for r in rs] == ["computed"] * 6 and starts(trace) == 2
+    by_pid = {r["pid"]: {r["engine"]} for r in rs}
+    for r in rs:
+        by_pid[r["pid"]].add(r["engine"])
+    assert sorted(map(len, by_pid.values())) == [1, 1]  # one engine per worker
+
+
+def test_a_killed_worker_gives_its_point_back_and_the_run_completes(
         ray_address: str, tmp_path: Path):
     gate = tmp_path / "gate"
     args = on_ray(ray_address, tmp_path, "sampling.temperature=0.3", *SHARDS)
@@ -110,22 +160,19 @@ def test_a_killed_ray_worker_takes_its_shard_only_and_a_rerun_finishes_it(
     pid = int(lock()[0].read_text().split()[1])
     os.kill(pid, signal.SIGKILL)
     gate.touch()
-    assert p.wait(timeout=300) == 1, output(p)[-4000:]
+    assert p.wait(timeout=300) == 0, output(p)[-4000:]
     out = " ".join(output(p).split())  # the console wraps at 80 columns
-    assert "job 1 failed (" in out and "): Ray worker died: " in out, out[-4000:]
+    assert "job 1: Ray worker died: " in out and "; back to the queue" in out, out[-4000:]
     rs = rows(tmp_path)
-    assert [r["status"] for r in rs] == ["computed", "failed"]
-    assert rs[1]["error"].startswith("Ray worker died: ") and rs[1]["hash"] is None
+    assert [r["status"] for r in rs] == ["computed", "computed"]
+    assert rs[1]["pid"] != pid  # another worker took it
     d = Path(rs[0]["folder"])
     m = json.loads((d / "manifest.json").read_text())
-    assert m["status"] == "partial" and set(m["shards"]) == {"0/2"}
-    done = ids(d, 0)
-    assert done and ids(d, 1) == []
+    assert m["status"] == "complete" and set(m["shards"]) == {"0/2", "1/2"}
+    done = [ids(d, 0), ids(d, 1)]
+    assert sorted(done[0] + done[1]) == the_set()  # each item once
 
-    p = runner(*args, timeout=300)
+    p = runner(*args, timeout=300)  # a rerun has nothing left to do
     assert p.returncode == 0, p.stderr[-4000:]
-    rs = rows(tmp_path)
-    assert [r["status"] for r in rs] == ["cached", "computed"]
-    assert ids(d, 0) == done and sorted(done + ids(d, 1)) == the_set()
-    m = json.loads((d / "manifest.json").read_text())
-    assert m["status"] == "complete" and m["shards"]["0/2"]["computed"] == len(done)
+    assert [r["status"] for r in rows(tmp_path)] == ["cached", "cached"]
+    assert [ids(d, 0), ids(d, 1)] == done

@@ -74,6 +74,12 @@ def source_id(source: str, cache: Path) -> dict[str, Any]:
             next(iter(digests.values())), "files": len(files)}
 
 
+def cache_root(store_root: str) -> Path:
+    """Where every benchmark's imports live (each in a folder of its key): the folder the
+    engine reads their images from."""
+    return Path(store_root) / BENCHMARK_CACHE
+
+
 def resolve(cfg: DictConfig) -> dict[str, Any]:
     """Import `prompts.benchmark` if this import is not in the cache yet; point `prompts.root`
     at it. Returns where its items came from (the run's view records it); {} for
@@ -85,9 +91,12 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
     if bench not in PROTOCOL:
         raise UserError(f"prompts.benchmark={bench} is not one of {', '.join(PROTOCOL)}.")
     source = p.get("source") or PROTOCOL[bench]["dataset"]
-    if (Path(source) / bench).exists():  # a folder of several benchmarks' sources, by name:
-        source = str(Path(source) / bench)  # one `prompts.source` serves a multirun over them
-    cache = Path(cfg.store.root) / BENCHMARK_CACHE
+    # a folder of several benchmarks' sources, by name (NAME/, NAME.parquet or NAME.jsonl):
+    # one `prompts.source` serves a multirun over them
+    named = [Path(source) / f"{bench}{ext}" for ext in ("", ".parquet", ".jsonl")]
+    if Path(source).is_dir() and (hit := next((n for n in named if n.exists()), None)):
+        source = str(hit)
+    cache = cache_root(cfg.store.root)
     cache.mkdir(parents=True, exist_ok=True)
     with locked(cache / f".{bench}.lock"):  # one importer of a benchmark at a time
         ident = source_id(source, cache)

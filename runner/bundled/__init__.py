@@ -10,7 +10,7 @@ from omegaconf import DictConfig
 
 from runner.errors import UserError
 
-KINDS = ("tiny", "tiny_hf")
+KINDS = ("tiny", "tiny_hf", "tiny_hf_base")
 BUNDLED_TOKENIZER = "tekken_240911.json"  # Pixtral-12B-2409's, shipped by mistral-common
 
 
@@ -18,7 +18,8 @@ def build(kind: str, path: Path) -> Path:
     """Build the bundled model `kind` at `path` unless it is there already."""
     from runner.bundled import tiny, tiny_hf
 
-    return (tiny if kind == "tiny" else tiny_hf).build(path)
+    return {"tiny": tiny.build, "tiny_hf": tiny_hf.build, "tiny_hf_base": tiny_hf.build_base}[
+        kind](path)
 
 
 def missing_weights(m: DictConfig) -> str | None:

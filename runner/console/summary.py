@@ -24,9 +24,11 @@ class Summary:
     total_s: float = 0.0
     max_gap_s: float = 0.0  # the longest wait for an engine step (sizes stall_timeout_s)
     restarts: int = 0  # engine restarts after deaths (not counting the poison search)
+    engine_starts: int = 0  # engines this job started (restarts included; 0: reused or none)
     error_kinds: dict[str, int] = field(default_factory=dict)  # this invocation's, by kind
     error: str | None = None  # a user error that failed this job (in a sweep)
     view: str | None = None  # the items this config planned (runner/store/view.py): its figures'
+    plan: dict | None = None  # a dry run's needs (runner/plan/tokens.py `needs`)
 
     @property
     def tokens_per_s(self) -> float:

@@ -37,7 +37,9 @@ def media_root(cfg: DictConfig, set_root: Path) -> Path:
     the set lies under it, so a sweep over the sets there keeps one engine (for benchmark
     imports, each in its own folder, the folder of them all); else the set's own root. The
     plan already refused images outside the set's root."""
-    root = Path(cfg.prompts.root).resolve()
+    from runner.plan.load import shipped_root
+
+    root = shipped_root(cfg.prompts.root) or Path(cfg.prompts.root).resolve()
     imports = (Path(cfg.store.root) / BENCHMARK_CACHE).resolve()
     if root.is_relative_to(imports):
         root = imports

@@ -14,6 +14,10 @@ from functools import cache
 from pathlib import Path
 from typing import Any
 
+# The vLLM minor the internals below were checked against; pyproject.toml's `gpu` extra pins it.
+# The in-process engine refuses any other (runner/engine/vllm_engine.py: check_version).
+TESTED_MINOR = (0, 32)
+
 
 def obj(ref: str) -> Any:
     """`package.module:Class.attr` -> the object."""

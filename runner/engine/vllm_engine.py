@@ -44,7 +44,26 @@ def import_vllm() -> Any:
     except ImportError as e:
         raise UserError(f"vLLM is not installed in this Python ({e}); run `make install` "
                         "(CPU) or `pip install -e '.[gpu]'` (CUDA).") from None
+    check_version(str(getattr(vllm, "__version__", "unknown")))
     return vllm
+
+
+def check_version(version: str) -> None:
+    """The in-process engine reaches into vLLM's internals (runner/engine/contract.py), checked
+    on one minor only: another build (a vendor's, ROCm's, an older or newer release) is refused
+    before it fails in ways no page explains, with the way that works instead."""
+    from runner.engine.contract import TESTED_MINOR
+
+    m = re.match(r"(\d+)\.(\d+)", version)
+    if m and (int(m[1]), int(m[2])) == TESTED_MINOR:
+        return
+    tested = ".".join(map(str, TESTED_MINOR))
+    raise UserError(
+        f"vLLM {version} is installed, but the runner's in-process engine works with vLLM "
+        f"{tested} only; with this build, start its own server (`vllm serve MODEL_PATH "
+        "--max-model-len N ...`) and run with `engine=server engine.url=http://HOST:PORT "
+        "engine.trust_server=true` (docs/gpu.md), or install vLLM "
+        f"{tested} (`pip install -e '.[gpu]'`).")
 
 
 def make_params(sampling: dict[str, Any]) -> Any:

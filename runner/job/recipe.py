@@ -49,7 +49,10 @@ class Job:
     the result writer, the engine and the summary; `run` says in which order they happen."""
 
     def __init__(self, cfg: DictConfig, overrides: list[str]):
+        from runner.engine import SLOT
+
         self.cfg, self.overrides = cfg, overrides
+        self.starts0 = SLOT.starts  # the process's engine starts before this job
         self.t0 = time.perf_counter()
         self.plan: Plan
         self.rd: RunDir
@@ -71,11 +74,18 @@ class Job:
         # before anything (the engine's media root among them) looks for it
         self.origin = resolve(cfg)
         if cfg.dry_run:
-            from runner.plan.tokens import plan_tokens, show_plan
+            from runner.plan.tokens import needs, plan_tokens, show_plan
 
             self.prepare()
             check_before_download(cfg, self.plan.root)
-            show_plan(cfg, self.plan, plan_tokens(cfg, self.plan), stored=self.stored)
+            toks = plan_tokens(cfg, self.plan)
+            show_plan(cfg, self.plan, toks, stored=self.stored)
+            self.summary.plan = n = needs(toks, {it.key: self.effective(it).get("max_tokens")
+                                                 for it in self.plan.items},
+                                          cfg.model.max_model_len)
+            console.print(f"needs max_model_len ≥ {n['needs_len']:,} (its largest prompt, "
+                          f"{n['max_prompt_tokens']:,} tokens, plus its max_tokens); "
+                          f"model.max_model_len is {cfg.model.max_model_len:,}", highlight=False)
             src = sources(self.explicit, [it.sampling for it in self.plan.items])
             if src["set_or_items"] or src["command_line"]:  # which sampling runs, from where
                 console.print(f"sampling: the run's, under the set's or items' "
@@ -293,5 +303,8 @@ class Job:
                               f"accuracy {m.get('accuracy', 0):.3f}")
 
     def _ended(self, status: str) -> Summary:
+        from runner.engine import SLOT
+
         self.summary.status, self.summary.total_s = status, time.perf_counter() - self.t0
+        self.summary.engine_starts = SLOT.starts - self.starts0
         return self.summary

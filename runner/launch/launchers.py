@@ -1,13 +1,16 @@
 """What the runner's Hydra launchers do (hydra_plugins/runner_launchers holds the classes).
 
-Ray: each job of a multirun (a shard, a sweep point) is one Ray task holding its own engine,
-with `gpus_per_job` GPUs (Ray gives it those devices in CUDA_VISIBLE_DEVICES) and
-`cpus_per_job` CPUs. The task runs Hydra's `run_job` in the worker, as submitit does, so the
-job's callbacks (runner/launch/sweep.py) run there and its JobReturn comes back to the sweep.
-A worker that dies fails its job only: the sweep table names it and says why.
+Ray: the jobs of a multirun (shards, sweep points) are one queue pulled by a pool of engine
+workers, Ray actors with `gpus_per_job` GPUs each (Ray gives each its devices in
+CUDA_VISIBLE_DEVICES) and `cpus_per_job` CPUs: as many as the cluster's GPUs hold, so a node's
+GPUs are all busy and none is shared. A worker keeps its engine loaded across the jobs it
+pulls. It runs Hydra's `run_job` for each, as submitit does, so the job's callbacks
+(runner/launch/sweep.py) run there and its JobReturn comes back to the sweep. A worker that
+dies gives its job back to the queue.
 
-Local (submitit on this machine): jobs run side by side on one node, so job n takes the n-th
-slice of the node's GPUs; submitit itself would give each job the same ones."""
+Local (submitit on this machine): jobs run side by side on one node, as many at once as the
+node has GPU slots; job n takes the (n mod slots)-th slice of the node's GPUs (submitit itself
+would give each job the same ones). Each job is its own process with its own engine."""
 
 from __future__ import annotations
 
@@ -50,6 +53,22 @@ def slice_for(job_num: int, devices: list[str], per_job: int) -> list[str]:
         return devices
     k = job_num % slots if slots else 0
     return devices[k * per_job:(k + 1) * per_job]
+
+
+NO_TIMEOUT_MIN = 60 * 24 * 365 * 10  # `timeout_min: null`: submitit takes minutes, not None
+
+
+def waves(launcher: Any, job_overrides: Sequence[Sequence[str]]
+          ) -> list[tuple[int, list[Sequence[str]]]]:
+    """The local launcher's jobs as (first index, jobs) waves of at most `slots` jobs, the node's
+    GPUs over the most any job needs; one wave when the node lists no GPU (engines on CPU).
+    Job n's slice is n mod slots, so the jobs of a wave never share a GPU."""
+    jobs = list(job_overrides)
+    per = max((gpus_for(launcher.hydra_context.config_loader.load_sweep_config(
+        launcher.config, list(ov)), launcher.gpus_per_job) for ov in jobs), default=0)
+    slots = len(launcher.node_devices) // per if per and launcher.node_devices else 0
+    size = max(slots, 1) if launcher.node_devices and per else len(jobs) or 1
+    return [(i, jobs[i:i + size]) for i in range(0, len(jobs), size)]
 
 
 def set_devices(launcher: Any, overrides: list[str], job_num: int,
@@ -118,38 +137,123 @@ def lost(hydra_context: HydraContext, cfg: DictConfig, overrides: list[str], job
     return jr
 
 
+class Worker:
+    """A Ray actor holding its GPUs and, between points, its engine (the process's engine slot,
+    runner/engine/slot.py): the points it runs one after another reuse the engine while their
+    engine arguments are equal."""
+
+    def run(self, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig,
+            overrides: list[str], job_num: int,
+            singleton_state: dict[type, Singleton]) -> JobReturn:
+        return run_point(hydra_context, task_function, config, overrides, job_num,
+                         singleton_state)
+
+    def stop(self) -> None:
+        """The engine shut down in order (its processes and memory freed) before the actor
+        goes."""
+        from runner.engine import SLOT
+
+        SLOT.shutdown()
+
+
+def pool_size(resources: dict[str, float], gpus: int, cpus: float, workers: int | None,
+              jobs: int) -> int:
+    """How many engine workers: `workers` when set, else as many as the cluster's GPUs hold
+    at `gpus` each (its CPUs at `cpus` each when it has no GPU); never more than the jobs."""
+    if workers is None:
+        workers = int(resources.get("GPU", 0) // gpus) if gpus else \
+            int(resources.get("CPU", 1) // (cpus or 1))
+    return max(1, min(workers, jobs))
+
+
+def pick(pending: list[int], keys: list[str], mine: str | None, others: set[str | None]) -> int:
+    """A worker's next job: one its engine serves; else one of a group no other worker's
+    engine serves (two fresh workers take two groups, not the same one); else the next."""
+    for j in pending:
+        if keys[j] == mine:
+            return j
+    return next((j for j in pending if keys[j] not in others), pending[0])
+
+
 def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> list[JobReturn]:
+    """The jobs as one queue, grouped by engine arguments, pulled by a pool of engine workers
+    (`Worker` actors), each on its own GPUs. A worker takes the next job of the group its engine
+    serves while there is one, else the next job. A worker that dies gives its job back to the
+    queue (once: a job that kills two workers fails) and a new worker takes its place; the
+    store's resume keeps what the dead one stored."""
     import ray
+
+    from runner.launch.grouped import by_engine, engine_key
 
     config, ctx = launcher.config, launcher.hydra_context
     connect(launcher.address, launcher.runtime_env)
-    has_gpus = ray.cluster_resources().get("GPU", 0) > 0
+    resources = ray.cluster_resources()
     Path(str(config.hydra.sweep.dir)).mkdir(parents=True, exist_ok=True)
-    task = ray.remote(run_point)
+    cfgs = [ctx.config_loader.load_sweep_config(config, list(ov)) for ov in job_overrides]
+    for i, cfg in enumerate(cfgs):
+        with open_dict(cfg.hydra.job) as job:
+            job.num = initial_job_idx + i
+    keys = [engine_key(c) for c in cfgs]
+    gpus = max(gpus_for(c, launcher.gpus_per_job) for c in cfgs) \
+        if resources.get("GPU", 0) > 0 else 0
+    cpus = launcher.cpus_per_job
+    n = pool_size(resources, gpus, cpus, launcher.workers, len(cfgs))
+    actor = ray.remote(num_gpus=gpus, num_cpus=cpus, max_restarts=0)(Worker)
+    groups = by_engine(keys)
+    console.print(f"{len(cfgs)} jobs on {n} Ray engine worker{'s' * (n != 1)} ({gpus} GPU, "
+                  f"{cpus} CPU each), {len(groups)} group{'s' * (len(groups) != 1)} of equal "
+                  "engine arguments", highlight=False)
+    pending = [i for g in groups for i in g]
+    workers: dict[Any, str | None] = {actor.remote(): None for _ in range(n)}  # -> its engine
+    idle, running = list(workers), {}
+    returns: dict[int, JobReturn] = {}
+    tries: dict[int, int] = {}
     state = Singleton.get_state()
-    jobs = []
-    for i, ov in enumerate(job_overrides):
-        n, ov = initial_job_idx + i, list(ov)
-        cfg = ctx.config_loader.load_sweep_config(config, ov)
-        gpus = gpus_for(cfg, launcher.gpus_per_job) if has_gpus else 0
-        console.print(f"job {n} on Ray ({gpus} GPU, {launcher.cpus_per_job} CPU): "
-                      f"{' '.join(ov)}")
-        ref = task.options(num_gpus=gpus, num_cpus=launcher.cpus_per_job, max_retries=0,
-                           name=f"runner job {n}").remote(ctx, launcher.task_function, config,
-                                                           ov, n, state)
-        jobs.append((n, ov, cfg, ref))
-    returns = []
     try:
-        for n, ov, cfg, ref in jobs:
+        while pending or running:
+            while idle and pending:
+                w = idle.pop(0)
+                i = pick(pending, keys, workers[w], {k for x, k in workers.items() if x != w})
+                pending.remove(i)
+                workers[w] = keys[i]  # the engine it holds from this job on
+                ov = list(job_overrides[i])
+                console.print(f"job {initial_job_idx + i} on Ray: {' '.join(ov)}",
+                              highlight=False)
+                running[w.run.remote(ctx, launcher.task_function, config, ov,
+                                     initial_job_idx + i, state)] = (w, i)
+            (ref,), _ = ray.wait(list(running), num_returns=1)
+            w, i = running.pop(ref)
             try:
-                returns.append(ray.get(ref))
+                returns[i] = ray.get(ref)
+                idle.append(w)
+            except ray.exceptions.RayActorError as e:  # the worker died: a new one
+                del workers[w]
+                tries[i] = tries.get(i, 0) + 1
+                if tries[i] < 2:
+                    console.print(f"[yellow]job {initial_job_idx + i}: {why(e)}; back to "
+                                  "the queue")
+                    pending.insert(0, i)
+                else:
+                    returns[i] = lost(ctx, cfgs[i], list(job_overrides[i]),
+                                      initial_job_idx + i, why(e))
+                if pending:
+                    fresh = actor.remote()
+                    workers[fresh] = None
+                    idle.append(fresh)
             except ray.exceptions.RayError as e:
-                returns.append(lost(ctx, cfg, ov, n, why(e)))
+                returns[i] = lost(ctx, cfgs[i], list(job_overrides[i]), initial_job_idx + i,
+                                  why(e))
+                idle.append(w)
     except KeyboardInterrupt:
-        for *_, ref in jobs:
-            ray.cancel(ref, force=True)
+        for w in workers:  # an actor's task cannot be force-cancelled: the actor goes
+            ray.kill(w)
         raise
     finally:
-        ray.shutdown()  # a local Ray this process started ends with it
-    return returns
+        stops = [w.stop.remote() for w in workers if w not in {x for x, _ in running.values()}]
+        try:
+            ray.get(stops, timeout=120)
+        except ray.exceptions.RayError:
+            pass  # a worker that cannot stop in order goes with the actor
+        ray.shutdown()  # the actors (and a local Ray this process started) end with it
+    return [returns[i] for i in range(len(cfgs))]

@@ -7,8 +7,11 @@ launchers jobs run in other processes (or nodes), and only files reach the paren
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +36,7 @@ def point(s: Summary) -> dict[str, Any]:
             "status": {"complete": "computed"}.get(s.status, s.status),
             "items": s.planned, "computed": s.computed, "errors": s.errors,
             "tokens_per_s": round(s.tokens_per_s, 1), "error": s.error,
+            "engine_starts": s.engine_starts, "plan": s.plan,
             "metrics": read_json(top / "metrics.json") if top else None}
 
 
@@ -41,11 +45,21 @@ def _write(path: Path, value: Any) -> None:
 
 
 class SweepSummary(Callback):
+    started: float | None = None  # when this process began its current job (epoch seconds)
+
+    def on_job_start(self, config: DictConfig, **kw: Any) -> None:
+        self.started = time.time()
+
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kw: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
+        from runner.launch.grouped import engine_key
+
         row: dict[str, Any] = {"num": config.hydra.job.num,
-                               "overrides": list(job_return.overrides or [])}
+                               "overrides": list(job_return.overrides or []),
+                               "engine": engine_id(engine_key(config)),
+                               # which process ran it, from when to when (a launcher's timeline)
+                               "pid": os.getpid(), "start": self.started, "end": time.time()}
         try:
             result = job_return.return_value  # the job's Summary; raises what the job raised
         except Exception as e:  # noqa: BLE001 - any failure of a job is a failed point
@@ -64,6 +78,11 @@ class SweepSummary(Callback):
                             if isinstance(r := read_json(p), dict)), key=lambda r: r["num"])
         _write(sweep_dir / "runs.json", self.rows)
         console.print(table(self.rows, sweep_dir))
+        if self.rows and all(r.get("plan") for r in self.rows):  # a dry run: what it needs
+            from runner.launch.dryrun import needs_table
+
+            points, _ = _points([r["overrides"] for r in self.rows])
+            console.print(needs_table(self.rows, points))
         for t in benchmark_card(self.rows):  # points that ran benchmark sets: their card
             console.print(t)
         for r in self.rows:  # which job failed, and why
@@ -72,6 +91,21 @@ class SweepSummary(Callback):
                               f"{r.get('error')}")
         if any(r["status"] == "failed" for r in self.rows):
             sys.exit(1)
+
+
+def engine_id(key: str) -> str:
+    """A point's engine group, short: points with equal ids can share one engine."""
+    return hashlib.sha256(key.encode()).hexdigest()[:8]
+
+
+def starts_note(rows: list[dict[str, Any]]) -> str:
+    """How many engines the sweep started, against the groups of equal engine arguments (one
+    start each when a process runs a group's points one after another)."""
+    n, groups = sum(r.get("engine_starts", 0) for r in rows), len({r.get("engine") for r in rows})
+    of = f"{groups} group{'s' * (groups != 1)} of equal engine arguments"
+    if rows and all(r["status"] == "planned" for r in rows):
+        return f"engine starts: none (a dry run); the sweep needs {groups} ({of})"
+    return f"engine starts: {n} ({of})"
 
 
 def benchmark_card(rows: list[dict[str, Any]]) -> list[Table]:
@@ -132,7 +166,7 @@ def table(rows: list[dict[str, Any]], sweep_dir: Path) -> Table:
     from the first point's; `results show` has the rest), the run."""
     points, common = _points([r["overrides"] for r in rows])
     marks = versus_first(rows)
-    notes = ["all points: " + " ".join(common)] if common else []
+    notes = (["all points: " + " ".join(common)] if common else []) + [starts_note(rows)]
     if any(m is not None for m in marks):
         notes.append("* paired p < 0.05 against the first point (results compare --sweep)")
     t = Table(title=f"sweep · {len(rows)} points · {sweep_dir}", title_justify="left",

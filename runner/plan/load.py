@@ -104,14 +104,19 @@ class Plan:
             self.cache.save()
 
 
+def shipped_root(root: str | Path) -> Path | None:
+    """The sets the runner ships, where the default root (`prompts`) is run outside a
+    checkout and so names no folder; None otherwise."""
+    return shipped("prompts") if str(root) == "prompts" and not Path(root).is_dir() else None
+
+
 def find_set(name: str, root: str | Path) -> Path:
     """`name` is a set under `root` (<root>/<name>/set.yaml or set.jsonl, <root>/<name>.yaml or
     .jsonl) or a path to a set file (YAML or JSONL) or to a folder with a set.yaml."""
     r = Path(root)
     cand = [r / name / SET_FILE, r / f"{name}.yaml", r / f"{name}.jsonl",
             r / name / "set.jsonl", Path(name), Path(name) / SET_FILE]
-    if str(root) == "prompts" and not r.is_dir():  # the default root, run outside a checkout:
-        s = shipped("prompts")                      # the sets the runner ships
+    if (s := shipped_root(root)) is not None:
         cand += [s / name / SET_FILE, s / name / "set.jsonl"]
     for c in cand:
         if c.is_file():

@@ -179,6 +179,23 @@ def totals(tokens: list[ItemTokens], stored: Collection[str] = ()) -> dict[str, 
             "exact": all(t.exact for t in tokens)}
 
 
+def needs(tokens: list[ItemTokens], max_tokens: dict[str, int | None],
+          max_model_len: int | None) -> dict[str, Any]:
+    """What a plan asks of the engine, for a dry run: its largest item (images, prompt tokens),
+    the max_model_len that holds the largest prompt plus its max_tokens (`max_tokens`: each
+    item's effective one, by key; None: what max_model_len leaves), the errors it would store
+    and the most tokens it could generate."""
+    ok = [t for t in tokens if t.error is None]
+    room = [t.prompt_tokens + (max_tokens.get(t.key) or 0) for t in ok]
+    return {"items": len(tokens), "errors": len(tokens) - len(ok),
+            "max_images": max((t.images for t in tokens), default=0),
+            "max_prompt_tokens": max((t.prompt_tokens for t in ok), default=0),
+            "needs_len": max(room, default=0), "max_model_len": max_model_len,
+            "prompt_tokens": sum(t.prompt_tokens for t in ok),
+            "max_new_tokens": sum(max_tokens.get(t.key) or max(
+                (max_model_len or 0) - t.prompt_tokens, 0) for t in ok)}
+
+
 def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection[str] = (),
               rows: int = 40) -> dict[str, Any]:
     """Prints the plan (the first `rows` items, every error up to `rows` more, totals) with

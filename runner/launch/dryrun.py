@@ -1,0 +1,49 @@
+"""A sweep's dry run as one table: per point what it would ask of the engine and the store
+(items, its largest item, the max_model_len that holds it, errors, engine starts) and a time
+range derived from rates, not measured."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich import box
+from rich.table import Table
+
+# docs/gpu.md's derived rates for Pixtral-12B on one A100 80 GB (docs/evaluations.md uses the
+# same): not measured by this runner.
+PREFILL_TOK_S, DECODE_TOK_S = 5_000, 5_100
+
+
+def span(s: float) -> str:
+    return f"{s / 3600:.1f} h" if s >= 3600 else f"{s / 60:.0f} min" if s >= 60 else \
+        f"{s:.0f} s"
+
+
+def needs_table(rows: list[dict[str, Any]], points: list[str]) -> Table:
+    """One line per planned point (`points`: what varies, as the sweep table names it).
+    Engine starts: 1 for the first point of each engine group (the grouped launcher runs a
+    group's points one after another), 0 for the rest. Time: from prefill alone (every answer
+    one token) to every answer running to its max_tokens."""
+    t = Table(title="dry run · what each point needs", title_justify="left",
+              caption="img, prompt: the largest item's images and prompt tokens; needs len: "
+              "the largest prompt + its max_tokens; err: item errors it would store\n"
+              f"derived time, not measured: prompt tokens / {PREFILL_TOK_S:,} per s "
+              f"+ 0 to max_tokens x items / {DECODE_TOK_S:,} per s (docs/gpu.md's A100 80 GB "
+              "rates), engine starts not included", caption_justify="left",
+              box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
+    for c in ("point", "items", "img", "prompt", "needs len", "err", "starts", "derived time"):
+        t.add_column(c, justify="left" if c == "point" else "right", overflow="fold",
+                     no_wrap=c == "point")
+    seen: set[Any] = set()
+    for r, point in zip(rows, points, strict=True):
+        p = r["plan"]
+        starts = int(r.get("engine") not in seen)
+        seen.add(r.get("engine"))
+        short = p["max_model_len"] is not None and p["needs_len"] > p["max_model_len"]
+        need = f"{p['needs_len']:,}" + (f" [red]> {p['max_model_len']:,}[/]" if short else "")
+        pre = p["prompt_tokens"] / PREFILL_TOK_S
+        t.add_row(point or "-", f"{p['items']:,}", str(p["max_images"]),
+                  f"{p['max_prompt_tokens']:,}", need,
+                  f"[red]{p['errors']:,}[/]" if p["errors"] else "0", str(starts),
+                  f"{span(pre)} - {span(pre + p['max_new_tokens'] / DECODE_TOK_S)}")
+    return t

@@ -1,0 +1,83 @@
+"""`+experiment=pixtral_table`: the six benchmarks in one multirun, planned (dry run) on sample
+rows of each (JSONL sources, in one folder named by benchmark, the harness's columns): MMMU's
+7-image item is planned without an error, and the dry run's table says what each needs."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from conftest import runner
+
+pytestmark = pytest.mark.process  # six presets imported and planned in one process
+
+BENCHES = ["mmmu", "mathvista", "chartqa", "docvqa", "vqav2", "mm_mt_bench"]
+
+
+def sources(d: Path) -> Path:
+    """One or two rows of each benchmark; MMMU's second row has 7 images of 1024x1024."""
+    d.mkdir(parents=True)
+    for k in range(1, 8):
+        Image.new("RGB", (1024, 1024), (30 * k, 200 - 20 * k, 90)).save(d / f"p{k}.png")
+    Image.new("RGB", (640, 480), (200, 30, 30)).save(d / "small.png")
+    seven = {f"image_{k}": f"p{k}.png" for k in range(1, 8)}
+    conv = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q1"}]},
+            {"role": "assistant", "content": "R1"}]
+    rows = {
+        "mmmu": [{"id": "validation_Art_1", "question": "Which? <image 1>", "options": "['x', 'y']",
+                  "answer": "A", "question_type": "multiple-choice", "image_1": "small.png"},
+                 {"id": "validation_Art_2", "question": "Which of the seven? "
+                  + " ".join(f"<image {k}>" for k in range(1, 8)),
+                  "options": "['x', 'y']", "answer": "B", "question_type": "multiple-choice",
+                  **seven}],
+        "mathvista": [{"pid": "1", "question": "q", "query": "What is x?",
+                       "decoded_image": "small.png", "choices": None, "unit": None,
+                       "precision": None, "answer": "4", "question_type": "free_form",
+                       "answer_type": "integer", "metadata": {"task": "t"}}],
+        "chartqa": [{"type": "human_test", "question": "How many?", "answer": "12",
+                     "image": "small.png"}],
+        "docvqa": [{"questionId": "1", "question": "What is the date?", "image": "p1.png",
+                    "answers": ["1/8/93"]}],
+        "vqav2": [{"question_id": 1, "question": "How many cats?", "image": "small.png",
+                   "answers": [{"answer": "2"}], "answer_type": "number",
+                   "multiple_choice_answer": "2"}],
+        "mm_mt_bench": [{"category": "charts", "conversation": json.dumps(conv),
+                         "image": "small.png"}]}
+    for b in BENCHES:
+        (d / f"{b}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows[b]))
+    return d
+
+
+def test_the_table_s_dry_run_plans_mmmu_s_seven_images(tmp_path: Path):
+    src = sources(tmp_path / "src")
+    p = runner("-m", "+experiment=pixtral_table", "model=pixtral_12b", f"prompts.source={src}",
+               f"store.root={tmp_path / 'out'}", "dry_run=true", timeout=600)
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 0, out[-4000:]
+    assert "6 points, 1 engine start at most" in out
+    runs = json.loads(max((tmp_path / "out").glob(".sweeps/*/runs.json")).read_text())
+    plans = {next(o for o in r["overrides"] if o.startswith("prompts="))[8:]: r["plan"]
+             for r in runs}
+    assert sorted(plans) == sorted(BENCHES)
+    mmmu = plans["mmmu"]
+    assert mmmu["items"] == 2 and mmmu["max_images"] == 7 and mmmu["errors"] == 0
+    # 7 images at 1024 px: over the 16,384 of the model's own config, within the table's 32,768
+    assert 16_384 < mmmu["needs_len"] <= mmmu["max_model_len"] == 32_768
+    assert all(pl["errors"] == 0 for pl in plans.values()), plans
+    assert plans["mm_mt_bench"]["items"] == 1 and plans["vqav2"]["items"] == 1
+    assert "dry run · what each point needs" in out and "derived time" in out
+    assert "engine starts: none (a dry run); the sweep needs 1" in out
+
+
+def test_without_the_table_s_limits_mmmu_s_item_is_an_error(tmp_path: Path):
+    """The same rows under the model's own config (4 images per prompt): the error the table's
+    config avoids, as the dry run shows it."""
+    src = sources(tmp_path / "src")
+    p = runner("-m", "prompts=mmmu", "model=pixtral_12b", f"prompts.source={src}",
+               f"store.root={tmp_path / 'out'}", "dry_run=true", timeout=600)
+    assert p.returncode == 0, p.stderr[-3000:]
+    (run,) = json.loads(max((tmp_path / "out").glob(".sweeps/*/runs.json")).read_text())
+    assert run["plan"]["errors"] == 1 and run["plan"]["max_images"] == 7
