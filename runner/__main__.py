@@ -1,5 +1,6 @@
 """`python -m runner [overrides]`: the Hydra entry point (see README). One job per config;
-an error a user can cause is one sentence and an exit code, and in a sweep the next job runs."""
+an error a user can cause is one sentence and an exit code, and in a sweep the next job runs.
+The command ends once its results are durable and shown (runner/launch/ending.py)."""
 
 import sys
 from pathlib import Path
@@ -37,4 +38,10 @@ def main(cfg: DictConfig) -> object:
 
 
 if __name__ == "__main__":
-    main()
+    from runner.launch.ending import leave
+
+    try:
+        main()
+    except SystemExit as e:
+        leave(e.code)
+    leave(0)

@@ -104,6 +104,92 @@ def engine_procs(pid: int) -> list[int]:
                                           or b"runner.engine.fake" in c) and descends(q)]
 
 
+MARK = "RUNNER_TEST_MARK"  # in the environment of a watched runner and all it spawns
+
+
+def marked(mark: str) -> list[int]:
+    """Live processes whose environment carries MARK=mark (a zombie's environment is empty:
+    it holds nothing)."""
+    needle = f"{MARK}={mark}".encode()
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if needle in (d / "environ").read_bytes().split(b"\0"):
+                    out.append(int(d.name))
+            except OSError:
+                pass
+    return out
+
+
+def mapped_shm(pids: list[int]) -> set[str]:
+    """The /dev/shm segments these processes map (not those already unlinked)."""
+    names = set()
+    for pid in pids:
+        try:
+            lines = Path(f"/proc/{pid}/maps").read_text().splitlines()
+        except OSError:
+            continue
+        for line in lines:
+            path = (line.split(None, 5)[5:] or [""])[0]
+            if path.startswith("/dev/shm/") and not path.endswith("(deleted)"):
+                names.add(path.removeprefix("/dev/shm/"))
+    return names
+
+
+def run_watched(*args: str, env: dict | None = None,
+                timeout: float = 600) -> tuple[subprocess.CompletedProcess, SimpleNamespace]:
+    """`python -m runner ARGS` like `runner`, its processes watched while it runs: every pid
+    that carried its mark, and the shared memory segments they mapped (`.pids`, `.shm`).
+    `.mark` finds what is still alive afterwards (`left_behind`)."""
+    mark = os.urandom(8).hex()
+    out, err = tempfile.TemporaryFile("w+"), tempfile.TemporaryFile("w+")
+    p = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, text=True,
+                         stdout=out, stderr=err,
+                         env={**os.environ, **(env or {}), MARK: mark})
+    seen = SimpleNamespace(mark=mark, pids=set(), shm=set())
+    end = time.monotonic() + timeout
+    while p.poll() is None:
+        assert time.monotonic() < end, "the runner did not finish in time"
+        pids = marked(mark)
+        seen.pids.update(pids)
+        seen.shm |= mapped_shm(pids)
+        time.sleep(0.1)  # an observer's poll, not an order between processes
+    out.seek(0)
+    err.seek(0)
+    return subprocess.CompletedProcess(p.args, p.returncode, out.read(), err.read()), seen
+
+
+def left_behind(seen: SimpleNamespace, store: Path) -> list[str]:
+    """What a finished runner left: processes of its tree still alive, shared memory they
+    mapped still there, temp files and held locks in the store, a results or scores line
+    cut short. [] when nothing."""
+    import fcntl
+
+    left = [f"process {pid}: {Path(f'/proc/{pid}/cmdline').read_bytes()[:80]!r}"
+            for pid in marked(seen.mark)]
+    left += [f"/dev/shm/{n}" for n in sorted(seen.shm) if Path("/dev/shm", n).exists()]
+    left += [f"temp file {f}" for f in store.rglob("*.tmp")]
+    for lock in (store / ".locks").glob("*.lock"):
+        fd = os.open(lock, os.O_RDWR)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            left.append(f"lock held: {lock}")
+        finally:
+            os.close(fd)
+    for f in [*store.glob("*/results*.jsonl"), *store.glob("*/scores.jsonl")]:
+        text = f.read_text()
+        if text and not text.endswith("\n"):
+            left.append(f"a line cut short: {f}")
+        for line in text.splitlines():
+            try:
+                json.loads(line)
+            except ValueError:
+                left.append(f"a line that does not parse in {f}: {line[:80]}")
+    return left
+
+
 def make_cfg(*overrides: str) -> DictConfig:
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         return compose(config_name="config", overrides=list(overrides))

@@ -1,13 +1,17 @@
 """`results compare --sweep` on a real sweep: the tiny Pixtral (random weights) on CPU, ONE
 engine start, two points (sampling seeds 0 and 1) at temperature 1 over 120 text questions
 whose answer is constrained to one letter of A-D. The compare's numbers must equal the same
-statistics computed here from each run's results.jsonl and scores.jsonl."""
+statistics computed here from each run's results.jsonl and scores.jsonl. The same command
+shows that the end of a real run, which does not wait for vLLM's teardown, leaves nothing
+behind."""
 
 from __future__ import annotations
 
 import json
 import math
+import os
 import random
+import re
 import subprocess
 import sys
 from fractions import Fraction
@@ -15,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import ROOT, TINY, runner
+from conftest import ROOT, TINY, left_behind, run_watched
 
 pytestmark = pytest.mark.engine
 
@@ -42,24 +46,40 @@ def binom_two_sided(b: int, c: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess]:
+def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, list[str], Path]:
     tmp = tmp_path_factory.mktemp("compare")
     rnd = random.Random(0)
     items = [{"id": f"q{i:03d}", "text": f"Question {i}: which letter, A, B, C or D?",
               "expected": rnd.choice("ABCD")} for i in range(N)]
     (tmp / "prompts" / "letters").mkdir(parents=True)
     (tmp / "prompts" / "letters" / "set.yaml").write_text(json.dumps({"items": items}))
-    store = tmp / "store"
-    p = runner("-m", *TINY, f"store.root={store}", f"prompts.root={tmp / 'prompts'}",
-               "prompts.name=letters", "sampling.temperature=1", "sampling.max_tokens=2",
-               "+sampling.structured_outputs.choice=[A,B,C,D]", "sampling.seed=0,1",
-               timeout=900)
+    store, rpc = tmp / "store", tmp / "rpc"  # vLLM's socket files: under rpc/
+    rpc.mkdir()
+    p, seen = run_watched("-m", *TINY, f"store.root={store}", f"prompts.root={tmp / 'prompts'}",
+                          "prompts.name=letters", "sampling.temperature=1",
+                          "sampling.max_tokens=2", "+sampling.structured_outputs.choice=[A,B,C,D]",
+                          "sampling.seed=0,1", env={"VLLM_RPC_BASE_PATH": str(rpc)},
+                          timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
-    return store, p
+    return store, p, left_behind(seen, store) + [f"file {f}" for f in rpc.rglob("*")] + [
+        f"shared memory seen: {len(seen.shm)}"], rpc
+
+
+def test_the_end_of_a_real_run_leaves_nothing_behind(sweep):
+    """No engine process, resource tracker, shared memory segment (vLLM's message queues,
+    seen mapped while it ran), socket file, torch.distributed file store, temp file, held
+    lock or cut line is left once the command returns; the engine's end is quiet."""
+    store, _, left, rpc = sweep
+    assert rpc.is_dir() and left[:-1] == [] and left[-1] != "shared memory seen: 0", left
+    logs = "".join(f.read_text() for f in store.glob("*/engine.log"))
+    (init,) = set(re.findall(r"distributed_init_method=file://(\S+)", logs))
+    assert not os.path.exists(init)  # the worker's file store, named in its log
+    for noise in ("leaked", "exited unexpectedly", "Traceback", "force killing"):
+        assert noise not in logs
 
 
 def test_compare_sweep_agrees_with_the_stored_results(sweep):
-    store, p = sweep
+    store, p, _, _ = sweep
     (sweep_dir,) = store.glob(".sweeps/*")
     points = json.loads((sweep_dir / "runs.json").read_text())
     dirs = [store / r["hash"] for r in points]

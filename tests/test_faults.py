@@ -220,11 +220,10 @@ def test_the_real_engine_core_killed_then_stalled_restarts_and_the_run_finishes(
     (run,) = run_dirs_of(store)
     log = (run / "engine.log").read_text()
     assert log.count("Initializing a V1 LLM engine") == 3  # vLLM's lines, every engine
-    # the last engine was shut down in vLLM's order (its executor's shutdown lines), not
-    # reported dead, and its core was not force-killed (how fast its own workers exit under
-    # load is vLLM's business; vLLM logs its client's shutdown lines once a process)
+    # the last engine was not reported dead: the end of the command killed it quietly,
+    # without waiting for vLLM's teardown (no executor shutdown lines)
     last = log.split("Initializing a V1 LLM engine")[-1]
-    assert "[shutdown] Executor:" in last
+    assert "[shutdown] Executor:" not in last
     assert "force killing" not in last and "exited unexpectedly" not in last
 
 

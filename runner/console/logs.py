@@ -86,6 +86,14 @@ class _Pump:
 
 
 _pump: _Pump | None = None
+
+
+def drain() -> None:
+    """What the engine's processes wrote so far is in the engine log (before an exit)."""
+    if _pump is not None:
+        _pump.drain()
+
+
 _phases: list[tuple[re.Pattern[str], str]] = []  # the starting engine's (runner/engine)
 
 

@@ -183,6 +183,10 @@ class ServerEngine:
         for t in self._threads:
             t.join(5)
 
+    def drop(self) -> None:
+        """The server is not this process's to stop: its connections close."""
+        self.shutdown()
+
     def describe(self) -> dict[str, Any]:
         """What the config asks for; the server's kernels are not visible from here."""
         return {"method": self.args.get("quantization"), "kernel": None, "scheme": None,

@@ -98,6 +98,13 @@ INTERNALS: dict[str, Callable[[], bool]] = {
     "CoreEngineProcManager.processes": sets("vllm.v1.engine.utils:CoreEngineProcManager",
                                             "processes"),
     "InprocClient (the in-process engine core: no watchdog)": has(f"{CORE}:InprocClient"),
+    # vllm_engine.py drop(): the engine killed at the end of the command, quietly
+    "CoreEngineProcManager._finalizer (its monitor's shutdown, detached)":
+        sets("vllm.v1.engine.utils:CoreEngineProcManager", "_finalizer"),
+    "WorkerBase.distributed_init_method (the file store drop() removes)":
+        sets("vllm.v1.worker.worker_base:WorkerBase", "distributed_init_method"),
+    "VLLM_RPC_BASE_PATH (where vLLM's ZeroMQ socket files go)":
+        lambda: "VLLM_RPC_BASE_PATH" in obj("vllm.envs").environment_variables,
     # probe.py: the linear kernels a worker built
     "LinearBase, UnquantizedLinearMethod":
         lambda: has("vllm.model_executor.layers.linear:LinearBase")() and has(

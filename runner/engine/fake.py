@@ -148,6 +148,14 @@ class FakeEngine:
             self.proc.kill()
             self.proc.wait()
 
+    def drop(self) -> None:
+        """At the end of the command: killed and reaped, as vLLM's processes are."""
+        if self.in_flight():
+            self.shutdown()
+            return
+        self.proc.kill()
+        self.proc.wait()
+
     def describe(self) -> dict[str, Any]:
         return {"weight_bits": None, "group_size": None, "format": None, "method": None,
                 "checkpoint_method": None, "kernel": "fake", "scheme": None}

@@ -16,6 +16,12 @@ class QuantProbe:
     def runner_quant_kernels(self) -> dict[str, Any]:
         return layer_kernels(self.model_runner.get_model())  # type: ignore[attr-defined]
 
+    def runner_temp_files(self) -> list[str]:
+        """The files this worker would remove on a graceful exit: torch.distributed's file
+        store (vLLM's `file://<tmp>/vllm_dist_<hex>` rendezvous)."""
+        method = str(getattr(self, "distributed_init_method", None) or "")
+        return [method.removeprefix("file://")] if method.startswith("file://") else []
+
 
 def layer_kernels(model: Any) -> dict[str, Any]:
     """Scheme and kernel class names of the quantized linear layers in a vLLM model."""
@@ -55,6 +61,17 @@ def _kernels(llm: Any, probe: str) -> dict[str, Any] | None:
         except Exception:  # noqa: BLE001 - best effort
             pass
     return None
+
+
+def temp_files(llm: Any, probe: str) -> list[str] | None:
+    """What the workers would remove on a graceful exit (QuantProbe.runner_temp_files); None
+    when the engine cannot say (no probe)."""
+    if llm.llm_engine.vllm_config.parallel_config.worker_extension_cls != probe:
+        return None
+    try:
+        return [f for files in llm.collective_rpc("runner_temp_files") for f in files]
+    except Exception:  # noqa: BLE001 - best effort: None means "shut down gracefully"
+        return None
 
 
 def describe(llm: Any, probe: str) -> dict[str, Any]:

@@ -145,7 +145,10 @@ class EngineSlot:
         self.shutdown()
         return self.get(*self.args)
 
-    def shutdown(self) -> None:
+    def shutdown(self, at_exit: bool = False) -> None:
+        """Stop the live engine (its memory freed for the next start). `at_exit`: this
+        process exits next, so an idle engine is dropped (Engine.drop) instead of waited for
+        through its graceful teardown."""
         if self.engine is None:
             return
         from runner.console.logs import redirected
@@ -153,9 +156,21 @@ class EngineSlot:
         engine, self.engine, self.key = self.engine, None, None
         try:
             with redirected():  # the engine's shutdown lines go to the engine log too
-                engine.shutdown()
+                if at_exit:
+                    engine.drop()
+                else:
+                    engine.shutdown()
         finally:
             self._scope.close()
+
+    def end(self) -> None:
+        """The end of the command, its results stored and shown: no engine process, and
+        no resource tracker, outlives it; none is waited for longer than its death takes."""
+        from runner.engine.reap import stop_resource_tracker
+
+        self.shutdown(at_exit=True)
+        if self.starts:
+            stop_resource_tracker()
 
 
 SLOT = EngineSlot()

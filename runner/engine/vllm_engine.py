@@ -8,15 +8,19 @@ moves.
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import os
 import re
+import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from typing import Any
 
 from runner.console.logs import loggers_to_pump, watch_phases
+from runner.engine import reap
 from runner.engine.api import Event, Finished, Refused, Sample, Stepped, Tokens
 from runner.engine.args import check_engine_args
 from runner.engine.watchdog import Watchdog
@@ -96,10 +100,21 @@ class VllmEngine:
         check_engine_args(kw)
         count_start()
         watch_phases(START_PHASES)
-        # The probe lets describe() name the linear kernel in use. Stats stay at LLM's
-        # default (off): they cost CPU every step; engine.extra.disable_log_stats=false turns
-        # on the live token counters.
-        self.llm = vllm.LLM(**({"worker_extension_cls": PROBE} | kw))
+        reap.quiet_resource_tracker()
+        # vLLM's ZeroMQ sockets (files) go to a folder of this engine's, removed when it
+        # stops: vLLM leaves them in the temp folder even after a graceful shutdown.
+        self._rpc_was = os.environ.get("VLLM_RPC_BASE_PATH")
+        self._rpc: str | None = tempfile.mkdtemp(prefix="runner-vllm-",
+                                                 dir=self._rpc_was or None)
+        os.environ["VLLM_RPC_BASE_PATH"] = self._rpc
+        try:
+            # The probe lets describe() name the linear kernel in use. Stats stay at LLM's
+            # default (off): they cost CPU every step; engine.extra.disable_log_stats=false
+            # turns on the live token counters.
+            self.llm = vllm.LLM(**({"worker_extension_cls": PROBE} | kw))
+        except BaseException:
+            self._remove_rpc()
+            raise
         self.engine = self.llm.llm_engine
         self.max_num_seqs = int(self.engine.vllm_config.scheduler_config.max_num_seqs)
         self.dog = Watchdog(self.engine.engine_core)
@@ -107,6 +122,9 @@ class VllmEngine:
         self._ids: dict[str, str] = {}  # vLLM's external request id -> key, in submit order
         self._unsent: list[str] = []  # submitted to a dead engine: unfinished at its death
         self._params: dict[str, Any] = {}  # SamplingParams by sampling (JSON)
+        from runner.engine.probe import temp_files
+
+        self._temp = temp_files(self.llm, PROBE)  # what drop() removes for the workers
 
     @property
     def max_gap_s(self) -> float:
@@ -202,9 +220,49 @@ class VllmEngine:
         and waits for the core to tear down its workers and unlink its shared memory."""
         self.dog.stop()
         self.engine.engine_core.shutdown(timeout=SHUTDOWN_TIMEOUT)
+        self._remove_rpc()
         self.llm = self.engine = None
         gc.collect()
         import torch
 
         if torch.cuda.is_available():
             torch.cuda.empty_cache()
+
+    def drop(self) -> None:
+        """Stop at once, for the end of the command (nothing in flight, this process exits
+        next): the engine core and its workers are killed and reaped; what they would remove
+        on a graceful exit is removed here (torch.distributed's file store, vLLM's sockets)
+        or by multiprocessing's resource tracker, where they registered it (their shared
+        memory and semaphores; EngineSlot.end stops the tracker). An engine whose processes
+        or files are not known (the watchdog off, no probe) shuts down gracefully instead."""
+        cores = list(self.dog.procs)
+        if self.in_flight() or self._temp is None or not cores:
+            self.shutdown()
+            return
+        self.dog.stop()
+        # The cores' death is expected: vLLM's monitor threads stay quiet (the client's on
+        # engine_dead, the process manager's without its finalizer).
+        core = self.engine.engine_core
+        core.resources.engine_dead = True
+        core.resources.engine_manager._finalizer.detach()  # noqa: SLF001
+        workers = reap.descendants(p.pid for p in cores)
+        with reap.subreaper():  # a killed core's workers become this process's to reap
+            reap.kill([*workers, *(p.pid for p in cores)])
+            for p in cores:
+                p.join(reap.REAP_TIMEOUT_S)
+            reap.reap(workers)
+        for f in self._temp:
+            with contextlib.suppress(OSError):
+                os.unlink(f)
+        self._remove_rpc()
+        self.llm = self.engine = None
+
+    def _remove_rpc(self) -> None:
+        if self._rpc is None:
+            return
+        shutil.rmtree(self._rpc, ignore_errors=True)
+        if self._rpc_was is None:
+            os.environ.pop("VLLM_RPC_BASE_PATH", None)
+        else:
+            os.environ["VLLM_RPC_BASE_PATH"] = self._rpc_was
+        self._rpc = None
