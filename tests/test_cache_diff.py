@@ -421,7 +421,7 @@ VIEW_MUTATIONS: dict[str, tuple[list[str], list[str]]] = {
     "prompts.max_image_size": ([], ["prompts.max_image_size=64"]),
     "prompts.system": ([], ["prompts.system=Answer in one word."]),
     "prompts.root": ([], ["prompts.root={top}/b"]),
-    "prompts.name": ([], ["prompts.name=letters", "prompts.root=" + str(ROOT / "prompts")]),
+    "prompts.name": ([], ["prompts.name=sample/conversations"]),
     "prompts.source": (["prompts=mm_mt_bench", "prompts.source={top}/a.jsonl"],
                        ["prompts=mm_mt_bench", "prompts.source={top}/b.jsonl"]),
     "prompts.benchmark": (["prompts=mm_mt_bench", "prompts.source={top}/a.jsonl"],
@@ -440,7 +440,9 @@ def test_view_diff(name: str, tmp_path: Path, fake_engine: None):
     mt_source(top / "a.jsonl", "What is shown?")
     mt_source(top / "b.jsonl", "Which colour is it?")
     base, mutated = ([o.format(top=top) for o in x] for x in VIEW_MUTATIONS[name])
-    common = [*TINY, f"prompts.root={top}/a", "model.limit_mm_per_prompt.image=7"]
+    # max_tokens from the command line (over the protocol's 4096): the fake engine is quick
+    common = [*TINY, f"prompts.root={top}/a", "model.limit_mm_per_prompt.image=7",
+              "sampling.max_tokens=8"]
 
     def run(store: Path, over: list[str]) -> Any:
         args = [*common, f"store.root={store}", *over]

@@ -82,7 +82,7 @@ def test_source_a_then_b_then_a_reports_a(tmp_path, fake_engine):
     a = mt_source(tmp_path / "a.jsonl", "What is shown?")
     b = mt_source(tmp_path / "b.jsonl", "Which colour is it?")
     warm, cold = tmp_path / "warm", tmp_path / "cold"
-    bench = ("prompts=mm_mt_bench", "model.limit_mm_per_prompt.image=7")
+    bench = ("prompts=mm_mt_bench", "model.limit_mm_per_prompt.image=7", "sampling.max_tokens=8")
     ra = job(warm, *bench, f"prompts.source={a}")
     rb = job(warm, *bench, f"prompts.source={b}")
     assert ra.hash == rb.hash and ra.view != rb.view  # source is not hashed: two views
@@ -257,7 +257,7 @@ def test_a_judge_reads_the_items_recorded_for_its_run(tmp_path, fake_engine, sta
     a = mt_source(tmp_path / "a.jsonl", "What is shown?")
     b = mt_source(tmp_path / "b.jsonl", "Which colour is it?")
     store = tmp_path / "o"
-    bench = ("prompts=mm_mt_bench", "model.limit_mm_per_prompt.image=7")
+    bench = ("prompts=mm_mt_bench", "model.limit_mm_per_prompt.image=7", "sampling.max_tokens=8")
     ra = job(store, *bench, f"prompts.source={a}")
     job(store, *bench, f"prompts.source={b}")
     url, _ = standins({"name": "judge", "judge": True})
