@@ -12,8 +12,11 @@ import math
 import os
 import random
 import re
+import shutil
 import subprocess
 import sys
+import tempfile
+from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
 
@@ -46,23 +49,25 @@ def binom_two_sided(b: int, c: int) -> float:
 
 
 @pytest.fixture(scope="module")
-def sweep(tmp_path_factory) -> tuple[Path, subprocess.CompletedProcess, list[str], Path]:
+def sweep(tmp_path_factory) -> Iterator[tuple[Path, subprocess.CompletedProcess, list[str],
+                                            Path]]:
     tmp = tmp_path_factory.mktemp("compare")
     rnd = random.Random(0)
     items = [{"id": f"q{i:03d}", "text": f"Question {i}: which letter, A, B, C or D?",
               "expected": rnd.choice("ABCD")} for i in range(N)]
     (tmp / "prompts" / "letters").mkdir(parents=True)
     (tmp / "prompts" / "letters" / "set.yaml").write_text(json.dumps({"items": items}))
-    store, rpc = tmp / "store", tmp / "rpc"  # vLLM's socket files: under rpc/
-    rpc.mkdir()
+    # vLLM's socket files: under rpc/, a short path (a socket path holds at most 107 bytes)
+    store, rpc = tmp / "store", Path(tempfile.mkdtemp(prefix="rpc", dir="/tmp"))
     p, seen = run_watched("-m", *TINY, f"store.root={store}", f"prompts.root={tmp / 'prompts'}",
                           "prompts.name=letters", "sampling.temperature=1",
                           "sampling.max_tokens=2", "+sampling.structured_outputs.choice=[A,B,C,D]",
                           "sampling.seed=0,1", env={"VLLM_RPC_BASE_PATH": str(rpc)},
                           timeout=900)
     assert p.returncode == 0, p.stderr[-4000:]
-    return store, p, left_behind(seen, store) + [f"file {f}" for f in rpc.rglob("*")] + [
+    yield store, p, left_behind(seen, store) + [f"file {f}" for f in rpc.rglob("*")] + [
         f"shared memory seen: {len(seen.shm)}"], rpc
+    shutil.rmtree(rpc, ignore_errors=True)
 
 
 def test_the_end_of_a_real_run_leaves_nothing_behind(sweep):

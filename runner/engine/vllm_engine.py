@@ -31,6 +31,7 @@ from runner.errors import EngineDied, UserError
 SHUTDOWN_TIMEOUT = 120.0
 TOKENS_EVERY_S = 0.5  # how often the progress counters are read (a metrics snapshot each)
 PROBE = "runner.engine.probe.QuantProbe"
+IPC_PATH_MAX = 107  # sizeof(sockaddr_un.sun_path) - 1: the longest ZeroMQ ipc socket path
 
 # What vLLM's log says the engine is doing, shown beside the start spinner (runner/console/logs.py).
 START_PHASES = [(re.compile(p), name) for p, name in (
@@ -104,9 +105,13 @@ class VllmEngine:
         # vLLM's ZeroMQ sockets (files) go to a folder of this engine's, removed when it
         # stops: vLLM leaves them in the temp folder even after a graceful shutdown.
         self._rpc_was = os.environ.get("VLLM_RPC_BASE_PATH")
-        self._rpc: str | None = tempfile.mkdtemp(prefix="runner-vllm-",
-                                                 dir=self._rpc_was or None)
-        os.environ["VLLM_RPC_BASE_PATH"] = self._rpc
+        base = self._rpc_was or tempfile.gettempdir()
+        self._rpc: str | None = None
+        # a socket path is at most 107 bytes (sun_path): vLLM's is <base>/<uuid4>; ours adds
+        # "/rv" and 8 characters, only where that still fits (else vLLM's own place)
+        if len(base.encode()) + 1 + 10 + 1 + 36 <= IPC_PATH_MAX:
+            self._rpc = tempfile.mkdtemp(prefix="rv", dir=base)
+            os.environ["VLLM_RPC_BASE_PATH"] = self._rpc
         try:
             # The probe lets describe() name the linear kernel in use. Stats stay at LLM's
             # default (off): they cost CPU every step; engine.extra.disable_log_stats=false
