@@ -104,6 +104,9 @@ class ModelConfig:
     trust_remote_code: bool = False
     max_model_len: int | None = None
     limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 4})
+    # The image processor's options (e.g. Qwen2-VL's min_pixels / max_pixels): they change the
+    # image tokens, so results. null: the processor's defaults (and not in the run hash).
+    mm_processor_kwargs: dict[str, Any] | None = None
     # What this model needs; engine.tensor_parallel_size defaults to it.
     tensor_parallel_size: int = field(default=1, metadata=RUNTIME_OURS)
     # A quantized model's base (its hf_repo or name): the card's recovery % pairs only these

@@ -39,6 +39,8 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
     out["engine"]["extra"] = {k: v for k, v in out["engine"]["extra"].items()
                               if k not in RUNTIME_ENGINE_ARGS}
     out["sampling"] = checked_sampling(out["sampling"])  # empty structured_outputs left out
+    if out["model"].get("mm_processor_kwargs") is None:  # unset: hashes as before it existed
+        out["model"].pop("mm_processor_kwargs", None)
     api = out["model"].pop("api", None) or {}  # a hosted model's id and provider, if any
     if api.get("url"):
         out["model"]["api"] = {k: api[k] for k in marked(ApiConfig, "hash")}
