@@ -6,12 +6,15 @@ one refusal. Nothing is lost, nothing answered twice, the key is found nowhere i
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
-from conftest import make_cfg, output, run_dirs_of, runner, spawn, wait_for
+from conftest import ROOT, make_cfg, output, run_dirs_of, runner, spawn, wait_for
 from runner.store.rundir import run_hash
 
 pytestmark = pytest.mark.process  # the runner's processes, a stand-in API: full lane
@@ -168,3 +171,38 @@ def test_a_killed_api_run_resumes_asking_only_what_is_missing(standins, tmp_path
     assert len(again) == 5 and not any(f"Item {int(i[1:])}:" in t for t in again
                                        for i in first)
     assert KEY.encode() not in store_bytes(store)
+
+
+def test_a_card_of_api_runs_is_the_comparison_table_with_published_figures(standins,
+                                                                          tmp_path: Path):
+    """Two hosted runs of one benchmark, one labelled as a model of the published table: the
+    card puts them side by side, the published figure beside the labelled one."""
+    url, _ = standins({"key": KEY})
+    d = tmp_path / "p" / "mmmu"
+    d.mkdir(parents=True)
+    items = [{"id": f"q{i}", "text": f"Question {i}?", "expected": "B"} for i in range(6)]
+    (d / "set.yaml").write_text(json.dumps({"items": items}))
+    store = tmp_path / "store"
+    base = ["model=gpt_4o", f"model.api.url={url}", f"model.api.key_env={ENV}",
+            f"store.root={store}", f"prompts.root={tmp_path / 'p'}", "prompts.name=mmmu"]
+    for name in ("gpt-4o", "qwen2-vl-7b-instruct"):
+        r = runner(*base, f"model.name={name}", f"model.api.model={name}", env={ENV: KEY})
+        assert r.returncode == 0, r.stdout + r.stderr
+    hashes = [p.name for p in run_dirs_of(store)]
+    r = runner_results("--root", str(store), "card", *hashes, "--ref", "gpt-4o", "--json")
+    assert r.returncode == 0, r.stderr
+    t = json.loads(r.stdout)["table"]
+    assert t["models"] and set(t["models"]) == {"gpt-4o", "qwen2-vl-7b-instruct"}
+    cells = t["cells"]["mmmu"]
+    assert cells["qwen2-vl-7b-instruct"]["published"]["value"] == 47.6
+    assert cells["gpt-4o"]["published"] is None  # no readable source for the hosted columns
+    assert cells["qwen2-vl-7b-instruct"]["vs_ref"]["n_paired"] == 6
+    r = runner_results("--root", str(store), "card", *hashes)
+    assert "comparison" in r.stdout and "pub. 47.6" in r.stdout, r.stdout
+
+
+def runner_results(*args: str) -> subprocess.CompletedProcess:
+    """`python -m runner.results ARGS` in a real process, wide enough not to wrap."""
+    return subprocess.run([sys.executable, "-m", "runner.results", *args], cwd=ROOT,
+                          text=True, capture_output=True, timeout=300,
+                          env={**os.environ, "COLUMNS": "200"})
