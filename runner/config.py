@@ -69,6 +69,26 @@ class SamplingConfig:
 
 
 @dataclass
+class ApiConfig:
+    """A hosted model behind an OpenAI-compatible API (docs/api.md): requests go to `url`
+    naming `model`, with the key from the environment variable `key_env`. The run hash holds
+    the model id and the provider, never the URL (it may carry secrets) nor the key. Unset
+    `url`: not a hosted model, and nothing of this block is in the hash."""
+
+    url: str | None = field(default=None, metadata=RUNTIME)  # https://HOST[/v1]
+    model: str | None = None  # the id the requests name (e.g. gpt-4o-2024-08-06)
+    provider: str | None = None  # who serves it (e.g. openai): another provider, another run
+    # the environment variable holding the API key (sent as a Bearer token to `url` only);
+    # the key itself is never in a config, a manifest, a log or the store
+    key_env: str | None = field(default=None, metadata=RUNTIME)
+    in_flight: int = field(default=8, metadata=RUNTIME)  # requests at once
+    retries: int = field(default=5, metadata=RUNTIME)  # per request: 429/503, a lost connection
+    # USD per million tokens: the manifest's estimated cost (null: none)
+    price_prompt: float | None = field(default=None, metadata=RUNTIME)
+    price_completion: float | None = field(default=None, metadata=RUNTIME)
+
+
+@dataclass
 class ModelConfig:
     name: str = field(default=MISSING, metadata=OURS)  # identity, e.g. pixtral-12b-2409
     # local weights folder: vLLM's `model` (resolved to an absolute path by engine_kwargs)
@@ -84,10 +104,15 @@ class ModelConfig:
     trust_remote_code: bool = False
     max_model_len: int | None = None
     limit_mm_per_prompt: dict[str, int] = field(default_factory=lambda: {"image": 4})
+    # The image processor's options (e.g. Qwen2-VL's min_pixels / max_pixels): they change the
+    # image tokens, so results. null: the processor's defaults (and not in the run hash).
+    mm_processor_kwargs: dict[str, Any] | None = None
     # What this model needs; engine.tensor_parallel_size defaults to it.
     tensor_parallel_size: int = field(default=1, metadata=RUNTIME_OURS)
     # A quantized model's base (its hf_repo or name): the card's recovery % pairs only these
     quantized_from: str | None = field(default=None, metadata=RUNTIME_OURS)
+    # A hosted model (docs/api.md): set api.url and the requests go to that API, no engine
+    api: ApiConfig = field(default_factory=ApiConfig, metadata=OURS)
 
 
 @dataclass

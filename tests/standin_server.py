@@ -21,6 +21,10 @@ its method, path and headers), `redirect` (a base URL: every request but /health
 text holds the marker, or any with the marker `*`, gets the n-th answer, then the normal one;
 `GET /v1/models` marks that GET. An answer is {"status", "headers", "body"}: the body as
 written, or null to echo the request's headers, as a gateway that reports them does).
+As a hosted API (tests/test_api.py): `drop_once` (the first request whose text holds this
+marker is read, then its connection closed unanswered; later ones are answered), `served` (a
+file: one line per chat request answered 200, the request's text), `fingerprint` (the
+answers' system_fingerprint; their `model` is `name`).
 """
 
 from __future__ import annotations
@@ -51,6 +55,7 @@ def text_of(messages: list[dict]) -> str:
 
 
 scripted: dict[str, int] = {}  # answers given per marker
+dropped: set[str] = set()  # the drop_once markers whose connection was closed already
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -156,6 +161,15 @@ class Handler(BaseHTTPRequestHandler):
                 os._exit(1)
         if CFG.get("hang") and CFG["hang"] in text:
             never.wait()
+        once = CFG.get("drop_once")
+        if once and once in text:
+            with lock:
+                first = once not in dropped
+                dropped.add(once)
+            if first:
+                self.close_connection = True
+                self.connection.shutdown(2)
+                return
         if CFG.get("drop") and CFG["drop"] in text:
             self.close_connection = True
             self.connection.shutdown(2)
@@ -199,7 +213,13 @@ class Handler(BaseHTTPRequestHandler):
             for i in range(n)]
         with lock:
             answered += 1
+            if CFG.get("served"):
+                with open(CFG["served"], "a") as f:
+                    f.write(json.dumps(text) + "\n")
         self._send(200, {"id": "x", "object": "chat.completion", "choices": choices,
+                         "model": CFG.get("name", "standin"),
+                         **({"system_fingerprint": CFG["fingerprint"]}
+                            if CFG.get("fingerprint") else {}),
                          "usage": {"prompt_tokens": len(text.split()),
                                    "completion_tokens": 3 * n}})
 

@@ -298,6 +298,10 @@ VERDICTS: dict[str, str] = {
     "model.hf_repo": "not read by the plan: told when the path is missing",
     "model.quantized_from": "not read by the plan: the card's recovery % pairs on it",
     "model.build": "not read by the plan: builds the model folder before the plan",
+    "model.api": "not read by the plan's counts: a hosted model's endpoint (the token plan "
+                 "of such a model is an estimate, its label says so)",
+    "model.mm_processor_kwargs": "not read by the plan: vLLM's image processor options (the "
+                                 "plan of a model that has them is an estimate)",
     **{f"model.{k}": "not read by the plan: the engine's loading knob" for k in (
         "config_format", "load_format", "quantization", "revision", "trust_remote_code",
         "tensor_parallel_size")},

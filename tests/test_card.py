@@ -191,7 +191,8 @@ def test_cli_text_and_json(store, capsys, monkeypatch):
     root, (a, _), (b, _), (c, _) = store
     assert main(["--root", str(root), "card", a.name[:4], b.name[:4], c.name[:4], "--json"]) == 0
     got = json.loads(capsys.readouterr().out)
-    assert list(got) == ["rows", "pairs"] and len(got["rows"]) == 3 and len(got["pairs"]) == 1
+    assert list(got) == ["rows", "pairs", "table"] and len(got["rows"]) == 3
+    assert len(got["pairs"]) == 1
     assert main(["--root", str(root), "card", a.name[:4], b.name[:4], "--by", "subfield"]) == 0
     text = " ".join(capsys.readouterr().out.split())
     for want in ("report card", "explicit relaxed", "also: mmmu", "Pixtral-12B-2409: Mistral AI",
@@ -278,3 +279,75 @@ def test_a_sweep_over_benchmarks_prints_the_card_and_others_do_not(store):
     assert "report card" in text and "docvqa" in text and "recovery %" in text
     assert "ssssssss" not in text  # the sample set is no benchmark
     assert benchmark_card([{"folder": str(other)}]) == []
+
+
+# --- the comparison table: a column per model, a row per benchmark --------------------------
+
+
+def qwen_run(root: Path, right: list[bool]) -> tuple[Path, dict]:
+    return mmmu_run(root, "q" * 16, {"name": "qwen2-vl-7b-instruct",
+                                     "hf_repo": "Qwen/Qwen2-VL-7B-Instruct"}, right)
+
+
+def test_the_comparison_table_recomputed(store):
+    root, (a, ta), (b, tb), (c, anls) = store
+    rnd = random.Random(11)
+    q, tq = qwen_run(root, [rnd.random() < 0.4 for _ in range(60)])
+    got = card([load_run(d) for d in (a, b, c, q)])
+    t = got["table"]
+    pix, large, qwen = "pixtral-12b-2409", "pixtral-large-instruct-2411-w4a16", \
+        "qwen2-vl-7b-instruct"
+    assert t["models"] == [pix, large, qwen] and t["ref"] == pix
+    assert t["benchmarks"] == ["mmmu", "docvqa"]
+    assert set(t["cells"]["docvqa"]) == {pix}  # the others did not run it
+    mm = t["cells"]["mmmu"]
+    # each cell is its run's row: value, interval, published figure
+    assert mm[pix]["value"] == round(100 * mean(list(ta.values())), 2)
+    assert mm[qwen]["value"] == round(100 * mean(list(tq.values())), 2)
+    assert mm[qwen]["ci95"] == pytest.approx(wilson_roots(int(sum(tq.values())), len(tq)),
+                                             abs=0.006)
+    assert mm[qwen]["published"]["value"] == 47.6
+    assert "Pixtral-12B-2409 model card" in mm[qwen]["published"]["source"]
+    assert mm[qwen]["vs_published"] == round(mm[qwen]["value"] - 47.6, 2)
+    assert mm[large]["published"] is None  # no sourced figure: none shown
+    # the reference column has no delta; the others are paired on the items both scored
+    assert "vs_ref" not in mm[pix]
+    for other, truth in ((qwen, tq), (large, tb)):
+        ids = [i for i in ta if i in truth]
+        d = mm[other]["vs_ref"]
+        assert d["n_paired"] == len(ids) == 60
+        assert d["delta"] == round(100 * (mean([truth[i] for i in ids])
+                                          - mean([ta[i] for i in ids])), 2)
+        assert d["recovery"] is None  # neither quantizes Pixtral-12B
+    # --ref: another reference column flips the deltas
+    t2 = card([load_run(d) for d in (a, b, c, q)], ref=qwen)["table"]
+    assert t2["ref"] == qwen and "vs_ref" not in t2["cells"]["mmmu"][qwen]
+    assert t2["cells"]["mmmu"][pix]["vs_ref"]["delta"] == pytest.approx(
+        -mm[qwen]["vs_ref"]["delta"], abs=0.011)
+    assert card([load_run(d) for d in (a, q)], ref=q.name[:6])["table"]["ref"] == qwen
+    with pytest.raises(UserError, match="--ref nope names no column"):
+        card([load_run(d) for d in (a, q)], ref="nope")
+
+
+def test_the_comparison_table_on_the_command_line(store, capsys, monkeypatch):
+    from rich.console import Console
+
+    from runner.results.cli import evaluate
+
+    monkeypatch.setattr(evaluate, "out", Console(width=250, highlight=False))
+    root, (a, _), _, (c, _) = store
+    q, _ = qwen_run(root, [i % 3 == 0 for i in range(60)])
+    args = ["--root", str(root), "card", a.name[:4], c.name[:4], q.name[:4]]
+    assert main([*args, "--ref", "qwen2-vl-7b-instruct", "--json"]) == 0
+    got = json.loads(capsys.readouterr().out)
+    assert got["table"]["ref"] == "qwen2-vl-7b-instruct" and len(got["rows"]) == 3
+    assert main(args) == 0
+    text = " ".join(capsys.readouterr().out.split())
+    for want in ("comparison (95 % intervals; Δ: paired against pixtral-12b-2409)",
+                 "qwen2-vl-7b-instruct", "pub. 47.6", "pub. 52.5", "not run", "60 paired",
+                 "huggingface.co/Wark1/Pixtral-12B-2409"):
+        assert want in text, want
+    assert main([*args, "--ref", "nope"]) == 2
+    # one model: no comparison table
+    assert main(["--root", str(root), "card", a.name[:4], c.name[:4]]) == 0
+    assert "comparison" not in capsys.readouterr().out

@@ -101,3 +101,42 @@ def test_slurm_launcher_composes_with_the_gpu_count_of_the_engine():
     launcher = c.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher") and launcher.partition == "gpu"
     assert launcher.gpus_per_node == 4  # follows engine.tensor_parallel_size
+
+
+MODELS = sorted(p.stem for p in (Path(__file__).parent.parent / "conf" / "model").glob("*.yaml"))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_model_config_composes_into_vllm_engine_arguments(model):
+    """Every config of the model/ group composes, and what it hands vLLM are EngineArgs
+    names (a hosted model hands vLLM nothing: its requests go to its API)."""
+    from runner.engine.args import check_engine_args, served
+
+    c = make_cfg(f"model={model}", "engine=cpu")
+    if served(c):
+        assert c.model.api.model and c.model.api.key_env
+        return
+    kw = engine_kwargs(c, Path("/sets"))
+    check_engine_args(kw)
+    assert kw["model"] == str(Path(c.model.path).resolve()) and kw["max_model_len"]
+
+
+def test_the_open_columns_carry_their_documented_engine_arguments():
+    """The values of conf/model/*.yaml as vLLM's examples give them (docs/models.md)."""
+    kw = {m: engine_kwargs(make_cfg(f"model={m}"), Path("/x")) for m in
+          ("qwen2_vl_7b", "llava_onevision_7b", "llama32_11b_vision", "mistral_small_31_24b")}
+    assert kw["qwen2_vl_7b"]["mm_processor_kwargs"] == {"min_pixels": 28 * 28,
+                                                        "max_pixels": 1280 * 28 * 28}
+    assert kw["llava_onevision_7b"]["max_model_len"] == 16384
+    assert kw["llama32_11b_vision"]["max_model_len"] == 8192
+    m = kw["mistral_small_31_24b"]
+    assert (m["tokenizer_mode"], m["config_format"], m["load_format"]) == ("mistral",) * 3
+    assert (m["max_model_len"], m["limit_mm_per_prompt"]) == (16384, {"image": 4})
+    assert m["tensor_parallel_size"] == 2
+    # the processor's options are a vLLM argument that changes results: in the run hash, and
+    # a config without them hashes as before the field existed (test_hash.py pins one)
+    from runner.store.rundir import run_hash
+
+    q = make_cfg("model=qwen2_vl_7b")
+    assert run_hash(q) != run_hash(make_cfg("model=qwen2_vl_7b",
+                                            "model.mm_processor_kwargs.max_pixels=200704"))

@@ -226,7 +226,7 @@ def check_static(cmd: list[str]) -> None:
         mod = cmd[2]
         assert module_exists(mod), f"no module {mod}"
         if mod in ("runner", "runner.serve"):
-            from runner.engine.args import check_engine_args, engine_spec
+            from runner.engine.args import check_engine_args, engine_spec, served
             from runner.plan.load import find_set
 
             for cfg in compose_points(cmd[3:], True):  # the set it names ships
@@ -236,7 +236,7 @@ def check_static(cmd: list[str]) -> None:
                     assert cfg.prompts.benchmark in PROTOCOL, cfg.prompts.benchmark
                 elif cfg.prompts.root == "prompts" and cfg.prompts.name not in CREATED:
                     find_set(cfg.prompts.name, ROOT / "prompts")
-                if not cfg.engine.url:  # engine.extra: vLLM's argument names
+                if not served(cfg):  # engine.extra: vLLM's argument names
                     check_engine_args(engine_spec(cfg, ROOT / "prompts")[0])
     elif cmd[0] == "make":
         targets = set(re.findall(r"^([\w-]+):", (ROOT / "Makefile").read_text(), re.M))

@@ -25,7 +25,7 @@ def build(kind: str, path: Path) -> Path:
 def missing_weights(m: DictConfig) -> str | None:
     """None when the weights of `m` are there (or it is a bundled model, built on first use);
     else one sentence naming the path and how to download them (Hugging Face or ModelScope)."""
-    if m.build in KINDS:
+    if m.build in KINDS or (m.get("api") or {}).get("url"):  # built, or a hosted model
         return None
     p = Path(m.path)
     need = "params.json" if m.config_format == "mistral" else "config.json"

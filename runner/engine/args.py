@@ -46,10 +46,15 @@ def media_root(cfg: DictConfig, set_root: Path) -> Path:
     return root if set_root.resolve().is_relative_to(root) else set_root
 
 
+def served(cfg: DictConfig) -> bool:
+    """Requests go to a server (engine.url) or a hosted model's API (model.api.url)."""
+    return bool(cfg.engine.url or (cfg.model.get("api") or {}).get("url"))
+
+
 def engine_spec(cfg: DictConfig, set_root: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """What identifies this config's engine: its arguments and its `engine.env`."""
     kw = engine_kwargs(cfg, media_root(cfg, set_root))
-    if cfg.engine.url:  # a vLLM server instead of an engine (runner/engine/client.py)
+    if served(cfg):  # a vLLM server or an API instead of an engine (runner/engine/client.py)
         from runner.engine.connect import SPEC, spec_of
 
         return kw | {SPEC: spec_of(cfg)}, {}

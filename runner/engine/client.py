@@ -11,6 +11,13 @@ its /metrics token counters still; a server without them counts as progressing w
 /health answers, each request being bounded by engine.request_timeout_s, and a warning says so
 once).
 
+A hosted model (model.api, docs/api.md) is asked the same way, over https with its key as a
+Bearer token, to the configured origin only (http.client follows no redirect; a 3xx stops the
+run); 429 and 503 are asked again after their Retry-After, a connection lost before the answer
+is asked again (an API has no /health to tell a dead one), 401 and 403 stop the run, and what
+the API reported (model id, system_fingerprint) joins the manifest's `server`. The key is
+redacted from every message the API sends back.
+
 Before anything is sent, `connect.connect` finds and checks the server (connect.py).
 Standard library only: no vLLM, no torch (a warm run imports neither).
 """
@@ -19,6 +26,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import queue
 import re
 import select
@@ -26,12 +34,24 @@ import socket
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
 from runner.engine.api import Event, Failed, Finished, Sample
-from runner.engine.connect import CHECK_TIMEOUT_S, MAX_CONNECTIONS, SPEC, START, connect, healthy
-from runner.errors import ServerGone
+from runner.engine.connect import (
+    CHECK_TIMEOUT_S,
+    MAX_CONNECTIONS,
+    MAX_RETRY_AFTER_S,
+    SPEC,
+    START,
+    api_path,
+    connect,
+    healthy,
+    origin,
+    retry_after,
+)
+from runner.errors import ServerGone, UserError
 from runner.plan.images import inline_images
 
 
@@ -51,6 +71,15 @@ class _Lost(Exception):
 
 class _Dropped(Exception):
     """The connection failed after the request was sent; the server still answers /health."""
+
+
+class _Stop(Exception):
+    """The API refused the key (401/403) or redirected: the run stops with this sentence."""
+
+
+@dataclass(frozen=True)
+class _Fatal:
+    message: str
 
 
 # vLLM's token counters on /metrics (Prometheus text); they grow while the server generates.
@@ -87,7 +116,17 @@ class ServerEngine:
         self.url, self.model_id, self.server = c.url, c.model_id, c.info
         self.max_num_seqs = c.max_num_seqs
         u = urlparse(self.url)
-        self.host, self.port = u.hostname or "127.0.0.1", u.port or 80
+        self.api: dict[str, Any] | None = self.spec.get("api")
+        self.https = u.scheme == "https"
+        self.host, self.port = u.hostname or "127.0.0.1", u.port or (443 if self.https else 80)
+        self.where = origin(self.url)  # for messages: no secrets of the URL
+        self.chat = api_path(self.url, "/chat/completions") if self.api else \
+            "/v1/chat/completions"
+        self.key = os.environ.get(str(self.api["key_env"]), "") if self.api and \
+            self.api.get("key_env") else ""
+        self.headers = {"Content-Type": "application/json"} | (
+            {"Authorization": f"Bearer {self.key}"} if self.key else {})
+        self._stop = threading.Event()  # cuts a Retry-After wait short at shutdown
         self.timeout = self.spec["request_timeout_s"]
         self.max_gap_s = 0.0
         self._todo: queue.Queue[tuple[int, str, list, dict] | None] = queue.Queue()
@@ -118,6 +157,8 @@ class ServerEngine:
         return len(self._pending)
 
     def events(self, stall_timeout_s: float | None = None) -> Iterator[Event]:
+        if self.api:  # no /metrics to tell a stall: each request is bounded by its timeout
+            stall_timeout_s = None
         last = time.monotonic()  # the server's last progress
         mark: float | None = None
         try:
@@ -138,6 +179,9 @@ class ServerEngine:
                     continue
                 if isinstance(ev, str):
                     self._gone(ev)
+                if isinstance(ev, _Fatal):
+                    self._dead = ev.message
+                    raise UserError(ev.message)
                 self._pending.pop(ev.key, None)
                 yield ev
         except BaseException:
@@ -166,6 +210,10 @@ class ServerEngine:
     def _gone(self, reason: str) -> NoReturn:
         self._dead = reason
         n = len(self._pending)
+        if self.api:
+            raise ServerGone(f"The API at {self.where} stopped answering ({reason}) with {n} "
+                             "requests in flight; what finished is stored: rerun the same "
+                             "command to resume.")
         raise ServerGone(f"The vLLM server at {self.url} stopped answering ({reason}) with {n} "
                          "requests in flight; what finished is stored: start the server again "
                          f"(`{START}`) and rerun the same command to resume.")
@@ -177,6 +225,7 @@ class ServerEngine:
         self._abandon()
 
     def shutdown(self) -> None:
+        self._stop.set()
         self._abandon()
         for _ in self._threads:
             self._todo.put(None)
@@ -190,7 +239,7 @@ class ServerEngine:
     def describe(self) -> dict[str, Any]:
         """What the config asks for; the server's kernels are not visible from here."""
         return {"method": self.args.get("quantization"), "kernel": None, "scheme": None,
-                "served_by": self.url}
+                "served_by": self.where}
 
     # --- the workers ----------------------------------------------------------------------
 
@@ -227,8 +276,10 @@ class ServerEngine:
                 self._out.put((epoch, Failed(key, f"{what}: {e}", "image")))
                 continue
             try:
-                conn, status, data = self._post(conn, body)
-                ev = self._answer(key, status, data, sampling)
+                conn, ev = self._exchange(conn, key, body, sampling)
+            except _Stop as e:
+                conn = self._close(conn)
+                ev = _Fatal(str(e))
             except TimeoutError:
                 conn = self._close(conn)
                 ev = Failed(key, f"no answer from the server within engine.request_timeout_s="
@@ -248,6 +299,43 @@ class ServerEngine:
             self._out.put((epoch, ev))
         self._close(conn)
 
+    def _exchange(self, conn: http.client.HTTPConnection | None, key: str, body: bytes,
+                  sampling: dict[str, Any]) -> tuple[http.client.HTTPConnection | None, Any]:
+        """One item's request; for an API, asked again (up to api.retries times) after a 429 or
+        503 (waiting its Retry-After, else 1 s doubling) or a connection lost before the
+        answer."""
+        tries = 1 + (int(self.api["retries"]) if self.api else 0)
+        for attempt in range(tries):
+            try:
+                conn, status, data, after = self._post(conn, body)
+            except _Dropped:
+                if attempt == tries - 1:
+                    raise
+                conn = self._close(conn)
+                self._count("resent_after_lost_connection", 1)
+                continue
+            if self.api and status in (429, 503) and attempt < tries - 1:
+                wait = retry_after(after, time.time())
+                if wait > MAX_RETRY_AFTER_S:
+                    return conn, Failed(key, f"the API answered HTTP {status} with Retry-After "
+                                             f"{wait:g} s, over the bound of "
+                                             f"{MAX_RETRY_AFTER_S:g} s", "request")
+                wait = wait if after else float(2 ** attempt)
+                self._count("rate_limited", 1)
+                self._count("waited_s", wait)
+                self._stop.wait(wait)
+                continue
+            return conn, self._answer(key, status, data, sampling)
+        raise AssertionError("unreachable")  # the last try returns or raises
+
+    def _count(self, what: str, n: float) -> None:
+        with self._lock:
+            self.server[what] = self.server.get(what, 0) + n
+
+    def redact(self, text: str) -> str:
+        """`text` without the key (an API may echo the request's headers)."""
+        return text.replace(self.key, "[redacted]") if self.key else text
+
     def _body(self, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> bytes:
         s = {k: v for k, v in sampling.items() if v is not None}
         if int(s.get("n") or 1) > 1:
@@ -256,7 +344,8 @@ class ServerEngine:
                           ensure_ascii=False).encode()
 
     def _connection(self) -> http.client.HTTPConnection:
-        c = http.client.HTTPConnection(self.host, self.port, timeout=self.timeout)
+        cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
+        c = cls(self.host, self.port, timeout=self.timeout)
         with self._lock:
             self._conns.add(c)
         return c
@@ -280,11 +369,12 @@ class ServerEngine:
             return True
 
     def _post(self, conn: http.client.HTTPConnection | None,
-              body: bytes) -> tuple[http.client.HTTPConnection, int, bytes]:
+              body: bytes) -> tuple[http.client.HTTPConnection, int, bytes, str | None]:
         """One request, sent once. A kept-alive connection the server closed while idle is
         replaced before anything is sent; a connection that cannot be opened is a gone server
         (_Lost); one lost after the request went out is _Dropped while /health answers (the
-        server may have read it, so it is not resent), else _Lost. TimeoutError passes."""
+        server may have read it, so it is not resent), else _Lost; for an API, _Dropped (no
+        /health). TimeoutError passes. Returns the Retry-After header too."""
         if conn is None or self._idle_closed(conn):
             conn = self._close(conn) or self._connection()
             try:
@@ -294,26 +384,33 @@ class ServerEngine:
             except OSError as e:
                 raise _Lost(f"{type(e).__name__}: {e}") from None
         try:
-            conn.request("POST", "/v1/chat/completions", body=body,
-                         headers={"Content-Type": "application/json"})
+            conn.request("POST", self.chat, body=body, headers=self.headers)
             r = conn.getresponse()
-            return conn, r.status, r.read()
+            return conn, r.status, r.read(), r.getheader("Retry-After")
         except TimeoutError:
             raise
         except (OSError, http.client.HTTPException) as e:
-            why = f"{type(e).__name__}: {e}" if str(e) else type(e).__name__
-            if healthy(self.url, CHECK_TIMEOUT_S):
+            why = self.redact(f"{type(e).__name__}: {e}" if str(e) else type(e).__name__)
+            if self.api or healthy(self.url, CHECK_TIMEOUT_S):
                 raise _Dropped(why) from None
             raise _Lost(why) from None
 
     def _answer(self, key: str, status: int, data: bytes,
                 sampling: dict[str, Any]) -> Finished | Failed:
+        if self.api and (status in (401, 403) or 300 <= status < 400):
+            what = "a redirect is not followed, so that the key goes to model.api.url only: " \
+                   "set it to the address that answers" if status < 400 else \
+                f"check the key in {self.api.get('key_env') or 'model.api.key_env'}"
+            raise _Stop(f"The API at {self.where} answered HTTP {status} "
+                        f"({self.redact(_error_message(data))}): {what}.")
         if status != 200:
-            if status >= 500 and not healthy(self.url, CHECK_TIMEOUT_S):
+            if status >= 500 and not self.api and not healthy(self.url, CHECK_TIMEOUT_S):
                 raise _Lost(f"HTTP {status}, then /health failed")
             return Failed(key, f"the server refused the request (HTTP {status}): "
-                               f"{_error_message(data)}", "request")
+                               f"{self.redact(_error_message(data))}", "request")
         d = json.loads(data)
+        if self.api:
+            self._reported(d)
         choices = sorted(d.get("choices") or [], key=lambda c: c.get("index", 0))
         usage = d.get("usage") or {}
         if len(choices) == 1:
@@ -323,3 +420,12 @@ class ServerEngine:
         return Finished(key, int(usage.get("prompt_tokens") or 0),
                         [Sample(c.get("message", {}).get("content") or "", c.get("finish_reason"),
                                 n) for c, n in zip(choices, counts, strict=True)])
+
+    def _reported(self, d: dict[str, Any]) -> None:
+        """What the API said it ran (model id, system_fingerprint): the manifest's `server`."""
+        with self._lock:
+            seen = self.server.setdefault("reported", {})
+            for k in ("model", "system_fingerprint"):
+                v = d.get(k)
+                if isinstance(v, str) and v not in seen.setdefault(k, []):
+                    seen[k].append(self.redact(v)[:200])

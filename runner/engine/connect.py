@@ -6,9 +6,12 @@ other server only with engine.trust_server=true. Standard library only.
 
 from __future__ import annotations
 
+import email.utils
 import http.client
 import json
+import os
 from dataclasses import dataclass, field
+from datetime import timezone
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlparse
@@ -20,6 +23,7 @@ SPEC = "runner_server"  # the key of the client's settings in the engine kwargs 
 DEFAULT_WINDOW = 64  # in flight when neither the config nor the state file says max_num_seqs
 MAX_CONNECTIONS = 64  # the pool's bound when the spec names none (engine.max_connections)
 CHECK_TIMEOUT_S = 10.0
+MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After (a spent quota) fails the item: no stalled run
 START = "python -m runner.serve"
 
 
@@ -39,8 +43,14 @@ def healthy(url: str, timeout: float = 2.0) -> bool:
 
 def spec_of(cfg: Any) -> dict[str, Any]:
     """The client's settings from a config (they join the engine kwargs, so a sweep reuses the
-    client while they are equal)."""
+    client while they are equal). A hosted model's (model.api) add `api`: never its key."""
     e, m = cfg.engine, cfg.model
+    a = m.get("api") or {}
+    if a.get("url"):
+        return {"url": str(a.url).rstrip("/"), "store": str(Path(cfg.store.root).resolve()),
+                "request_timeout_s": e.request_timeout_s, "name": m.name,
+                "api": {"model": a.model, "provider": a.provider, "key_env": a.key_env,
+                        "in_flight": int(a.in_flight), "retries": int(a.retries)}}
     return {"url": e.url.rstrip("/"), "store": str(Path(cfg.store.root).resolve()),
             "trust_server": bool(e.trust_server), "request_timeout_s": e.request_timeout_s,
             "window": e.max_num_seqs, "name": m.name, "hf_repo": m.hf_repo,
@@ -70,9 +80,57 @@ def _get_json(url: str, path: str) -> Any:
         conn.close()
 
 
+def retry_after(value: str | None, now: float) -> float:
+    """The seconds a Retry-After header asks for: delay-seconds or an HTTP date (against `now`);
+    0 when absent or unreadable."""
+    v = (value or "").strip()
+    if v.isdigit():
+        return float(v)
+    try:
+        when = email.utils.parsedate_to_datetime(v)
+    except (TypeError, ValueError, IndexError):
+        return 0.0
+    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
+        when = when.replace(tzinfo=timezone.utc)
+    return max(0.0, when.timestamp() - now)
+
+
+def origin(url: str) -> str:
+    """The URL as the manifest may show it: no user:password, query or fragment."""
+    u = urlparse(url)
+    return f"{u.scheme}://{u.hostname}{f':{u.port}' if u.port else ''}{u.path.rstrip('/')}"
+
+
+def api_path(url: str, path: str) -> str:
+    """`/v1/<path>` under the URL's path (one that ends in /v1 already has it)."""
+    base = urlparse(url).path.rstrip("/")
+    return base + (path if base.endswith("/v1") else "/v1" + path)
+
+
+def connect_api(spec: dict[str, Any]) -> Connection:
+    """A hosted model's API (model.api): only its URL is checked here; the key, the model id
+    and the answers are checked by the first requests (an API may not list its models)."""
+    a, url = spec["api"], spec["url"]
+    if not url.startswith(("https://", "http://")):
+        raise UserError(f"model.api.url={origin(url)} is not an http(s):// URL; fix it.")
+    if not a.get("model"):
+        raise UserError("model.api.url is set but model.api.model is not: name the model id "
+                        "the API serves.")
+    if a.get("key_env") and not os.environ.get(str(a["key_env"])):
+        raise UserError(f"model.api.key_env names {a['key_env']}, which is not set: export the "
+                        "API key in that variable.")
+    info = {"url": origin(url), "api": True, "provider": a.get("provider"),
+            "model": a["model"], "checked": "nothing before the first request (an API)",
+            "in_flight": int(a["in_flight"]), "reported": {"model": [],
+                                                           "system_fingerprint": []}}
+    return Connection(url, str(a["model"]), int(a["in_flight"]), info)
+
+
 def connect(spec: dict[str, Any], args: dict[str, Any]) -> Connection:
     """Find the server, check it serves this config's model with this config's output-changing
     engine arguments; one sentence (UserError, exit 2) for anything that does not hold."""
+    if spec.get("api"):
+        return connect_api(spec)
     url, store = spec["url"], spec["store"]
     st = read_state(store)
     if url == "serve":

@@ -58,7 +58,9 @@ class Feed:
         from runner.engine import SLOT
 
         kw, env = self.spec()
-        what = f"Connecting to the vLLM server for {self.cfg.model.name}" \
+        api = (self.cfg.model.get("api") or {}).get("url")
+        what = f"Connecting to the API for {self.cfg.model.name}" if api else \
+            f"Connecting to the vLLM server for {self.cfg.model.name}" \
             if self.cfg.engine.url else None
         with starting(self.cfg.model.name, reused=SLOT.has(kw, env), what=what):
             self.engine, start_s, reused = SLOT.get(kw, env)

@@ -36,9 +36,9 @@ def check_before_download(cfg: DictConfig, set_root: Any) -> None:
     vLLM's argument names (the list in runner/engine/engine_args.txt), and missing weights as
     one line (the plan is still shown)."""
     from runner.bundled import missing_weights
-    from runner.engine.args import check_engine_args, engine_spec
+    from runner.engine.args import check_engine_args, engine_spec, served
 
-    if not cfg.engine.url:
+    if not served(cfg):
         check_engine_args(engine_spec(cfg, set_root)[0])
     if (why := missing_weights(cfg.model)) is not None:
         console.print(f"[yellow]{why}")
@@ -285,8 +285,11 @@ class Job:
             self.writer.close()
         self._ended(status)
         keys = set(self.view.keys)  # this config's items, not the folder's
-        manifest.end(self.rd, self.summary, error, SLOT.starts,
-                     counts(r for k, r in self.rd.read_results().items() if k in keys))
+        mine = [r for k, r in self.rd.read_results().items() if k in keys]
+        manifest.end(self.rd, self.summary, error, SLOT.starts, counts(mine))
+        server = getattr(self.feed.engine, "server", None) if self.feed else None
+        if server and server.get("api"):
+            manifest.api_usage(self.rd, self.cfg.model.api, server, mine)
 
     def score_and_index(self) -> None:
         """Score the stored results (cheap, no engine: a changed scorer never regenerates)

@@ -164,6 +164,8 @@ def plan_tokens(cfg: Any, plan: Plan, items: Iterable[Item] | None = None) -> li
 def estimate_label(model: Any) -> str:
     """Why the counts are estimates: a Mistral-format model whose tekken.json is not there
     yet (not downloaded), or a model in the Hugging Face layout."""
+    if (model.get("api") or {}).get("url"):
+        return "ESTIMATE (a hosted model: its tokenizer is the API's own)"
     if model.get("tokenizer_mode") == "mistral":
         return (f"ESTIMATE (tokenizer not there yet: no tekken.json in "
                 f"{model.get('tokenizer') or model.path}; counted with {BUNDLED})")

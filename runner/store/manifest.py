@@ -92,6 +92,26 @@ def end(rd: RunDir, s: Summary, error: str | None, starts: int, stored: Counts) 
     rd.update_manifest(change)
 
 
+def api_usage(rd: RunDir, api: Any, server: dict[str, Any], records: list[Any]) -> None:
+    """A hosted model's run: what its API reported (the client's `server`, as it is at the
+    end) and the tokens of every output stored for the view, priced when model.api gives
+    prices (USD per million tokens): an estimate, the provider's bill is the reference."""
+    ok = [r for r in records if r.get("status") == "ok"]
+    p = sum(int(r.get("prompt_tokens") or 0) for r in ok)
+    c = sum(int(r.get("completion_tokens") or 0) for r in ok)
+    pp, pc = api.get("price_prompt"), api.get("price_completion")
+    cost = None if pp is None or pc is None else (p * pp + c * pc) / 1e6
+    usage = {"outputs": len(ok), "prompt_tokens": p, "completion_tokens": c,
+             "price_usd_per_mtok": {"prompt": pp, "completion": pc},
+             "estimated_cost_usd": cost}
+
+    def change(m: dict[str, Any]) -> None:
+        m["server"] = server
+        m["api_usage"] = usage
+
+    rd.update_manifest(change)
+
+
 def viewed(rd: RunDir, view: View) -> None:
     """The run's latest view: what its metrics.json covers (runner/store/view.py). Written only
     when it changes, so a cached rerun leaves the manifest (a scoring input) as it is."""

@@ -21,7 +21,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.config import HASHED_GROUPS, RUNTIME_ENGINE_ARGS, container, marked
+from runner.config import HASHED_GROUPS, RUNTIME_ENGINE_ARGS, ApiConfig, container, marked
 from runner.errors import UserError
 from runner.files import LockBusy, atomic_write, cut_torn_tail, locked, read_json
 from runner.plan.sampling import checked_sampling
@@ -39,6 +39,11 @@ def hashed_config(cfg: DictConfig) -> dict[str, Any]:
     out["engine"]["extra"] = {k: v for k, v in out["engine"]["extra"].items()
                               if k not in RUNTIME_ENGINE_ARGS}
     out["sampling"] = checked_sampling(out["sampling"])  # empty structured_outputs left out
+    if out["model"].get("mm_processor_kwargs") is None:  # unset: hashes as before it existed
+        out["model"].pop("mm_processor_kwargs", None)
+    api = out["model"].pop("api", None) or {}  # a hosted model's id and provider, if any
+    if api.get("url"):
+        out["model"]["api"] = {k: api[k] for k in marked(ApiConfig, "hash")}
     return out
 
 

@@ -196,12 +196,13 @@ def _groups(run: Run, scores: dict[str, float], field: str) -> dict[str, dict[st
     return dict(sorted(out.items()))
 
 
-def card(runs: list[Run], by: str | None = None, judge: str | None = None) -> dict[str, Any]:
+def card(runs: list[Run], by: str | None = None, judge: str | None = None,
+         ref: str | None = None) -> dict[str, Any]:
     """The card of these runs: a row per run (per view: HASH@VIEW); per benchmark run by two
     runs or more, the first (in the order given) against each other, never two views of one
     run (they share their outputs); a judged benchmark paired on the judge's ratings; the
     recovery % only for a quantized model against its base (base_of). With `by`, the same
-    per metadata value."""
+    per metadata value. `table`: the comparison table (comparison), deltas against `ref`."""
     rows = [run_row(r, judge) for r in runs]
     scores: list[dict[str, float]] = []  # by position: two stores may hold one hash
     scale: list[float] = []
@@ -224,7 +225,8 @@ def card(runs: list[Run], by: str | None = None, judge: str | None = None) -> di
                           "base_ref": base.ref, "other_ref": other.ref,
                           **paired(scores[scored[0]], scores[o], base_of(base, other),
                                    scale[o])})
-    result: dict[str, Any] = {"rows": rows, "pairs": pairs}
+    result: dict[str, Any] = {"rows": rows, "pairs": pairs,
+                              "table": comparison(runs, rows, scores, scale, ref)}
     if by:
         grows, gpairs = [], []
         for i, (r, row) in enumerate(zip(runs, rows, strict=True)):
@@ -241,6 +243,59 @@ def card(runs: list[Run], by: str | None = None, judge: str | None = None) -> di
                                             scale[io])})
         result["by"] = {"field": by, "rows": grows, "pairs": gpairs}
     return result
+
+
+def _column(runs: list[Run], rows: list[dict[str, Any]], models: list[str],
+            ref: str | None) -> str:
+    """The reference column: `ref` names a model (as the card shows it) or a run (a hash
+    prefix or HASH@VIEW); default the first model."""
+    if not ref:
+        return models[0]
+    if ref in models:
+        return ref
+    hit = {row["model"] for r, row in zip(runs, rows, strict=True)
+           if r.hash.startswith(ref) or row["ref"] == ref}
+    if len(hit) != 1:
+        raise UserError(f"--ref {ref} names {'no' if not hit else 'more than one'} column of "
+                        f"this card; name a model ({', '.join(models)}) or one run's hash.")
+    return hit.pop()
+
+
+def comparison(runs: list[Run], rows: list[dict[str, Any]], scores: list[dict[str, float]],
+               scale: list[float], ref: str | None = None) -> dict[str, Any]:
+    """The comparison table: a column per model (in the order given), a row per benchmark;
+    each cell the model's first run of it (value, 95 % interval, n, the published figure for
+    that model and benchmark), and its paired delta against the `ref` column's run of that
+    benchmark on the items both scored (by item key), as the pairs are computed."""
+    models = list(dict.fromkeys(str(row["model"]) for row in rows))
+    if not models:
+        return {"models": [], "ref": None, "benchmarks": [], "cells": {}}
+    col = _column(runs, rows, models, ref)
+    first: dict[tuple[str, str], int] = {}
+    more: Counter[tuple[str, str]] = Counter()
+    for i, row in enumerate(rows):
+        k = (row["benchmark"], str(row["model"]))
+        first.setdefault(k, i)
+        more[k] += 1
+    benchmarks = list(dict.fromkeys(row["benchmark"] for row in rows))
+    cells: dict[str, dict[str, Any]] = {}
+    for b in benchmarks:
+        base = first.get((b, col))
+        cells[b] = {}
+        for m in models:
+            i = first.get((b, m))
+            if i is None:
+                continue
+            row = rows[i]
+            cell = {k: row[k] for k in ("ref", "value", "ci95", "interval", "n", "errors",
+                                        "metric", "published", "vs_published")}
+            cell["runs"] = more[(b, m)]  # more than one: the first is shown
+            if base is not None and i != base and runs[i].path != runs[base].path:
+                p = paired(scores[base], scores[i], base_of(runs[base], runs[i]), scale[i])
+                cell["vs_ref"] = {k: p.get(k) for k in ("delta", "ci95", "n_paired", "warning",
+                                                       "recovery", "recovery_ci95")}
+            cells[b][m] = cell
+    return {"models": models, "ref": col, "benchmarks": benchmarks, "cells": cells}
 
 
 # --- rendering ------------------------------------------------------------------------------
@@ -276,6 +331,40 @@ def _short(ref: str) -> str:
     """HASH@VIEW shortened: 8 digits of the hash, 6 of the view."""
     h, _, v = ref.partition("@")
     return h[:8] + (f"@{v[:6]}" if v else "")
+
+
+def comparison_table(table: dict[str, Any]) -> Table:
+    """One column per model, one row per benchmark: value [95 %], the published figure, the
+    paired delta against the reference column."""
+    ref = table["ref"]
+    t = _t(f"comparison (95 % intervals; Δ: paired against {ref})", "benchmark",
+           *[m + (" (ref)" if m == ref else "") for m in table["models"]])
+    sources: set[str] = set()
+    for b in table["benchmarks"]:
+        cells = []
+        for m in table["models"]:
+            c = table["cells"][b].get(m)
+            if c is None:
+                cells.append("not run")
+                continue
+            pub = c["published"]
+            if pub:
+                sources.add(f"{pub['model']}: {pub['source']}")
+            d = c.get("vs_ref")
+            lines = [_iv(c["value"], c["ci95"]) + f" n={c['n']}",
+                     "pub. -" if not pub else f"pub. {pub['value']:g}"
+                     + ("†" if pub.get("note") else ""),
+                     *([f"Δ {_iv(d['delta'], d['ci95'])} ({d['n_paired']} paired)"]
+                       if d and d["delta"] is not None else
+                       ["Δ - (no items in common)"] if d else [])]
+            cells.append("\n".join(lines))
+        t.add_row(b, *cells)
+    t.caption = "\n".join(["pub.: published figure, " + ("; ".join(sorted(sources))
+                                                            if sources else "none found for "
+                                                            "these models"),
+                           "a model and benchmark run twice: its first run is shown"])
+    t.caption_justify = "left"
+    return t
 
 
 def tables(result: dict[str, Any]) -> list[Table]:
@@ -315,6 +404,8 @@ def tables(result: dict[str, Any]) -> list[Table]:
                                *warn])
         p.caption_justify = "left"
         out.append(p)
+    if len((result.get("table") or {}).get("models") or []) > 1:
+        out.append(comparison_table(result["table"]))
     if "by" in result:
         f = result["by"]["field"]
         g = _t(f"by {f}", "benchmark", "run", f, "value [95 %]", "n")

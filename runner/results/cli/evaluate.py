@@ -35,7 +35,7 @@ def cmd_card(a: argparse.Namespace) -> None:
     dirs = named_runs(a.root, a.hashes, a.sweep)
     if not dirs:
         raise UserError("Name the runs for the card: run hashes, --sweep DIR, or both.")
-    result = card([load_run(d) for d in dirs], a.by, a.judge)
+    result = card([load_run(d) for d in dirs], a.by, a.judge, a.ref)
     if a.json:
         print(json.dumps(result))
         return

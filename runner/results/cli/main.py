@@ -386,6 +386,8 @@ def parser() -> argparse.ArgumentParser:
                    "(e.g. subfield)")
     s.add_argument("--judge", metavar="ID|NAME", help="the judge behind a judged headline "
                    "(default: the benchmark's configured judge)")
+    s.add_argument("--ref", metavar="MODEL|HASH", help="the comparison table's reference "
+                   "column: paired deltas against it (default: the first model)")
     s.add_argument("--json", action="store_true", help="print the card as JSON")
     s = cmd("score", cmd_score, "(Re)score stored runs; nothing is regenerated.")
     s.add_argument("hashes", nargs="+", metavar="HASH")

@@ -11,7 +11,6 @@ Standard library HTTP (urllib), no vLLM. The prompt is built as mistral-evals bu
 
 from __future__ import annotations
 
-import email.utils
 import hashlib
 import json
 import os
@@ -22,12 +21,12 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
-from datetime import timezone
 from pathlib import Path
 from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner.engine.connect import MAX_RETRY_AFTER_S, retry_after
 from runner.errors import OverBudget, ServerGone, UserError
 from runner.files import LockBusy, atomic_write, cut_torn_tail, locked, read_yaml
 from runner.results.judging.judged import folder, read_lines, request_hash, write_aggregates
@@ -38,7 +37,6 @@ HASHED = ("system", "start", "user", "reference", "answer", "end", "rating_patte
           "max_tokens", "temperature", "extra_body", "reasks")  # + the model served
 CHECK_TIMEOUT_S = 10.0
 RETRIED_4XX = (408, 429)  # the client errors that may succeed when asked again (and every 5xx)
-MAX_RETRY_AFTER_S = 300.0  # a longer Retry-After (a spent quota) fails the item: no stalled run
 
 
 class Unreachable(Exception):
@@ -279,21 +277,6 @@ def _text(out: Any) -> tuple[str | None, str]:
     if isinstance(message, dict) and isinstance(message.get("content"), str):
         return message["content"], ""
     return None, f"no text in the answer (finish_reason {choice.get('finish_reason')})"
-
-
-def retry_after(value: str | None, now: float) -> float:
-    """The seconds a Retry-After header asks for: delay-seconds or an HTTP date (against `now`);
-    0 when absent or unreadable."""
-    v = (value or "").strip()
-    if v.isdigit():
-        return float(v)
-    try:
-        when = email.utils.parsedate_to_datetime(v)
-    except (TypeError, ValueError, IndexError):
-        return 0.0
-    if when.tzinfo is None:  # "-0000": UTC, by RFC 5322
-        when = when.replace(tzinfo=timezone.utc)
-    return max(0.0, when.timestamp() - now)
 
 
 def _why(e: BaseException) -> str:
