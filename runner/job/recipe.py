@@ -83,9 +83,11 @@ class Job:
             self.summary.plan = n = needs(toks, {it.key: self.effective(it).get("max_tokens")
                                                  for it in self.plan.items},
                                           cfg.model.max_model_len)
+            mml = cfg.model.max_model_len  # None: the model's (a hosted model: the API's)
             console.print(f"needs max_model_len ≥ {n['needs_len']:,} (its largest prompt, "
                           f"{n['max_prompt_tokens']:,} tokens, plus its max_tokens); "
-                          f"model.max_model_len is {cfg.model.max_model_len:,}", highlight=False)
+                          f"model.max_model_len is {'unset' if mml is None else f'{mml:,}'}",
+                          highlight=False)
             src = sources(self.explicit, [it.sampling for it in self.plan.items])
             if src["set_or_items"] or src["command_line"]:  # which sampling runs, from where
                 console.print(f"sampling: the run's, under the set's or items' "
