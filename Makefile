@@ -23,11 +23,11 @@ test: install
 	RUNNER_ENGINE_STARTS_LOG=$(CURDIR)/.engine-starts $(PY) -m pytest -q -x -n 2 --dist loadfile tests
 	@echo "real vLLM engine starts: $$(cat .engine-starts 2>/dev/null | wc -l)"
 
-# The fast lane: everything that starts no engine.
+# The fast lane: everything that starts no engine and is not marked slow.
 test-fast: install
 	bash scripts/setup-browser.sh
 	$(VENV)/bin/ruff check .
-	$(PY) -m pytest -q -x -n 2 -m "not engine and not process" tests
+	$(PY) -m pytest -q -x -n 2 -m "not engine and not process and not slow" tests
 
 bench: install
 	$(PY) bench/bench.py

@@ -355,6 +355,7 @@ def hydra_once():
     _composed.cache_clear()
 
 
+@pytest.mark.slow
 def test_every_command_key_link_section_and_path_in_the_docs(tmp_path, monkeypatch, capsys,
                                                              hydra_once):
     cmds, illustrations = commands()

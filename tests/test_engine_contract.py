@@ -14,6 +14,7 @@ from runner.engine import contract
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow  # imports vLLM (seconds): the full lane
 @pytest.mark.parametrize("name", list(contract.INTERNALS))
 def test_each_vllm_internal_the_boundary_touches_is_there(name: str):
     check = contract.INTERNALS[name]

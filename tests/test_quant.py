@@ -37,6 +37,7 @@ def tensors(path: Path) -> dict[str, tuple[str, tuple[int, ...]]]:
 
 # --- the twin -----------------------------------------------------------------------------
 
+@pytest.mark.slow
 def test_twin_is_byte_identical_every_time(twin: Path, tmp_path: Path):
     again = tiny_hf.build(tmp_path / "again")
     assert tiny_hf.digest(again) == tiny_hf.digest(twin)

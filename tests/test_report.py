@@ -214,6 +214,7 @@ def big(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return make_big_runs(tmp_path_factory.mktemp("big"))
 
 
+@pytest.mark.slow
 def test_big_report_is_a_folder_of_chunks_with_cached_thumbnails(
         big: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     runs = big
@@ -249,6 +250,7 @@ def test_big_report_is_a_folder_of_chunks_with_cached_thumbnails(
         sorted(p.stem + {".webp": ".jpg"}.get(p.suffix, ".png") for p in thumbs)[:2]
 
 
+@pytest.mark.slow
 def test_big_report_in_chromium(big: list[Path], tmp_path: Path) -> None:
     """Opens at its first chunk, pages, filters over every chunk, shows a thumbnail, then
     the full image, and the whole of a cut output."""
