@@ -86,9 +86,11 @@ class EngineSlot:
     @staticmethod
     def log_text() -> str:
         """The end of the engine's log so far: the root cause of a failed start is there
-        (its engine core and workers are other processes)."""
-        from runner.console.logs import current, tail
+        (its engine core and workers are other processes). The pump is drained first: the
+        engine's last lines may still be in its pipe (a failed start read too early)."""
+        from runner.console.logs import current, drain, tail
 
+        drain()
         log = current()
         return "\n".join(tail(log.path, 400)) if log is not None and log.capture else ""
 
