@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_server import manifest, records, text_set
 
 from conftest import ROOT, make_cfg, output, run_dirs_of, runner, spawn, wait_for
 from runner.store.rundir import run_hash
@@ -26,26 +27,6 @@ RATE = {"status": 429, "headers": {"Retry-After": "1"},
         "body": '{"error": {"message": "rate limited"}}'}
 BUSY_503 = {"status": 503, "headers": {"Retry-After": "0"},
             "body": '{"error": {"message": "overloaded"}}'}
-
-
-def text_set(root: Path, n: int, marks: dict[int, str] | None = None) -> Path:
-    d = root / "texts"
-    d.mkdir(parents=True)
-    items = [{"id": f"t{i:02d}", "text": f"Item {i}: say something."} for i in range(n)]
-    for i, m in (marks or {}).items():
-        items[i]["text"] += f" {m}"
-    (d / "set.yaml").write_text(json.dumps({"items": items}))
-    return root
-
-
-def records(store: Path) -> list[dict]:
-    return [json.loads(x) for f in store.glob("*/results*.jsonl")
-            for x in f.read_text().splitlines()]
-
-
-def manifest(store: Path) -> dict:
-    (d,) = run_dirs_of(store)
-    return json.loads((d / "manifest.json").read_text())
 
 
 def served(log: Path) -> list[str]:

@@ -23,16 +23,19 @@ from hydra_plugins.hydra_submitit_launcher.submitit_launcher import LocalLaunche
 from omegaconf import DictConfig, OmegaConf
 
 
-class GroupedLauncher(Launcher):
-    def __init__(self) -> None:
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-        self.task_function: TaskFunction | None = None
+class _Keeps(Launcher):
+    """A launcher that keeps what Hydra's setup gives it; its launch is the runner's."""
+
+    config: DictConfig | None = None
+    hydra_context: HydraContext | None = None
+    task_function: TaskFunction | None = None
 
     def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
               config: DictConfig) -> None:
         self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
+
+class GroupedLauncher(_Keeps):
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:
         from runner.launch.grouped import launch_grouped
@@ -40,7 +43,7 @@ class GroupedLauncher(Launcher):
         return launch_grouped(self, job_overrides, initial_job_idx)
 
 
-class RayLauncher(Launcher):
+class RayLauncher(_Keeps):
     def __init__(self, address: str | None = None, gpus_per_job: int | None = None,
                  cpus_per_job: float = 1, runtime_env: Any = None,
                  workers: int | None = None) -> None:
@@ -48,13 +51,6 @@ class RayLauncher(Launcher):
         self.workers = workers
         env = OmegaConf.to_container(runtime_env, resolve=True) if runtime_env else {}
         self.runtime_env: dict[str, Any] = env if isinstance(env, dict) else {}
-        self.config: DictConfig | None = None
-        self.hydra_context: HydraContext | None = None
-        self.task_function: TaskFunction | None = None
-
-    def setup(self, *, hydra_context: HydraContext, task_function: TaskFunction,
-              config: DictConfig) -> None:
-        self.config, self.hydra_context, self.task_function = config, hydra_context, task_function
 
     def launch(self, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> Sequence[JobReturn]:

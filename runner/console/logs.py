@@ -148,7 +148,8 @@ def _guard_handlers() -> None:
                 h.addFilter(_OffConsole())  # type: ignore[arg-type]
 
 
-def _flush() -> None:
+def flush_std() -> None:
+    """Flush stdout and stderr, whatever state they are in (closed, a broken pipe)."""
     for s in (sys.stdout, sys.stderr):
         try:
             s.flush()
@@ -162,7 +163,7 @@ def redirected() -> Iterator[None]:
     if _pump is None:
         yield
         return
-    _flush()
+    flush_std()
     saved = [os.dup(1), os.dup(2)]
     term = os.fdopen(os.dup(saved[1]), "w", buffering=1, encoding="utf-8", errors="replace")
     old_file, old_size = console._file, (console._width, console._height)
@@ -178,7 +179,7 @@ def redirected() -> Iterator[None]:
     finally:
         _guard_handlers()
         _redirected_depth -= 1
-        _flush()
+        flush_std()
         _pump.drain()
         os.dup2(saved[0], 1)
         os.dup2(saved[1], 2)

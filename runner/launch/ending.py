@@ -14,7 +14,7 @@ import os
 import sys
 from typing import NoReturn
 
-from runner.console.logs import drain
+from runner.console.logs import drain, flush_std
 
 
 def status(code: object) -> int:
@@ -27,14 +27,6 @@ def status(code: object) -> int:
     return 1
 
 
-def _flush() -> None:
-    for f in (sys.stdout, sys.stderr):
-        try:
-            f.flush()
-        except (OSError, ValueError):
-            pass
-
-
 def leave(code: object) -> NoReturn:
     """Exit with `code` (a SystemExit code); at once when this process started an engine."""
     from runner.engine import SLOT
@@ -42,9 +34,9 @@ def leave(code: object) -> NoReturn:
     if not SLOT.starts:  # no engine, no torch: the ordinary exit is quick
         sys.exit(code)
     n = status(code)
-    _flush()
+    flush_std()
     SLOT.end()
     drain()
     logging.shutdown()
-    _flush()
+    flush_std()
     os._exit(n)
