@@ -55,9 +55,16 @@ def test_a_worker_takes_its_own_group_else_one_nobody_serves():
     from runner.launch.launchers import pick, pool_size
 
     keys = ["x", "y", "x", "y"]
-    assert pick([0, 1, 2, 3], keys, "y", {"x"}) == 1  # its engine's group first
-    assert pick([0, 1, 2, 3], keys, None, {"x"}) == 1  # a fresh worker: the group left alone
-    assert pick([0, 2], keys, None, {"x"}) == 0  # every group served: the next job
+    assert pick([0, 1, 2, 3], keys, "y", ["x"]) == 1  # its engine's group first
+    assert pick([0, 1, 2, 3], keys, None, ["x"]) == 1  # a fresh worker: the group left alone
+    assert pick([0, 2], keys, None, ["x"]) == 0  # every group served: a fresh one takes the next
+    assert pick([0, 2], keys, "z", ["y"]) == 0  # a group nobody serves: worth its load
+    # a loaded worker whose group ran out joins a served group only with two jobs per engine
+    assert pick([1, 3], keys, "x", ["y"]) is None  # 2 jobs, would be 2 engines: it waits
+    keys = ["x"] + ["y"] * 6
+    assert pick([1, 2, 3, 4], keys, "x", ["y"]) == 1  # 4 jobs for 2 engines
+    assert pick([1, 2, 3, 4, 5], keys, "x", ["y", "y"]) is None  # 5 jobs for 3
+    assert pick([1, 2, 3, 4, 5, 6], keys, "x", ["y", "y"]) == 1  # 6 jobs for 3
     # as many workers as the GPUs hold, never more than the jobs
     assert pool_size({"GPU": 8, "CPU": 64}, 4, 1, None, 20) == 2
     assert pool_size({"GPU": 2, "CPU": 2}, 1, 1, None, 6) == 2

@@ -134,7 +134,9 @@ def test_two_workers_run_six_points_on_two_engines(ray_address: str, tmp_path: P
 
 def test_two_engine_groups_take_a_worker_each(ray_address: str, tmp_path: Path):
     """Sets x max_model_len: the sweeper's order alternates the engine; each worker keeps one
-    group's engine (a worker per point in that order would switch engines at every point)."""
+    group's engine (a worker per point in that order would switch engines at every point).
+    Whichever worker finishes its group first, the other group's 2 jobs left are too few for a
+    second engine load (tests/test_launch.py: pick), so it is 2 starts at any speed."""
     trace = tmp_path / "trace"
     p = runner(*on_ray(ray_address, tmp_path / "store", "prompts.name=sample,letters,receipts",
                        "model.max_model_len=4096,8192", trace=str(trace)), timeout=300)

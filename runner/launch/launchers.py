@@ -15,6 +15,7 @@ would give each job the same ones). Each job is its own process with its own eng
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -166,20 +167,30 @@ def pool_size(resources: dict[str, float], gpus: int, cpus: float, workers: int 
     return max(1, min(workers, jobs))
 
 
-def pick(pending: list[int], keys: list[str], mine: str | None, others: set[str | None]) -> int:
-    """A worker's next job: one its engine serves; else one of a group no other worker's
-    engine serves (two fresh workers take two groups, not the same one); else the next."""
+def pick(pending: list[int], keys: list[str], mine: str | None,
+         others: list[str | None]) -> int | None:
+    """A worker's next job, or None (it waits, its engine loaded, for the end or a requeue).
+    `others`: the other workers' engine keys. First a job its engine serves; else one of a
+    group no other worker serves; else, for a fresh worker (no engine yet: its load is the one
+    its GPUs are there for), the next job; else a second engine load in this worker only when
+    the group still holds two jobs for each engine that would serve it, a load worth paying
+    for. The rule reads only the queue, never how fast the workers go, so a sweep of
+    2 groups x 3 points on 2 workers loads 2 engines, whichever worker finishes first."""
     for j in pending:
         if keys[j] == mine:
             return j
-    return next((j for j in pending if keys[j] not in others), pending[0])
+    free = next((j for j in pending if keys[j] not in others), None)
+    if free is not None or mine is None:
+        return pending[0] if free is None else free
+    left = Counter(keys[j] for j in pending)
+    return next((j for j in pending if left[keys[j]] >= 2 * (others.count(keys[j]) + 1)), None)
 
 
 def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]],
                initial_job_idx: int) -> list[JobReturn]:
     """The jobs as one queue, grouped by engine arguments, pulled by a pool of engine workers
     (`Worker` actors), each on its own GPUs. A worker takes the next job of the group its engine
-    serves while there is one, else the next job. A worker that dies gives its job back to the
+    serves while there is one, else as `pick` says. A worker that dies gives its job back to the
     queue (once: a job that kills two workers fails) and a new worker takes its place; the
     store's resume keeps what the dead one stored."""
     import ray
@@ -212,9 +223,14 @@ def launch_ray(launcher: Any, job_overrides: Sequence[Sequence[str]],
     state = Singleton.get_state()
     try:
         while pending or running:
-            while idle and pending:
-                w = idle.pop(0)
-                i = pick(pending, keys, workers[w], {k for x, k in workers.items() if x != w})
+            for w in list(idle):
+                others = [k for x, k in workers.items() if x != w]
+                i = pick(pending, keys, workers[w], others) if pending else None
+                if i is None and pending and not running and w is idle[-1]:
+                    i = pending[0]  # never all waiting: the last idle worker takes the next
+                if i is None:
+                    continue
+                idle.remove(w)
                 pending.remove(i)
                 workers[w] = keys[i]  # the engine it holds from this job on
                 ov = list(job_overrides[i])
