@@ -10,15 +10,15 @@ from omegaconf import DictConfig
 
 from runner.errors import UserError
 
-KINDS = ("tiny", "tiny_hf")
+KINDS = ("tiny", "tiny_hf", "tiny_qwen2vl")
 BUNDLED_TOKENIZER = "tekken_240911.json"  # Pixtral-12B-2409's, shipped by mistral-common
 
 
 def build(kind: str, path: Path) -> Path:
     """Build the bundled model `kind` at `path` unless it is there already."""
-    from runner.bundled import tiny, tiny_hf
+    from runner.bundled import tiny, tiny_hf, tiny_qwen2vl
 
-    return (tiny if kind == "tiny" else tiny_hf).build(path)
+    return {"tiny": tiny, "tiny_hf": tiny_hf, "tiny_qwen2vl": tiny_qwen2vl}[kind].build(path)
 
 
 def missing_weights(m: DictConfig) -> str | None:
