@@ -10,15 +10,16 @@ from omegaconf import DictConfig
 
 from runner.errors import UserError
 
-KINDS = ("tiny", "tiny_hf", "tiny_qwen2vl")
+KINDS = ("tiny", "tiny_hf", "tiny_qwen2vl", "tiny_llava_ov")
 BUNDLED_TOKENIZER = "tekken_240911.json"  # Pixtral-12B-2409's, shipped by mistral-common
 
 
 def build(kind: str, path: Path) -> Path:
     """Build the bundled model `kind` at `path` unless it is there already."""
-    from runner.bundled import tiny, tiny_hf, tiny_qwen2vl
+    from runner.bundled import tiny, tiny_hf, tiny_llava_ov, tiny_qwen2vl
 
-    return {"tiny": tiny, "tiny_hf": tiny_hf, "tiny_qwen2vl": tiny_qwen2vl}[kind].build(path)
+    return {"tiny": tiny, "tiny_hf": tiny_hf, "tiny_qwen2vl": tiny_qwen2vl,
+            "tiny_llava_ov": tiny_llava_ov}[kind].build(path)
 
 
 def missing_weights(m: DictConfig) -> str | None:

@@ -49,7 +49,9 @@ FILES = ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config
          "processor_config.json", "chat_template.jinja")
 
 
-def tokenizer() -> Any:
+def bpe(special: tuple[str, ...], template: str) -> Any:
+    """A byte-level BPE learnt from TEXT, then `special` (Qwen2's, as both twins' text models
+    are Qwen2), with this chat template."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -59,11 +61,15 @@ def tokenizer() -> Any:
     tok.train_from_iterator([TEXT], trainers.BpeTrainer(
         vocab_size=1024, show_progress=False,  # a cap: the fixed text yields fewer
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
-    tok.add_special_tokens(list(SPECIAL))
+    tok.add_special_tokens(list(special))
     assert tok.get_vocab_size() <= VOCAB
     return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="<|im_end|>",
                                    pad_token="<|endoftext|>", model_max_length=32768,
-                                   chat_template=CHAT_TEMPLATE)
+                                   chat_template=template)
+
+
+def tokenizer() -> Any:
+    return bpe(SPECIAL, CHAT_TEMPLATE)
 
 
 def hf_config(tok: Any) -> Any:

@@ -1,8 +1,8 @@
 """Exact token counts for Hugging Face models whose own processor is in the model folder and
-whose image tokens depend on the image's size only (PROCESSED): the item's chat, with each
-image in its place, goes through the model's chat template and processor (what vLLM itself
-runs), each image stood in for by a blank image of the item's size, so no pixels are decoded.
-Transformers is imported only here, and only for such a model.
+whose image tokens depend on the image's size only (PROCESSED: Qwen2-VL, LLaVA-OneVision):
+the item's chat, with each image in its place, goes through the model's chat template and
+processor (what vLLM itself runs), each image stood in for by a blank image of the item's
+size, so no pixels are decoded. Transformers is imported only here, and only for such a model.
 """
 
 from __future__ import annotations
@@ -17,7 +17,8 @@ from runner.files import read_json
 if TYPE_CHECKING:
     from runner.plan.load import Item
 
-PROCESSED = ("qwen2_vl",)  # model_type in config.json: counted exactly by its processor
+# config.json's model_type of the models counted exactly by their own processor
+PROCESSED = ("qwen2_vl", "llava_onevision")
 
 
 def counts_exactly(folder: Path) -> bool:
@@ -54,23 +55,24 @@ class HfTokenCounter:
 
     def image_tokens(self, w: int, h: int) -> int:
         """The placeholder tokens one image of this size becomes."""
-        if (w, h) not in self._image:
+        if (w, h) not in self._image:  # the processor expands its image token for this size
+            token = self.proc.image_token
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", FutureWarning)
-                out = self.proc.image_processor(images=[self._blank(w, h)],
-                                                return_tensors="np")
-            merge = int(getattr(self.proc.image_processor, "merge_size", 1) or 1)
-            self._image[(w, h)] = int(out["image_grid_thw"].prod()) // (merge * merge)
+                ids = self.proc(text=[token], images=[self._blank(w, h)],
+                                return_tensors="np")["input_ids"][0]
+            tid = self.proc.tokenizer.convert_tokens_to_ids(token)
+            self._image[(w, h)] = int((ids == tid).sum())
         return self._image[(w, h)]
 
     def prompt_tokens(self, item: Item) -> int:
         """The whole request's tokens less its images' (plan_tokens adds those back)."""
         msgs: list[dict[str, Any]] = []
         for m in item.messages:
-            c = m["content"]
-            if isinstance(c, list):
-                c = [{"type": "image"} if p["type"] == "image_url" else
-                     {"type": "text", "text": p["text"]} for p in c]
+            c = m["content"]  # as vLLM hands a template its parts: a list, images in place
+            c = [{"type": "text", "text": c}] if isinstance(c, str) else [
+                {"type": "image"} if p["type"] == "image_url" else
+                {"type": "text", "text": p["text"]} for p in c]
             msgs.append({"role": m["role"], "content": c})
         text = self.proc.apply_chat_template(msgs, add_generation_prompt=True, tokenize=False)
         images = [self._blank(im.width, im.height) for im in item.images]
