@@ -300,8 +300,9 @@ VERDICTS: dict[str, str] = {
     "model.build": "not read by the plan: builds the model folder before the plan",
     "model.api": "not read by the plan's counts: a hosted model's endpoint (the token plan "
                  "of such a model is an estimate, its label says so)",
-    "model.mm_processor_kwargs": "not read by the plan: vLLM's image processor options (the "
-                                 "plan of a model that has them is an estimate)",
+    "model.mm_processor_kwargs": "not read by the plan cache: the token plan, counted again "
+                                 "each run, reads it where the model's processor counts "
+                                 "(runner/plan/hf_tokens.py)",
     **{f"model.{k}": "not read by the plan: the engine's loading knob" for k in (
         "config_format", "load_format", "quantization", "revision", "trust_remote_code",
         "tensor_parallel_size")},

@@ -10,16 +10,16 @@ from omegaconf import DictConfig
 
 from runner.errors import UserError
 
-KINDS = ("tiny", "tiny_hf", "tiny_hf_base")
+KINDS = ("tiny", "tiny_hf", "tiny_hf_base", "tiny_qwen2vl", "tiny_llava_ov")
 BUNDLED_TOKENIZER = "tekken_240911.json"  # Pixtral-12B-2409's, shipped by mistral-common
 
 
 def build(kind: str, path: Path) -> Path:
     """Build the bundled model `kind` at `path` unless it is there already."""
-    from runner.bundled import tiny, tiny_hf
+    from runner.bundled import tiny, tiny_hf, tiny_llava_ov, tiny_qwen2vl
 
-    return {"tiny": tiny.build, "tiny_hf": tiny_hf.build, "tiny_hf_base": tiny_hf.build_base}[
-        kind](path)
+    return {"tiny": tiny.build, "tiny_hf": tiny_hf.build, "tiny_hf_base": tiny_hf.build_base,
+            "tiny_qwen2vl": tiny_qwen2vl.build, "tiny_llava_ov": tiny_llava_ov.build}[kind](path)
 
 
 def missing_weights(m: DictConfig) -> str | None:

@@ -5,6 +5,7 @@ whole chat request is encoded with mistral-common's `MistralTokenizer.encode_cha
 (what vLLM itself calls), each image stood in for by a 1x1 image so no pixels are decoded, and
 its tokens replaced by the exact count from the tokenizer's image encoder for the image's
 real size (rows x (columns + 1): one [IMG_BREAK]/[IMG_END] per row).
+Hugging Face models the model's own processor counts (hf_tokens.py: Qwen2-VL): exact.
 Other models (Hugging Face layout): the same rule with the model's vision config and the
 bundled Pixtral tokenizer for text, labelled "estimate".
 """
@@ -129,6 +130,16 @@ class TokenCounter:
         return len(toks) - n_img * self.dummy_tokens
 
 
+def token_counter(model: Any) -> Any:
+    """The model's own processor where it counts exactly (hf_tokens.py), else TokenCounter."""
+    from runner.plan.hf_tokens import HfTokenCounter, counts_exactly
+
+    folder = Path(model.get("tokenizer") or model.path)
+    if model.get("tokenizer_mode") != "mistral" and counts_exactly(folder):
+        return HfTokenCounter(model, folder)
+    return TokenCounter(model)
+
+
 def _image_parts(it: Item) -> int:
     return sum(p["type"] == "image_url" for m in it.messages if isinstance(m["content"], list)
                for p in m["content"])
@@ -139,7 +150,7 @@ def plan_tokens(cfg: Any, plan: Plan, items: Iterable[Item] | None = None) -> li
     fit `model.max_model_len` (with room for one output token), or that the tokenizer rejects,
     as item errors. These errors depend on the model, so they are computed for each run: an
     error of these kinds an item carries from an earlier count is cleared first."""
-    counter = TokenCounter(cfg.model)
+    counter = token_counter(cfg.model)
     max_len = cfg.model.get("max_model_len")
     out = []
     for it in plan.items if items is None else items:
@@ -207,7 +218,9 @@ def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection
     from runner.console import console
 
     tot = totals(tokens, stored)
-    kind = "exact (mistral-common)" if tot["exact"] else estimate_label(cfg.model)
+    hf = cfg.model.get("tokenizer_mode") != "mistral"
+    kind = ("exact (the model's processor)" if hf else "exact (mistral-common)") \
+        if tot["exact"] else estimate_label(cfg.model)
     t = Table(title=f"plan · {plan.name} ({plan.format}) · {cfg.model.name} · tokens {kind}",
               title_justify="left")
     for c, j in (("id", "left"), ("images", "right"), ("image tok", "right"),
@@ -233,7 +246,8 @@ def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection
     console.print(t)
     lim = cfg.model.get("limit_mm_per_prompt") or {}
     console.print(f"max_model_len {cfg.model.get('max_model_len')} · images per prompt ≤ "
-                  f"{lim.get('image')} · tokens: " + ("exact, the model's tekken.json"
+                  f"{lim.get('image')} · tokens: " + (("exact, the model's processor and chat "
+                  "template" if hf else "exact, the model's tekken.json")
                   if tot["exact"] else "estimate: the bundled Pixtral tokenizer "
                   + ("(the model's own is not downloaded yet)"
                      if cfg.model.get("tokenizer_mode") == "mistral" else
