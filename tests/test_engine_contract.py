@@ -21,6 +21,7 @@ def test_each_vllm_internal_the_boundary_touches_is_there(name: str):
     assert check(), f"vLLM moved: {name}"
 
 
+@pytest.mark.slow  # imports vLLM too
 def test_a_moved_internal_is_named():
     contract.INTERNALS["a renamed attribute"] = contract.has("vllm:LLM.no_such_method")
     try:

@@ -44,6 +44,7 @@ def test_twin_is_byte_identical_every_time(twin: Path, tmp_path: Path):
     assert set(tiny_hf.FILES) <= {p.name for p in twin.iterdir()}
 
 
+@pytest.mark.slow  # builds the twin (seconds)
 def test_the_base_twin_is_the_w4a16_twin_before_quantization(twin: Path, tmp_path: Path):
     """model=pixtral_large_tiny: the same config without quantization_config, every weight in
     bf16 where the twin has it packed (the pair a recovery % compares)."""

@@ -16,6 +16,8 @@ import pytest
 from conftest import ROOT, make_cfg, runner
 from runner.bundled import tiny_llava_ov, tiny_qwen2vl
 
+pytestmark = pytest.mark.slow  # builds the twins with torch (seconds): the full lane
+
 TWINS = {"qwen2_vl_tiny": tiny_qwen2vl, "llava_onevision_tiny": tiny_llava_ov}
 ARCH = {"qwen2_vl_tiny": "Qwen2VLForConditionalGeneration",
         "llava_onevision_tiny": "LlavaOnevisionForConditionalGeneration"}
