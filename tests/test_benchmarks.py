@@ -522,3 +522,22 @@ def test_the_subset_joins_the_import_key(tmp_path: Path) -> None:
     assert selection(origin("prompts.limit=3")) == "first 3 of 10"
     with pytest.raises(UserError, match=r"prompts.subset.vqav2=4 and prompts.limit=3 both set"):
         origin("prompts.subset.vqav2=4", "prompts.limit=3")
+
+
+def test_a_folder_of_sources_takes_name_parquet_beside_name_folders(tmp_path: Path) -> None:
+    """prompts.source=<folder>: vqav2.parquet is VQAv2's source, beside chartqa/ (a folder in
+    the hub's layout) for another benchmark of the same multirun."""
+    from conftest import make_cfg
+    from runner.benchmarks.preset import resolve
+
+    mirror = tmp_path / "mirror"
+    parquet(mirror / "vqav2.parquet", vqa_rows(range(1, 4)), VQA_FEATS)
+    parquet(mirror / "chartqa" / "data" / "test-00000-of-00001.parquet",
+            {"type": ["human_test"], "question": ["How many?"], "answer": ["12"],
+             "image": [img(RED)]}, {"type": S, "question": S, "answer": S, "image": V})
+    got = {b: resolve(make_cfg(f"prompts={b}", f"prompts.source={mirror}",
+                               f"store.root={tmp_path / 's'}"))
+           for b in ("vqav2", "chartqa")}
+    assert got["vqav2"]["source"] == str(mirror / "vqav2.parquet")
+    assert got["vqav2"]["rows_planned"] == 3
+    assert got["chartqa"]["source"] == str(mirror / "chartqa")
