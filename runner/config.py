@@ -21,6 +21,8 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 
 # Benchmark imports, by the key of what produced each, under store.root (runner/benchmarks/)
 BENCHMARK_CACHE = ".cache/benchmarks"
+# the presets of runner/benchmarks/harness.yaml (tests/test_benchmarks.py checks they agree)
+BENCHMARK_NAMES = ("mmmu", "mathvista", "chartqa", "docvqa", "vqav2", "mm_mt_bench")
 
 RUNTIME = {"hash": False}  # a runtime knob: does not change results
 OURS = {"vllm": False}  # ours, not a vLLM engine argument (changes results)
@@ -181,6 +183,12 @@ class PromptsConfig:
     # first use from `source` (default: the harness's dataset id) into the store's cache.
     benchmark: str | None = field(default=None, metadata=RUNTIME)
     source: str | None = field(default=None, metadata=RUNTIME)
+    # A seeded subset per benchmark (prompts.subset.vqav2=1000): that many rows of its split,
+    # chosen by `subset_seed` (runner/benchmarks/sources.py seeded) and recorded in the
+    # import; null: the whole split. Keyed by benchmark so one value serves a multirun.
+    subset: dict[str, int | None] = field(
+        default_factory=lambda: dict.fromkeys(BENCHMARK_NAMES), metadata=RUNTIME)
+    subset_seed: int = field(default=0, metadata=RUNTIME)
 
 
 @dataclass

@@ -381,3 +381,163 @@ def test_a_preset_runs_on_an_engine_not_only_dry(tmp_path: Path) -> None:
     assert sorted(r["id"] for r in recs) == ["validation_Art_Theory_1", "validation_Math_2"]
     assert all(r["sampling"]["max_tokens"] == 2048 and r["sampling"]["temperature"] == 0
                for r in recs), recs
+
+
+# ---- VQAv2's sources: the hub's parquet conversion, a loading script, a seeded subset -------
+
+VQA_FEATS = {"question_type": S, "multiple_choice_answer": S,
+             "answers": [{"answer": S, "answer_confidence": S,
+                          "answer_id": datasets.Value("int64")}],
+             "image_id": datasets.Value("int64"), "answer_type": S,
+             "question_id": datasets.Value("int64"), "question": S, "image": V}
+
+
+def vqa_rows(ids: range) -> dict:
+    """VQAv2 rows in the hub's schema (HuggingFaceM4/VQAv2's and lmms-lab/VQAv2's columns)."""
+    return {"question_type": ["how many"] * len(ids), "multiple_choice_answer": ["2"] * len(ids),
+            "answers": [[{"answer": "2", "answer_confidence": "yes", "answer_id": 1}]] * len(ids),
+            "image_id": list(ids), "answer_type": ["number"] * len(ids),
+            "question_id": list(ids), "question": [f"How many cats? {i}" for i in ids],
+            "image": [img(BLUE)] * len(ids)}
+
+
+def conversion(top: Path, split_dir: str = "validation") -> Path:
+    """What `hf download REPO --repo-type dataset --revision refs/convert/parquet --local-dir
+    top` leaves: <config>/<split>/NNNN.parquet shards (here two of validation, one of test) and
+    huggingface_hub's .cache/ beside them."""
+    parquet(top / "default" / split_dir / "0000.parquet", vqa_rows(range(1, 4)), VQA_FEATS)
+    parquet(top / "default" / split_dir / "0001.parquet", vqa_rows(range(4, 6)), VQA_FEATS)
+    parquet(top / "default" / "test" / "0000.parquet", vqa_rows(range(90, 92)), VQA_FEATS)
+    meta = top / ".cache" / "huggingface" / "download" / "default" / split_dir
+    meta.mkdir(parents=True)
+    (meta / "0000.parquet.metadata").write_text("etag\n")
+    return top
+
+
+def test_the_hubs_parquet_conversion_loads_through_the_importer(tmp_path: Path) -> None:
+    """A refs/convert/parquet download (shards named 0000.parquet under <config>/<split>/):
+    the validation split's two shards, not test's, in order."""
+    src = conversion(tmp_path / "VQAv2")
+    f, n = import_benchmark("vqav2", str(src), tmp_path / "vq")
+    assert n == 5 and [i["id"] for i in items_of(f)] == ["1", "2", "3", "4", "5"]
+    stamp = json.loads((f.parent / "imported.json").read_text())
+    assert (stamp["split_rows"], stamp["rows_planned"]) == (5, 5)
+
+
+def test_a_partial_conversion_is_refused_in_one_sentence(tmp_path: Path,
+                                                         capsys: pytest.CaptureFixture) -> None:
+    """partial-validation/ holds only the first ~5 GB of a big split: never taken for it."""
+    src = conversion(tmp_path / "VQAv2", "partial-validation")
+    capsys.readouterr()  # the fixture's own progress bars
+    assert main(["import", "vqav2", "--source", str(src), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: source {src}: partial-validation/ is the hub's partial conversion "
+                   "(the first ~5 GB of split 'validation', not the whole split); download the "
+                   "whole split from a parquet repository of it instead (`hf download REPO "
+                   "--repo-type dataset --include 'data/*' --local-dir DIR`).\n")
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_loading_script_source_names_the_command_that_fixes_it(
+        tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
+    """HuggingFaceM4/VQAv2 as the hub holds it: a folder with its loading script VQAv2.py and
+    no data. The lock's `datasets` refuses it (the same RuntimeError it raises for the hub
+    id); the importer says, in one sentence, what to run instead."""
+    src = tmp_path / "HuggingFaceM4" / "VQAv2"
+    src.mkdir(parents=True)
+    (src / "VQAv2.py").write_text("import datasets\n\nclass VQAv2(datasets.GeneratorBasedBuilder):"
+                                  "\n    pass\n")
+    assert main(["import", "vqav2", "--source", str(src), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err == (f"error: source {src} is a loading-script dataset (VQAv2.py), which datasets "
+                   f"{datasets.__version__} no longer runs: use its parquet mirror "
+                   "(prompts.source=lmms-lab/VQAv2) or fetch the hub's parquet conversion with "
+                   "`hf download REPO --repo-type dataset --revision refs/convert/parquet "
+                   "--local-dir DIR` and give DIR as the source.\n")
+
+
+def test_vqav2s_default_source_is_the_parquet_mirror(tmp_path: Path,
+                                                     capsys: pytest.CaptureFixture,
+                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without --source, vqav2 reads lmms-lab/VQAv2 (parquet), not the harness's loading
+    script; offline, the error names that id."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
+    assert main(["import", "vqav2", "--out", str(tmp_path / "o")]) == 2
+    assert capsys.readouterr().err.startswith("error: --source lmms-lab/VQAv2: cannot load it")
+
+
+def test_harness_benchmarks_match_the_config_names() -> None:
+    from runner.benchmarks.importers import PROTOCOL
+    from runner.config import BENCHMARK_NAMES
+
+    assert tuple(PROTOCOL) == BENCHMARK_NAMES
+
+
+def test_a_seeded_subset_is_recorded_and_repeatable(tmp_path: Path) -> None:
+    """--subset 4: four rows of ten chosen by the seed (the same four again, others under
+    another seed, a larger subset keeping them), recorded in imported.json and the set's
+    description, and planned as a subset of the split."""
+    from runner.benchmarks.sources import seeded
+
+    src = parquet(tmp_path / "data" / "validation-00000-of-00001.parquet",
+                  vqa_rows(range(1, 11)), VQA_FEATS)
+
+    def ids(out: str, *extra: str) -> list[str]:
+        assert main(["import", "vqav2", "--source", str(src), "--out", str(tmp_path / out),
+                     "--subset", "4", *extra]) == 0
+        return [i["id"] for i in items_of(tmp_path / out / "set.yaml")]
+
+    a, again, other = ids("a"), ids("b"), ids("c", "--subset-seed", "1")
+    assert a == again and a != other and len(a) == len(set(a)) == 4
+    assert [str(i + 1) for i in seeded(10, 4, 0)] == a  # in the source's order
+    assert set(seeded(10, 4, 0)) <= set(seeded(10, 7, 0))
+    stamp = json.loads((tmp_path / "a" / "imported.json").read_text())
+    assert stamp["selection"] == {"rule": "seeded", "n": 4, "seed": 0}
+    assert (stamp["split_rows"], stamp["rows_planned"]) == (10, 4)
+    assert "a seeded subset of 4 of its 10 rows (seed 0)" in \
+        yaml.safe_load((tmp_path / "a" / "set.yaml").read_text())["description"]
+
+
+def test_the_subset_joins_the_import_key(tmp_path: Path) -> None:
+    """prompts.subset.vqav2 (and its seed) key the import: the whole split, a subset and the
+    same subset under another seed are three imports; limit and subset together are refused;
+    a subset of another benchmark leaves vqav2's import as it was."""
+    from conftest import make_cfg
+    from runner.benchmarks.preset import resolve, selection
+
+    parquet(tmp_path / "src" / "vqav2" / "data" / "validation-00000-of-00001.parquet",
+            vqa_rows(range(10)), VQA_FEATS)
+    base = ("prompts=vqav2", f"prompts.source={tmp_path / 'src'}", f"store.root={tmp_path / 's'}")
+
+    def origin(*over: str) -> dict:
+        return resolve(make_cfg(*base, *over))
+
+    whole, sub, seed1 = (origin(), origin("prompts.subset.vqav2=4"),
+                         origin("prompts.subset.vqav2=4", "prompts.subset_seed=1"))
+    assert len({whole["key"], sub["key"], seed1["key"]}) == 3
+    assert origin("prompts.subset.docvqa=4")["key"] == whole["key"]
+    assert selection(whole) == "whole split (10)"
+    assert selection(sub) == "seeded subset 4 of 10 (seed 0)"
+    assert selection(origin("prompts.limit=3")) == "first 3 of 10"
+    with pytest.raises(UserError, match=r"prompts.subset.vqav2=4 and prompts.limit=3 both set"):
+        origin("prompts.subset.vqav2=4", "prompts.limit=3")
+
+
+def test_a_folder_of_sources_takes_name_parquet_beside_name_folders(tmp_path: Path) -> None:
+    """prompts.source=<folder>: vqav2.parquet is VQAv2's source, beside chartqa/ (a folder in
+    the hub's layout) for another benchmark of the same multirun."""
+    from conftest import make_cfg
+    from runner.benchmarks.preset import resolve
+
+    mirror = tmp_path / "mirror"
+    parquet(mirror / "vqav2.parquet", vqa_rows(range(1, 4)), VQA_FEATS)
+    parquet(mirror / "chartqa" / "data" / "test-00000-of-00001.parquet",
+            {"type": ["human_test"], "question": ["How many?"], "answer": ["12"],
+             "image": [img(RED)]}, {"type": S, "question": S, "answer": S, "image": V})
+    got = {b: resolve(make_cfg(f"prompts={b}", f"prompts.source={mirror}",
+                               f"store.root={tmp_path / 's'}"))
+           for b in ("vqav2", "chartqa")}
+    assert got["vqav2"]["source"] == str(mirror / "vqav2.parquet")
+    assert got["vqav2"]["rows_planned"] == 3
+    assert got["chartqa"]["source"] == str(mirror / "chartqa")

@@ -312,7 +312,8 @@ VERDICTS: dict[str, str] = {
     "prompts.max_error_rate": "not read by the plan: the job's check_plan, each run",
     **{f"prompts.{k}": "not read by the plan: a preset's import, before the plan, re-imports "
        "when its source or limit changes (runner/benchmarks/preset.py); the plan then reads "
-       "the imported set like any set" for k in ("benchmark", "source")},
+       "the imported set like any set" for k in ("benchmark", "source", "subset",
+                                                  "subset_seed")},
     "dry_run_requests": "not read by the plan: where a dry run writes what it would send",
     "store.root": "the caches live in it: a fresh store is the cold run",
     **{f"store.{k}": RUNTIME_ONLY for k in ("wait", "fsync_every", "fsync_seconds",
@@ -431,6 +432,13 @@ VIEW_MUTATIONS: dict[str, tuple[list[str], list[str]]] = {
                        ["prompts=mm_mt_bench", "prompts.source={top}/b.jsonl"]),
     "prompts.benchmark": (["prompts=mm_mt_bench", "prompts.source={top}/a.jsonl"],
                           ["prompts.root={top}/a", "prompts.name=sample"]),
+    "prompts.subset": (["prompts=mm_mt_bench", "prompts.source={top}/a.jsonl"],
+                       ["prompts=mm_mt_bench", "prompts.source={top}/a.jsonl",
+                        "prompts.subset.mm_mt_bench=1"]),
+    "prompts.subset_seed": (["prompts=mm_mt_bench", "prompts.source={top}/a.jsonl",
+                             "prompts.subset.mm_mt_bench=1"],
+                            ["prompts=mm_mt_bench", "prompts.source={top}/a.jsonl",
+                             "prompts.subset.mm_mt_bench=1", "prompts.subset_seed=2"]),
 }
 
 
@@ -483,7 +491,7 @@ def test_shards_share_the_whole_configs_view(tmp_path: Path, fake_engine: None):
 SAME_ITEMS = "the same items (keys); what changes is each item's record, not which items"
 VIEW_VERDICTS: dict[str, str] = {
     **{f"prompts.{k}": "table" for k in ("limit", "max_image_size", "system", "root", "name",
-                                          "source", "benchmark")},
+                                          "source", "benchmark", "subset", "subset_seed")},
     "prompts.allow_remote": SAME_ITEMS,
     "prompts.max_image_pixels": SAME_ITEMS,
     "prompts.on_item_error": "fails the run or not; the items are the same",

@@ -41,9 +41,9 @@ def sources(d: Path) -> Path:
                      "image": "small.png"}],
         "docvqa": [{"questionId": "1", "question": "What is the date?", "image": "p1.png",
                     "answers": ["1/8/93"]}],
-        "vqav2": [{"question_id": 1, "question": "How many cats?", "image": "small.png",
+        "vqav2": [{"question_id": q, "question": "How many cats?", "image": "small.png",
                    "answers": [{"answer": "2"}], "answer_type": "number",
-                   "multiple_choice_answer": "2"}],
+                   "multiple_choice_answer": "2"} for q in (1, 2)],
         "mm_mt_bench": [{"category": "charts", "conversation": json.dumps(conv),
                          "image": "small.png"}]}
     for b in BENCHES:
@@ -53,8 +53,10 @@ def sources(d: Path) -> Path:
 
 def test_the_table_s_dry_run_plans_mmmu_s_seven_images(tmp_path: Path):
     src = sources(tmp_path / "src")
+    # VQAv2 as a seeded subset (1 of its 2 rows): the dry run says so, the others whole splits
     p = runner("-m", "+experiment=pixtral_table", "model=pixtral_12b", f"prompts.source={src}",
-               f"store.root={tmp_path / 'out'}", "dry_run=true", timeout=600)
+               f"store.root={tmp_path / 'out'}", "dry_run=true", "prompts.subset.vqav2=1",
+               timeout=600)
     out = " ".join((p.stdout + p.stderr).split())
     assert p.returncode == 0, out[-4000:]
     assert "6 points, 1 engine start at most" in out
@@ -68,6 +70,9 @@ def test_the_table_s_dry_run_plans_mmmu_s_seven_images(tmp_path: Path):
     assert 16_384 < mmmu["needs_len"] <= mmmu["max_model_len"] == 32_768
     assert all(pl["errors"] == 0 for pl in plans.values()), plans
     assert plans["mm_mt_bench"]["items"] == 1 and plans["vqav2"]["items"] == 1
+    assert plans["vqav2"]["selection"] == "seeded subset 1 of 2 (seed 0)"
+    assert plans["mmmu"]["selection"] == "whole split (2)"
+    assert "seeded subset 1 of 2 (seed 0)" in out and "whole split (2)" in out
     assert "dry run · what each point needs" in out and "derived time" in out
     assert "engine starts: none (a dry run); the sweep needs 1" in out
 

@@ -288,3 +288,28 @@ def test_a_sweep_over_limits_has_a_row_per_view_and_no_self_pair(tmp_path):
     got = json.loads(c.stdout)
     assert [x["n"] for x in got["rows"]] == [2, 3] and got["pairs"] == []
     assert {x["ref"] for x in got["rows"]} == {f"{run.name}@{x['view']}" for x in rows}
+
+
+def test_a_seeded_subset_is_marked_on_the_card(tmp_path, fake_engine, monkeypatch):
+    """prompts.subset.vqav2=2 of a 3-row split: the view records the selection, and the card
+    marks the row as a (seeded) subset beside the published figure; the whole split is not.
+    (The tiny model has no published figure: Pixtral-12B's VQAv2 figure stands in for it.)"""
+    from runner.results.card import card as card_mod
+    from runner.results.card.published import FIGURES
+
+    pub = FIGURES["Pixtral-12B-2409"]["vqav2"]
+    monkeypatch.setattr(card_mod, "figure", lambda fam, bench: pub if bench == "vqav2" else None)
+    src = tmp_path / "vqav2.jsonl"
+    src.write_text("".join(json.dumps({
+        "question_id": i, "question": f"How many cats? {i}", "answers": [{"answer": "2"}],
+        "image": "data:image/png;base64," + base64.b64encode(PNG).decode()}) + "\n"
+        for i in (1, 2, 3)))
+    over = ("prompts=vqav2", f"prompts.source={src}")
+    sub = job(tmp_path / "o", *over, "prompts.subset.vqav2=2")
+    whole = job(tmp_path / "o", *over)
+    (srow,) = card([load_run(Ref(tmp_path / "o" / sub.hash, sub.view))])["rows"]
+    (wrow,) = card([load_run(Ref(tmp_path / "o" / whole.hash, whole.view))])["rows"]
+    assert (srow["n"], srow["subset"], wrow["n"], wrow["subset"]) == (2, True, 3, False)
+    assert srow["view"]["selection"] == {"rule": "seeded", "n": 2, "seed": 0}
+    assert "this run is a seeded subset (2 items)" in srow["published"]["note"]
+    assert "subset" not in (wrow["published"] or {}).get("note", "")

@@ -1,4 +1,5 @@
-"""python -m runner.benchmarks import NAME --source SRC --out DIR [--split S] [--limit N]"""
+"""python -m runner.benchmarks import NAME --source SRC --out DIR [--split S] [--limit N]
+[--subset N [--subset-seed S]]"""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ def main(argv: list[str] | None = None) -> int:
     imp.add_argument("--out", type=Path, required=True, help="the set folder, e.g. prompts/mmmu")
     imp.add_argument("--split", help="default: the harness's split")
     imp.add_argument("--limit", type=int, help="the first N rows only")
+    imp.add_argument("--subset", type=int, help="a seeded subset of N rows instead")
+    imp.add_argument("--subset-seed", type=int, default=0, help="its seed (default 0)")
     imp.add_argument("--force", action="store_true", help="overwrite an existing set")
     imp.add_argument("--constrain", action="store_true",
                      help="mmmu: constrain multiple-choice answers to the option letters "
@@ -29,8 +32,10 @@ def main(argv: list[str] | None = None) -> int:
     from runner.benchmarks.build import import_benchmark
 
     try:
-        f, n = import_benchmark(a.name, a.source or PROTOCOL[a.name]["dataset"], a.out,
-                                a.split, a.limit, a.force, a.constrain)
+        proto = PROTOCOL[a.name]
+        f, n = import_benchmark(a.name, a.source or proto.get("mirror") or proto["dataset"],
+                                a.out, a.split, a.limit, a.force, a.constrain,
+                                subset=(a.subset, a.subset_seed) if a.subset else None)
     except UserError as e:
         print(f"error: {e}", file=sys.stderr)
         return e.exit_code

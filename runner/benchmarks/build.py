@@ -32,10 +32,11 @@ def importer_code() -> str:
 
 def import_benchmark(name: str, source: str, out: Path, split: str | None = None,
                      limit: int | None = None, force: bool = False,
-                     constrain: bool = False,
-                     stamp: dict[str, Any] | None = None) -> tuple[Path, int]:
+                     constrain: bool = False, stamp: dict[str, Any] | None = None,
+                     subset: tuple[int, int] | None = None) -> tuple[Path, int]:
     """Import `name` from `source` into the set folder `out`; (set file, item count).
-    `stamp`: more to record in imported.json (the preset's key and source identity)."""
+    `stamp`: more to record in imported.json (the preset's key and source identity);
+    `subset`: (n, seed), a seeded subset of the split's rows (sources.seeded) instead of all."""
     if name not in CONVERTERS:
         raise UserError(f"unknown benchmark '{name}'; one of {', '.join(CONVERTERS)}.")
     out = Path(out)
@@ -45,7 +46,8 @@ def import_benchmark(name: str, source: str, out: Path, split: str | None = None
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     try:
-        count = _build(name, source, tmp, out.name, split, limit, constrain, stamp or {})
+        count = _build(name, source, tmp, out.name, split, limit, constrain, stamp or {},
+                       subset)
         old = out.with_name(f".{out.name}.{os.getpid()}.old")
         if out.exists():  # --force over an existing set: aside, then the new one in place
             os.replace(out, old)
@@ -57,7 +59,8 @@ def import_benchmark(name: str, source: str, out: Path, split: str | None = None
 
 
 def _build(name: str, source: str, out: Path, set_name: str, split: str | None,
-           limit: int | None, constrain: bool, stamp: dict[str, Any]) -> int:
+           limit: int | None, constrain: bool, stamp: dict[str, Any],
+           subset: tuple[int, int] | None) -> int:
     proto = PROTOCOL[name]
     set_file = out / "set.yaml"
     split = split or proto["split"]
@@ -68,9 +71,11 @@ def _build(name: str, source: str, out: Path, set_name: str, split: str | None,
 
     def write(fh: IO[bytes]) -> None:
         nonlocal count, read
-        for n, row in enumerate(rows(source, split, proto.get("config"), limit, sizes)):
+        for n, row in enumerate(rows(source, split, proto.get("config"), limit, sizes,
+                                     proto.get("mirror"), subset)):
             read = n + 1
-            for item in convert(row, n, img, constrain=constrain):
+            row_no = row.pop("_row", n)  # a subset's row: its number in the split (ids)
+            for item in convert(row, row_no, img, constrain=constrain):
                 if item["id"] in ids:
                     raise UserError(f"{source}: duplicate id '{item['id']}'; ids must be unique.")
                 ids.add(item["id"])
@@ -81,10 +86,12 @@ def _build(name: str, source: str, out: Path, set_name: str, split: str | None,
     if not count:
         raise UserError(f"{source}: no rows in split '{split}'.")
     src = proto["source"]
+    picked = (f", a seeded subset of {read} of its {sizes.get('split_rows')} rows (seed "
+              f"{subset[1]})" if subset else f", first {limit} rows" if limit else "")
     doc: dict[str, Any] = {
         "name": set_name,
         "description": f"{name} ({proto['dataset']}) imported from {source}, split {split}"
-                       f"{f', first {limit} rows' if limit else ''}; requests, sampling and "
+                       f"{picked}; requests, sampling and "
                        f"metrics as {src['repo']} {src['path']}@{src['commit'][:12]} builds "
                        "them.",
         "format": "jsonl",
@@ -100,5 +107,7 @@ def _build(name: str, source: str, out: Path, set_name: str, split: str | None,
               "split_rows": sizes.get("split_rows"), "rows_planned": read, "items": count,
               "limit": limit, "protocol": {"harness": "runner/benchmarks/harness.yaml", **src},
               "importer": importer_code(), **stamp}
+    if subset:  # which rows: the rule and its inputs (sources.seeded), beside the view's ids
+        origin["selection"] = {"rule": "seeded", "n": subset[0], "seed": subset[1]}
     atomic_write(out / "imported.json", json.dumps(origin, indent=2, sort_keys=True) + "\n")
     return count

@@ -3,10 +3,12 @@ the store's cache, then planned like any set.
 
 Each import is addressed by what produces it (as the store addresses runs): the benchmark,
 its protocol entry in harness.yaml, the importer's code, the source (a local file's content,
-or a hub id with its resolved revision) and `prompts.limit`. It lives in
+or a hub id with its resolved revision), `prompts.limit` and, when set, the seeded subset
+(`prompts.subset.<bench>`, `prompts.subset_seed`). It lives in
 <store.root>/.cache/benchmarks/<key>/<name>/ and is never changed once there, so a run's
 recorded set file stays what produced it, and two configs importing other versions at once
-never see each other's. The first `limit` rows are the subset (the source's order)."""
+never see each other's. `limit`: the first rows (the source's order); `subset`: a seeded
+sample of the whole split (sources.seeded), which the card marks as a subset."""
 
 from __future__ import annotations
 
@@ -90,7 +92,8 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
         return {}
     if bench not in PROTOCOL:
         raise UserError(f"prompts.benchmark={bench} is not one of {', '.join(PROTOCOL)}.")
-    source = p.get("source") or PROTOCOL[bench]["dataset"]
+    source = p.get("source") or PROTOCOL[bench].get("mirror") or PROTOCOL[bench]["dataset"]
+    subset = _subset(p, bench)
     # a folder of several benchmarks' sources, by name (NAME/, NAME.parquet or NAME.jsonl):
     # one `prompts.source` serves a multirun over them
     named = [Path(source) / f"{bench}{ext}" for ext in ("", ".parquet", ".jsonl")]
@@ -100,9 +103,10 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
     cache.mkdir(parents=True, exist_ok=True)
     with locked(cache / f".{bench}.lock"):  # one importer of a benchmark at a time
         ident = source_id(source, cache)
-        key = hashlib.sha256(json.dumps(
-            [bench, PROTOCOL[bench], importer_code(), ident, p.get("limit")],
-            sort_keys=True).encode()).hexdigest()[:KEY_LEN]
+        parts = [bench, PROTOCOL[bench], importer_code(), ident, p.get("limit")]
+        if subset:  # only when set: the whole split's keys stay as they were
+            parts.append({"subset": subset[0], "seed": subset[1]})
+        key = hashlib.sha256(json.dumps(parts, sort_keys=True).encode()).hexdigest()[:KEY_LEN]
         set_dir = cache / key / str(p.name)
         stamp = read_json(set_dir / "imported.json", {})
         if stamp.get("key") != key:
@@ -110,10 +114,38 @@ def resolve(cfg: DictConfig) -> dict[str, Any]:
                 shutil.rmtree(stale, ignore_errors=True)
             console.print(f"importing {bench} from {source} into {set_dir}")
             import_benchmark(bench, source, set_dir, limit=p.get("limit"), force=True,
-                             stamp={"key": key, "source_id": ident})
+                             stamp={"key": key, "source_id": ident}, subset=subset)
             stamp = read_json(set_dir / "imported.json", {})
     with open_dict(cfg):
         cfg.prompts.root = str(cache / key)
     return {k: stamp.get(k) for k in ("benchmark", "source", "source_id", "split",
                                       "split_rows", "rows_planned", "protocol", "importer",
-                                      "key")}
+                                      "key", "selection")}
+
+
+def _subset(p: DictConfig, bench: str) -> tuple[int, int] | None:
+    """`prompts.subset.<bench>` (n) with `prompts.subset_seed`, checked: None for the whole
+    split."""
+    n = (p.get("subset") or {}).get(bench)
+    if n is None:
+        return None
+    if n < 1:
+        raise UserError(f"prompts.subset.{bench}={n}: give a number of rows (1 or more), or "
+                        "null for the whole split.")
+    if p.get("limit") is not None:
+        raise UserError(f"prompts.subset.{bench}={n} and prompts.limit={p.limit} both set: "
+                        "choose one (subset: a seeded sample of the split; limit: its first "
+                        "rows).")
+    return n, int(p.get("subset_seed") or 0)
+
+
+def selection(origin: dict[str, Any]) -> str | None:
+    """Which of the split's rows an import holds, in words (the dry run shows it): the whole
+    split, its first rows (prompts.limit) or a seeded subset; None for an ordinary set."""
+    rows, planned = origin.get("split_rows"), origin.get("rows_planned")
+    if rows is None or planned is None:
+        return None
+    sel = origin.get("selection") or {}
+    if sel.get("rule") == "seeded":
+        return f"seeded subset {planned:,} of {rows:,} (seed {sel['seed']})"
+    return f"whole split ({rows:,})" if planned >= rows else f"first {planned:,} of {rows:,}"

@@ -68,7 +68,7 @@ class Job:
 
     def run(self) -> Summary:
         cfg = self.cfg
-        from runner.benchmarks.preset import resolve
+        from runner.benchmarks.preset import resolve, selection
 
         # a benchmark preset: imported into the store's cache on first use, so the set exists
         # before anything (the engine's media root among them) looks for it
@@ -83,6 +83,9 @@ class Job:
             self.summary.plan = n = needs(toks, {it.key: self.effective(it).get("max_tokens")
                                                  for it in self.plan.items},
                                           cfg.model.max_model_len)
+            n["selection"] = selection(self.origin)  # a benchmark's rows: which of them
+            if n["selection"]:
+                console.print(f"{cfg.prompts.benchmark}: {n['selection']}", highlight=False)
             mml = cfg.model.max_model_len  # None: the model's (a hosted model: the API's)
             console.print(f"needs max_model_len ≥ {n['needs_len']:,} (its largest prompt, "
                           f"{n['max_prompt_tokens']:,} tokens, plus its max_tokens); "

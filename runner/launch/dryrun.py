@@ -25,13 +25,15 @@ def needs_table(rows: list[dict[str, Any]], points: list[str]) -> Table:
     group's points one after another), 0 for the rest. Time: from prefill alone (every answer
     one token) to every answer running to its max_tokens."""
     t = Table(title="dry run · what each point needs", title_justify="left",
-              caption="img, prompt: the largest item's images and prompt tokens; needs len: "
+              caption="rows: a benchmark's rows (the whole split, its first rows, or a seeded "
+              "subset); img, prompt: the largest item's images and prompt tokens; needs len: "
               "the largest prompt + its max_tokens; err: item errors it would store\n"
               f"derived time, not measured: prompt tokens / {PREFILL_TOK_S:,} per s "
               f"+ 0 to max_tokens x items / {DECODE_TOK_S:,} per s (docs/gpu.md's A100 80 GB "
               "rates), engine starts not included", caption_justify="left",
               box=box.SIMPLE_HEAD, pad_edge=False, collapse_padding=True)
-    for c in ("point", "items", "img", "prompt", "needs len", "err", "starts", "derived time"):
+    for c in ("point", "rows", "items", "img", "prompt", "needs len", "err", "starts",
+              "derived time"):
         t.add_column(c, justify="left" if c == "point" else "right", overflow="fold",
                      no_wrap=c == "point")
     seen: set[Any] = set()
@@ -42,7 +44,7 @@ def needs_table(rows: list[dict[str, Any]], points: list[str]) -> Table:
         short = p["max_model_len"] is not None and p["needs_len"] > p["max_model_len"]
         need = f"{p['needs_len']:,}" + (f" [red]> {p['max_model_len']:,}[/]" if short else "")
         pre = p["prompt_tokens"] / PREFILL_TOK_S
-        t.add_row(point or "-", f"{p['items']:,}", str(p["max_images"]),
+        t.add_row(point or "-", p.get("selection") or "-", f"{p['items']:,}", str(p["max_images"]),
                   f"{p['max_prompt_tokens']:,}", need,
                   f"[red]{p['errors']:,}[/]" if p["errors"] else "0", str(starts),
                   f"{span(pre)} - {span(pre + p['max_new_tokens'] / DECODE_TOK_S)}")

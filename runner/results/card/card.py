@@ -176,7 +176,8 @@ def run_row(run: Run, judge: str | None = None) -> dict[str, Any]:
                                   **beside, **row["other_metrics"]}}
     pub = figure(fam, bench)
     notes = ([f"published for the unquantized model ({quant} here)"] if quant else []) + \
-        ([f"this run is a subset ({view['n']} items)"] if row["subset"] else []) + \
+        ([f"this run is a {'seeded ' * bool(view.get('selection'))}subset ({view['n']} items)"]
+         if row["subset"] else []) + \
         ([f"judged by {row['judge']['model']}, not {PUBLISHED_JUDGE}"]
          if judged and not row["judge"]["published"] else [])
     row["published"] = None if pub is None else {
