@@ -315,7 +315,9 @@ class Job:
 
     def _ended(self, status: str) -> Summary:
         from runner.engine import SLOT
+        from runner.engine.args import served
 
         self.summary.status, self.summary.total_s = status, time.perf_counter() - self.t0
-        self.summary.engine_starts = SLOT.starts - self.starts0
+        # a server's or an API's client is no engine: such a job started none
+        self.summary.engine_starts = 0 if served(self.cfg) else SLOT.starts - self.starts0
         return self.summary
