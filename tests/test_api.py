@@ -182,6 +182,22 @@ def test_a_card_of_api_runs_is_the_comparison_table_with_published_figures(stand
     assert "comparison" in r.stdout and "pub. 47.6" in r.stdout, r.stdout
 
 
+def test_a_sweep_of_api_runs_starts_no_engine(standins, tmp_path: Path):
+    """Hosted points load no engine: the sweep's rows count 0 engine starts, say `served`,
+    and its note needs none."""
+    url, _ = standins({"key": KEY})
+    prompts = text_set(tmp_path / "p", 2, {})
+    store = tmp_path / "store"
+    r = runner("-m", *api_args(url, store, prompts, "model.name=gpt-4o,gpt-4o-mini"),
+               env={ENV: KEY, "COLUMNS": "200"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    rows = json.loads(max(store.glob(".sweeps/*/runs.json")).read_text())
+    assert [(x["status"], x["served"], x["engine_starts"]) for x in rows] == [
+        ("computed", True, 0)] * 2
+    assert "engine starts: 0 (2 groups of equal engine arguments, 2 of them asking a " \
+        "server or an API)" in " ".join((r.stdout + r.stderr).split())
+
+
 def runner_results(*args: str) -> subprocess.CompletedProcess:
     """`python -m runner.results ARGS` in a real process, wide enough not to wrap."""
     return subprocess.run([sys.executable, "-m", "runner.results", *args], cwd=ROOT,

@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import math
 import random
+from html.parser import HTMLParser
 from pathlib import Path
 
 import pytest
@@ -351,3 +352,72 @@ def test_the_comparison_table_on_the_command_line(store, capsys, monkeypatch):
     # one model: no comparison table
     assert main(["--root", str(root), "card", a.name[:4], c.name[:4]]) == 0
     assert "comparison" not in capsys.readouterr().out
+
+
+class _Section(HTMLParser):
+    """The report's comparison section as text: its header cells, its rows' cells (each cell
+    its lines), its notes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.depth, self.cell, self.rows, self.notes = 0, None, [], []
+        self.where: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        if ("id", "comparison") in attrs:
+            self.depth = 1
+        elif self.depth:
+            self.depth += 1
+            if tag == "tr":
+                self.rows.append([])
+            elif tag in ("th", "td"):
+                self.cell = []
+                self.rows[-1].append(self.cell)
+            elif tag == "div" and ("class", "notes") in attrs:
+                self.cell = self.notes
+
+    def handle_endtag(self, tag):
+        if self.depth:
+            self.depth -= 1
+
+    def handle_data(self, data):
+        if self.depth and self.cell is not None and data.strip():
+            self.cell.append(data)
+
+
+def comparison_section(page: Path) -> _Section | None:
+    text = page.read_text()
+    if 'id="comparison"' not in text:
+        return None
+    s = _Section()
+    s.feed(text)
+    return s
+
+
+def test_the_report_shows_the_comparison_card_for_runs_of_several_models(store, tmp_path):
+    """The HTML report over runs of two models has the card's comparison table as a section
+    (the card's own numbers: `card(...)["table"]`); over runs of one model it has none."""
+    from runner.results.report.html import build_report
+
+    root, (a, _), _, (c, _) = store
+    q, _ = qwen_run(root, [i % 3 == 0 for i in range(60)])
+    t = card([load_run(d) for d in (a, c, q)])["table"]
+    page = build_report([a, c, q], tmp_path / "two.html")
+    s = comparison_section(page)
+    assert s is not None
+    head, *rows = s.rows
+    pix, qwen = "pixtral-12b-2409", "qwen2-vl-7b-instruct"
+    assert ["".join(x) for x in head] == ["benchmark", f"{pix} (ref)", qwen]
+    cells = {r[0][0]: r[1:] for r in rows}
+    assert list(cells) == ["mmmu", "docvqa"]
+    mp, mq = t["cells"]["mmmu"][pix], t["cells"]["mmmu"][qwen]
+    assert cells["mmmu"][0] == [f"{mp['value']:.2f} [{mp['ci95'][0]:.2f}, {mp['ci95'][1]:.2f}]"
+                                f" n={mp['n']}", "pub. 52.5"]
+    d = mq["vs_ref"]
+    assert cells["mmmu"][1] == [
+        f"{mq['value']:.2f} [{mq['ci95'][0]:.2f}, {mq['ci95'][1]:.2f}] n={mq['n']}",
+        "pub. 47.6", f"Δ {d['delta']:.2f} [{d['ci95'][0]:.2f}, {d['ci95'][1]:.2f}] (60 paired)"]
+    assert cells["docvqa"][1] == ["not run"]
+    assert any("huggingface.co/Wark1/Pixtral-12B-2409" in n for n in s.notes)
+    # one model (two benchmarks): no comparison section
+    assert comparison_section(build_report([a, c], tmp_path / "one.html")) is None

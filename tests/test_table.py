@@ -5,6 +5,7 @@ rows of each (JSONL sources, in one folder named by benchmark, the harness's col
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -86,3 +87,63 @@ def test_without_the_table_s_limits_mmmu_s_item_is_an_error(tmp_path: Path):
     assert p.returncode == 0, p.stderr[-3000:]
     (run,) = json.loads(max((tmp_path / "out").glob(".sweeps/*/runs.json")).read_text())
     assert run["plan"]["errors"] == 1 and run["plan"]["max_images"] == 7
+
+
+def test_the_table_over_models_plans_one_engine_per_model(tmp_path: Path):
+    """`model=pixtral_12b,llava_onevision_tiny,gpt_4o` over the table: 18 points, one engine
+    start per open model, none for the hosted one; LLaVA-OneVision's processor (the tiny
+    twin's, counted exactly) makes MMMU's 7 images of 1024 px longer than the 32,768 tokens
+    the model takes, and the dry run names that point."""
+    from conftest import ROOT
+    from runner.bundled import build
+
+    build("tiny_llava_ov", ROOT / "data" / "llava-onevision-tiny")  # as a run builds it
+    src = sources(tmp_path / "src")
+    models = ["pixtral_12b", "llava_onevision_tiny", "gpt_4o"]
+    p = runner("-m", "+experiment=pixtral_table", f"model={','.join(models)}",
+               f"prompts.source={src}", f"store.root={tmp_path / 'out'}", "dry_run=true",
+               env={"COLUMNS": "200"})
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 0, out[-4000:]
+    assert "18 points, 2 engine starts at most" in out
+    assert "1 group asking a server or an API, no engine" in out
+    assert "engine starts: none (a dry run); the sweep needs 2 (3 groups" in out
+    runs = json.loads(max((tmp_path / "out").glob(".sweeps/*/runs.json")).read_text())
+    by_model: dict[str, list[dict]] = {}
+    for r in runs:
+        by_model.setdefault(next(o[6:] for o in r["overrides"] if o.startswith("model=")),
+                            []).append(r)
+    assert sorted(by_model) == sorted(models) and all(len(v) == 6 for v in by_model.values())
+    engines = {m: {r["engine"] for r in rs} for m, rs in by_model.items()}
+    assert all(len(e) == 1 for e in engines.values())  # one engine group per model
+    assert len(set.union(*engines.values())) == 3
+    assert [m for m, rs in by_model.items() if all(r["served"] for r in rs)] == ["gpt_4o"]
+    # the table's starts column: one per open model, on its first point
+    starts = re.findall(r"prompts=(\w+) model=(\w+) [\d,]+ \d+ [\d,]+ [\d,]+ \d+ (\d) ", out)
+    assert len(starts) == 18
+    assert sorted((m, b) for b, m, s in starts if s == "1") == [
+        ("llava_onevision_tiny", "mmmu"), ("pixtral_12b", "mmmu")]
+    mmmu = {m: next(r["plan"] for r in rs if "prompts=mmmu" in r["overrides"])
+            for m, rs in by_model.items()}
+    assert mmmu["llava_onevision_tiny"]["errors"] == 1  # exact: 7 x ~7.4k image tokens
+    assert mmmu["llava_onevision_tiny"]["model_len"] == 32_768  # its config.json
+    assert mmmu["pixtral_12b"]["errors"] == mmmu["gpt_4o"]["errors"] == 0
+    assert "prompts=mmmu model=llava_onevision_tiny cannot take it as asked: 1 item" in out
+    assert out.count("cannot take it as asked") == 1
+    assert "over model.max_model_len=32768" in out  # the item's own error, in its plan
+
+
+def test_a_max_model_len_over_the_model_s_own_is_named(tmp_path: Path):
+    from conftest import ROOT
+    from runner.bundled import build
+
+    build("tiny_llava_ov", ROOT / "data" / "llava-onevision-tiny")
+    src = sources(tmp_path / "src")
+    p = runner("-m", "prompts=vqav2", "model=llava_onevision_tiny", "model.max_model_len=65536",
+               f"prompts.source={src}", f"store.root={tmp_path / 'out'}", "dry_run=true",
+               env={"COLUMNS": "200"})
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 0, out[-4000:]
+    assert "model.max_model_len=65,536 is over the 32,768 tokens 'llava-onevision-tiny' " \
+        "takes" in out
+    assert "max_model_len 65,536 is over the 32,768 the model takes" in out

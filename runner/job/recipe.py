@@ -74,7 +74,7 @@ class Job:
         # before anything (the engine's media root among them) looks for it
         self.origin = resolve(cfg)
         if cfg.dry_run:
-            from runner.plan.tokens import needs, plan_tokens, show_plan
+            from runner.plan.tokens import model_len, needs, plan_tokens, show_plan
 
             self.prepare()
             check_before_download(cfg, self.plan.root)
@@ -87,10 +87,16 @@ class Job:
             if n["selection"]:
                 console.print(f"{cfg.prompts.benchmark}: {n['selection']}", highlight=False)
             mml = cfg.model.max_model_len  # None: the model's (a hosted model: the API's)
+            n["model_len"] = own = model_len(cfg.model)
             console.print(f"needs max_model_len ≥ {n['needs_len']:,} (its largest prompt, "
                           f"{n['max_prompt_tokens']:,} tokens, plus its max_tokens); "
-                          f"model.max_model_len is {'unset' if mml is None else f'{mml:,}'}",
+                          f"model.max_model_len is {'unset' if mml is None else f'{mml:,}'}"
+                          + ("" if own is None else f"; the model takes at most {own:,}"),
                           highlight=False)
+            if own is not None and mml is not None and mml > own:
+                console.print(f"[red]model.max_model_len={mml:,} is over the {own:,} tokens "
+                              f"'{cfg.model.name}' takes ({cfg.model.path}): vLLM refuses it "
+                              "at engine start; lower model.max_model_len.", highlight=False)
             src = sources(self.explicit, [it.sampling for it in self.plan.items])
             if src["set_or_items"] or src["command_line"]:  # which sampling runs, from where
                 console.print(f"sampling: the run's, under the set's or items' "
@@ -312,7 +318,9 @@ class Job:
 
     def _ended(self, status: str) -> Summary:
         from runner.engine import SLOT
+        from runner.engine.args import served
 
         self.summary.status, self.summary.total_s = status, time.perf_counter() - self.t0
-        self.summary.engine_starts = SLOT.starts - self.starts0
+        # a server's or an API's client is no engine: such a job started none
+        self.summary.engine_starts = 0 if served(self.cfg) else SLOT.starts - self.starts0
         return self.summary

@@ -19,10 +19,26 @@ def span(s: float) -> str:
         f"{s:.0f} s"
 
 
+def cannot_take(p: dict[str, Any]) -> str:
+    """What a point's model cannot take as its config asks ('' when it can): items it would
+    store as errors (each scores 0), a largest item over max_model_len, a max_model_len over
+    what the model itself takes (vLLM refuses the engine)."""
+    mml, own = p["max_model_len"], p.get("model_len")
+    why = ([f"{p['errors']:,} item{'s' * (p['errors'] != 1)} stored as errors, scored 0 "
+            "(the plan above says why)"] if p["errors"] else []) + \
+        ([f"its largest item needs {p['needs_len']:,} > max_model_len {mml:,} (an answer "
+          "may be cut short)"]
+         if mml is not None and p["needs_len"] > mml else []) + \
+        ([f"max_model_len {mml:,} is over the {own:,} the model takes"]
+         if own is not None and mml is not None and mml > own else [])
+    return "; ".join(why)
+
+
 def needs_table(rows: list[dict[str, Any]], points: list[str]) -> Table:
     """One line per planned point (`points`: what varies, as the sweep table names it).
     Engine starts: 1 for the first point of each engine group (the grouped launcher runs a
-    group's points one after another), 0 for the rest. Time: from prefill alone (every answer
+    group's points one after another), 0 for the rest and for a point that asks a server or
+    a hosted model's API. Time: from prefill alone (every answer
     one token) to every answer running to its max_tokens."""
     t = Table(title="dry run · what each point needs", title_justify="left",
               caption="rows: a benchmark's rows (the whole split, its first rows, or a seeded "
@@ -39,7 +55,9 @@ def needs_table(rows: list[dict[str, Any]], points: list[str]) -> Table:
     seen: set[Any] = set()
     for r, point in zip(rows, points, strict=True):
         p = r["plan"]
-        starts = int(r.get("engine") not in seen)
+        if (why := cannot_take(p)):
+            t.caption += f"\n[red]{point or '-'} cannot take it as asked: {why}[/]"
+        starts = int(r.get("engine") not in seen and not r.get("served"))
         seen.add(r.get("engine"))
         short = p["max_model_len"] is not None and p["needs_len"] > p["max_model_len"]
         need = f"{p['needs_len']:,}" + (f" [red]> {p['max_model_len']:,}[/]" if short else "")

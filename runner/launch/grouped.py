@@ -48,13 +48,17 @@ def by_engine(keys: Sequence[str]) -> list[list[int]]:
     return list(groups.values())
 
 
-def starts_line(groups: list[list[int]], first: int) -> str:
-    """The dry run's and the sweep's promise: how many engines the points need."""
+def starts_line(groups: list[list[int]], first: int, served: Sequence[bool] = ()) -> str:
+    """The dry run's and the sweep's promise: how many engines the points need. `served`:
+    per point, whether it asks a server or a hosted model's API (runner/engine/args.py:
+    served), which loads no engine here."""
     order = " | ".join(" ".join(f"#{first + i}" for i in g) for g in groups)
-    n = sum(map(len, groups))
-    return (f"{n} points, {len(groups)} engine start{'s' * (len(groups) != 1)} at most "
-            f"(points grouped by engine arguments: {order}); a point already stored starts "
-            "none")
+    n, asks = sum(map(len, groups)), sum(bool(served) and served[g[0]] for g in groups)
+    loads = len(groups) - asks
+    return (f"{n} points, {loads} engine start{'s' * (loads != 1)} at most "
+            f"(points grouped by engine arguments: {order}"
+            + (f"; {asks} group{'s' * (asks != 1)} asking a server or an API, no engine"
+               if asks else "") + "); a point already stored starts none")
 
 
 def launch_grouped(launcher: Any, job_overrides: Sequence[Sequence[str]],
@@ -69,8 +73,10 @@ def launch_grouped(launcher: Any, job_overrides: Sequence[Sequence[str]],
     for i, cfg in enumerate(cfgs):
         with open_dict(cfg):
             cfg.hydra.job.id = cfg.hydra.job.num = initial_job_idx + i
+    from runner.engine.args import served
+
     groups = by_engine([engine_key(c) for c in cfgs])
-    log.info(starts_line(groups, initial_job_idx))
+    log.info(starts_line(groups, initial_job_idx, [served(c) for c in cfgs]))
     returns: dict[int, JobReturn] = {}
     for i in (i for g in groups for i in g):
         log.info(f"\t#{initial_job_idx + i} : {' '.join(filter_overrides(job_overrides[i]))}")

@@ -53,11 +53,13 @@ class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kw: Any) -> None:
         if config.hydra.mode != RunMode.MULTIRUN:
             return
+        from runner.engine.args import served
         from runner.launch.grouped import engine_key
 
         row: dict[str, Any] = {"num": config.hydra.job.num,
                                "overrides": list(job_return.overrides or []),
                                "engine": engine_id(engine_key(config)),
+                               "served": served(config),  # a server's or an API's: no engine
                                # which process ran it, from when to when (a launcher's timeline)
                                "pid": os.getpid(), "start": self.started, "end": time.time()}
         try:
@@ -103,8 +105,11 @@ def starts_note(rows: list[dict[str, Any]]) -> str:
     start each when a process runs a group's points one after another)."""
     n, groups = sum(r.get("engine_starts", 0) for r in rows), len({r.get("engine") for r in rows})
     of = f"{groups} group{'s' * (groups != 1)} of equal engine arguments"
+    asks = len({r.get("engine") for r in rows if r.get("served")})
+    if asks:
+        of += f", {asks} of them asking a server or an API"
     if rows and all(r["status"] == "planned" for r in rows):
-        return f"engine starts: none (a dry run); the sweep needs {groups} ({of})"
+        return f"engine starts: none (a dry run); the sweep needs {groups - asks} ({of})"
     return f"engine starts: {n} ({of})"
 
 

@@ -209,6 +209,30 @@ def needs(tokens: list[ItemTokens], max_tokens: dict[str, int | None],
                 (max_model_len or 0) - t.prompt_tokens, 0) for t in ok)}
 
 
+MISTRAL_LEN = 128_000  # vLLM's max_position_embeddings for a params.json without one
+# (vllm/transformers_utils/configs/mistral.py)
+
+
+def model_len(model: Any) -> int | None:
+    """The longest sequence the model itself takes, as vLLM derives it from the weights'
+    folder (config.json's max_position_embeddings, its text_config's for a vision model;
+    params.json's, else vLLM's default): a max_model_len above it is refused at engine start.
+    None: not known before the weights are there (or a hosted model)."""
+    if (model.get("api") or {}).get("url"):
+        return None
+    folder = Path(model.path)
+    if model.get("config_format") == "mistral":
+        params = read_json(folder / "params.json", None)
+        return int(params.get("max_position_embeddings", MISTRAL_LEN)) \
+            if isinstance(params, dict) else None
+    c = read_json(folder / "config.json", None)
+    if not isinstance(c, dict):
+        return None
+    n = (c.get("text_config") or {}).get("max_position_embeddings") \
+        or c.get("max_position_embeddings")
+    return int(n) if n else None
+
+
 def show_plan(cfg: Any, plan: Plan, tokens: list[ItemTokens], stored: Collection[str] = (),
               rows: int = 40) -> dict[str, Any]:
     """Prints the plan (the first `rows` items, every error up to `rows` more, totals) with

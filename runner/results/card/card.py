@@ -334,37 +334,45 @@ def _short(ref: str) -> str:
     return h[:8] + (f"@{v[:6]}" if v else "")
 
 
+def cell_lines(c: dict[str, Any] | None) -> list[str]:
+    """A comparison cell as lines (the terminal's and the report's): value [95 %] n, the
+    published figure (†: not comparable as it stands), the paired delta against the ref."""
+    if c is None:
+        return ["not run"]
+    pub, d = c["published"], c.get("vs_ref")
+    return [_iv(c["value"], c["ci95"]) + f" n={c['n']}",
+            "pub. -" if not pub else f"pub. {pub['value']:g}" + ("†" if pub.get("note") else ""),
+            *([f"Δ {_iv(d['delta'], d['ci95'])} ({d['n_paired']} paired)"]
+              if d and d["delta"] is not None else ["Δ - (no items in common)"] if d else [])]
+
+
+def comparison_notes(table: dict[str, Any]) -> list[str]:
+    """The comparison's caption: where the published figures come from, why one is marked
+    † (not comparable as it stands: a subset, a quantization, another judge)."""
+    pubs = [(b, m, pub) for b, cells in table["cells"].items() for m, c in cells.items()
+            if (pub := c["published"])]
+    sources = {f"{pub['model']}: {pub['source']}" for _, _, pub in pubs}
+    marked = [f"{m} {b}: {pub['note']}" for b, m, pub in pubs if pub.get("note")]
+    return ["pub.: published figure, " + ("; ".join(sorted(sources)) if sources
+                                          else "none found for these models"),
+            *(["† not comparable as it stands: " + "; ".join(marked)] if marked else []),
+            "a model and benchmark run twice: its first run is shown"]
+
+
+def comparison_title(table: dict[str, Any]) -> str:
+    return f"comparison (95 % intervals; Δ: paired against {table['ref']})"
+
+
 def comparison_table(table: dict[str, Any]) -> Table:
     """One column per model, one row per benchmark: value [95 %], the published figure, the
     paired delta against the reference column."""
     ref = table["ref"]
-    t = _t(f"comparison (95 % intervals; Δ: paired against {ref})", "benchmark",
+    t = _t(comparison_title(table), "benchmark",
            *[m + (" (ref)" if m == ref else "") for m in table["models"]])
-    sources: set[str] = set()
     for b in table["benchmarks"]:
-        cells = []
-        for m in table["models"]:
-            c = table["cells"][b].get(m)
-            if c is None:
-                cells.append("not run")
-                continue
-            pub = c["published"]
-            if pub:
-                sources.add(f"{pub['model']}: {pub['source']}")
-            d = c.get("vs_ref")
-            lines = [_iv(c["value"], c["ci95"]) + f" n={c['n']}",
-                     "pub. -" if not pub else f"pub. {pub['value']:g}"
-                     + ("†" if pub.get("note") else ""),
-                     *([f"Δ {_iv(d['delta'], d['ci95'])} ({d['n_paired']} paired)"]
-                       if d and d["delta"] is not None else
-                       ["Δ - (no items in common)"] if d else [])]
-            cells.append("\n".join(lines))
-        t.add_row(b, *cells)
-    t.caption = "\n".join(["pub.: published figure, " + ("; ".join(sorted(sources))
-                                                            if sources else "none found for "
-                                                            "these models"),
-                           "a model and benchmark run twice: its first run is shown"])
-    t.caption_justify = "left"
+        t.add_row(b, *["\n".join(cell_lines(table["cells"][b].get(m)))
+                       for m in table["models"]])
+    t.caption, t.caption_justify = "\n".join(comparison_notes(table)), "left"
     return t
 
 

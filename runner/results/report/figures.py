@@ -1,9 +1,11 @@
-"""The report's charts section: each chart (runner/results/plot/) as inline SVG, with its
+"""The report's figures: the comparison card (the card's table, when the runs are of several
+models) and the charts section: each chart (runner/results/plot/) as inline SVG, with its
 caption, its numbers on hover (each point's <title>) and, one click away, as a table."""
 
 from __future__ import annotations
 
 from html import escape
+from typing import Any
 
 from runner.results.plot.chart import Chart
 
@@ -39,3 +41,25 @@ def charts_html(charts: list[Chart]) -> str:
             f"<figcaption>{escape(c.caption)}<details><summary>numbers</summary>"
             f"{numbers(c)}</details></figcaption></figure>" for k, c in enumerate(charts)]
     return f'<section id="charts">{"".join(figs)}</section>'
+
+
+def comparison_html(table: dict[str, Any] | None) -> str:
+    """The card's comparison table (runner/results/card/card.py: `comparison`, the `table` of
+    `results card --json`) as a section: one column per model, one row per benchmark, each
+    cell as the terminal's card shows it. Empty for runs of one model."""
+    from runner.results.card.card import cell_lines, comparison_notes, comparison_title
+
+    if not table or len(table["models"]) < 2:
+        return ""
+    ref = table["ref"]
+    head = "".join(f'<th data-model="{escape(m)}">{escape(m)}{" (ref)" if m == ref else ""}'
+                   "</th>" for m in table["models"])
+    rows = "".join(
+        f'<tr data-benchmark="{escape(b)}"><th>{escape(b)}</th>' + "".join(
+            "<td>" + "".join(f"<div>{escape(x)}</div>" for x in
+                             cell_lines(table["cells"][b].get(m))) + "</td>"
+            for m in table["models"]) + "</tr>" for b in table["benchmarks"])
+    notes = "".join(f"<div>{escape(n)}</div>" for n in comparison_notes(table))
+    return (f'<section id="comparison"><table class="nums"><caption>'
+            f"{escape(comparison_title(table))}</caption><tr><th>benchmark</th>{head}</tr>"
+            f'{rows}</table><div class="notes">{notes}</div></section>')

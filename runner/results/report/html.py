@@ -23,8 +23,8 @@ from runner.files import atomic_write, data_url
 from runner.plan.sources import image_base
 from runner.results.card.compare import compare_runs, item_samples
 from runner.results.judging.judged import judgements_by_key
-from runner.results.plot.charts import charts
-from runner.results.report.figures import charts_html
+from runner.results.plot.charts import card_result, charts
+from runner.results.report.figures import charts_html, comparison_html
 from runner.results.report.page import TEMPLATE
 from runner.results.report.thumbs import cache_key, thumbnails
 from runner.results.runs.load import Ref, Run, config_diff, flatten, load_run
@@ -144,7 +144,9 @@ class Report:
                  sweep_rows: list[dict[str, Any]] | None = None):
         self.runs = [load_run(d) for d in run_dirs]
         runs = self.runs
-        self.charts = charts_html(charts(runs, sweep_rows))  # from the aggregates only
+        card = card_result(runs)  # computed once: the comparison section and the card chart
+        self.charts = comparison_html((card or {}).get("table")) + charts_html(
+            charts(runs, sweep_rows, card or {}))  # from the aggregates only
         roots = {r.path: image_base(set_file_of(r.path)) for r in runs}
         roots = {k: str(v.resolve()) if v else None for k, v in roots.items()}  # str: fast
         scorers = [{s.get("scorer") or "?" for s in r.scores.values()} for r in runs]

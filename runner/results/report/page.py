@@ -46,6 +46,9 @@ img.th{max-width:160px;max-height:160px;display:block;margin-bottom:4px;cursor:z
  flex-direction:column;align-items:center;justify-content:center;cursor:zoom-out}
 #lb[hidden]{display:none}
 #charts{display:flex;flex-wrap:wrap;gap:16px;margin-top:12px}
+#comparison{margin-top:12px}#comparison caption{text-align:left;font-weight:600}
+#comparison td{vertical-align:top;border-top:1px solid #eee}
+#comparison .notes{font-size:12px;color:#555}
 figure.chart{margin:0;width:min(480px,100%)}
 figure.chart svg{width:100%;height:auto}
 figure.chart figcaption{font-size:12px;color:#555}
