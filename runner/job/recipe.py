@@ -294,6 +294,8 @@ class Job:
         mine = [r for k, r in self.rd.read_results().items() if k in keys]
         manifest.end(self.rd, self.summary, error, SLOT.starts, counts(mine))
         server = getattr(self.feed.engine, "server", None) if self.feed else None
+        if server:
+            manifest.server_end(self.rd, server)
         if server and server.get("api"):
             manifest.api_usage(self.rd, self.cfg.model.api, server, mine)
 
