@@ -7,12 +7,14 @@ all the same, each item stored once, and the counts the server did not give are 
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from test_server import manifest, records, text_set
 
-from conftest import TINY, runner
+from conftest import ROOT, TINY, runner
 
 pytestmark = pytest.mark.process  # the runner's processes, a stand-in server: full lane
 
@@ -50,6 +52,9 @@ def test_a_server_of_openai_fields_only_gets_a_complete_run(standin, tmp_path: P
     m = manifest(store)
     assert m["status"] == "complete" and m["server"]["refused_fields"] == VLLM_FIELDS
     assert m["counts"].get("without_token_counts") == (None if usage else 5)
+    show = subprocess.run([sys.executable, "-m", "runner.results", "--root", str(store), "show",
+                           m["hash"]], text=True, capture_output=True, cwd=ROOT)
+    assert show.returncode == 0 and ("?+?" in show.stdout) == (not usage), show.stdout
 
 
 def test_a_refused_field_that_changes_the_outputs_is_each_items_error(standin, tmp_path: Path):
