@@ -240,6 +240,9 @@ class RunConfig:
     # Retry the run's error records (runner/job/retry.py): true, or the kinds to retry
     # (runner/kinds.py), e.g. [engine_death,stall]. Not hashed (top level).
     retry_errors: Any = False
+    # `judge=mm_mt_bench judge.url=...`: the judge of `python -m runner.results judge`, run
+    # after generation over the runs that are judged (runner/job/judging.py). Not hashed.
+    judge: JudgeConfig | None = None
 
 
 HASHED_GROUPS = {"model": ModelConfig, "engine": EngineConfig, "sampling": SamplingConfig,

@@ -25,6 +25,10 @@ As a hosted API (tests/test_api.py): `drop_once` (the first request whose text h
 marker is read, then its connection closed unanswered; later ones are answered), `served` (a
 file: one line per chat request answered 200, the request's text), `fingerprint` (the
 answers' system_fingerprint; their `model` is `name`).
+As a server of OpenAI's chat API only (tests/test_server.py): `openai_only` (HTTP 400, worded
+as OpenAI's API words it, for a request with any field that API does not define; no
+`token_ids` in the answer), `no_usage` (answers without `usage`), `fields` (a file: one JSON
+line per chat request, its field names and the status answered).
 """
 
 from __future__ import annotations
@@ -54,6 +58,14 @@ def text_of(messages: list[dict]) -> str:
     return " ".join(out)
 
 
+# The request fields of OpenAI's chat completions API (its API reference), written out here
+# rather than taken from the runner, so that a test of the runner's list can fail.
+OPENAI_FIELDS = {"model", "messages", "n", "temperature", "top_p", "max_tokens",
+                 "max_completion_tokens", "seed", "stop", "presence_penalty", "frequency_penalty",
+                 "response_format", "logprobs", "top_logprobs", "logit_bias", "stream",
+                 "stream_options", "user", "tools", "tool_choice", "parallel_tool_calls", "store",
+                 "metadata", "service_tier", "modalities", "audio", "prediction",
+                 "reasoning_effort", "web_search_options"}
 scripted: dict[str, int] = {}  # answers given per marker
 dropped: set[str] = set()  # the drop_once markers whose connection was closed already
 
@@ -145,6 +157,17 @@ class Handler(BaseHTTPRequestHandler):
         text = text_of(req["messages"])
         if self._gateway(text):
             return
+        extra = sorted(set(req) - OPENAI_FIELDS) if CFG.get("openai_only") else []
+        if CFG.get("fields"):
+            with lock, open(CFG["fields"], "a") as f:
+                f.write(json.dumps({"fields": sorted(req), "status": 400 if extra else 200})
+                        + "\n")
+        if extra:
+            self._send(400, {"error": {
+                "message": f"Unrecognized request argument{'s' * (len(extra) > 1)} supplied: "
+                           + ", ".join(extra), "type": "invalid_request_error", "param": None,
+                "code": None}})
+            return
         if CFG.get("trace"):
             with lock, open(CFG["trace"], "a") as f:
                 f.write(f"post {self.client_address[1]}\n")
@@ -209,7 +232,8 @@ class Handler(BaseHTTPRequestHandler):
         choices = [{"index": i, "finish_reason": "length", "message": {
             "role": "assistant",
             "content": f"answer {hashlib.sha256(f'{text}/{i}'.encode()).hexdigest()[:8]} "
-                       f"images={images}"}, **({"token_ids": [1, 2, 3]} if n > 1 else {})}
+                       f"images={images}"},
+            **({"token_ids": [1, 2, 3]} if req.get("return_token_ids") else {})}
             for i in range(n)]
         with lock:
             answered += 1
@@ -220,8 +244,9 @@ class Handler(BaseHTTPRequestHandler):
                          "model": CFG.get("name", "standin"),
                          **({"system_fingerprint": CFG["fingerprint"]}
                             if CFG.get("fingerprint") else {}),
-                         "usage": {"prompt_tokens": len(text.split()),
-                                   "completion_tokens": 3 * n}})
+                         **({} if CFG.get("no_usage") else {
+                             "usage": {"prompt_tokens": len(text.split()),
+                                       "completion_tokens": 3 * n}})})
 
 
 def main() -> None:

@@ -322,6 +322,7 @@ VERDICTS: dict[str, str] = {
     "shard.count": "not read by the plan cache: the shard filter is applied after, each run",
     "dry_run": RUNTIME_ONLY,
     "retry_errors": RUNTIME_ONLY,
+    "judge": "not read by the plan: judges the stored outputs after generation",
 }
 GROUPS_NOT_READ = {
     "engine": "the engine's arguments: never read by the plan",

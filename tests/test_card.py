@@ -235,9 +235,34 @@ def test_a_judged_run_shows_its_micro_average(tmp_path):
     # another judge, named: its ratings, and the row says it is not the published judge
     (other,) = card([load_run(d)], judge="local")["rows"]
     assert (other["value"], other["judge"]["id"]) == (3.0, "aaa111")
-    assert "not gpt-4o-2024-05-13" in other["published"]["note"]
+    assert "not gpt-4o-2024-05-13: not comparable to 6.05" in other["published"]["note"]
+    # the row names the judge's model and whether it is the published one
+    assert "by gpt-4o-2024-05-13 (the published judge)" in row["metric"]
+    assert "by some-local-model (not the published gpt-4o-2024-05-13)" in other["metric"]
     with pytest.raises(UserError, match="rated by local"):
         card([load_run(d)], judge="nobody")
+
+
+def test_an_unjudged_mm_mt_bench_run_says_so_and_the_command_that_judges_it(tmp_path):
+    """No judge rated it: no value beside the published 6.05 (not the `exact` scorer's), no
+    pair, and the command that asks the published judge, naming the run by HASH@VIEW."""
+    d = judged_store(tmp_path)
+    other = judged_store(tmp_path / "two")
+    for x in (d, other):
+        for f in (x / "judgements").iterdir():
+            f.unlink()
+    runs = [load_run(d), load_run(other)]
+    result = card(runs)
+    row = result["rows"][0]
+    assert (row["metric"], row["value"], row["n"], row["vs_published"]) == (
+        "not judged", None, 0, None)
+    assert row["judge_command"] == (
+        f"python -m runner.results --root {tmp_path} judge {runs[0].ref} judge=mm_mt_bench "
+        "judge.url=https://api.openai.com/v1 judge.model=gpt-4o-2024-05-13 "
+        "judge.api_key_env=OPENAI_API_KEY")
+    assert result["pairs"] == []
+    text = " ".join(" ".join(str(t.caption) for t in tables(result)).split())
+    assert f"mm_mt_bench {d.name[:8]}: not judged; to judge it: {row['judge_command']}" in text
 
 
 def test_judged_pairs_are_on_the_judges_ratings(tmp_path):

@@ -1,17 +1,22 @@
 """`+experiment=pixtral_table`: the six benchmarks in one multirun, planned (dry run) on sample
 rows of each (JSONL sources, in one folder named by benchmark, the harness's columns): MMMU's
-7-image item is planned without an error, and the dry run's table says what each needs."""
+7-image item is planned without an error, and the dry run's table says what each needs; two of
+its points on the fake engine, MM-MT-Bench judged by a stand-in judge or said not judged."""
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import shlex
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
-from conftest import runner
+from conftest import FAKE, ROOT, runner
 
 pytestmark = pytest.mark.process  # six presets imported and planned in one process
 
@@ -119,7 +124,8 @@ def test_the_table_over_models_plans_one_engine_per_model(tmp_path: Path):
     assert len(set.union(*engines.values())) == 3
     assert [m for m, rs in by_model.items() if all(r["served"] for r in rs)] == ["gpt_4o"]
     # the table's starts column: one per open model, on its first point
-    starts = re.findall(r"prompts=(\w+) model=(\w+) [\d,]+ \d+ [\d,]+ [\d,]+ \d+ (\d) ", out)
+    starts = re.findall(r"prompts=(\w+) model=(\w+) [a-z ]+\([\d,]+\) [\d,]+ \d+ [\d,]+ [\d,]+ "
+                        r"\d+ (\d) ", out)  # after the rows column: "whole split (2)"
     assert len(starts) == 18
     assert sorted((m, b) for b, m, s in starts if s == "1") == [
         ("llava_onevision_tiny", "mmmu"), ("pixtral_12b", "mmmu")]
@@ -147,3 +153,55 @@ def test_a_max_model_len_over_the_model_s_own_is_named(tmp_path: Path):
     assert "model.max_model_len=65,536 is over the 32,768 tokens 'llava-onevision-tiny' " \
         "takes" in out
     assert "max_model_len 65,536 is over the 32,768 the model takes" in out
+
+
+def test_mm_mt_bench_is_judged_after_generation_when_a_judge_is_configured(tmp_path: Path,
+                                                                        standins):
+    """Two of the table's points on the fake engine. No judge: MM-MT-Bench's card row says
+    "not judged" with the command that judges it; that command, aimed at a stand-in playing
+    the published judge, judges it and the card names that judge. With `judge=...` on the
+    table's command (a stand-in that is not the published judge), MM-MT-Bench's run is judged
+    right after its generation, ChartQA's is not, and the row says whose judgement it is."""
+    src = sources(tmp_path / "src")
+    store, trace = tmp_path / "out", tmp_path / "trace"
+    table = ["-m", "+experiment=pixtral_table", "model=pixtral_tiny", "engine=cpu",
+             "prompts=mm_mt_bench,chartqa", f"prompts.source={src}", f"store.root={store}"]
+    env = FAKE | {"COLUMNS": "400"}  # a line per caption note
+    p = runner(*table, "sampling.max_tokens=8", env=env)
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 0, out[-3000:]
+    mm, chart = points(store)
+    cmd = (f"python -m runner.results --root {store} judge {mm['hash']}@{mm['view']} "
+           "judge=mm_mt_bench judge.url=https://api.openai.com/v1 "
+           "judge.model=gpt-4o-2024-05-13 judge.api_key_env=OPENAI_API_KEY")
+    assert f"mm_mt_bench {mm['hash'][:8]}: not judged; to judge it: {cmd}" in out
+    assert not list(store.glob("*/judgements"))
+
+    published, _ = standins({"name": "gpt-4o-2024-05-13", "judge": True, "key": "k-XQZ"})
+    argv = shlex.split(cmd.replace("https://api.openai.com/v1", published))
+    r = subprocess.run([sys.executable, *argv[1:]], text=True, capture_output=True, cwd=ROOT,
+                       env={**os.environ, "OPENAI_API_KEY": "k-XQZ", "COLUMNS": "400"})
+    assert r.returncode == 0 and "of 1 rated" in r.stdout, r.stdout + r.stderr
+    r = subprocess.run([sys.executable, "-m", "runner.results", "--root", str(store), "card",
+                        f"{mm['hash']}@{mm['view']}"], text=True, capture_output=True,
+                       cwd=ROOT, env={**os.environ, "COLUMNS": "400"})
+    assert "judge mm_mt_bench by gpt-4o-2024-05-13 (the published judge)" in r.stdout, r.stdout
+
+    local, _ = standins({"name": "local-judge", "judge": True, "trace": str(trace)})
+    p = runner(*table, "sampling.max_tokens=9", "judge=mm_mt_bench", f"judge.url={local}",
+               env=env)
+    out = " ".join((p.stdout + p.stderr).split())
+    assert p.returncode == 0, out[-3000:]
+    mm, chart = points(store)
+    assert mm["status"] == chart["status"] == "computed"
+    assert "judge mm_mt_bench by local-judge (not the published gpt-4o-2024-05-13)" in out
+    assert trace.read_text().count("post") == 1  # MM-MT-Bench's one item, nothing of ChartQA's
+    assert (store / mm["hash"] / "judgements").is_dir()
+    assert not (store / chart["hash"] / "judgements").exists()
+
+
+def points(store: Path) -> tuple[dict, dict]:
+    """The latest sweep's rows of mm_mt_bench and chartqa."""
+    rows = json.loads(max(store.glob(".sweeps/*/runs.json")).read_text())
+    by = {next(o for o in r["overrides"] if o.startswith("prompts="))[8:]: r for r in rows}
+    return by["mm_mt_bench"], by["chartqa"]

@@ -29,6 +29,7 @@ class Summary:
     error: str | None = None  # a user error that failed this job (in a sweep)
     view: str | None = None  # the items this config planned (runner/store/view.py): its figures'
     plan: dict | None = None  # a dry run's needs (runner/plan/tokens.py `needs`)
+    judge: str | None = None  # the id of the configured judge that rated it (job/judging.py)
 
     @property
     def tokens_per_s(self) -> float:

@@ -16,16 +16,26 @@ from runner.kinds import classify
 class Sample:
     text: str
     finish_reason: str | None
-    tokens: int  # generated tokens of this sample
+    tokens: int | None  # generated tokens of this sample; None: the server did not say
 
 
 @dataclass(frozen=True)
 class Finished:
-    """A request the engine finished: every sample of it."""
+    """A request the engine finished: every sample of it. A count a server did not give is
+    None (unknown), never 0."""
 
     key: str
-    prompt_tokens: int
+    prompt_tokens: int | None
     samples: list[Sample]
+    generated: int | None = None  # the samples' total, from a server that gave only that
+
+    @property
+    def completion_tokens(self) -> int | None:
+        """The generated tokens over every sample; None when unknown."""
+        if self.generated is not None:
+            return self.generated
+        each = [s.tokens for s in self.samples]
+        return None if None in each else sum(t or 0 for t in each)
 
 
 @dataclass(frozen=True)

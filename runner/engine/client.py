@@ -38,6 +38,7 @@ from dataclasses import dataclass
 from typing import Any, NoReturn
 from urllib.parse import urlparse
 
+from runner.engine import fields
 from runner.engine.api import Event, Failed, Finished, Sample
 from runner.engine.connect import (
     CHECK_TIMEOUT_S,
@@ -137,6 +138,7 @@ class ServerEngine:
         self._lock = threading.Lock()
         self._dead: str | None = None
         self._told_no_mark = False  # the warning that /metrics has no token counters
+        self._refused: dict[str, str] = {}  # vLLM's fields the server refused: its words
         self.pool = min(self.max_num_seqs, int(self.spec.get("max_connections")
                                                 or MAX_CONNECTIONS))
         self.server["connections"] = self.pool
@@ -269,14 +271,14 @@ class ServerEngine:
                 continue
             ev: Any
             try:
-                body = self._body(messages, sampling)
+                req = self._request(messages, sampling)
             except Exception as e:  # noqa: BLE001 - any image's failure is this item's error
                 what = "image unreadable" if isinstance(e, OSError) else \
                     f"image unreadable: {type(e).__name__}"
                 self._out.put((epoch, Failed(key, f"{what}: {e}", "image")))
                 continue
             try:
-                conn, ev = self._exchange(conn, key, body, sampling)
+                conn, ev = self._exchange(conn, key, req, sampling)
             except _Stop as e:
                 conn = self._close(conn)
                 ev = _Fatal(str(e))
@@ -299,13 +301,19 @@ class ServerEngine:
             self._out.put((epoch, ev))
         self._close(conn)
 
-    def _exchange(self, conn: http.client.HTTPConnection | None, key: str, body: bytes,
+    def _exchange(self, conn: http.client.HTTPConnection | None, key: str, req: dict[str, Any],
                   sampling: dict[str, Any]) -> tuple[http.client.HTTPConnection | None, Any]:
         """One item's request; for an API, asked again (up to api.retries times) after a 429 or
         503 (waiting its Retry-After, else 1 s doubling) or a connection lost before the
-        answer."""
+        answer; sent again without the vLLM fields a refusal names (fields.py)."""
         tries = 1 + (int(self.api["retries"]) if self.api else 0)
-        for attempt in range(tries):
+        attempt = 0
+        while True:
+            with self._lock:
+                sent, why = fields.without(req, self._refused)
+            if why:
+                return conn, Failed(key, why, "sampling")
+            body = json.dumps(sent, ensure_ascii=False).encode()
             try:
                 conn, status, data, after = self._post(conn, body)
             except _Dropped:
@@ -313,6 +321,13 @@ class ServerEngine:
                     raise
                 conn = self._close(conn)
                 self._count("resent_after_lost_connection", 1)
+                attempt += 1
+                continue
+            if names := fields.refused(status, self.redact(data.decode(errors="replace")), sent):
+                with self._lock:  # each pass leaves out at least one more field: bounded
+                    for n in names:
+                        self._refused.setdefault(n, self.redact(_error_message(data)))
+                    self.server["refused_fields"] = sorted(self._refused)
                 continue
             if self.api and status in (429, 503) and attempt < tries - 1:
                 wait = retry_after(after, time.time())
@@ -324,9 +339,9 @@ class ServerEngine:
                 self._count("rate_limited", 1)
                 self._count("waited_s", wait)
                 self._stop.wait(wait)
+                attempt += 1
                 continue
             return conn, self._answer(key, status, data, sampling)
-        raise AssertionError("unreachable")  # the last try returns or raises
 
     def _count(self, what: str, n: float) -> None:
         with self._lock:
@@ -336,12 +351,12 @@ class ServerEngine:
         """`text` without the key (an API may echo the request's headers)."""
         return text.replace(self.key, "[redacted]") if self.key else text
 
-    def _body(self, messages: list[dict[str, Any]], sampling: dict[str, Any]) -> bytes:
+    def _request(self, messages: list[dict[str, Any]],
+                 sampling: dict[str, Any]) -> dict[str, Any]:
         s = {k: v for k, v in sampling.items() if v is not None}
         if int(s.get("n") or 1) > 1:
-            s["return_token_ids"] = True  # each sample's token count
-        return json.dumps({"model": self.model_id, "messages": inline_images(messages), **s},
-                          ensure_ascii=False).encode()
+            s[fields.COUNTS_ONLY] = True  # each sample's token count
+        return {"model": self.model_id, "messages": inline_images(messages), **s}
 
     def _connection(self) -> http.client.HTTPConnection:
         cls = http.client.HTTPSConnection if self.https else http.client.HTTPConnection
@@ -412,14 +427,18 @@ class ServerEngine:
         if self.api:
             self._reported(d)
         choices = sorted(d.get("choices") or [], key=lambda c: c.get("index", 0))
-        usage = d.get("usage") or {}
-        if len(choices) == 1:
-            counts = [int(usage.get("completion_tokens") or 0)]
-        else:
-            counts = [len(c.get("token_ids") or []) for c in choices]
-        return Finished(key, int(usage.get("prompt_tokens") or 0),
+        # what the server did not say stays unknown (None), never 0
+        usage = d.get("usage") if isinstance(d.get("usage"), dict) else {}
+        prompt, total = (v if isinstance(v := usage.get(k), int) else None
+                         for k in ("prompt_tokens", "completion_tokens"))
+        ids = [c.get("token_ids") for c in choices]
+        each = all(isinstance(x, list) for x in ids) and len(choices) > 1
+        counts = [len(x) for x in ids] if each else [total] if len(choices) == 1 else \
+            [None] * len(choices)
+        return Finished(key, prompt,
                         [Sample(c.get("message", {}).get("content") or "", c.get("finish_reason"),
-                                n) for c, n in zip(choices, counts, strict=True)])
+                                n) for c, n in zip(choices, counts, strict=True)],
+                        None if each or len(choices) == 1 else total)
 
     def _reported(self, d: dict[str, Any]) -> None:
         """What the API said it ran (model id, system_fingerprint): the manifest's `server`."""

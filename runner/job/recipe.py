@@ -17,6 +17,7 @@ from runner.engine.quant import check_model
 from runner.errors import Interrupted
 from runner.job.budget import Budget, check_plan, rate_of
 from runner.job.feed import Feed
+from runner.job.judging import judge_step
 from runner.job.retry import retire, retryable
 from runner.job.signals import Interrupts
 from runner.job.sink import Sink
@@ -138,6 +139,7 @@ class Job:
             register(self.rd.path, self.view)
             manifest.viewed(self.rd, self.view)
         self.score_and_index()
+        self.summary.judge = judge_step(self.cfg, self.rd, self.view)
         return self.summary
 
     def compute(self, todo: list[Item]) -> Summary:
@@ -158,6 +160,8 @@ class Job:
                     self.score_and_index()
                 if thumbs is not None:  # a complete run has its report's thumbnails
                     thumbs.join()
+                # after generation, when a judge is configured
+                self.summary.judge = judge_step(self.cfg, self.rd, self.view)
                 return self.summary
         return self.cached()
 
@@ -299,6 +303,8 @@ class Job:
         mine = [r for k, r in self.rd.read_results().items() if k in keys]
         manifest.end(self.rd, self.summary, error, SLOT.starts, counts(mine))
         server = getattr(self.feed.engine, "server", None) if self.feed else None
+        if server:
+            manifest.server_end(self.rd, server)
         if server and server.get("api"):
             manifest.api_usage(self.rd, self.cfg.model.api, server, mine)
 

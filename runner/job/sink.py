@@ -22,9 +22,9 @@ class Sink:
         r = ok_record(self.by_key[out.key], out)
         self.writer.write(r)
         self.s.computed += 1
-        self.s.prompt_tokens += r["prompt_tokens"]
-        self.s.completion_tokens += r["completion_tokens"]
-        self.progress.item(out.key, r["completion_tokens"])
+        self.s.prompt_tokens += r["prompt_tokens"] or 0  # an unknown count adds nothing
+        self.s.completion_tokens += r["completion_tokens"] or 0
+        self.progress.item(out.key, r["completion_tokens"] or 0)
         self.budget.done(r["id"], None)
 
     def planned_errors(self, items: list[Item]) -> None:

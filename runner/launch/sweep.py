@@ -36,7 +36,7 @@ def point(s: Summary) -> dict[str, Any]:
             "status": {"complete": "computed"}.get(s.status, s.status),
             "items": s.planned, "computed": s.computed, "errors": s.errors,
             "tokens_per_s": round(s.tokens_per_s, 1), "error": s.error,
-            "engine_starts": s.engine_starts, "plan": s.plan,
+            "engine_starts": s.engine_starts, "plan": s.plan, "judge": s.judge,
             "metrics": read_json(top / "metrics.json") if top else None}
 
 
@@ -115,14 +115,16 @@ def starts_note(rows: list[dict[str, Any]]) -> str:
 
 def benchmark_card(rows: list[dict[str, Any]]) -> list[Table]:
     """The report card (runner.results.card.card) of the points whose set is a benchmark (mmmu,
-    mathvista, chartqa, docvqa, vqav2, mm_mt_bench); nothing when no point ran one."""
+    mathvista, chartqa, docvqa, vqav2, mm_mt_bench); nothing when no point ran one. A judged
+    row shows the judge the sweep configured, if it rated the run."""
     from runner.results.card.card import BENCHMARKS, benchmark_of, card, tables
     from runner.results.runs.load import Ref, is_run, load_run
 
     runs = [load_run(Ref(Path(r["folder"]), r.get("view"))) for r in rows
             if r.get("folder") and is_run(Path(r["folder"]))]
     runs = [r for r in runs if benchmark_of(r) in BENCHMARKS.values()]
-    return tables(card(runs)) if runs else []
+    judge = next((r["judge"] for r in rows if r.get("judge")), None)
+    return tables(card(runs, judge=judge)) if runs else []
 
 
 def _points(overrides: list[list[str]]) -> tuple[list[str], list[str]]:

@@ -87,9 +87,18 @@ def end(rd: RunDir, s: Summary, error: str | None, starts: int, stored: Counts) 
             m |= {k: v for k, v in this.items() if k != "planned"}
         m["counts"] = {"planned": s.planned if n == 1 else None, "stored": stored.stored,
                        "computed": s.computed, "errors": stored.errors,
-                       "errors_by_kind": stored.by_kind}
+                       "errors_by_kind": stored.by_kind,
+                       # outputs whose token counts the server did not give (docs/server.md)
+                       **({"without_token_counts": stored.uncounted} if stored.uncounted
+                          else {})}
 
     rd.update_manifest(change)
+
+
+def server_end(rd: RunDir, server: dict[str, Any]) -> None:
+    """The server as the client left it: what it learned during the run (the fields the
+    server refused, runner/engine/fields.py; an API's counters)."""
+    rd.update_manifest(lambda m: m.__setitem__("server", server))
 
 
 def api_usage(rd: RunDir, api: Any, server: dict[str, Any], records: list[Any]) -> None:

@@ -42,8 +42,8 @@ class Record(_Identity, total=False):
     images: list[ImageRef]
     output: str  # the first sample
     finish_reason: str | None
-    prompt_tokens: int
-    completion_tokens: int  # over every sample
+    prompt_tokens: int | None  # None: the server did not say (docs/server.md)
+    completion_tokens: int | None  # over every sample; None: unknown
     outputs: list[StoredSample]  # every sample, when sampling.n > 1
     expected: str | dict | list | None  # a mapping or list: the `json` scorer's
     tags: list[str]
@@ -76,7 +76,7 @@ def ok_record(item: Item, out: Finished) -> Record:
     r: Record = {"id": item.id, "key": item.key, "status": "ok", **_item_fields(item),
                  "output": c[0].text, "finish_reason": c[0].finish_reason,
                  "prompt_tokens": out.prompt_tokens,
-                 "completion_tokens": sum(x.tokens for x in c), **_tail(item)}
+                 "completion_tokens": out.completion_tokens, **_tail(item)}
     if len(c) > 1:
         r["outputs"] = [{"text": x.text, "finish_reason": x.finish_reason} for x in c]
     return r
@@ -120,6 +120,7 @@ class Counts:
     prompt_tokens: int
     completion_tokens: int
     by_kind: dict[str, int]  # errors by kind (runner.kinds), kinds with none left out
+    uncounted: int = 0  # outputs whose token counts the server did not give (not in the sums)
 
     @property
     def errors_label(self) -> str:
@@ -132,4 +133,7 @@ def counts(records: Iterable[Record]) -> Counts:
     rs = list(records)
     return Counts(len(rs), sum(r.get("status") == "error" for r in rs),
                   sum(r.get("prompt_tokens") or 0 for r in rs),
-                  sum(r.get("completion_tokens") or 0 for r in rs), by_kind(map(kind_of, rs)))
+                  sum(r.get("completion_tokens") or 0 for r in rs), by_kind(map(kind_of, rs)),
+                  sum(r.get("status") == "ok" and (r.get("prompt_tokens") is None
+                                                   or r.get("completion_tokens") is None)
+                      for r in rs))

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import re
 from collections import Counter, defaultdict
+from pathlib import Path
 from typing import Any
 
 from rich import box
@@ -32,15 +33,34 @@ from runner.results.scoring.stats import paired_bootstrap, paired_ratio_bootstra
 # A set is benchmark X when its name (prompts.name), lowercased without punctuation, is one of:
 BENCHMARKS = {"mmmu": "mmmu", "mathvista": "mathvista", "chartqa": "chartqa",
               "docvqa": "docvqa", "vqav2": "vqav2", "mmmtbench": "mm_mt_bench"}
+# The benchmarks the harness scores by an LLM judge (harness.yaml: `metrics: []`).
+JUDGED = ("mm_mt_bench",)
 PUBLISHED_JUDGE = "gpt-4o-2024-05-13"  # mistral-evals' judge of MM-MT-Bench (docs/judges.md)
+# The overrides that ask the published judge (conf/judge/mm_mt_bench.yaml says the same).
+PUBLISHED_JUDGE_ARGS = ("judge=mm_mt_bench judge.url=https://api.openai.com/v1 "
+                        f"judge.model={PUBLISHED_JUDGE} judge.api_key_env=OPENAI_API_KEY")
 NONE = "(none)"  # the --by group of items without that metadata field
+
+
+def benchmark_named(name: str) -> str:
+    """A set's name as the card names its benchmark (any other set: its name)."""
+    return BENCHMARKS.get(re.sub(r"[^a-z0-9]", "", name.rsplit("/", 1)[-1].lower()), name)
 
 
 def benchmark_of(run: Run) -> str:
     p = run.config.get("prompts") or {}
     name = str(p.get("name") or run.manifest.get("prompts") or "?") if isinstance(p, dict) \
         else str(run.manifest.get("prompts") or "?")
-    return BENCHMARKS.get(re.sub(r"[^a-z0-9]", "", name.rsplit("/", 1)[-1].lower()), name)
+    return benchmark_named(name)
+
+
+def judge_command(run: Run) -> str:
+    """The command that judges this run with the published judge (docs/judges.md)."""
+    import shlex
+
+    root = run.path.parent
+    at = "" if root.resolve() == Path("outputs").resolve() else f" --root {shlex.quote(str(root))}"
+    return f"python -m runner.results{at} judge {run.ref} {PUBLISHED_JUDGE_ARGS}"
 
 
 def _model(run: Run) -> tuple[str | None, str | None]:
@@ -167,19 +187,25 @@ def run_row(run: Run, judge: str | None = None) -> dict[str, Any]:
         m = judged[0]  # the judge's scale; a scorer's value, if any, stays beside it
         micro, j = m.get("micro_average") or {}, m.get("judge") or {}
         beside = {metric: row["value"]} if scores and metric else {}
-        row |= {"metric": f"judge {j.get('name')}: micro average",
+        which = "the published judge" if j.get("model") == PUBLISHED_JUDGE else \
+            f"not the published {PUBLISHED_JUDGE}"
+        row |= {"metric": f"judge {j.get('name')} by {j.get('model')} ({which}): micro average",
                 "judge": j | {"published": j.get("model") == PUBLISHED_JUDGE},
                 "value": micro.get("mean"), "ci95": micro.get("ci95"),
                 "interval": "bootstrap", "n": m.get("rated", 0),
                 "errors": row["errors"] + m.get("error", 0) + m.get("unrated", 0),
                 "other_metrics": {"macro average": (m.get("macro_average") or {}).get("mean"),
                                   **beside, **row["other_metrics"]}}
+    elif bench in JUDGED:  # no judge rated it: no figure to set beside the published one
+        row |= {"metric": "not judged", "value": None, "ci95": None, "interval": None,
+                "n": 0, "judge_command": judge_command(run)}
     pub = figure(fam, bench)
     notes = ([f"published for the unquantized model ({quant} here)"] if quant else []) + \
         ([f"this run is a {'seeded ' * bool(view.get('selection'))}subset ({view['n']} items)"]
-         if row["subset"] else []) + \
-        ([f"judged by {row['judge']['model']}, not {PUBLISHED_JUDGE}"]
-         if judged and not row["judge"]["published"] else [])
+         if row["subset"] else [])
+    if judged and pub and not row["judge"]["published"]:
+        notes.append(f"judged by {row['judge']['model']}, not {PUBLISHED_JUDGE}: not "
+                     f"comparable to {pub['value']:g}")
     row["published"] = None if pub is None else {
         "value": pub["value"], "label": pub["label"], "model": fam, "source": pub["source"],
         **({"note": "; ".join(notes)} if notes else {})}
@@ -209,7 +235,9 @@ def card(runs: list[Run], by: str | None = None, judge: str | None = None,
     scale: list[float] = []
     for r, row in zip(runs, rows, strict=True):
         judged = _judged(r, judge) if row.get("judge") else None
-        scores.append(judged[1] if judged else _scores(r)[1])
+        # not judged: nothing to pair (a judged benchmark never pairs on a scorer's values)
+        scores.append(judged[1] if judged else {} if row["metric"] == "not judged"
+                      else _scores(r)[1])
         scale.append(1 if judged else 100)
     bench: dict[str, list[int]] = defaultdict(list)
     for i, row in enumerate(rows):
@@ -340,7 +368,8 @@ def cell_lines(c: dict[str, Any] | None) -> list[str]:
     if c is None:
         return ["not run"]
     pub, d = c["published"], c.get("vs_ref")
-    return [_iv(c["value"], c["ci95"]) + f" n={c['n']}",
+    return [c["metric"] if c["metric"] == "not judged" else
+            _iv(c["value"], c["ci95"]) + f" n={c['n']}",
             "pub. -" if not pub else f"pub. {pub['value']:g}" + ("†" if pub.get("note") else ""),
             *([f"Δ {_iv(d['delta'], d['ci95'])} ({d['n_paired']} paired)"]
               if d and d["delta"] is not None else ["Δ - (no items in common)"] if d else [])]
@@ -393,9 +422,11 @@ def tables(result: dict[str, Any]) -> list[Table]:
     notes = [x for r in result["rows"] if (x := _also(r))]
     marked = [f"{r['benchmark']} {r['run'][:8]}: {r['published']['note']}"
               for r in result["rows"] if r["published"] and r["published"].get("note")]
+    unjudged = [f"{r['benchmark']} {r['run'][:8]}: not judged; to judge it: "
+                f"{r['judge_command']}" for r in result["rows"] if r.get("judge_command")]
     notes = (["also: " + "; ".join(notes)] if notes else []) + \
         (["published (pub.): " + "; ".join(sorted(sources))] if sources else []) + \
-        (["† not comparable as it stands: " + "; ".join(marked)] if marked else [])
+        (["† not comparable as it stands: " + "; ".join(marked)] if marked else []) + unjudged
     if notes:
         t.caption, t.caption_justify = "\n".join(notes), "left"
     if result["pairs"]:

@@ -151,7 +151,9 @@ def cmd_show(a: argparse.Namespace) -> None:
               for x in judged.get(r["key"], [])]
         t.add_row(Text(str(r.get("id"))), Text(str(r.get("status"))),
                   Text(str(r.get("finish_reason") or "")),
-                  Text(f"{r.get('prompt_tokens') or 0}+{r.get('completion_tokens') or 0}"),
+                  Text("+".join("?" if r.get(k) is None and r.get("status") == "ok"  # unknown
+                                else str(r.get(k) or 0)
+                                for k in ("prompt_tokens", "completion_tokens"))),
                   item_text(r, a.width), Text(expected_text(r.get("expected"))),
                   *((Text("\n".join(js)),) if judged else ()))
     out.print(t)

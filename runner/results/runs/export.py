@@ -38,13 +38,14 @@ def openai_line(run: Run, r: Record) -> dict[str, Any]:
         return line | {"response": None,
                        "error": {"code": "generation_error", "message": str(r.get("error"))}}
     outs = r.get("outputs") or [{"text": r.get("output"), "finish_reason": r.get("finish_reason")}]
-    p, c = r.get("prompt_tokens") or 0, r.get("completion_tokens") or 0
+    p, c = r.get("prompt_tokens"), r.get("completion_tokens")  # None: the server did not say
     body = {"id": f"chatcmpl-{h[24:48]}", "object": "chat.completion",
             "created": _epoch(r.get("time")), "model": run.model,
             "choices": [{"index": i, "message": {"role": "assistant", "content": o["text"]},
                          "logprobs": None, "finish_reason": o["finish_reason"]}
                         for i, o in enumerate(outs)],
-            "usage": {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}}
+            "usage": {"prompt_tokens": p, "completion_tokens": c,
+                      "total_tokens": None if p is None or c is None else p + c}}
     return line | {"response": {"status_code": 200, "request_id": f"req_{h[48:64]}",
                                 "body": body}, "error": None}
 
