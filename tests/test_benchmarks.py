@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import datasets  # in requirements/cpu.lock: a missing one fails this file, never skips it
@@ -13,6 +16,7 @@ import pytest
 import yaml
 from PIL import Image as PILImage
 
+from conftest import ROOT
 from runner.benchmarks.__main__ import main
 from runner.benchmarks.build import import_benchmark
 from runner.errors import UserError
@@ -456,15 +460,17 @@ def test_a_loading_script_source_names_the_command_that_fixes_it(
                    "--local-dir DIR` and give DIR as the source.\n")
 
 
-def test_vqav2s_default_source_is_the_parquet_mirror(tmp_path: Path,
-                                                     capsys: pytest.CaptureFixture,
-                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+def test_vqav2s_default_source_is_the_parquet_mirror(tmp_path: Path) -> None:
     """Without --source, vqav2 reads lmms-lab/VQAv2 (parquet), not the harness's loading
-    script; offline, the error names that id."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))  # an empty cache
-    assert main(["import", "vqav2", "--out", str(tmp_path / "o")]) == 2
-    assert capsys.readouterr().err.startswith("error: --source lmms-lab/VQAv2: cannot load it")
+    script; offline, the error names that id. In its own process: huggingface_hub reads
+    HF_HUB_OFFLINE once, at import (set later in this one, the hub is asked and DNS waits)."""
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}  # empty cache
+    p = subprocess.run([sys.executable, "-m", "runner.benchmarks", "import", "vqav2", "--out",
+                        str(tmp_path / "o")], cwd=ROOT, text=True, capture_output=True,
+                       env=env, timeout=120)
+    assert p.returncode == 2 and p.stderr.startswith(
+        "error: --source lmms-lab/VQAv2: cannot load it"), p.stderr
+    assert "OfflineModeIsEnabled" in p.stderr  # the hub was never asked
 
 
 def test_harness_benchmarks_match_the_config_names() -> None:

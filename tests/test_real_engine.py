@@ -546,7 +546,8 @@ def test_a_multi_turn_run_judged_by_the_served_tiny_model(served, tmp_path):
                        timeout=120)
     assert c.returncode == 0, c.stdout + c.stderr
     (row,) = json.loads(c.stdout)["rows"]
-    assert row["metric"] == "judge mm_mt_bench_forced: micro average", row
+    assert row["metric"] == ("judge mm_mt_bench_forced by pixtral-tiny (not the published "
+                             "gpt-4o-2024-05-13): micro average"), row
     assert (row["value"], row["ci95"], row["n"]) == (
         m["micro_average"]["mean"], m["micro_average"]["ci95"], 5), row
 
