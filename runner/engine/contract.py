@@ -135,6 +135,15 @@ INTERNALS: dict[str, Callable[[], bool]] = {
     "ModelCard.max_model_len (/v1/models)":
         lambda: "max_model_len" in obj(
             "vllm.entrypoints.serve.engine.protocol:ModelCard").model_fields,
+    # tokenizer.py: vLLM's frontend handed the token plan's Mistral tokenizer
+    "transformers MistralCommonBackend builds its tokenizer by the name "
+    "MistralTokenizer.from_file(path, mode=...)":
+        lambda: has("transformers.tokenization_mistral_common:MistralTokenizer.from_file")()
+        and "MistralTokenizer.from_file(str(self._tokenizer_path), mode=self._mode)" in
+        inspect.getsource(obj("transformers.tokenization_mistral_common:MistralCommonBackend"
+                              ".__init__"))
+        and "MistralCommonBackend.from_pretrained(" in inspect.getsource(
+            obj("vllm.tokenizers.mistral:MistralTokenizer.from_pretrained")),
     # tokens.py: exact image token counts, as mistral-common counts them
     "mistral_common ImageEncoder._image_to_num_tokens(img)":
         takes("mistral_common.tokens.tokenizers.image:ImageEncoder._image_to_num_tokens",

@@ -23,6 +23,7 @@ from runner.console.logs import loggers_to_pump, watch_phases
 from runner.engine import reap
 from runner.engine.api import Event, Finished, Refused, Sample, Stepped, Tokens
 from runner.engine.args import check_engine_args
+from runner.engine.tokenizer import shared_mistral_tokenizer
 from runner.engine.watchdog import Watchdog
 from runner.errors import EngineDied, UserError
 
@@ -116,7 +117,9 @@ class VllmEngine:
             # The probe lets describe() name the linear kernel in use. Stats stay at LLM's
             # default (off): they cost CPU every step; engine.extra.disable_log_stats=false
             # turns on the live token counters.
-            self.llm = vllm.LLM(**({"worker_extension_cls": PROBE} | kw))
+            # Its Mistral tokenizer: the token plan's, not a second build (tokenizer.py).
+            with shared_mistral_tokenizer():
+                self.llm = vllm.LLM(**({"worker_extension_cls": PROBE} | kw))
         except BaseException:
             self._remove_rpc()
             raise

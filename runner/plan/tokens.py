@@ -13,6 +13,8 @@ bundled Pixtral tokenizer for text, labelled "estimate".
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,10 +47,22 @@ class _Size:
     size: tuple[int, int]
 
 
+_BUILDING = threading.Lock()
+
+
+def mistral_tokenizer(path: str) -> Any:
+    """mistral-common's tokenizer for a tekken.json, in its default validation mode (test),
+    built once per process and file (its vocabulary costs ~1 CPU s): the plan counts with it,
+    and vLLM's in-process frontend is handed the same object (runner/engine/tokenizer.py).
+    Whoever asks second, in any thread, waits for the first build."""
+    with _BUILDING:
+        return _tokenizer(os.path.realpath(path))
+
+
 @lru_cache(maxsize=4)
 def _tokenizer(path: str) -> Any:
-    """mistral-common's tokenizer; its INFO lines on loading ("Adding special tokens ...")
-    silenced for the load only: the plan's console shows the runner's lines alone."""
+    """Its INFO lines on loading ("Adding special tokens ...") silenced for the load only:
+    the plan's console shows the runner's lines alone."""
     from mistral_common.tokens.tokenizers.mistral import MistralTokenizer
 
     log = logging.getLogger("mistral_common")
@@ -69,7 +83,7 @@ class TokenCounter:
         mistral = model.get("tokenizer_mode") == "mistral"
         self.exact = mistral and tekken.is_file() and tekken.suffix == ".json"
         self.source = str(tekken) if self.exact else f"estimate ({BUNDLED}, mistral-common)"
-        self.tok = _tokenizer(str(tekken if self.exact else mistral_common_file()))
+        self.tok = mistral_tokenizer(str(tekken if self.exact else mistral_common_file()))
         enc = self.tok.instruct_tokenizer.image_encoder
         self.encoder = enc
         self.patch, self.max_size, self.merge = 16, 1024, 1
