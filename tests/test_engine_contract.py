@@ -76,3 +76,23 @@ def test_the_kept_engine_argument_names_equal_the_installed_vllms():
     assert kept == installed, (
         f"runner/engine/engine_args.txt is stale (missing {sorted(installed - kept)[:5]}, "
         f"gone {sorted(kept - installed)[:5]}): run python -m runner.engine.args")
+
+
+@pytest.mark.slow  # imports vLLM's tokenizer module
+def test_vllms_frontend_tokenizer_is_the_plans_while_an_engine_starts(tiny_weights: Path):
+    """What vLLM's LLM() builds from the model folder wraps the token plan's mistral-common
+    tokenizer (one build per process, not two), and only inside the start: transformers' name
+    is put back after."""
+    import transformers.tokenization_mistral_common as tmc
+    from vllm.tokenizers.mistral import MistralTokenizer
+
+    from runner.engine.tokenizer import shared_mistral_tokenizer
+    from runner.plan.tokens import mistral_tokenizer
+
+    real = tmc.MistralTokenizer
+    plans = mistral_tokenizer(str(tiny_weights / "tekken.json"))
+    with shared_mistral_tokenizer():
+        inside = MistralTokenizer.from_pretrained(str(tiny_weights))
+    assert inside.mistral is plans
+    assert tmc.MistralTokenizer is real
+    assert MistralTokenizer.from_pretrained(str(tiny_weights)).mistral is not plans
