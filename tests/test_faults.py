@@ -181,7 +181,7 @@ def test_the_real_engine_core_killed_then_stalled_restarts_and_the_run_finishes(
     """Two faults of vLLM's EngineCore, each while it holds in a test logits processor as
     item 4 joins the batch (a gate only the test opens): first the test SIGKILLs it (the
     watchdog sees the death); then the restarted core holds again and nobody kills it: with
-    engine.stall_timeout_s=30 the watchdog finds no progress, kills the core itself and says
+    engine.stall_timeout_s=15 the watchdog finds no progress, kills the core itself and says
     so. The third engine gets the open gate and the rest; each item is stored once and the
     console stays quiet."""
     n = 12
@@ -189,7 +189,7 @@ def test_the_real_engine_core_killed_then_stalled_restarts_and_the_run_finishes(
     gate = tmp_path / "gate"
     held = Path(f"{gate}.held")
     p = start(prompts, store, *ARGS, "+engine.extra.logits_processors=['poison:Gate']",
-              "engine.stall_timeout_s=30",
+              "engine.stall_timeout_s=15",
               env={"PYTHONPATH": f"{PLUGINS}:{ROOT}", "GATE_IDS": marker_ids(GATE),
                    "GATE_FILE": str(gate)})
     wait_for(p, held.exists, "the first engine to hold at the gate")
@@ -214,7 +214,7 @@ def test_the_real_engine_core_killed_then_stalled_restarts_and_the_run_finishes(
     assert "SIGKILL" in killed["reason"] and killed["mode"] == "restart"
     assert 1 <= killed["in_flight"] <= 4
     assert stall["reason"].startswith("no progress for ") and \
-        "(engine.stall_timeout_s=30)" in stall["reason"], stall
+        "(engine.stall_timeout_s=15)" in stall["reason"], stall
     out = output(p)
     assert "The engine died" in out and "Traceback" not in out and "WARNING" not in out
     (run,) = run_dirs_of(store)
