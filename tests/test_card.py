@@ -136,6 +136,18 @@ def test_recovery_only_for_a_quantized_model_against_its_base(store):
     assert "not a quantization of the base" in text
 
 
+def test_a_base_that_scores_nothing_has_no_recovery_and_says_so():
+    """The tiny twins' pair (random weights) scores 0 on both sides: a quantization of its
+    base, but no ratio; the card says why instead of calling it no quantization."""
+    from runner.results.card.card import paired
+
+    zero, one = {"a": 0.0, "b": 0.0}, {"a": 1.0, "b": 0.0}
+    p = paired(zero, one, recovery=True)
+    assert p["recovery"] is None and p["recovery_why"] == "the base scores 0"
+    assert "recovery_why" not in paired(zero, one, recovery=False)
+    assert paired(one, one, recovery=True)["recovery"] == 100.0
+
+
 def as_base(d: Path) -> None:
     """Make run `d` a run of the unquantized Pixtral-Large (the W4A16 model's base)."""
     cfg = yaml.safe_load((d / "config.yaml").read_text())

@@ -123,6 +123,8 @@ def paired(a: dict[str, float], b: dict[str, float], recovery: bool = True,
         rci = paired_ratio_bootstrap(xa, xb)
         out |= {"recovery": _pct(mb / ma) if ma else None,
                 "recovery_ci95": [_pct(rci[0]), _pct(rci[1])] if rci else None}
+        if not ma:  # a quantization of the base, but no ratio to a base that scored nothing
+            out["recovery_why"] = "the base scores 0"
     return out
 
 
@@ -439,7 +441,7 @@ def tables(result: dict[str, Any]) -> list[Table]:
                       f"{x['n_paired']} of {x['n_base']}/{x['n_other']}",
                       _iv(x["delta"], x["ci95"]),
                       _iv(x["recovery"], x["recovery_ci95"]) if x["recovery"] is not None
-                      else "- (not a quantization of the base)")
+                      else f"- ({x.get('recovery_why', 'not a quantization of the base')})")
         p.caption = "\n".join(["Δ: points; a judged benchmark on the judge's scale",
                                *warn])
         p.caption_justify = "left"
