@@ -12,12 +12,12 @@ here. Seeded: files are identical every time. Sizes respect vLLM's CPU attention
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from runner.bundled.tiny import cli, publish
-from runner.bundled.tiny_qwen2vl import VOCAB, bpe, digest
+from runner.bundled.tiny import cli, drop_versions, publish
+from runner.bundled.tiny import folder_digest as digest
+from runner.bundled.tiny_qwen2vl import VOCAB, bpe
 
 SEED = 0
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<image>", "<video>")
@@ -76,12 +76,7 @@ def write(folder: Path) -> None:
         vision_feature_select_strategy="full",
         vision_aspect_ratio="anyres_max_9").save_pretrained(folder)
     legacy(folder / "model.safetensors")
-    for name in ("config.json", "generation_config.json"):  # no version: stable bytes
-        f = folder / name
-        if f.exists():
-            d = json.loads(f.read_text())
-            d.pop("transformers_version", None)
-            f.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+    drop_versions(folder)
 
 
 def legacy(f: Path) -> None:

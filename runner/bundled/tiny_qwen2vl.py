@@ -13,11 +13,11 @@ model's. Seeded: files are identical every time. Sizes respect vLLM's CPU attent
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
-from runner.bundled.tiny import cli, publish
+from runner.bundled.tiny import cli, drop_versions, publish
+from runner.bundled.tiny import folder_digest as digest
 
 SEED = 0
 SPECIAL = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|object_ref_start|>",
@@ -110,26 +110,12 @@ def write(folder: Path) -> None:
                                                            max_pixels=MAX_PIXELS),
                      video_processor=Qwen2VLVideoProcessor(), tokenizer=tok,
                      chat_template=CHAT_TEMPLATE).save_pretrained(folder)
-    for name in ("config.json", "generation_config.json"):  # no version: stable bytes
-        f = folder / name
-        if f.exists():
-            d = json.loads(f.read_text())
-            d.pop("transformers_version", None)
-            f.write_text(json.dumps(d, indent=2, sort_keys=True) + "\n")
+    drop_versions(folder)
 
 
 def build(out: Path, force: bool = False) -> Path:
     """Write the twin to `out` (atomically, see runner.bundled.tiny.publish); return `out`."""
     return publish(out, FILES, write, force)
-
-
-def digest(folder: Path) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for f in sorted(p for p in Path(folder).iterdir() if p.is_file()):
-        h.update(f.name.encode() + b"\0" + f.read_bytes())
-    return h.hexdigest()
 
 
 def main() -> None:
